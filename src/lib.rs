@@ -1,0 +1,11 @@
+//! dimegate: an SMTP <-> DIME mail gateway.
+//!
+//! Protocol logic is sans-I/O (parsers, state machines, crypto take bytes and return bytes or
+//! decisions); the tokio glue only moves bytes. See DESIGN.md for the module layout.
+#![warn(unreachable_pub)]
+
+pub mod config;
+pub mod dime;
+pub mod envelope;
+pub mod smtp;
+pub mod store;
