@@ -64,3 +64,48 @@ pub struct Envelope {
     /// Arrival time, seconds since the Unix epoch.
     pub arrival_unix: u64,
 }
+
+/// The name of one queued message everywhere: SMTP replies, logs, the admin API and the CLI.
+///
+/// Sixteen upper-case hex digits: the arrival time in microseconds in the high bits, so ids sort by
+/// arrival, and a per-process counter in the low bits, so ids made in the same microsecond differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct QueueId(pub u64);
+
+impl std::fmt::Display for QueueId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016X}", self.0)
+    }
+}
+
+/// A string that is not a queue id.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("not a queue id (16 hex digits): {0:?}")]
+pub struct BadQueueId(pub String);
+
+impl std::str::FromStr for QueueId {
+    type Err = BadQueueId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 16 {
+            return Err(BadQueueId(s.to_owned()));
+        }
+        u64::from_str_radix(s, 16)
+            .map(QueueId)
+            .map_err(|_| BadQueueId(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_id_round_trips_through_text() {
+        let id = QueueId(0x0123_4567_89AB_CDEF);
+        assert_eq!(id.to_string(), "0123456789ABCDEF");
+        assert_eq!("0123456789abcdef".parse::<QueueId>(), Ok(id));
+        assert!("0123".parse::<QueueId>().is_err());
+        assert!("0123456789ABCDEG".parse::<QueueId>().is_err());
+        assert!("+123456789ABCDEF".parse::<QueueId>().is_err());
+    }
+}

@@ -4,6 +4,7 @@
 //! decisions); the tokio glue only moves bytes. See DESIGN.md for the module layout.
 #![warn(unreachable_pub)]
 
+pub mod cli;
 pub mod config;
 pub mod dime;
 pub mod envelope;

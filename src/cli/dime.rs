@@ -1,0 +1,1 @@
+//! `dimegate keys|signet|record|message`: DIME administration commands.
