@@ -86,7 +86,8 @@ pub struct BadQueueId(pub String);
 impl std::str::FromStr for QueueId {
     type Err = BadQueueId;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.len() != 16 {
+        // from_str_radix alone would accept a leading '+'.
+        if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(BadQueueId(s.to_owned()));
         }
         u64::from_str_radix(s, 16)
