@@ -4,9 +4,12 @@
 //! decisions); the tokio glue only moves bytes. See DESIGN.md for the module layout.
 #![warn(unreachable_pub)]
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod dime;
 pub mod envelope;
+pub mod metrics;
 pub mod smtp;
 pub mod store;
+pub mod tls;
