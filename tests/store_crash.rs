@@ -38,7 +38,7 @@ fn message(round: u32, task: u32, seq: u32) -> (Envelope, Vec<u8>) {
             .collect(),
         dsn_ret: None,
         dsn_envid: Some(format!("env-{round}-{task}-{seq}")),
-        body_8bit: seq % 2 == 0,
+        body_8bit: seq.is_multiple_of(2),
         smtputf8: false,
         helo: "crash.client".into(),
         client: SocketAddr::from(([198, 51, 100, 7], 40000 + (task as u16))),
