@@ -13,7 +13,7 @@
 use crate::envelope::QueueId;
 use crate::store::{ListFilter, Store};
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -48,7 +48,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
-async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+async fn metrics(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
     if let Ok(n) = state.store.count() {
         state
             .metrics
@@ -56,16 +56,64 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
     let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
+    if prometheus_client::encoding::text::encode(&mut body, &state.registry).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+        ([(header::CONTENT_TYPE, ct)], body).into_response()
+    } else {
+        let ct = "text/plain; version=0.0.4; charset=utf-8";
+        (
+            [(header::CONTENT_TYPE, ct)],
+            openmetrics_to_prometheus(&body),
         )
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            .into_response()
+    }
+}
+
+/// Rewrites OpenMetrics text (what prometheus-client writes) into the classic Prometheus text
+/// format for clients that did not ask for OpenMetrics (curl, promtool): there a counter's HELP
+/// and TYPE lines carry the `_total` name, and there is no `# EOF`.
+fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "].into_iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(meta.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_get_total_names_in_prometheus_text() {
+        let om = "# HELP a_b Things.\n# TYPE a_b counter\na_b_total 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_prometheus(om),
+            "# HELP a_b_total Things.\n# TYPE a_b_total counter\na_b_total 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n"
+        );
     }
 }
 
@@ -105,16 +153,15 @@ async fn queue_list(State(state): State<Arc<AdminState>>, Query(q): Query<ListQu
     }
 }
 
-fn parse_id(s: &str) -> Result<QueueId, Response> {
-    s.parse().map_err(|e: crate::envelope::BadQueueId| {
-        (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
-    })
+fn parse_id(s: &str) -> Result<QueueId, (StatusCode, String)> {
+    s.parse()
+        .map_err(|e: crate::envelope::BadQueueId| (StatusCode::BAD_REQUEST, format!("{e}\n")))
 }
 
 async fn queue_show(State(state): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || store.get(id)).await {
@@ -128,7 +175,7 @@ async fn queue_show(State(state): State<Arc<AdminState>>, Path(id): Path<String>
 async fn queue_delete(State(state): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || store.delete(id)).await {

@@ -59,7 +59,6 @@ pub struct Ingress {
 
 impl Ingress {
     /// Bundles the shared state.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &crate::config::Config,
         tls: Option<TlsAcceptor>,
@@ -156,9 +155,19 @@ pub async fn run_listener(
         };
         ingress.metrics.smtp_connections.inc();
         let Some(slot) = ingress.admit(peer.ip()) else {
-            ingress.metrics.smtp_sessions.get_or_create(&OutcomeLabel { outcome: "refused_limit" }).inc();
+            ingress
+                .metrics
+                .smtp_sessions
+                .get_or_create(&OutcomeLabel {
+                    outcome: "refused_limit",
+                })
+                .inc();
             ingress.metrics.count_rejections(b"421 ");
-            tracker.spawn(refuse_busy(stream, ingress.hostname.clone(), implicit_tls.then(|| ingress.tls.clone()).flatten()));
+            tracker.spawn(refuse_busy(
+                stream,
+                ingress.hostname.clone(),
+                implicit_tls.then(|| ingress.tls.clone()).flatten(),
+            ));
             continue;
         };
         let ingress = Arc::clone(&ingress);
@@ -167,9 +176,14 @@ pub async fn run_listener(
         tracker.spawn(
             async move {
                 ingress.metrics.smtp_connections_active.inc();
-                let outcome = serve_connection(stream, peer, implicit_tls, &ingress, shutdown).await;
+                let outcome =
+                    serve_connection(stream, peer, implicit_tls, &ingress, shutdown).await;
                 ingress.metrics.smtp_connections_active.dec();
-                ingress.metrics.smtp_sessions.get_or_create(&OutcomeLabel { outcome }).inc();
+                ingress
+                    .metrics
+                    .smtp_sessions
+                    .get_or_create(&OutcomeLabel { outcome })
+                    .inc();
                 debug!(outcome, "session ended");
                 drop(slot);
             }
@@ -295,7 +309,7 @@ async fn serve_connection(
     };
     let mut session = Session::new(policy, ingress.limits.clone(), peer, now_unix());
     if let Some(info) = tls_info {
-        session.handle_tls_established(info);
+        session.handle_implicit_tls(info);
     }
     let mut buf = vec![0u8; READ_CHUNK];
     let mut shutting_down = false;
@@ -306,7 +320,11 @@ async fn serve_connection(
                 Output::Send(bytes) => {
                     ingress.metrics.count_rejections(&bytes);
                     if bytes.starts_with(b"421") {
-                        closed_reason = if shutting_down { "shutdown" } else { "too_many_errors" };
+                        closed_reason = if shutting_down {
+                            "shutdown"
+                        } else {
+                            "too_many_errors"
+                        };
                     }
                     match timeout(ingress.idle_timeout, conn.write_all(&bytes)).await {
                         Ok(Ok(())) => {}
@@ -367,7 +385,11 @@ async fn serve_connection(
                 }
                 Output::Close => {
                     conn.shutdown().await;
-                    return if closed_reason == "peer_closed" { "quit" } else { closed_reason };
+                    return if closed_reason == "peer_closed" {
+                        "quit"
+                    } else {
+                        closed_reason
+                    };
                 }
             }
         }
@@ -383,7 +405,10 @@ async fn serve_connection(
         tokio::select! {
             read = conn.read(&mut buf) => match read {
                 Ok(0) => return if shutting_down { "shutdown" } else { "peer_closed" },
-                Ok(n) => session.handle_input(&buf[..n]),
+                Ok(n) => {
+                    session.set_now_unix(now_unix());
+                    session.handle_input(&buf[..n]);
+                }
                 Err(_) => return "io_error",
             },
             _ = sleep_until(deadline) => {

@@ -30,12 +30,17 @@ pub fn tool(name: &str) -> PathBuf {
             return p;
         }
     }
-    panic!("{name} is not installed; scripts/test installs the test peers (apt-get install postfix swaks openssl prometheus)");
+    panic!(
+        "{name} is not installed; scripts/test installs the test peers (apt-get install postfix swaks openssl prometheus)"
+    );
 }
 
 /// A world-searchable temporary directory (Postfix's users must traverse it).
 pub fn tempdir() -> tempfile::TempDir {
-    let d = tempfile::Builder::new().prefix("dimegate-test").tempdir().expect("tempdir");
+    let d = tempfile::Builder::new()
+        .prefix("dimegate-test")
+        .tempdir()
+        .expect("tempdir");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     d
@@ -67,7 +72,10 @@ impl Gateway {
         );
         // `extra` may carry its own [smtp] keys; the test passes them in full instead then.
         let text = if extra.contains("[smtp]") {
-            format!("data_dir = {:?}\n{extra}\n[admin]\nlisten = \"{admin}\"\n", dir.path().join("data"))
+            format!(
+                "data_dir = {:?}\n{extra}\n[admin]\nlisten = \"{admin}\"\n",
+                dir.path().join("data")
+            )
         } else {
             text
         };
@@ -110,10 +118,18 @@ impl Gateway {
             if let Ok((200, _)) = http_get(self.admin, "/readyz") {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("dimegate exited with {status}; log:\n{}", self.log_text());
             }
-            assert!(Instant::now() < deadline, "dimegate not ready; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "dimegate not ready; log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -139,7 +155,10 @@ impl Gateway {
             if let Some(s) = c.try_wait().unwrap() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "dimegate did not stop on SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "dimegate did not stop on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -158,7 +177,11 @@ impl Gateway {
     /// The queue as JSON (`queue list --json`).
     pub fn queue_json(&self) -> Vec<serde_json::Value> {
         let out = self.queue(&["list", "--json"]);
-        assert!(out.status.success(), "queue list failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "queue list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("queue list --json prints a JSON array")
     }
 
@@ -174,7 +197,9 @@ impl Drop for Gateway {
 }
 
 fn unsafe_sigterm(pid: u32) {
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
 }
 
 /// The value of a metric line that starts with `prefix` (e.g. `dimegate_smtp_messages_accepted_total`).
@@ -189,11 +214,21 @@ pub fn metric(text: &str, prefix: &str) -> Option<f64> {
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;
-    let status = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -206,7 +241,11 @@ pub fn swaks(addr: SocketAddr, args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .expect("run swaks");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -221,10 +260,14 @@ pub fn queued_ids(transcript: &str) -> Vec<String> {
 
 /// Where the test scripts live.
 pub fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scripts").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/scripts")
+        .join(name)
 }
 
 /// Where shared/testbed lives (next to the repository).
 pub fn testbed(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testbed").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/testbed")
+        .join(name)
 }
