@@ -8,5 +8,6 @@ pub mod cli;
 pub mod config;
 pub mod dime;
 pub mod envelope;
+pub mod queue;
 pub mod smtp;
 pub mod store;
