@@ -321,10 +321,12 @@ pub fn build_dsn(input: &DsnInput<'_>) -> Option<Dsn> {
         "From",
         &format!("Mail Delivery System <MAILER-DAEMON@{mta}>"),
     );
+    // A UTF-8 sender stays UTF-8: the DSN goes to it with SMTPUTF8, which allows UTF-8 header
+    // fields (RFC 6532 §3.2).
     push_field(
         &mut out,
         "To",
-        &format!("<{}>", sanitize_header(&envelope.sender)),
+        &format!("<{}>", sanitize_text(&envelope.sender)),
     );
     let subject = if any_failed {
         "Undelivered Mail Returned to Sender"
@@ -404,6 +406,9 @@ pub fn build_dsn(input: &DsnInput<'_>) -> Option<Dsn> {
         if !returned_bytes.ends_with(b"\r\n") {
             message.extend_from_slice(b"\r\n");
         }
+        // RFC 2046 §5.1.1: the CRLF before a delimiter belongs to the delimiter, so without this
+        // one the returned content would lose its last line break.
+        message.extend_from_slice(b"\r\n");
     } else {
         message.extend_from_slice(b"\r\n");
     }
@@ -824,3 +829,7 @@ fn wrap_into(out: &mut String, text: &str, indent: &str) {
     out.push_str(&line);
     out.push_str("\r\n");
 }
+
+#[cfg(test)]
+#[path = "dsn_tests.rs"]
+mod tests;
