@@ -172,7 +172,7 @@ impl ReportOutcome {
     /// Whether the recipient's NOTIFY (RFC 3461 §4.1) asks for this event. No NOTIFY means
     /// FAILURE,DELAY (§4.1: "the default ... NOTIFY=FAILURE or NOTIFY=FAILURE,DELAY"; we pick
     /// the latter, like Postfix and Sendmail).
-    fn wanted_by(&self, notify: Option<Notify>) -> bool {
+    pub(super) fn wanted_by(&self, notify: Option<Notify>) -> bool {
         let Some(n) = notify else {
             return !matches!(self, ReportOutcome::Delivered(_));
         };

@@ -100,8 +100,8 @@ pub enum Action {
         /// The error, for the operator and a later delay DSN.
         error: String,
     },
-    /// Give up on the recipient: store `fail` (if leased) or `bounce` (if not). Always followed
-    /// by a `SendDsn` naming it (which [`super::build_dsn`] may turn into nothing, per NOTIFY).
+    /// Give up on the recipient: store `fail` (if leased) or `bounce` (if not). Followed by a
+    /// `SendDsn` naming it unless its NOTIFY declines failures or the sender is `<>`.
     Fail {
         /// The message.
         queue_id: QueueId,
@@ -110,7 +110,8 @@ pub enum Action {
         /// Why, for the store and the log.
         reason: String,
     },
-    /// Build a DSN from these reports and the message's body, and queue it.
+    /// Build a DSN from these reports and the message's body ([`super::build_dsn`]) and queue it.
+    /// Only emitted when the DSN is owed: the reports are already filtered by NOTIFY.
     SendDsn {
         /// The message reported on.
         queue_id: QueueId,
@@ -225,7 +226,7 @@ impl Scheduler {
                         last_attempt: None,
                     })
                     .collect();
-                actions.push(Action::SendDsn { queue_id, reports });
+                actions.extend(send_dsn(record, reports));
                 actions.push(Action::MarkDelayWarned { queue_id });
             }
             if !leased.is_empty() {
@@ -391,9 +392,7 @@ impl Scheduler {
                 }
             }
         }
-        if !reports.is_empty() {
-            actions.push(Action::SendDsn { queue_id, reports });
-        }
+        actions.extend(send_dsn(record, reports));
         if !finished.is_empty() && finished.iter().all(|&f| f) {
             actions.push(Action::Remove { queue_id });
         }
@@ -445,11 +444,10 @@ impl Scheduler {
                 last_attempt: None,
             });
         }
-        if !reports.is_empty() {
-            actions.push(Action::SendDsn { queue_id, reports });
-            if finished.iter().all(|&f| f) {
-                actions.push(Action::Remove { queue_id });
-            }
+        let bounced_any = !reports.is_empty();
+        actions.extend(send_dsn(record, reports));
+        if bounced_any && finished.iter().all(|&f| f) {
+            actions.push(Action::Remove { queue_id });
         }
         actions
     }
@@ -483,16 +481,34 @@ impl Scheduler {
                 })
             })
             .collect();
-        if !reports.is_empty() {
-            actions.push(Action::SendDsn {
-                queue_id: record.queue_id,
-                reports,
-            });
-        }
+        actions.extend(send_dsn(record, reports));
         actions.push(Action::Remove {
             queue_id: record.queue_id,
         });
     }
+}
+
+/// `SendDsn` with the reports a DSN will carry, or nothing when [`super::build_dsn`] would
+/// return `None` anyway (null sender, or NOTIFY declines every event), so the glue is not asked
+/// to read a body for nothing.
+fn send_dsn(record: &MessageRecord, reports: Vec<RecipientReport>) -> Option<Action> {
+    if record.envelope.sender.is_empty() {
+        return None;
+    }
+    let reports: Vec<RecipientReport> = reports
+        .into_iter()
+        .filter(|r| {
+            record
+                .envelope
+                .recipients
+                .get(r.recipient)
+                .is_some_and(|rcpt| r.outcome.wanted_by(rcpt.notify))
+        })
+        .collect();
+    (!reports.is_empty()).then_some(Action::SendDsn {
+        queue_id: record.queue_id,
+        reports,
+    })
 }
 
 /// The error text the store keeps: the remote reply on one line, else the local reason.
@@ -540,3 +556,7 @@ fn diagnosis_from_store(status: &RecipientStatus) -> Diagnosis {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;
