@@ -495,25 +495,34 @@ fn valid_8bit_mime(bytes: &[u8]) -> bool {
 }
 
 /// A boundary that occurs in no part (RFC 2046 §5.1.1: it must not appear in the encapsulated
-/// content). Built from characters RFC 2046 allows, seeded per DSN.
+/// content), from characters RFC 2046 allows: a per-DSN prefix, a counter and a closing `=`.
+///
+/// The content is scanned once for our prefix and the counter is the smallest one not found
+/// there. The closing `=` makes a clash an exact match, so `_1=` is not a prefix of `_12=`; and
+/// one scan instead of one per candidate keeps a message stuffed with candidate boundaries from
+/// costing quadratic time.
 fn pick_boundary(input: &DsnInput<'_>, parts: &[&[u8]]) -> String {
-    let mut counter = 0u32;
-    loop {
-        let boundary = format!(
-            "=_dsn_{:016x}_{}_{counter}",
-            input.message_id_seed, input.queue_id
-        );
-        let needle = format!("--{boundary}");
-        let clash = parts
-            .iter()
-            .any(|p| p.windows(needle.len()).any(|w| w == needle.as_bytes()));
-        // The counter is in the boundary, so a clash can repeat only as often as the content
-        // happens to spell out successive boundaries; give up after that many.
-        if !clash || counter == u32::MAX {
-            return boundary;
+    let prefix = format!("=_dsn_{:016x}_{}_", input.message_id_seed, input.queue_id);
+    let needle = format!("--{prefix}");
+    let needle = needle.as_bytes();
+    let mut taken = std::collections::HashSet::new();
+    for part in parts {
+        let mut rest: &[u8] = part;
+        while let Some(pos) = rest.windows(needle.len()).position(|w| w == needle) {
+            rest = &rest[pos + needle.len()..];
+            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            if rest.get(digits) == Some(&b'=')
+                && let Some(n) = std::str::from_utf8(&rest[..digits])
+                    .ok()
+                    .and_then(|d| d.parse::<u64>().ok())
+            {
+                taken.insert(n);
+            }
         }
-        counter += 1;
     }
+    // At most one number per occurrence is taken, so this stops within len + 1 candidates.
+    let counter = (0u64..).find(|n| !taken.contains(n)).unwrap_or(u64::MAX);
+    format!("{prefix}{counter}=")
 }
 
 fn human_part(

@@ -365,7 +365,7 @@ fn per_message_and_per_recipient_fields() {
     );
     // Top-level headers.
     assert!(t.starts_with("From: Mail Delivery System <MAILER-DAEMON@gw.example.org>\r\nTo: <alice@example.org>\r\nSubject: Undelivered Mail Returned to Sender\r\nDate: Tue, 14 Nov 2023 23:13:20 +0000\r\nMessage-ID: <000000000000002a.0123456789ABCDEF@gw.example.org>\r\nAuto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n"), "{t}");
-    assert!(t.contains("Content-Type: multipart/report; report-type=delivery-status;\r\n boundary=\"=_dsn_000000000000002a_0123456789ABCDEF_0\"\r\n"), "{t}");
+    assert!(t.contains("Content-Type: multipart/report; report-type=delivery-status;\r\n boundary=\"=_dsn_000000000000002a_0123456789ABCDEF_0=\"\r\n"), "{t}");
     // The human part names each recipient and what the remote said.
     let human = part(&t, "text/plain").unwrap();
     assert!(
@@ -573,14 +573,34 @@ fn xtext_and_orcpt_table() {
 
 #[test]
 fn the_boundary_avoids_content_that_contains_it() {
-    let message = b"Subject: trick\r\n\r\n--=_dsn_000000000000002a_0123456789ABCDEF_0\r\n".to_vec();
-    let env = envelope(vec![rcpt("bob@other.example", None)], Some(DsnReturn::Full));
-    let dsn = build(&env, &message, &[report(0, failed("550 5.1.1 no"))]).unwrap();
-    let t = text(&dsn);
-    assert!(
-        t.contains("boundary=\"=_dsn_000000000000002a_0123456789ABCDEF_1\""),
-        "{t}"
-    );
+    let prefix = "--=_dsn_000000000000002a_0123456789ABCDEF_";
+    // (boundaries planted in the body, the counter chosen)
+    let rows: [(&[&str], u64); 4] = [
+        (&[], 0),
+        (&["0="], 1),
+        (&["0=", "1=", "3="], 2),
+        // Not exact matches: `_0` without `=`, `_01=` and `_10=` do not clash with `_0=`/`_1=`.
+        (&["0", "01=", "10="], 0),
+    ];
+    for (planted, want) in rows {
+        let mut message = b"Subject: trick\r\n\r\n".to_vec();
+        for p in planted {
+            message.extend_from_slice(format!("{prefix}{p}\r\n").as_bytes());
+        }
+        let env = envelope(vec![rcpt("bob@other.example", None)], Some(DsnReturn::Full));
+        let dsn = build(&env, &message, &[report(0, failed("550 5.1.1 no"))]).unwrap();
+        let t = text(&dsn);
+        let boundary = format!("=_dsn_000000000000002a_0123456789ABCDEF_{want}=");
+        assert!(
+            t.contains(&format!("boundary=\"{boundary}\"")),
+            "{planted:?}\n{t}"
+        );
+        assert_eq!(
+            t.matches(&format!("--{boundary}")).count(),
+            4,
+            "{planted:?}"
+        );
+    }
 }
 
 #[test]

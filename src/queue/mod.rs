@@ -6,6 +6,7 @@
 //! as values ([`Decision`], [`Route`], [`Action`], DSN bytes). The tokio glue that leases from
 //! the store, delivers and feeds outcomes back lives elsewhere and stays thin; every rule here is
 //! a table test with an explicit `now`.
+#![warn(missing_docs)]
 
 mod date;
 mod dsn;
