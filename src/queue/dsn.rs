@@ -275,7 +275,7 @@ enum Returned<'a> {
 }
 
 /// Builds the DSN for `input`, or `None` when none is owed: the null sender never gets one
-/// (RFC 3461 §6.2, RFC 5321 §4.5.5), and recipients whose NOTIFY declines their event are not
+/// (RFC 5321 §4.5.5: it is how bounce loops are prevented), and recipients whose NOTIFY declines their event are not
 /// reported (RFC 3461 §4.1), so a DSN with nobody to report is not sent.
 pub fn build_dsn(input: &DsnInput<'_>) -> Option<Dsn> {
     let envelope = input.envelope;

@@ -6,6 +6,28 @@
 //! as values ([`Decision`], [`Route`], [`Action`], DSN bytes). The tokio glue that leases from
 //! the store, delivers and feeds outcomes back lives elsewhere and stays thin; every rule here is
 //! a table test with an explicit `now`.
+//!
+//! ```
+//! use dimegate::queue::{Decision, Jitter, Policy, Route, RouteSettings, ServedDomains, route};
+//! use dimegate::store::UnixTime;
+//! use rand::SeedableRng;
+//!
+//! let policy = Policy { jitter: Jitter::NONE, ..Policy::default() };
+//! let arrival = UnixTime(1_700_000_000);
+//! let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+//! // The first attempt failed at arrival: retry a minute later.
+//! assert_eq!(
+//!     policy.next_attempt(arrival, 1, arrival, &mut rng),
+//!     Decision::RetryAt(UnixTime(1_700_000_060)),
+//! );
+//! // Five days on, give up (and send the failure DSN).
+//! assert_eq!(
+//!     policy.next_attempt(arrival, 23, UnixTime(1_700_432_000), &mut rng),
+//!     Decision::Expire,
+//! );
+//! let served = ServedDomains::new(["example.org"]);
+//! assert_eq!(route("bob@Example.ORG", &served, &RouteSettings::default()), Ok(Route::Backend));
+//! ```
 #![warn(missing_docs)]
 
 mod date;

@@ -241,7 +241,9 @@ impl Scheduler {
     }
 
     /// When [`Scheduler::due`] next has something to do, given the same messages; `now` if
-    /// something is due already, `None` if nothing is pending (sleep until new mail).
+    /// something is due already, `None` if nothing is pending (sleep until new mail). When `due`
+    /// left recipients unleased for lack of budget, this is `now` too: the glue then waits for a
+    /// delivery worker to come free rather than for this time.
     pub fn next_wakeup(&self, messages: &[QueuedMessage<'_>], now: UnixTime) -> Option<UnixTime> {
         let mut earliest: Option<UnixTime> = None;
         let mut consider = |t: UnixTime| {
