@@ -601,7 +601,8 @@ fn human_part(
             (None, None, None) => String::new(),
         };
         if !detail.is_empty() {
-            wrap_into(&mut text, &detail, "    ");
+            // Remote text: no control character may reach the message (a bare CR would break it).
+            wrap_into(&mut text, &sanitize_text(&detail), "    ");
         }
         if matches!(report.outcome, ReportOutcome::Failed(_)) && report.outcome.status().class == 4
         {

@@ -668,3 +668,75 @@ fn assert_lines_ok(message: &[u8]) {
         );
     }
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn outcome() -> impl Strategy<Value = ReportOutcome> {
+        let diagnosis = (
+            proptest::option::of(".{0,300}"),
+            proptest::option::of(".{0,1500}"),
+            proptest::option::of(".{0,300}"),
+        )
+            .prop_map(|(remote_mta, reply, local_reason)| Diagnosis {
+                remote_mta,
+                reply,
+                local_reason,
+                status: None,
+            });
+        (diagnosis, 0u8..3).prop_map(|(d, kind)| match kind {
+            0 => ReportOutcome::Failed(d),
+            1 => ReportOutcome::Delayed {
+                diagnosis: d,
+                will_retry_until: NOW,
+            },
+            _ => ReportOutcome::Delivered(d),
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the message, addresses and remote replies, the DSN is well-formed mail:
+        /// CRLF only, lines within 998 bytes, an ASCII delivery report, no panic.
+        #[test]
+        fn any_input_gives_well_formed_mail(
+            message in proptest::collection::vec(any::<u8>(), 0..3000),
+            sender in ".{1,80}",
+            address in ".{1,80}",
+            orcpt in proptest::option::of(".{0,80}"),
+            envid in proptest::option::of(".{0,80}"),
+            ret in proptest::option::of(prop_oneof![Just(DsnReturn::Full), Just(DsnReturn::Headers)]),
+            outcome in outcome(),
+            mta in ".{0,40}",
+        ) {
+            let mut env = envelope(
+                vec![Recipient {
+                    address,
+                    notify: notify(false, true, true, true),
+                    orcpt,
+                }],
+                ret,
+            );
+            env.sender = sender;
+            env.dsn_envid = envid;
+            let reports = [report(0, outcome)];
+            let dsn = build_dsn(&DsnInput {
+                queue_id: QueueId(1),
+                envelope: &env,
+                message: &message,
+                reporting_mta: &mta,
+                now: NOW,
+                message_id_seed: 9,
+                reports: &reports,
+                max_full_bytes: 2000,
+            })
+            .expect("a DSN is owed");
+            assert_lines_ok(&dsn.message);
+            let t = text(&dsn);
+            let status = part(&t, "message/delivery-status").expect("a report part");
+            prop_assert!(status.is_ascii());
+        }
+    }
+}
