@@ -11,6 +11,7 @@ pub mod config;
 pub mod dime;
 pub mod envelope;
 pub mod metrics;
+pub mod queue;
 pub mod serve;
 pub mod smtp;
 pub mod store;
