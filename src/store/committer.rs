@@ -6,7 +6,8 @@
 
 use super::error::{AppendError, StoreError};
 use super::record::StoredRecord;
-use super::{BODIES, DbSlot, LAST_QUEUE_ID, MESSAGES, META, StoreOptions};
+use super::schedule::{Tables, write_record};
+use super::{BODIES, DbSlot, LAST_QUEUE_ID, META, StoreOptions};
 use crate::envelope::{Envelope, QueueId};
 use redb::Durability;
 use std::sync::Arc;
@@ -122,13 +123,13 @@ fn commit_batch(
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
-            let mut messages = txn.open_table(MESSAGES)?;
+            let mut tables = Tables::open(&txn)?;
             let mut bodies = txn.open_table(BODIES)?;
             let mut meta = txn.open_table(META)?;
             for (request, id) in batch.iter().zip(&ids) {
                 let size = request.body.len() as u64;
-                let record = StoredRecord::new(request.envelope.clone(), size).encode();
-                messages.insert(id.0, record.as_slice())?;
+                let record = StoredRecord::new(request.envelope.clone(), size);
+                write_record(&mut tables, id.0, None, &record)?;
                 bodies.insert(id.0, request.body.as_slice())?;
             }
             meta.insert(LAST_QUEUE_ID, *last_id)?;

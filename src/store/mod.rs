@@ -9,6 +9,8 @@
 //! | `messages` | queue id (u64) | version byte + JSON of envelope, states, size |
 //! | `bodies`   | queue id (u64) | the message bytes exactly as received         |
 //! | `meta`     | name (str)     | u64; `last_queue_id`                          |
+//! | `schedule` | (wake, id)     | (); messages the scheduler must look at, by time |
+//! | `leases`   | queue id       | (); messages with a leased recipient          |
 //!
 //! Appends go through one committer thread that batches concurrent callers into one write
 //! transaction and one fsync (group commit), so throughput grows with concurrency while each
@@ -18,10 +20,12 @@
 mod committer;
 mod error;
 mod record;
+mod schedule;
 mod state;
 
 pub use error::{AppendError, StoreError};
 pub use record::{DecodeError, ListFilter, MessageRecord, MessageSummary, RecipientSummary};
+pub use schedule::{AdminAction, Lease, Outcome};
 pub use state::{
     BadStateKind, RecipientState, RecipientStatus, StateKind, TransitionError, UnixTime,
 };
@@ -41,6 +45,8 @@ use std::thread::JoinHandle;
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SCHEDULE: TableDefinition<(u64, u64), ()> = TableDefinition::new("schedule");
+const LEASES: TableDefinition<u64, ()> = TableDefinition::new("leases");
 const LAST_QUEUE_ID: &str = "last_queue_id";
 
 /// Tuning of a [`Store`]; [`StoreOptions::default`] suits one machine.
@@ -170,6 +176,12 @@ impl Store {
         }
         let db = open_database(path)?;
         let last_id = init_tables(&db)?;
+        // No worker of this process holds a lease yet: any recorded one belongs to a process that
+        // died mid-delivery, and its recipients are due again.
+        let released = schedule::release_all_leases(&db)?;
+        if released > 0 {
+            tracing::info!(released, "released leases left by the previous run");
+        }
         let slot = Arc::new(DbSlot {
             path: path.to_owned(),
             db: RwLock::new(Some(db)),
@@ -265,11 +277,19 @@ impl Store {
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
             let existed = {
-                let mut messages = txn.open_table(MESSAGES)?;
+                let mut tables = schedule::Tables::open(&txn)?;
                 let mut bodies = txn.open_table(BODIES)?;
-                let existed = messages.remove(queue_id.0)?.is_some();
+                let old = tables
+                    .messages
+                    .remove(queue_id.0)?
+                    .map(|v| v.value().to_vec());
                 bodies.remove(queue_id.0)?;
-                existed
+                // A corrupt record has no readable index keys; lease_due drops its dangling
+                // schedule entry when it meets it.
+                if let Some(Ok(old)) = old.as_deref().map(StoredRecord::decode) {
+                    schedule::unindex(&mut tables, queue_id.0, &old)?;
+                }
+                old.is_some()
             };
             // fsync: a deleted message must not come back after a crash and be delivered twice.
             txn.commit()?;
@@ -298,6 +318,8 @@ fn init_tables(db: &Database) -> Result<u64, StoreError> {
     let last = {
         let messages = txn.open_table(MESSAGES)?;
         txn.open_table(BODIES)?;
+        txn.open_table(SCHEDULE)?;
+        txn.open_table(LEASES)?;
         let meta = txn.open_table(META)?;
         let newest = messages.last()?.map(|(k, _)| k.value()).unwrap_or(0);
         let recorded = meta.get(LAST_QUEUE_ID)?.map(|v| v.value()).unwrap_or(0);

@@ -1,5 +1,6 @@
 use super::record::tests::envelope;
 use super::*;
+use std::time::Duration;
 
 fn open(dir: &tempfile::TempDir) -> Store {
     Store::open(&dir.path().join("queue.redb"), None).unwrap()
@@ -193,4 +194,184 @@ async fn dropping_the_store_stops_the_committer_and_keeps_the_data() {
     // The file lock is released, so it opens again.
     let store = open(&dir);
     assert_eq!(store.body(id).unwrap(), Some(b"x".to_vec()));
+}
+
+const MIN: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn leases_are_exclusive_and_outcomes_move_recipients() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let now = UnixTime(2_000_000_000);
+    let a = store
+        .append(envelope("s@x.org", &["a@y.org", "b@z.org"], 1), vec![])
+        .await
+        .unwrap();
+    let b = store
+        .append(envelope("s@x.org", &["c@y.org"], 2), vec![])
+        .await
+        .unwrap();
+
+    let leases = store.lease_due(now, 10 * MIN, 2).unwrap();
+    assert_eq!(
+        leases
+            .iter()
+            .map(|l| (l.queue_id, l.recipient))
+            .collect::<Vec<_>>(),
+        [(a, 0), (a, 1)],
+        "FIFO, capped at max"
+    );
+    let more = store.lease_due(now, 10 * MIN, 10).unwrap();
+    assert_eq!(more.len(), 1, "only the unleased recipient of b");
+    assert_eq!((more[0].queue_id, more[0].recipient), (b, 0));
+    assert!(store.lease_due(now, 10 * MIN, 10).unwrap().is_empty());
+
+    let rec = store.complete(&leases[0], now, Outcome::Delivered).unwrap();
+    assert_eq!(
+        rec.unwrap().recipients[0].state,
+        RecipientState::Delivered { at: now }
+    );
+    let next_at = now.plus(5 * MIN);
+    store
+        .complete(
+            &leases[1],
+            now,
+            Outcome::Deferred {
+                next_at,
+                error: "451 4.4.1 try later".into(),
+            },
+        )
+        .unwrap();
+    // Completing twice is refused: the recipient is no longer leased.
+    assert!(matches!(
+        store.complete(&leases[0], now, Outcome::Delivered),
+        Err(StoreError::Transition(_))
+    ));
+    let bad = Lease {
+        recipient: 9,
+        ..leases[0].clone()
+    };
+    assert!(matches!(
+        store.complete(&bad, now, Outcome::Delivered),
+        Err(StoreError::NoSuchRecipient { recipient: 9, .. })
+    ));
+
+    // The deferred recipient is due at next_at, not before; b's lease lapses at now + 10 min.
+    assert!(
+        store
+            .lease_due(now.plus(MIN), 10 * MIN, 10)
+            .unwrap()
+            .is_empty()
+    );
+    let again = store.lease_due(next_at, 10 * MIN, 10).unwrap();
+    assert_eq!((again[0].queue_id, again[0].recipient), (a, 1));
+    assert_eq!(again[0].attempts, 1);
+    let lapsed = store.lease_due(now.plus(10 * MIN), 10 * MIN, 10).unwrap();
+    assert_eq!((lapsed[0].queue_id, lapsed[0].recipient), (b, 0));
+    // The first lease of b is stale now: its completion must not override the new one.
+    assert!(matches!(
+        store.complete(&more[0], now, Outcome::Delivered),
+        Err(StoreError::Transition(_))
+    ));
+    store
+        .complete(
+            &lapsed[0],
+            now,
+            Outcome::Failed {
+                reply: "550 5.1.1 no such user".into(),
+            },
+        )
+        .unwrap();
+    let summary = store.list(&ListFilter::default(), None).unwrap();
+    assert_eq!(summary[1].recipients[0].state, StateKind::Failed);
+    assert_eq!(summary[1].recipients[0].attempts, 1);
+}
+
+#[tokio::test]
+async fn a_restart_releases_leases_of_the_dead_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = UnixTime(2_000_000_000);
+    let id = {
+        let store = open(&dir);
+        let id = store
+            .append(envelope("s@x.org", &["a@y.org"], 1), vec![])
+            .await
+            .unwrap();
+        assert_eq!(store.lease_due(now, 60 * MIN, 10).unwrap().len(), 1);
+        id
+    };
+    let store = open(&dir);
+    let rec = store.get(id).unwrap().unwrap();
+    assert_eq!(rec.recipients[0].state, RecipientState::Queued);
+    let leases = store.lease_due(now, 60 * MIN, 10).unwrap();
+    assert_eq!(
+        leases.len(),
+        1,
+        "due again without waiting for the lease to lapse"
+    );
+}
+
+#[tokio::test]
+async fn admin_actions_and_delete_keep_the_schedule_in_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let now = UnixTime(2_000_000_000);
+    let id = store
+        .append(envelope("s@x.org", &["a@y.org", "b@y.org"], 1), vec![])
+        .await
+        .unwrap();
+    let held = store.apply(id, &AdminAction::Hold, now).unwrap().unwrap();
+    assert!(
+        held.recipients
+            .iter()
+            .all(|r| r.state == RecipientState::Held)
+    );
+    assert!(
+        store.lease_due(now, MIN, 10).unwrap().is_empty(),
+        "held is not due"
+    );
+    let filter = ListFilter {
+        state: Some(StateKind::Held),
+        ..ListFilter::default()
+    };
+    assert_eq!(store.list(&filter, None).unwrap().len(), 1);
+
+    store.apply(id, &AdminAction::Release, now).unwrap();
+    let lease = store.lease_due(now, MIN, 1).unwrap();
+    assert_eq!(lease.len(), 1);
+    // Bounce fails the recipient that is not in flight and leaves the leased one alone.
+    let bounced = store
+        .apply(
+            id,
+            &AdminAction::Bounce {
+                reason: "bounced by operator".into(),
+            },
+            now,
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(bounced.recipients[0].state.kind(), StateKind::Leased);
+    assert_eq!(bounced.recipients[1].state.kind(), StateKind::Failed);
+    assert_eq!(
+        store.apply(QueueId(1), &AdminAction::Retry, now).unwrap(),
+        None
+    );
+
+    assert!(store.delete(id).unwrap());
+    assert!(
+        store
+            .lease_due(now.plus(60 * MIN), MIN, 10)
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .inner
+        .slot
+        .with_db(|db| {
+            let txn = db.begin_read()?;
+            assert_eq!(txn.open_table(SCHEDULE)?.len()?, 0);
+            assert_eq!(txn.open_table(LEASES)?.len()?, 0);
+            Ok(())
+        })
+        .unwrap();
 }
