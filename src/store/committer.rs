@@ -11,7 +11,6 @@ use super::{BODIES, DbSlot, LAST_QUEUE_ID, META, StoreOptions};
 use crate::envelope::{Envelope, QueueId};
 use redb::Durability;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -97,11 +96,10 @@ fn commit_batch(
     batch: &[Request],
     bytes: usize,
 ) -> Result<Vec<QueueId>, AppendError> {
-    // redb refuses every call after an I/O error until the database is reopened; reopening here
-    // is what lets the store work again once space returns.
-    if slot.failed.load(Ordering::Acquire) || slot.db.read().map(|g| g.is_none()).unwrap_or(true) {
-        slot.reopen().map_err(AppendError::from)?;
-    }
+    // redb refuses every call after an I/O error until the database is reopened; a reopen that
+    // failed before (disk still full) is retried here, which is what lets the store work again
+    // once space returns.
+    slot.reopen_if_failed().map_err(AppendError::from)?;
     if options.min_free_bytes > 0 {
         // An unreadable free-space figure is not a reason to refuse mail; ENOSPC still catches it.
         if let Ok(free) = free_bytes(&slot.path)
@@ -141,19 +139,8 @@ fn commit_batch(
     if let Some(histogram) = &options.commit_latency {
         histogram.observe(started.elapsed().as_secs_f64());
     }
-    match result {
-        Ok(()) => Ok(ids),
-        Err(e) => {
-            if e.needs_reopen() {
-                // Reopen now, so readers see the last good commit again rather than PreviousIo.
-                // If it fails (disk still full), the next batch tries again.
-                if let Err(reopen) = slot.reopen() {
-                    tracing::warn!(error = %reopen, "reopening the queue store failed");
-                }
-            }
-            Err(AppendError::from(e))
-        }
-    }
+    // with_db has already reopened the database if the failure was an I/O error.
+    result.map(|()| ids).map_err(AppendError::from)
 }
 
 /// Bytes available to an unprivileged writer on the file system holding `path`.

@@ -109,28 +109,44 @@ struct DbSlot {
 }
 
 impl DbSlot {
+    /// Runs `f` on the open database. An I/O failure marks the handle failed and reopens it
+    /// right away, so reads and admin changes recover without waiting for the next append.
     fn with_db<R>(
         &self,
         f: impl FnOnce(&Database) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
-        let db = guard.as_ref().ok_or(StoreError::Unavailable)?;
-        let result = f(db);
+        if self.failed.load(Ordering::Acquire) {
+            // Best effort: if it fails, the read below reports Unavailable.
+            let _ = self.reopen_if_failed();
+        }
+        let result = {
+            let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+            let db = guard.as_ref().ok_or(StoreError::Unavailable)?;
+            f(db)
+        };
         if let Err(e) = &result
             && e.needs_reopen()
         {
             self.failed.store(true, Ordering::Release);
+            if let Err(reopen) = self.reopen_if_failed() {
+                tracing::warn!(error = %reopen, "reopening the queue store failed");
+            }
         }
         result
     }
 
-    /// Closes the failed handle and opens the file again; redb recovers it from its last commit.
-    fn reopen(&self) -> Result<(), StoreError> {
+    /// If the handle failed (or a reopen failed before), closes it and opens the file again;
+    /// redb recovers the file to its last commit. Holding the write lock means no read is running.
+    fn reopen_if_failed(&self) -> Result<(), StoreError> {
         let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if guard.is_some() && !self.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         if let Some(old) = guard.take() {
             // Closing a database that saw an I/O error reports that error again; it is known.
             let _ = old.close();
         }
+        self.failed.store(true, Ordering::Release);
         let db = open_database(&self.path)?;
         *guard = Some(db);
         self.failed.store(false, Ordering::Release);
