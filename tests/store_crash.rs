@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 const CHILD_ENV: &str = "DIMEGATE_STORE_CRASH_CHILD";
 const ROUND_ENV: &str = "DIMEGATE_STORE_CRASH_ROUND";
 const TEST_NAME: &str = "acknowledged_appends_survive_sigkill";
+/// Rounds by default; `DIMEGATE_STORE_CRASH_ROUNDS` runs longer.
 const ROUNDS: u32 = 8;
 const TASKS: u32 = 16;
 
@@ -179,7 +180,11 @@ fn acknowledged_appends_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("queue.redb");
     let mut total_acked = 0usize;
-    for round in 0..ROUNDS {
+    let rounds = std::env::var("DIMEGATE_STORE_CRASH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(ROUNDS);
+    for round in 0..rounds {
         let acks = run_round(&path, round);
         total_acked += acks.len();
 
