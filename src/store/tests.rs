@@ -375,3 +375,37 @@ async fn admin_actions_and_delete_keep_the_schedule_in_step() {
         })
         .unwrap();
 }
+
+/// Concurrent appends share commits: 100 callers, far fewer fsyncs. On a current-thread runtime
+/// all 100 requests are queued before the first answer can be awaited, so at most the first
+/// request commits alone.
+#[tokio::test(flavor = "current_thread")]
+async fn concurrent_appends_are_group_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let histogram = Histogram::new([0.001, 0.01, 0.1, 1.0]);
+    let store = Store::open(&dir.path().join("q.redb"), Some(histogram.clone())).unwrap();
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append(envelope("a@x.org", &["b@y.org"], i), vec![0; 100])
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register("commit_latency", "test", histogram);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let commits: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("commit_latency_count "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap();
+    assert!(commits <= 5, "100 appends took {commits} commits");
+    assert_eq!(store.count().unwrap(), 100);
+}
