@@ -71,6 +71,7 @@ fn run(receiver: Receiver<Request>, slot: Arc<DbSlot>, options: StoreOptions, mu
         if batch.is_empty() {
             continue;
         }
+        let bytes = batch.iter().map(|r| r.body.len()).sum();
 
         let result = commit_batch(&slot, &options, &mut last_id, &batch, bytes);
         match result {

@@ -2,15 +2,15 @@
 //!
 //! The promise is Postfix's: a message whose [`Store::append`] returned `Ok` (and so got `250`) is
 //! on stable storage and survives a crash, a kill -9 or a power cut. The store is a redb database
-//! (one file) with three private tables:
+//! (one file) with five private tables:
 //!
-//! | table      | key            | value                                         |
-//! |------------|----------------|-----------------------------------------------|
-//! | `messages` | queue id (u64) | version byte + JSON of envelope, states, size |
-//! | `bodies`   | queue id (u64) | the message bytes exactly as received         |
-//! | `meta`     | name (str)     | u64; `last_queue_id`                          |
-//! | `schedule` | (wake, id)     | (); messages the scheduler must look at, by time |
-//! | `leases`   | queue id       | (); messages with a leased recipient          |
+//! | table      | key                  | value                                          |
+//! |------------|----------------------|------------------------------------------------|
+//! | `messages` | queue id (u64)       | version byte + JSON of envelope, states, size  |
+//! | `bodies`   | queue id (u64)       | the message bytes exactly as received          |
+//! | `meta`     | name (str)           | u64; `last_queue_id`                           |
+//! | `schedule` | (wake secs, queue id)| (); when a message next needs the scheduler   |
+//! | `leases`   | queue id (u64)       | (); messages with a leased recipient           |
 //!
 //! Appends go through one committer thread that batches concurrent callers into one write
 //! transaction and one fsync (group commit), so throughput grows with concurrency while each
@@ -138,6 +138,11 @@ impl DbSlot {
     /// If the handle failed (or a reopen failed before), closes it and opens the file again;
     /// redb recovers the file to its last commit. Holding the write lock means no read is running.
     fn reopen_if_failed(&self) -> Result<(), StoreError> {
+        // Fast path for every commit: no exclusive lock unless something failed. The flag stays
+        // set until a reopen succeeds, so a missing handle always has it set.
+        if !self.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
         if guard.is_some() && !self.failed.load(Ordering::Acquire) {
             return Ok(());
