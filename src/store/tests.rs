@@ -409,3 +409,12 @@ async fn concurrent_appends_are_group_committed() {
     assert!(commits <= 5, "100 appends took {commits} commits");
     assert_eq!(store.count().unwrap(), 100);
 }
+
+#[test]
+fn store_is_clone_send_sync() {
+    fn shareable<T: Clone + Send + Sync + 'static>() {}
+    shareable::<Store>();
+    fn error_is_shareable<T: std::error::Error + Send + Sync + 'static>() {}
+    error_is_shareable::<StoreError>();
+    error_is_shareable::<AppendError>();
+}
