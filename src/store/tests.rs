@@ -418,3 +418,15 @@ fn store_is_clone_send_sync() {
     error_is_shareable::<StoreError>();
     error_is_shareable::<AppendError>();
 }
+
+#[test]
+fn a_file_that_is_not_a_store_is_an_open_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.redb");
+    std::fs::write(&path, vec![0x5a; 10_000]).unwrap();
+    match Store::open(&path, None) {
+        Err(StoreError::Open { .. }) => {}
+        Err(e) => panic!("want Open, got {e}"),
+        Ok(_) => panic!("opened garbage"),
+    }
+}
