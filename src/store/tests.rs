@@ -430,3 +430,40 @@ fn a_file_that_is_not_a_store_is_an_open_error() {
         Ok(_) => panic!("opened garbage"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_run_while_the_committer_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let reader = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let mut last = 0;
+            while last < 200 {
+                let count = store.count().unwrap();
+                assert!(count >= last, "count went back: {count} < {last}");
+                let listed = store.list(&ListFilter::default(), None).unwrap();
+                // A snapshot never shows a message without its body.
+                for m in &listed {
+                    assert!(store.body(m.queue_id).unwrap().is_some());
+                }
+                last = count;
+            }
+        })
+    };
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append(envelope("a@x.org", &["b@y.org"], i), vec![1; 1000])
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    reader.join().unwrap();
+}
