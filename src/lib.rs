@@ -6,7 +6,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod deliver;
 pub mod dime;
 pub mod envelope;
+pub mod resolve;
 pub mod smtp;
 pub mod store;

@@ -1,0 +1,911 @@
+//! Outbound SMTP and LMTP: one transaction per (message, next hop) carrying all its recipients,
+//! with a per-recipient [`Outcome`] built from the remote replies.
+//!
+//! Owns the outbound connections: a small idle pool keyed by next-hop address (RSET before reuse)
+//! and the concurrency caps, per next hop and in total. It decides *where* and *how* a message
+//! goes ([`NextHop`], TLS policy, MX order); *when* to try again is the queue's business: it
+//! reads [`Outcome`] (delivered, deferred, failed) and the enhanced status for DSNs.
+//!
+//! What is sent: a `Received:` header ([`received_header`]) followed by the stored message bytes,
+//! dot-stuffed and otherwise untouched.
+
+mod received;
+mod session;
+mod wire;
+
+pub use received::{received_header, rfc5322_date};
+
+use crate::envelope::{Envelope, QueueId, Recipient};
+use crate::resolve::{MxAnswer, ResolveError, Resolver};
+use session::{Connection, HopFailure, Target, Timeouts, TlsConnectors, Transaction};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// RFC 3463 enhanced status code, `class.subject.detail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EnhancedCode {
+    /// 2 success, 4 persistent transient failure, 5 permanent failure.
+    pub class: u8,
+    /// Subject (1 address, 2 mailbox, 3 mail system, 4 network/routing, 5 protocol, 6 content,
+    /// 7 security).
+    pub subject: u16,
+    /// Detail within the subject.
+    pub detail: u16,
+}
+
+impl EnhancedCode {
+    /// `EnhancedCode::new(5, 1, 1)` is `5.1.1`.
+    pub const fn new(class: u8, subject: u16, detail: u16) -> EnhancedCode {
+        EnhancedCode {
+            class,
+            subject,
+            detail,
+        }
+    }
+}
+
+impl std::fmt::Display for EnhancedCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
+    }
+}
+
+/// The SMTP step a reply answered, for "(in reply to RCPT TO command)".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// TCP connect.
+    Connect,
+    /// The server greeting.
+    Greeting,
+    /// EHLO, LHLO or HELO.
+    Hello,
+    /// STARTTLS and the TLS handshake.
+    StartTls,
+    /// MAIL FROM.
+    MailFrom,
+    /// RCPT TO.
+    RcptTo,
+    /// DATA (before the message).
+    Data,
+    /// The end-of-data dot.
+    EndOfData,
+}
+
+impl Stage {
+    fn in_reply_to(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::Greeting => "the initial greeting",
+            Stage::Hello => "EHLO/LHLO/HELO command",
+            Stage::StartTls => "STARTTLS command",
+            Stage::MailFrom => "MAIL FROM command",
+            Stage::RcptTo => "RCPT TO command",
+            Stage::Data => "DATA command",
+            Stage::EndOfData => "end of DATA command",
+        }
+    }
+
+    fn doing(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect to",
+            Stage::Greeting => "waiting for the greeting of",
+            Stage::Hello => "saying EHLO to",
+            Stage::StartTls => "STARTTLS with",
+            Stage::MailFrom => "sending MAIL FROM to",
+            Stage::RcptTo => "sending RCPT TO to",
+            Stage::Data => "sending DATA to",
+            Stage::EndOfData => "sending the message to",
+        }
+    }
+}
+
+/// A reply from the next hop, kept whole for the log and the DSN's Diagnostic-Code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteReply {
+    /// Who said it: `host[ip]:port`.
+    pub mta: String,
+    /// What it answered.
+    pub stage: Stage,
+    /// The three-digit reply code.
+    pub code: u16,
+    /// The enhanced status code when the reply carried one.
+    pub status: Option<EnhancedCode>,
+    /// The reply text, lines joined with `\n`, without codes.
+    pub text: String,
+}
+
+impl RemoteReply {
+    fn from_response(mta: String, stage: Stage, response: smtp_proto::Response<String>) -> Self {
+        let [class, subject, detail] = response.esc;
+        let status =
+            (class != 0).then(|| EnhancedCode::new(class, u16::from(subject), u16::from(detail)));
+        RemoteReply {
+            mta,
+            stage,
+            code: response.code,
+            status,
+            text: response.message,
+        }
+    }
+
+    /// The reply's enhanced code, or `X.0.0` of its class when it had none (RFC 3463 §3.1).
+    pub fn status_or_default(&self) -> EnhancedCode {
+        self.status.unwrap_or_else(|| {
+            let class = match self.code {
+                200..=299 => 2,
+                400..=499 => 4,
+                _ => 5,
+            };
+            EnhancedCode::new(class, 0, 0)
+        })
+    }
+}
+
+impl std::fmt::Display for RemoteReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "host {} said: {}", self.mta, self.code)?;
+        if let Some(status) = self.status {
+            write!(f, " {status}")?;
+        }
+        write!(
+            f,
+            " {} (in reply to {})",
+            self.text.replace('\n', " "),
+            self.stage.in_reply_to()
+        )
+    }
+}
+
+/// Why a recipient was deferred or failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// The next hop said so.
+    Reply(RemoteReply),
+    /// We found out ourselves: DNS, connect, TLS, timeout, a missing extension.
+    Local {
+        /// The next hop concerned, when one was chosen.
+        mta: Option<String>,
+        /// What happened, precisely.
+        text: String,
+    },
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Reply(reply) => reply.fmt(f),
+            Reason::Local { text, .. } => f.write_str(text),
+        }
+    }
+}
+
+/// What happened to one recipient in one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The next hop took responsibility (2xx after the data).
+    Delivered {
+        /// Its reply, usually with its own queue id.
+        reply: RemoteReply,
+    },
+    /// Try again later.
+    Deferred {
+        /// The remote reply or our own finding.
+        reason: Reason,
+        /// The enhanced status for a delay DSN.
+        status: Option<EnhancedCode>,
+    },
+    /// Will not be delivered: bounce.
+    Failed {
+        /// The remote reply or our own finding.
+        reason: Reason,
+        /// The enhanced status for the failure DSN.
+        status: Option<EnhancedCode>,
+    },
+}
+
+impl Outcome {
+    /// 2xx delivered, 4xx deferred, 5xx failed; anything else (a 1xx or 3xx where a final answer
+    /// belongs) is a protocol error of the peer: deferred.
+    fn from_reply(reply: RemoteReply) -> Outcome {
+        match reply.code {
+            200..=299 => Outcome::Delivered { reply },
+            500..=599 => Outcome::Failed {
+                status: Some(reply.status_or_default()),
+                reason: Reason::Reply(reply),
+            },
+            400..=499 => Outcome::Deferred {
+                status: Some(reply.status_or_default()),
+                reason: Reason::Reply(reply),
+            },
+            _ => Outcome::Deferred {
+                status: Some(EnhancedCode::new(4, 5, 0)),
+                reason: Reason::Reply(reply),
+            },
+        }
+    }
+
+    fn local(permanent: bool, mta: Option<String>, status: EnhancedCode, text: String) -> Outcome {
+        let reason = Reason::Local { mta, text };
+        if permanent {
+            Outcome::Failed {
+                reason,
+                status: Some(status),
+            }
+        } else {
+            Outcome::Deferred {
+                reason,
+                status: Some(status),
+            }
+        }
+    }
+
+    /// `true` for [`Outcome::Delivered`].
+    pub fn is_delivered(&self) -> bool {
+        matches!(self, Outcome::Delivered { .. })
+    }
+
+    /// `true` for [`Outcome::Failed`]: the queue bounces this recipient.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Outcome::Failed { .. })
+    }
+
+    /// The enhanced status code: the remote one if given, else the one we chose.
+    pub fn status(&self) -> Option<EnhancedCode> {
+        match self {
+            Outcome::Delivered { reply } => Some(reply.status_or_default()),
+            Outcome::Deferred { status, .. } | Outcome::Failed { status, .. } => *status,
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Delivered { reply } => write!(f, "delivered: {reply}"),
+            Outcome::Deferred { reason, .. } => write!(f, "deferred: {reason}"),
+            Outcome::Failed { reason, .. } => write!(f, "failed: {reason}"),
+        }
+    }
+}
+
+/// How to use STARTTLS with a next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TlsPolicy {
+    /// Never (a backend on loopback or a Unix-like trusted link).
+    Disabled,
+    /// When offered, without certificate verification (RFC 7435); if the handshake fails, the
+    /// message goes in plain text on a new connection.
+    #[default]
+    Opportunistic,
+    /// Must succeed with a certificate valid for the host name under the webpki roots;
+    /// otherwise the recipients are deferred (4.7.x).
+    Required,
+}
+
+/// Where a message goes next: data, decided by routing; [`Deliverer::deliver`] does the rest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum NextHop {
+    /// The provider's MTA behind us.
+    Backend {
+        /// Its address.
+        addr: SocketAddr,
+        /// Speak LMTP (RFC 2033) instead of SMTP.
+        lmtp: bool,
+        /// STARTTLS policy.
+        tls: TlsPolicy,
+    },
+    /// A relay host for all outbound mail, without MX lookup (Postfix's `relayhost = [host]:port`).
+    Smarthost {
+        /// Host name or IP literal.
+        host: String,
+        /// TCP port.
+        port: u16,
+        /// STARTTLS policy.
+        tls: TlsPolicy,
+    },
+    /// The recipient domain's MX hosts, tried in order (RFC 5321 §5.1).
+    Mx {
+        /// The recipient domain.
+        domain: String,
+    },
+}
+
+impl NextHop {
+    /// The key under which concurrency is counted.
+    fn concurrency_key(&self) -> String {
+        match self {
+            NextHop::Backend { addr, lmtp, .. } => {
+                format!("{}:{addr}", if *lmtp { "lmtp" } else { "smtp" })
+            }
+            NextHop::Smarthost { host, port, .. } => {
+                format!("relay:{}:{port}", host.to_ascii_lowercase())
+            }
+            NextHop::Mx { domain } => format!("mx:{}", domain.to_ascii_lowercase()),
+        }
+    }
+}
+
+/// Per-destination policy for [`NextHop::Mx`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationPolicy {
+    /// Recipient domain, compared case-insensitively.
+    pub domain: String,
+    /// Require verified TLS to this domain's MX hosts.
+    pub require_tls: bool,
+}
+
+/// Typed delivery settings; `config` wires TOML keys to these fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliverySettings {
+    /// Our host name: the EHLO argument and the `by` of the `Received:` header.
+    pub helo_name: String,
+    /// TCP port for MX hosts (25; tests use another).
+    pub mx_port: u16,
+    /// TLS policy for MX hosts without a [`DestinationPolicy`] requiring TLS.
+    pub mx_tls: TlsPolicy,
+    /// Per-domain policies for MX delivery.
+    pub destinations: Vec<DestinationPolicy>,
+    /// TCP connect limit.
+    pub connect_timeout: Duration,
+    /// Greeting wait (RFC 5321 §4.5.3.2.1: 5 minutes).
+    pub greeting_timeout: Duration,
+    /// Per-command reply wait (RFC 5321 §4.5.3.2: 5 minutes for MAIL/RCPT).
+    pub command_timeout: Duration,
+    /// Sending the message and waiting for the end-of-data reply (RFC 5321: 10 minutes).
+    pub data_timeout: Duration,
+    /// Concurrent deliveries in total.
+    pub max_connections: usize,
+    /// Concurrent deliveries per next hop (per MX domain, backend or relay).
+    pub max_connections_per_hop: usize,
+    /// How long an idle connection is kept for the next message to the same address.
+    pub idle_timeout: Duration,
+    /// Transactions per connection before it is closed (0: no limit).
+    pub max_messages_per_connection: u32,
+    /// Addresses tried per delivery attempt over all MX hosts (Postfix's
+    /// `smtp_mx_address_limit`).
+    pub max_addresses_per_delivery: usize,
+    /// Shuffle MX hosts of equal preference (RFC 5321 §5.1). Off only for reproducible tests.
+    pub shuffle_equal_mx: bool,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        DeliverySettings {
+            helo_name: "localhost".into(),
+            mx_port: 25,
+            mx_tls: TlsPolicy::Opportunistic,
+            destinations: Vec::new(),
+            connect_timeout: Duration::from_secs(30),
+            greeting_timeout: Duration::from_secs(300),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            max_connections: 100,
+            max_connections_per_hop: 20,
+            idle_timeout: Duration::from_secs(5),
+            max_messages_per_connection: 100,
+            max_addresses_per_delivery: 5,
+            shuffle_equal_mx: true,
+        }
+    }
+}
+
+/// Delivery could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeliverError {
+    /// The TLS client configuration could not be built.
+    #[error("cannot build the TLS client configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+impl DeliverError {
+    /// Set-up errors are configuration errors: retrying will not help.
+    pub fn is_permanent(&self) -> bool {
+        true
+    }
+}
+
+struct IdleConnection {
+    connection: Connection,
+    since: Instant,
+}
+
+/// Sends messages to next hops. Share it (`Arc`) between queue workers.
+pub struct Deliverer {
+    settings: DeliverySettings,
+    resolver: Resolver,
+    connectors: TlsConnectors,
+    total: Arc<Semaphore>,
+    per_hop: Mutex<HashMap<String, Arc<Semaphore>>>,
+    // std Mutex: never held across an await, only to push or pop a connection.
+    idle: Mutex<HashMap<Target, Vec<IdleConnection>>>,
+}
+
+impl std::fmt::Debug for Deliverer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deliverer")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the targets of one delivery come from.
+enum Candidates {
+    Fixed(Vec<Target>),
+    Mx { answer: MxAnswer, tls: TlsPolicy },
+}
+
+impl Deliverer {
+    /// Builds a deliverer; fails only if the TLS configuration cannot be built.
+    pub fn new(settings: DeliverySettings, resolver: Resolver) -> Result<Deliverer, DeliverError> {
+        let total = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+        Ok(Deliverer {
+            connectors: TlsConnectors::new()?,
+            total,
+            settings,
+            resolver,
+            per_hop: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Delivers one message to one next hop for `recipients` (addresses from
+    /// `envelope.recipients`; their NOTIFY/ORCPT are taken from there). Returns one outcome per
+    /// recipient, in the order given. Never fails as a whole: DNS, connect or TLS trouble shows as
+    /// every recipient deferred (or failed, when permanent) with the precise reason.
+    ///
+    /// Waits for a free slot under the per-hop and total caps first.
+    ///
+    /// Not cancel-safe: if dropped after the message's end-of-data was sent and before the reply
+    /// was read, the next hop may have the message while the caller records nothing; a retry then
+    /// delivers it twice. Never a loss. Dropping it at any other point only closes a connection.
+    pub async fn deliver(
+        &self,
+        hop: &NextHop,
+        envelope: &Envelope,
+        queue_id: QueueId,
+        body: &[u8],
+        recipients: &[String],
+    ) -> Vec<(String, Outcome)> {
+        let outcomes = self
+            .deliver_inner(hop, envelope, queue_id, body, recipients)
+            .await;
+        for (address, outcome) in &outcomes {
+            tracing::info!(%queue_id, rcpt = %address, %outcome, "delivery attempt");
+        }
+        outcomes
+    }
+
+    async fn deliver_inner(
+        &self,
+        hop: &NextHop,
+        envelope: &Envelope,
+        queue_id: QueueId,
+        body: &[u8],
+        recipients: &[String],
+    ) -> Vec<(String, Outcome)> {
+        let all = |outcome: Outcome| -> Vec<(String, Outcome)> {
+            recipients
+                .iter()
+                .map(|r| (r.clone(), outcome.clone()))
+                .collect()
+        };
+        if recipients.is_empty() {
+            return Vec::new();
+        }
+
+        // Per hop first, then total: a hop at its cap waits without holding a global slot.
+        let hop_semaphore = self.hop_semaphore(hop);
+        let (Ok(_hop_permit), Ok(_total_permit)) = (
+            hop_semaphore.acquire_owned().await,
+            self.total.clone().acquire_owned().await,
+        ) else {
+            // The semaphores are never closed; this keeps the function total.
+            return all(Outcome::local(
+                false,
+                None,
+                EnhancedCode::new(4, 3, 0),
+                "delivery slots closed (shutting down)".into(),
+            ));
+        };
+
+        let recipient_data: Vec<Recipient> = recipients
+            .iter()
+            .map(|address| {
+                envelope
+                    .recipients
+                    .iter()
+                    .find(|r| &r.address == address)
+                    .cloned()
+                    .unwrap_or_else(|| Recipient {
+                        address: address.clone(),
+                        notify: None,
+                        orcpt: None,
+                    })
+            })
+            .collect();
+        let recipient_refs: Vec<&Recipient> = recipient_data.iter().collect();
+        let header = received_header(envelope, queue_id, &self.settings.helo_name);
+        let message_len = header.len() + body.len();
+        let payload = wire::data_payload(header.as_bytes(), body);
+
+        let candidates = match self.candidates(hop).await {
+            Ok(candidates) => candidates,
+            Err(outcome) => return all(outcome),
+        };
+
+        let mut attempts = 0usize;
+        let mut last_temporary: Option<HopFailure> = None;
+        let mut last_permanent: Option<HopFailure> = None;
+        let mut dns_temporary: Option<ResolveError> = None;
+        let remember = |failure: HopFailure,
+                        temp: &mut Option<HopFailure>,
+                        perm: &mut Option<HopFailure>| {
+            tracing::info!(%queue_id, reason = %failure.reason, "next hop failed, trying the next one if any");
+            if failure.permanent {
+                *perm = Some(failure);
+            } else {
+                *temp = Some(failure);
+            }
+        };
+
+        // Lazily expanded: an MX host's addresses are looked up only when its turn comes.
+        let hosts: Vec<(String, TlsPolicy, Option<Vec<Target>>)> = match candidates {
+            Candidates::Fixed(targets) => vec![(String::new(), TlsPolicy::Disabled, Some(targets))],
+            Candidates::Mx { answer, tls } => answer
+                .hosts()
+                .iter()
+                .map(|h| (h.host.clone(), tls, None))
+                .collect(),
+        };
+        'hosts: for (host, tls, fixed) in hosts {
+            let targets = match fixed {
+                Some(targets) => targets,
+                None => match self.resolver.addresses(&host).await {
+                    Ok(addresses) => addresses
+                        .into_iter()
+                        .map(|ip| Target {
+                            name: host.clone(),
+                            addr: SocketAddr::new(ip, self.settings.mx_port),
+                            lmtp: false,
+                            tls,
+                        })
+                        .collect(),
+                    Err(error) => {
+                        tracing::info!(%queue_id, %host, %error, "MX host address lookup failed");
+                        if !error.is_permanent() {
+                            dns_temporary = Some(error);
+                        }
+                        continue;
+                    }
+                },
+            };
+            for target in targets {
+                if attempts >= self.settings.max_addresses_per_delivery.max(1) {
+                    break 'hosts;
+                }
+                attempts += 1;
+                match self
+                    .attempt(&target, envelope, &recipient_refs, &payload, message_len)
+                    .await
+                {
+                    Ok(outcomes) => {
+                        return recipients.iter().cloned().zip(outcomes).collect();
+                    }
+                    Err(failure) => remember(failure, &mut last_temporary, &mut last_permanent),
+                }
+            }
+        }
+
+        // No next hop took the transaction. Any temporary trouble means "try later"; only when
+        // every hop refused permanently does the message fail.
+        if let Some(failure) = last_temporary {
+            return all(Outcome::Deferred {
+                reason: failure.reason,
+                status: Some(EnhancedCode {
+                    class: 4,
+                    ..failure.status
+                }),
+            });
+        }
+        if let Some(error) = dns_temporary {
+            return all(Outcome::local(
+                false,
+                None,
+                EnhancedCode::new(4, 4, 3),
+                error.to_string(),
+            ));
+        }
+        if let Some(failure) = last_permanent {
+            return all(Outcome::Failed {
+                reason: failure.reason,
+                status: Some(failure.status),
+            });
+        }
+        all(Outcome::local(
+            true,
+            None,
+            EnhancedCode::new(5, 4, 4),
+            match hop {
+                NextHop::Mx { domain } => {
+                    format!("no address found for any mail exchanger of {domain}")
+                }
+                NextHop::Smarthost { host, .. } => {
+                    format!("no address found for relay host {host}")
+                }
+                NextHop::Backend { addr, .. } => format!("no route to backend {addr}"),
+            },
+        ))
+    }
+
+    /// Turns the hop into targets (or MX hosts to expand), or a final outcome for every recipient.
+    async fn candidates(&self, hop: &NextHop) -> Result<Candidates, Outcome> {
+        match hop {
+            NextHop::Backend { addr, lmtp, tls } => Ok(Candidates::Fixed(vec![Target {
+                name: addr.ip().to_string(),
+                addr: *addr,
+                lmtp: *lmtp,
+                tls: *tls,
+            }])),
+            NextHop::Smarthost { host, port, tls } => {
+                let addresses = self
+                    .resolver
+                    .addresses(host)
+                    .await
+                    .map_err(|e| dns_outcome(&e))?;
+                let name = host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned();
+                Ok(Candidates::Fixed(
+                    addresses
+                        .into_iter()
+                        .map(|ip| Target {
+                            name: name.clone(),
+                            addr: SocketAddr::new(ip, *port),
+                            lmtp: false,
+                            tls: *tls,
+                        })
+                        .collect(),
+                ))
+            }
+            NextHop::Mx { domain } => {
+                let mut answer = self
+                    .resolver
+                    .mx_hosts(domain)
+                    .await
+                    .map_err(|e| dns_outcome(&e))?;
+                if answer == MxAnswer::NullMx {
+                    return Err(Outcome::local(
+                        true,
+                        None,
+                        EnhancedCode::new(5, 1, 10),
+                        format!("{domain} publishes a null MX (RFC 7505): it accepts no mail"),
+                    ));
+                }
+                if self.settings.shuffle_equal_mx {
+                    answer.shuffle_equal_preferences(&mut rand::thread_rng());
+                }
+                let require = self
+                    .settings
+                    .destinations
+                    .iter()
+                    .any(|d| d.require_tls && d.domain.eq_ignore_ascii_case(domain));
+                let tls = if require {
+                    TlsPolicy::Required
+                } else {
+                    self.settings.mx_tls
+                };
+                Ok(Candidates::Mx { answer, tls })
+            }
+        }
+    }
+
+    /// One transaction with one target, on a pooled connection when one is idle.
+    async fn attempt(
+        &self,
+        target: &Target,
+        envelope: &Envelope,
+        recipients: &[&Recipient],
+        payload: &[u8],
+        message_len: usize,
+    ) -> Result<Vec<Outcome>, HopFailure> {
+        let mut connection = match self.take_idle(target).await {
+            Some(connection) => connection,
+            None => {
+                let connection = Connection::open(
+                    target,
+                    &self.settings.helo_name,
+                    self.timeouts(),
+                    &self.connectors,
+                )
+                .await?;
+                tracing::debug!(mta = %target.label(), tls = ?connection.tls, "connected");
+                connection
+            }
+        };
+        let result = connection
+            .transaction(
+                envelope,
+                recipients,
+                payload,
+                message_len,
+                self.settings.data_timeout,
+            )
+            .await;
+        let (result, reusable) = match result {
+            Transaction::HopFailed { failure, reusable } => (Err(failure), reusable),
+            Transaction::Done { outcomes, reusable } => (Ok(outcomes), reusable),
+        };
+        let limit = self.settings.max_messages_per_connection;
+        if reusable && (limit == 0 || connection.transactions < limit) {
+            self.put_idle(connection);
+        } else if reusable {
+            connection.quit().await;
+        }
+        result
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            connect: self.settings.connect_timeout,
+            greeting: self.settings.greeting_timeout,
+            command: self.settings.command_timeout,
+        }
+    }
+
+    fn hop_semaphore(&self, hop: &NextHop) -> Arc<Semaphore> {
+        let key = hop.concurrency_key();
+        let mut map = match self.per_hop.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if map.len() > 4096 {
+            // Forget hops nobody is delivering to, so the map does not grow with every domain.
+            map.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        map.entry(key)
+            .or_insert_with(|| {
+                Arc::new(Semaphore::new(self.settings.max_connections_per_hop.max(1)))
+            })
+            .clone()
+    }
+
+    /// The most recently used idle connection to `target` that answers RSET.
+    async fn take_idle(&self, target: &Target) -> Option<Connection> {
+        loop {
+            let candidate = {
+                let mut idle = match self.idle.lock() {
+                    Ok(idle) => idle,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                let list = idle.get_mut(target)?;
+                let now = Instant::now();
+                list.retain(|c| now.duration_since(c.since) < self.settings.idle_timeout);
+                list.pop()
+            };
+            let mut connection = candidate?.connection;
+            if connection.reset().await {
+                return Some(connection);
+            }
+            // Dead or confused: drop it and look at the next one.
+        }
+    }
+
+    fn put_idle(&self, connection: Connection) {
+        let mut idle = match self.idle.lock() {
+            Ok(idle) => idle,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = Instant::now();
+        // Sweep expired connections of every target on each return, so idle sockets do not
+        // outlive the idle timeout by much without a separate reaper task.
+        idle.retain(|_, list| {
+            list.retain(|c| now.duration_since(c.since) < self.settings.idle_timeout);
+            !list.is_empty()
+        });
+        let list = idle.entry(connection.target.clone()).or_default();
+        if list.len() < self.settings.max_connections_per_hop.max(1) {
+            list.push(IdleConnection {
+                connection,
+                since: now,
+            });
+        }
+    }
+
+    /// Closes every idle connection (QUIT). For shutdown. Cancel-safe: a connection not yet
+    /// closed when the future is dropped is closed by the drop.
+    pub async fn close_idle(&self) {
+        let all: Vec<Connection> = {
+            let mut idle = match self.idle.lock() {
+                Ok(idle) => idle,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            idle.drain()
+                .flat_map(|(_, list)| list.into_iter().map(|c| c.connection))
+                .collect()
+        };
+        for connection in all {
+            connection.quit().await;
+        }
+    }
+
+    /// Number of idle pooled connections (for metrics and tests).
+    pub fn idle_connections(&self) -> usize {
+        let idle = match self.idle.lock() {
+            Ok(idle) => idle,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        idle.values().map(Vec::len).sum()
+    }
+}
+
+/// A DNS error as every recipient's outcome: NXDOMAIN and bad names fail (5.1.2), the rest defer.
+fn dns_outcome(error: &ResolveError) -> Outcome {
+    if error.is_permanent() {
+        Outcome::local(true, None, EnhancedCode::new(5, 1, 2), error.to_string())
+    } else {
+        Outcome::local(false, None, EnhancedCode::new(4, 4, 3), error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u16, esc: [u8; 3]) -> RemoteReply {
+        RemoteReply::from_response(
+            "mx[192.0.2.1]:25".into(),
+            Stage::RcptTo,
+            smtp_proto::Response {
+                code,
+                esc,
+                message: "text".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn reply_classes_table() {
+        for (code, esc, delivered, permanent, status) in [
+            (250, [2, 1, 5], true, false, "2.1.5"),
+            (250, [0, 0, 0], true, false, "2.0.0"),
+            (450, [4, 2, 0], false, false, "4.2.0"),
+            (451, [0, 0, 0], false, false, "4.0.0"),
+            (550, [5, 1, 1], false, true, "5.1.1"),
+            (554, [0, 0, 0], false, true, "5.0.0"),
+            (354, [0, 0, 0], false, false, "4.5.0"),
+        ] {
+            let outcome = Outcome::from_reply(reply(code, esc));
+            assert_eq!(outcome.is_delivered(), delivered, "{code}");
+            assert_eq!(outcome.is_permanent(), permanent, "{code}");
+            assert_eq!(
+                outcome.status().map(|s| s.to_string()).as_deref(),
+                Some(status),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn reply_display_reads_like_postfix() {
+        assert_eq!(
+            reply(550, [5, 1, 1]).to_string(),
+            "host mx[192.0.2.1]:25 said: 550 5.1.1 text (in reply to RCPT TO command)"
+        );
+    }
+
+    #[test]
+    fn concurrency_keys_are_case_insensitive() {
+        let a = NextHop::Mx {
+            domain: "Example.ORG".into(),
+        };
+        let b = NextHop::Mx {
+            domain: "example.org".into(),
+        };
+        assert_eq!(a.concurrency_key(), b.concurrency_key());
+    }
+}
