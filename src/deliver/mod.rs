@@ -54,7 +54,8 @@ impl std::fmt::Display for EnhancedCode {
 }
 
 /// The SMTP step a reply answered, for "(in reply to RCPT TO command)".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Ordered by how far a session got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Stage {
     /// TCP connect.
     Connect,
@@ -541,14 +542,13 @@ impl Deliverer {
         let mut last_temporary: Option<HopFailure> = None;
         let mut last_permanent: Option<HopFailure> = None;
         let mut dns_temporary: Option<ResolveError> = None;
-        let remember = |failure: HopFailure,
-                        temp: &mut Option<HopFailure>,
-                        perm: &mut Option<HopFailure>| {
+        // The failure that got furthest into a session explains best why the hop failed (a
+        // "TLS required but not offered" beats a later "connection refused" on a second
+        // address); among equals, the latest.
+        let remember = |failure: HopFailure, slot: &mut Option<HopFailure>| {
             tracing::info!(%queue_id, reason = %failure.reason, "next hop failed, trying the next one if any");
-            if failure.permanent {
-                *perm = Some(failure);
-            } else {
-                *temp = Some(failure);
+            if slot.as_ref().is_none_or(|kept| failure.stage >= kept.stage) {
+                *slot = Some(failure);
             }
         };
 
@@ -595,7 +595,8 @@ impl Deliverer {
                     Ok(outcomes) => {
                         return recipients.iter().cloned().zip(outcomes).collect();
                     }
-                    Err(failure) => remember(failure, &mut last_temporary, &mut last_permanent),
+                    Err(failure) if failure.permanent => remember(failure, &mut last_permanent),
+                    Err(failure) => remember(failure, &mut last_temporary),
                 }
             }
         }

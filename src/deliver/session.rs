@@ -181,14 +181,17 @@ pub(crate) struct Timeouts {
 /// next MX or address may be tried.
 #[derive(Debug, Clone)]
 pub(crate) struct HopFailure {
+    /// How far the session got; the furthest failure is the one reported.
+    pub(crate) stage: Stage,
     pub(crate) reason: Reason,
     pub(crate) status: EnhancedCode,
     pub(crate) permanent: bool,
 }
 
 impl HopFailure {
-    fn local(target: &Target, status: EnhancedCode, text: String) -> HopFailure {
+    fn local(target: &Target, stage: Stage, status: EnhancedCode, text: String) -> HopFailure {
         HopFailure {
+            stage,
             permanent: status.class == 5,
             reason: Reason::Local {
                 mta: Some(target.label()),
@@ -201,6 +204,7 @@ impl HopFailure {
     fn reply(target: &Target, stage: Stage, response: Response<String>) -> HopFailure {
         let reply = RemoteReply::from_response(target.label(), stage, response);
         HopFailure {
+            stage,
             permanent: reply.code >= 500,
             status: reply.status_or_default(),
             reason: Reason::Reply(reply),
@@ -215,6 +219,7 @@ impl HopFailure {
             }
             other => HopFailure::local(
                 target,
+                stage,
                 match stage {
                     Stage::Connect => EnhancedCode::new(4, 4, 1),
                     Stage::StartTls => EnhancedCode::new(4, 7, 5),
@@ -287,11 +292,13 @@ impl Connection {
                 let failure = match e {
                     mail_send::Error::Timeout => HopFailure::local(
                         target,
+                        Stage::Connect,
                         EnhancedCode::new(4, 4, 1),
                         format!("connect to {}: timed out", target.label()),
                     ),
                     other => HopFailure::local(
                         target,
+                        Stage::Connect,
                         EnhancedCode::new(4, 4, 1),
                         format!("connect to {}: {}", target.label(), describe(&other)),
                     ),
@@ -327,6 +334,7 @@ impl Connection {
                     quit_quietly(&mut client).await;
                     return Err(OpenFailure::plain(HopFailure::local(
                         target,
+                        Stage::StartTls,
                         EnhancedCode::new(4, 7, 4),
                         format!(
                             "TLS is required, but {} does not offer STARTTLS",
@@ -356,6 +364,7 @@ impl Connection {
                 Stream::Tls(_) => {
                     return Err(OpenFailure::plain(HopFailure::local(
                         target,
+                        Stage::StartTls,
                         EnhancedCode::new(4, 7, 5),
                         "internal: STARTTLS on an encrypted stream".into(),
                     )));
@@ -376,11 +385,13 @@ impl Connection {
                 let failure = match e {
                     mail_send::Error::InvalidTLSName => HopFailure::local(
                         target,
+                        Stage::StartTls,
                         EnhancedCode::new(4, 7, 5),
                         format!("TLS: {:?} is not a valid TLS server name", target.name),
                     ),
                     other => HopFailure::local(
                         target,
+                        Stage::StartTls,
                         EnhancedCode::new(4, 7, 5),
                         format!(
                             "TLS handshake with {}: {}",
@@ -678,6 +689,7 @@ fn unsendable_result(
     if unsendable.hop_specific {
         Transaction::HopFailed {
             failure: HopFailure {
+                stage: Stage::MailFrom,
                 reason,
                 status: unsendable.status,
                 permanent: unsendable.status.class == 5,

@@ -1,0 +1,248 @@
+//! Real peers on loopback for the delivery and DNS tests: Postfix's smtp-sink and Knot DNS.
+//! Each guard starts its own server on a free port and kills it on drop.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Panics with an install hint when a tool is missing: these tests never skip silently.
+pub fn require_tool(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file())
+                || ["/usr/sbin", "/sbin"]
+                    .iter()
+                    .any(|dir| Path::new(dir).join(tool).is_file())
+        })
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is not installed; install it with `apt-get install {package}` \
+         (see shared/testbed/TESTBED.md)"
+    );
+}
+
+fn tool_path(tool: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        let path = Path::new(dir).join(tool);
+        if path.is_file() {
+            return path;
+        }
+    }
+    PathBuf::from(tool)
+}
+
+/// A loopback port free for both TCP and UDP right now.
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind a TCP port on loopback");
+        let port = tcp.local_addr().expect("local addr").port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// The shared test bed scripts.
+pub fn testbed() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testbed")
+}
+
+/// Kills the child on drop.
+pub struct ChildGuard {
+    child: Child,
+    name: &'static str,
+}
+
+impl ChildGuard {
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.name;
+    }
+}
+
+/// Postfix's smtp-sink on a free loopback port, dumping each transaction into its own file.
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub dump: tempfile::TempDir,
+    /// smtp-sink's `-v` conversation log.
+    pub log: tempfile::NamedTempFile,
+    pub process: ChildGuard,
+}
+
+impl Sink {
+    /// `flags` are smtp-sink options such as `["-r", "RCPT"]` or `["-L"]`.
+    pub fn start(flags: &[&str]) -> Sink {
+        Sink::start_on("127.0.0.1", flags)
+    }
+
+    pub fn start_on(ip: &str, flags: &[&str]) -> Sink {
+        require_tool("smtp-sink", "postfix");
+        let dump = tempfile::tempdir().expect("temp dir");
+        // smtp-sink drops to `nobody`, which must be able to write the dump files.
+        std::fs::set_permissions(
+            dump.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .expect("chmod dump dir");
+        let port = free_port();
+        let addr: SocketAddr = format!("{ip}:{port}").parse().expect("socket address");
+        let template = format!("{}/%H%M%S.", dump.path().display());
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let child = Command::new(tool_path("smtp-sink"))
+            .args(["-v", "-u", "nobody", "-d", &template])
+            .args(flags)
+            .arg(addr.to_string())
+            .arg("64")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().expect("reopen log"))
+            .spawn()
+            .expect("start smtp-sink");
+        let mut process = ChildGuard {
+            child,
+            name: "smtp-sink",
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(process.is_running(), "smtp-sink exited at start");
+            assert!(
+                Instant::now() < deadline,
+                "smtp-sink did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Sink {
+            addr,
+            dump,
+            log,
+            process,
+        }
+    }
+
+    /// How many times `line` (e.g. `"connect ("`, `"RSET"`) occurs in the conversation log.
+    pub fn count_in_log(&self, line: &str) -> usize {
+        let text = std::fs::read_to_string(self.log.path()).expect("read smtp-sink log");
+        text.lines()
+            .filter(|l| {
+                // Lines read "<argv[0]>: text", and argv[0] is a full path here.
+                l.split_once(": ")
+                    .is_some_and(|(_, text)| text.starts_with(line))
+            })
+            .count()
+    }
+
+    /// The dumped transactions, oldest first (file names sort by time, then random).
+    pub fn dumps(&self) -> Vec<String> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dump.path())
+            .expect("read dump dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|f| String::from_utf8_lossy(&std::fs::read(f).expect("read dump")).into_owned())
+            .collect()
+    }
+}
+
+/// A Knot DNS authoritative server for `zone` on a free loopback port, serving `zone_text`
+/// (signed automatically, as in TESTBED.md §3.2).
+pub struct Knot {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub process: ChildGuard,
+}
+
+impl Knot {
+    pub fn start(zone: &str, zone_text: &str) -> Knot {
+        require_tool("knotd", "knot");
+        require_tool("knotc", "knot");
+        require_tool("dig", "bind9-dnsutils");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let status = Command::new("sh")
+            .arg(testbed().join("mk-knot.sh"))
+            .arg(dir.path())
+            .arg(port.to_string())
+            .arg(zone)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run mk-knot.sh");
+        assert!(status.success(), "mk-knot.sh failed");
+        std::fs::write(dir.path().join(format!("zones/{zone}.zone")), zone_text)
+            .expect("write zone file");
+        let log = std::fs::File::create(dir.path().join("knotd.log")).expect("knotd log");
+        let child = Command::new(tool_path("knotd"))
+            .arg("-c")
+            .arg(dir.path().join("knot.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start knotd");
+        let mut process = ChildGuard {
+            child,
+            name: "knotd",
+        };
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        // Knot answers once the zone is loaded and signed: poll with dig for the SOA.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(process.is_running(), "knotd exited; see its log");
+            let out = Command::new("dig")
+                .args(["+short", "+norec", "+time=1", "+tries=1", "-p"])
+                .arg(port.to_string())
+                .arg("@127.0.0.1")
+                .arg(zone)
+                .arg("SOA")
+                .output()
+                .expect("run dig");
+            if out.status.success() && !out.stdout.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "knotd did not serve {zone}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Knot { addr, dir, process }
+    }
+}
+
+/// The test zone: mk-zone.sh's records plus the cases the MX tests need.
+pub fn test_zone() -> String {
+    let base = Command::new("sh")
+        .arg(testbed().join("mk-zone.sh"))
+        .arg("example.test")
+        .output()
+        .expect("run mk-zone.sh");
+    assert!(base.status.success(), "mk-zone.sh failed");
+    let mut zone = String::from_utf8(base.stdout).expect("zone is text");
+    zone.push_str(
+        "\
+nullmx   IN MX   0 .
+amail    IN A    127.0.0.1
+amail    IN AAAA ::1
+nodata   IN TXT  \"no mail here\"
+equal    IN MX   10 mx2
+equal    IN MX   10 mx1
+equal    IN MX   5  mx3
+mx3      IN A    127.0.0.3
+failover IN MX   10 dead
+failover IN MX   20 live
+dead     IN A    127.0.0.3
+live     IN A    127.0.0.1
+noaddr   IN MX   10 nowhere
+",
+    );
+    zone
+}
