@@ -246,3 +246,37 @@ noaddr   IN MX   10 nowhere
     );
     zone
 }
+
+/// Starts `command` (stdin, stdout and stderr discarded) and kills it on drop.
+pub fn spawn_guarded(name: &'static str, command: &mut Command) -> ChildGuard {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {name}: {e}"));
+    ChildGuard { child, name }
+}
+
+/// Polls `server` with dig until it answers an SOA query for `zone`.
+pub fn wait_for_dns(server: SocketAddr, zone: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("dig")
+            .args(["+short", "+time=1", "+tries=1", "-p"])
+            .arg(server.port().to_string())
+            .arg(format!("@{}", server.ip()))
+            .arg(zone)
+            .arg("SOA")
+            .output()
+            .expect("run dig");
+        if out.status.success() && !out.stdout.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{server} did not answer for {zone}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
