@@ -730,3 +730,71 @@ async fn all_mx_hosts_down_defers_and_require_tls_applies_to_mx() {
     assert_eq!(outcomes[0].1.status(), Some(EnhancedCode::new(4, 7, 4)));
     assert!(sink.dumps().is_empty());
 }
+
+// --- STARTTLS with a real Postfix ---------------------------------------------------------------
+
+#[tokio::test]
+async fn starttls_with_postfix_opportunistic_encrypts_and_required_verifies() {
+    let postfix = common::Postfix::start_with_tls();
+    let deliverer = Deliverer::new(settings(), no_dns()).unwrap();
+    let rcpts = ["bob@example.net", "jürgen@example.net"];
+    let mut env = envelope(&rcpts);
+    env.smtputf8 = true;
+
+    // Opportunistic: STARTTLS is offered, the self-signed certificate is not checked.
+    let opportunistic = NextHop::Backend {
+        addr: postfix.addr,
+        lmtp: false,
+        tls: TlsPolicy::Opportunistic,
+    };
+    let outcomes = deliverer
+        .deliver(&opportunistic, &env, QUEUE_ID, BODY, &strings(&rcpts))
+        .await;
+    for (address, outcome) in &outcomes {
+        assert!(outcome.is_delivered(), "{address}: {outcome}");
+        assert!(remote(outcome).text.contains("queued as"), "{outcome}");
+    }
+    let messages = postfix.wait_for_messages(1);
+    assert!(
+        !messages.is_empty(),
+        "nothing in the Maildir; {}",
+        postfix.maillog()
+    );
+    let message = String::from_utf8_lossy(&messages[0]).into_owned();
+    // Postfix's own trace header says the session was encrypted (UTF8SMTPS: SMTPUTF8 over TLS,
+    // RFC 6531 §3.7.4), and ours follows it.
+    let ours = message
+        .find("Received: from client.example.org ([192.0.2.7])")
+        .expect("our Received header");
+    let postfix_received = message.find("Received: from").expect("a Received header");
+    assert!(postfix_received < ours);
+    assert!(
+        message[postfix_received..ours].contains("with UTF8SMTPS id"),
+        "{message}"
+    );
+    assert!(
+        message.contains(".a line that starts with a dot"),
+        "{message}"
+    );
+    assert!(
+        postfix
+            .maillog()
+            .contains("TLS connection established from"),
+        "{}",
+        postfix.maillog()
+    );
+
+    // Required: the same certificate is self-signed, so verification fails and we defer.
+    let required = NextHop::Backend {
+        addr: postfix.addr,
+        lmtp: false,
+        tls: TlsPolicy::Required,
+    };
+    let outcomes = deliverer
+        .deliver(&required, &env, QUEUE_ID, BODY, &strings(&rcpts[..1]))
+        .await;
+    let (_, outcome) = &outcomes[0];
+    assert!(matches!(outcome, Outcome::Deferred { .. }), "{outcome}");
+    assert_eq!(outcome.status(), Some(EnhancedCode::new(4, 7, 5)));
+    assert!(outcome.to_string().contains("certificate"), "{outcome}");
+}

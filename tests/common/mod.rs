@@ -280,3 +280,125 @@ pub fn wait_for_dns(server: SocketAddr, zone: &str) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A real Postfix (mk-postfix.sh, sink mode: everything into one Maildir) with STARTTLS offered
+/// under a fresh self-signed certificate for `localhost`. Stopped by its master's PID on drop.
+pub struct Postfix {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    master_pid: i32,
+}
+
+impl Postfix {
+    pub fn start_with_tls() -> Postfix {
+        require_tool("postfix", "postfix");
+        require_tool("postconf", "postfix");
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Postfix's users must be able to reach the instance directory.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        let port = free_port();
+        let instance = dir.path().join("pf");
+        let status = Command::new("sh")
+            .arg(testbed().join("mk-postfix.sh"))
+            .arg(&instance)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .status()
+            .expect("run mk-postfix.sh");
+        assert!(status.success(), "mk-postfix.sh failed");
+
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("rcgen");
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+        std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+        let etc = instance.join("etc");
+        let status = Command::new(tool_path("postconf"))
+            .arg("-c")
+            .arg(&etc)
+            .arg("-e")
+            .arg("smtpd_tls_security_level=may")
+            .arg(format!("smtpd_tls_cert_file={}", cert.display()))
+            .arg(format!("smtpd_tls_key_file={}", key.display()))
+            .arg("smtpd_tls_loglevel=1")
+            .status()
+            .expect("run postconf");
+        assert!(status.success(), "postconf failed");
+        let status = Command::new(tool_path("postfix"))
+            .arg("-c")
+            .arg(&etc)
+            .arg("start")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run postfix start");
+        assert!(
+            status.success(),
+            "postfix start failed; see {}",
+            instance.display()
+        );
+        let pid_file = instance.join("spool/pid/master.pid");
+        let master_pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .expect("master.pid");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let postfix = Postfix {
+            addr,
+            dir,
+            master_pid,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "postfix did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        postfix
+    }
+
+    pub fn maillog(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pf/maillog")).unwrap_or_default()
+    }
+
+    /// Messages delivered into the catch-all Maildir, waiting up to 15 s for `count` of them.
+    pub fn wait_for_messages(&self, count: usize) -> Vec<Vec<u8>> {
+        let new = self.dir.path().join("pf/mail/catchall/new");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&new)
+                .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            if files.len() >= count || Instant::now() >= deadline {
+                files.sort();
+                return files
+                    .iter()
+                    .map(|f| std::fs::read(f).expect("read message"))
+                    .collect();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        // SIGTERM to the master we started; it takes its children down with it.
+        // SAFETY: kill(2) with a PID read from this instance's own pid file.
+        unsafe {
+            libc::kill(self.master_pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // SAFETY: signal 0 only checks that the process exists.
+        while unsafe { libc::kill(self.master_pid, 0) } == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
