@@ -798,3 +798,96 @@ async fn starttls_with_postfix_opportunistic_encrypts_and_required_verifies() {
     assert_eq!(outcome.status(), Some(EnhancedCode::new(4, 7, 5)));
     assert!(outcome.to_string().contains("certificate"), "{outcome}");
 }
+
+#[tokio::test]
+async fn a_5xx_at_mail_on_one_mx_tries_the_next() {
+    let knot = Knot::start("example.test", &test_zone());
+    let domain = NextHop::Mx {
+        domain: "failover.example.test".into(),
+    };
+    let env = envelope(&["bob@failover.example.test"]);
+    let rcpts = strings(&["bob@failover.example.test"]);
+    // dead.example.test (preference 10) is 127.0.0.3, live.example.test (20) is 127.0.0.1; both
+    // sinks listen on the same port, the MX port.
+    for (first_flags, second_flags, expect) in [
+        (&["-f", "MAIL"][..], &[][..], "delivered"),
+        (&["-f", "MAIL"][..], &["-f", "MAIL"][..], "failed"),
+        (&["-r", "MAIL"][..], &["-f", "MAIL"][..], "deferred"),
+        (&["-f", "CONNECT"][..], &[][..], "delivered"),
+    ] {
+        let port = common::free_port();
+        let first = Sink::start_at(format!("127.0.0.3:{port}").parse().unwrap(), first_flags);
+        let second = Sink::start_at(format!("127.0.0.1:{port}").parse().unwrap(), second_flags);
+        let resolver = Resolver::with_servers(&[knot.addr]).unwrap();
+        let deliverer = Deliverer::new(mx_settings(port), resolver).unwrap();
+        let outcomes = deliverer
+            .deliver(&domain, &env, QUEUE_ID, BODY, &rcpts)
+            .await;
+        let outcome = &outcomes[0].1;
+        let case = format!("{first_flags:?} then {second_flags:?}");
+        match expect {
+            "delivered" => {
+                assert!(outcome.is_delivered(), "{case}: {outcome}");
+                assert!(
+                    remote(outcome).mta.starts_with("live.example.test"),
+                    "{case}"
+                );
+            }
+            "failed" => {
+                assert!(outcome.is_permanent(), "{case}: {outcome}");
+                assert_eq!(remote(outcome).stage, Stage::MailFrom, "{case}");
+            }
+            _ => {
+                assert!(
+                    matches!(outcome, Outcome::Deferred { .. }),
+                    "{case}: {outcome}"
+                );
+                // The temporary refusal decides; its text is kept.
+                assert_eq!(remote(outcome).code, 450, "{case}: {outcome}");
+            }
+        }
+        // The first MX was really tried.
+        assert_eq!(first.count_in_log("connect ("), 2, "{case}");
+        drop(second);
+    }
+}
+
+#[tokio::test]
+async fn connection_level_failures_defer_every_recipient_with_a_precise_reason() {
+    let rcpts = ["bob@example.net", "carol@example.net"];
+    for (flags, expect_in_reason) in [
+        (&["-Q", "CONNECT"][..], "421"),
+        (&["-Q", "EHLO"][..], "421"),
+        (&["-q", "MAIL"][..], "sending MAIL FROM to"),
+        (&["-Q", "RCPT"][..], "in reply to RCPT TO command"),
+        (&["-q", "RCPT"][..], "sending RCPT TO to"),
+        (&["-q", "DATA"][..], "sending DATA to"),
+        (&["-q", "."][..], "may or may not have been delivered"),
+        (&["-Q", "."][..], "in reply to end of DATA command"),
+    ] {
+        let sink = Sink::start(flags);
+        let deliverer = Deliverer::new(settings(), no_dns()).unwrap();
+        let outcomes = deliverer
+            .deliver(
+                &backend(sink.addr),
+                &envelope(&rcpts),
+                QUEUE_ID,
+                BODY,
+                &strings(&rcpts),
+            )
+            .await;
+        assert_eq!(outcomes.len(), 2);
+        for (address, outcome) in &outcomes {
+            assert!(
+                matches!(outcome, Outcome::Deferred { .. }),
+                "{flags:?} {address}: {outcome}"
+            );
+            assert_eq!(outcome.status().map(|s| s.class), Some(4), "{flags:?}");
+            assert!(
+                outcome.to_string().contains(expect_in_reason),
+                "{flags:?}: {outcome}"
+            );
+        }
+        assert_eq!(deliverer.idle_connections(), 0, "{flags:?}: not pooled");
+    }
+}

@@ -87,6 +87,13 @@ impl Sink {
     }
 
     pub fn start_on(ip: &str, flags: &[&str]) -> Sink {
+        let addr: SocketAddr = format!("{ip}:{}", free_port())
+            .parse()
+            .expect("socket address");
+        Sink::start_at(addr, flags)
+    }
+
+    pub fn start_at(addr: SocketAddr, flags: &[&str]) -> Sink {
         require_tool("smtp-sink", "postfix");
         let dump = tempfile::tempdir().expect("temp dir");
         // smtp-sink drops to `nobody`, which must be able to write the dump files.
@@ -95,8 +102,6 @@ impl Sink {
             std::os::unix::fs::PermissionsExt::from_mode(0o777),
         )
         .expect("chmod dump dir");
-        let port = free_port();
-        let addr: SocketAddr = format!("{ip}:{port}").parse().expect("socket address");
         let template = format!("{}/%H%M%S.", dump.path().display());
         let log = tempfile::NamedTempFile::new().expect("log file");
         let child = Command::new(tool_path("smtp-sink"))
