@@ -480,6 +480,7 @@ impl Deliverer {
         outcomes
     }
 
+    /// [`Deliverer::deliver`] without the logging. Not cancel-safe, for the same reason.
     async fn deliver_inner(
         &self,
         hop: &NextHop,
@@ -643,6 +644,7 @@ impl Deliverer {
     }
 
     /// Turns the hop into targets (or MX hosts to expand), or a final outcome for every recipient.
+    /// Cancel-safe: DNS lookups only.
     async fn candidates(&self, hop: &NextHop) -> Result<Candidates, Outcome> {
         match hop {
             NextHop::Backend { addr, lmtp, tls } => Ok(Candidates::Fixed(vec![Target {
@@ -705,7 +707,8 @@ impl Deliverer {
         }
     }
 
-    /// One transaction with one target, on a pooled connection when one is idle.
+    /// One transaction with one target, on a pooled connection when one is idle. Not cancel-safe
+    /// (see [`Connection::transaction`]); a dropped future drops its connection, never pools it.
     async fn attempt(
         &self,
         target: &Target,
@@ -775,7 +778,8 @@ impl Deliverer {
             .clone()
     }
 
-    /// The most recently used idle connection to `target` that answers RSET.
+    /// The most recently used idle connection to `target` that answers RSET. Cancel-safe in
+    /// effect: a connection taken out and dropped mid-RSET is simply closed.
     async fn take_idle(&self, target: &Target) -> Option<Connection> {
         loop {
             let candidate = {

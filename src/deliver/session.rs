@@ -279,6 +279,7 @@ impl Connection {
         }
     }
 
+    /// One connection attempt; see [`Connection::open`] (same cancel behaviour).
     async fn open_once(
         target: &Target,
         helo_name: &str,
@@ -438,7 +439,8 @@ impl Connection {
         matches!(self.client.cmd(b"RSET\r\n").await, Ok(r) if (200..300).contains(&r.code))
     }
 
-    /// Best-effort QUIT before dropping the connection.
+    /// Best-effort QUIT before dropping the connection. Cancel-safe: dropping it closes the socket
+    /// without the courtesy.
     pub(crate) async fn quit(mut self) {
         quit_quietly(&mut self.client).await;
     }
@@ -743,7 +745,9 @@ impl OpenFailure {
 }
 
 /// EHLO (or LHLO for LMTP), falling back to HELO when an SMTP server refuses EHLO (RFC 5321
-/// §3.2); after HELO no extension is assumed.
+/// §3.2); after HELO no extension is assumed. Not cancel-safe: a dropped future leaves the
+/// session mid-command, so the connection must be dropped with it (callers own it by value or
+/// by `&mut` inside a future that is dropped as a whole).
 async fn hello(
     client: &mut SmtpClient<Stream>,
     target: &Target,
@@ -773,6 +777,7 @@ async fn hello(
     }
 }
 
+/// QUIT and shut the stream down, bounded to 5 s. Cancel-safe: it is only a courtesy.
 async fn quit_quietly(client: &mut SmtpClient<Stream>) {
     // A short bound: QUIT is a courtesy, not worth holding a delivery slot for.
     let _ = tokio::time::timeout(Duration::from_secs(5), client.cmd(b"QUIT\r\n")).await;

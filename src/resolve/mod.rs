@@ -328,7 +328,7 @@ impl Resolver {
         }
     }
 
-    /// One query of one type; classifies hickory's result.
+    /// One query of one type; classifies hickory's result. Cancel-safe: it only reads.
     async fn query(
         &self,
         name: &Name,
