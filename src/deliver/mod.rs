@@ -106,7 +106,10 @@ impl Stage {
 /// A reply from the next hop, kept whole for the log and the DSN's Diagnostic-Code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteReply {
-    /// Who said it: `host[ip]:port`.
+    /// Who said it, as a DSN's `Remote-MTA: dns; <host>` names it: the MX or relay host name, or
+    /// the IP address of a backend.
+    pub host: String,
+    /// Who said it, precisely: `host[ip]:port`.
     pub mta: String,
     /// What it answered.
     pub stage: Stage,
@@ -119,16 +122,30 @@ pub struct RemoteReply {
 }
 
 impl RemoteReply {
-    fn from_response(mta: String, stage: Stage, response: smtp_proto::Response<String>) -> Self {
+    fn from_response(
+        target: &Target,
+        stage: Stage,
+        response: smtp_proto::Response<String>,
+    ) -> Self {
         let [class, subject, detail] = response.esc;
         let status =
             (class != 0).then(|| EnhancedCode::new(class, u16::from(subject), u16::from(detail)));
         RemoteReply {
-            mta,
+            host: target.name.clone(),
+            mta: target.label(),
             stage,
             code: response.code,
             status,
             text: response.message,
+        }
+    }
+
+    /// The reply as a DSN's `Diagnostic-Code: smtp; ...` wants it: code, enhanced code when
+    /// given, text (lines joined by a space).
+    pub fn reply_line(&self) -> String {
+        match self.status {
+            Some(status) => format!("{} {status} {}", self.code, self.text.replace('\n', " ")),
+            None => format!("{} {}", self.code, self.text.replace('\n', " ")),
         }
     }
 
@@ -147,14 +164,11 @@ impl RemoteReply {
 
 impl std::fmt::Display for RemoteReply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "host {} said: {}", self.mta, self.code)?;
-        if let Some(status) = self.status {
-            write!(f, " {status}")?;
-        }
         write!(
             f,
-            " {} (in reply to {})",
-            self.text.replace('\n', " "),
+            "host {} said: {} (in reply to {})",
+            self.mta,
+            self.reply_line(),
             self.stage.in_reply_to()
         )
     }
@@ -863,7 +877,12 @@ mod tests {
 
     fn reply(code: u16, esc: [u8; 3]) -> RemoteReply {
         RemoteReply::from_response(
-            "mx[192.0.2.1]:25".into(),
+            &Target {
+                name: "mx".into(),
+                addr: "192.0.2.1:25".parse().unwrap(),
+                lmtp: false,
+                tls: TlsPolicy::Opportunistic,
+            },
             Stage::RcptTo,
             smtp_proto::Response {
                 code,
@@ -901,6 +920,9 @@ mod tests {
             reply(550, [5, 1, 1]).to_string(),
             "host mx[192.0.2.1]:25 said: 550 5.1.1 text (in reply to RCPT TO command)"
         );
+        assert_eq!(reply(550, [5, 1, 1]).reply_line(), "550 5.1.1 text");
+        assert_eq!(reply(550, [0, 0, 0]).reply_line(), "550 text");
+        assert_eq!(reply(550, [0, 0, 0]).host, "mx");
     }
 
     #[test]

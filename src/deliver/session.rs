@@ -202,7 +202,7 @@ impl HopFailure {
     }
 
     fn reply(target: &Target, stage: Stage, response: Response<String>) -> HopFailure {
-        let reply = RemoteReply::from_response(target.label(), stage, response);
+        let reply = RemoteReply::from_response(target, stage, response);
         HopFailure {
             stage,
             permanent: reply.code >= 500,
@@ -520,7 +520,7 @@ impl Connection {
                 Ok(r) => {
                     any_refused = true;
                     outcomes[index] = Some(Outcome::from_reply(RemoteReply::from_response(
-                        label.clone(),
+                        &target,
                         Stage::RcptTo,
                         r,
                     )));
@@ -546,7 +546,7 @@ impl Connection {
                 return self.session_lost(failure, outcomes, any_refused);
             }
             Ok(r) => {
-                let reply = RemoteReply::from_response(label.clone(), Stage::Data, r);
+                let reply = RemoteReply::from_response(&target, Stage::Data, r);
                 for &index in &accepted {
                     outcomes[index] = Some(Outcome::from_reply(reply.clone()));
                 }
@@ -609,7 +609,7 @@ impl Connection {
                         reusable = false;
                     }
                     Outcome::from_reply(RemoteReply::from_response(
-                        label.clone(),
+                        &target,
                         Stage::EndOfData,
                         r.clone(),
                     ))
