@@ -891,3 +891,36 @@ async fn connection_level_failures_defer_every_recipient_with_a_precise_reason()
         assert_eq!(deliverer.idle_connections(), 0, "{flags:?}: not pooled");
     }
 }
+
+#[tokio::test]
+async fn smarthost_by_name_or_literal_and_a_missing_relay_defers() {
+    let knot = Knot::start("example.test", &test_zone());
+    let sink = Sink::start(&[]);
+    let resolver = Resolver::with_servers(&[knot.addr]).unwrap();
+    let deliverer = Deliverer::new(settings(), resolver).unwrap();
+    let env = envelope(&["bob@example.net"]);
+    let rcpts = strings(&["bob@example.net"]);
+    for host in ["mx1.example.test", "[127.0.0.1]", "127.0.0.1"] {
+        let hop = NextHop::Smarthost {
+            host: host.into(),
+            port: sink.addr.port(),
+            tls: TlsPolicy::Opportunistic,
+        };
+        let outcomes = deliverer.deliver(&hop, &env, QUEUE_ID, BODY, &rcpts).await;
+        assert!(outcomes[0].1.is_delivered(), "{host}: {}", outcomes[0].1);
+    }
+    // A relay that does not exist is our configuration error: deferred, never bounced.
+    let hop = NextHop::Smarthost {
+        host: "nope.example.test".into(),
+        port: sink.addr.port(),
+        tls: TlsPolicy::Opportunistic,
+    };
+    let outcomes = deliverer.deliver(&hop, &env, QUEUE_ID, BODY, &rcpts).await;
+    let outcome = &outcomes[0].1;
+    assert!(matches!(outcome, Outcome::Deferred { .. }), "{outcome}");
+    assert_eq!(outcome.status(), Some(EnhancedCode::new(4, 3, 5)));
+    assert!(
+        outcome.to_string().contains("relay host nope.example.test"),
+        "{outcome}"
+    );
+}

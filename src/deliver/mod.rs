@@ -641,20 +641,29 @@ impl Deliverer {
                 status: Some(failure.status),
             });
         }
-        all(Outcome::local(
-            true,
-            None,
-            EnhancedCode::new(5, 4, 4),
-            match hop {
-                NextHop::Mx { domain } => {
-                    format!("no address found for any mail exchanger of {domain}")
-                }
-                NextHop::Smarthost { host, .. } => {
-                    format!("no address found for relay host {host}")
-                }
-                NextHop::Backend { addr, .. } => format!("no route to backend {addr}"),
-            },
-        ))
+        // Nothing was tried at all. For MX routing that is the recipient domain's fault (5.4.4);
+        // a relay or backend that cannot be found is our own configuration, which must not bounce
+        // everybody's mail: defer (4.3.5, "system incorrectly configured").
+        match hop {
+            NextHop::Mx { domain } => all(Outcome::local(
+                true,
+                None,
+                EnhancedCode::new(5, 4, 4),
+                format!("no address found for any mail exchanger of {domain}"),
+            )),
+            NextHop::Smarthost { host, .. } => all(Outcome::local(
+                false,
+                None,
+                EnhancedCode::new(4, 3, 5),
+                format!("no address found for relay host {host}"),
+            )),
+            NextHop::Backend { addr, .. } => all(Outcome::local(
+                false,
+                None,
+                EnhancedCode::new(4, 3, 5),
+                format!("backend {addr} could not be tried"),
+            )),
+        }
     }
 
     /// Turns the hop into targets (or MX hosts to expand), or a final outcome for every recipient.
@@ -672,7 +681,7 @@ impl Deliverer {
                     .resolver
                     .addresses(host)
                     .await
-                    .map_err(|e| dns_outcome(&e))?;
+                    .map_err(|e| relay_dns_outcome(host, &e))?;
                 let name = host
                     .trim_start_matches('[')
                     .trim_end_matches(']')
@@ -869,6 +878,17 @@ fn dns_outcome(error: &ResolveError) -> Outcome {
     } else {
         Outcome::local(false, None, EnhancedCode::new(4, 4, 3), error.to_string())
     }
+}
+
+/// A relay host that DNS cannot find is a configuration problem here, not the recipient's:
+/// always deferred, so a typo in `[relay]` holds mail instead of bouncing all of it.
+fn relay_dns_outcome(host: &str, error: &ResolveError) -> Outcome {
+    let status = if error.is_permanent() {
+        EnhancedCode::new(4, 3, 5)
+    } else {
+        EnhancedCode::new(4, 4, 3)
+    };
+    Outcome::local(false, None, status, format!("relay host {host}: {error}"))
 }
 
 #[cfg(test)]
