@@ -924,3 +924,61 @@ async fn smarthost_by_name_or_literal_and_a_missing_relay_defers() {
         "{outcome}"
     );
 }
+
+#[tokio::test]
+async fn a_slow_reply_times_out_and_defers() {
+    let sink = Sink::start(&["-W", "RCPT:3"]);
+    let deliverer = Deliverer::new(
+        DeliverySettings {
+            command_timeout: Duration::from_millis(500),
+            ..settings()
+        },
+        no_dns(),
+    )
+    .unwrap();
+    let outcomes = deliverer
+        .deliver(
+            &backend(sink.addr),
+            &envelope(&["bob@example.net"]),
+            QUEUE_ID,
+            BODY,
+            &strings(&["bob@example.net"]),
+        )
+        .await;
+    let outcome = &outcomes[0].1;
+    assert!(matches!(outcome, Outcome::Deferred { .. }), "{outcome}");
+    assert!(
+        outcome.to_string().contains("sending RCPT TO to"),
+        "{outcome}"
+    );
+    assert!(outcome.to_string().contains("timed out"), "{outcome}");
+    assert_eq!(deliverer.idle_connections(), 0);
+}
+
+#[tokio::test]
+async fn total_cap_serialises_deliveries_to_different_hops() {
+    let first = Sink::start(&["-W", ".:1"]);
+    let second = Sink::start(&["-W", ".:1"]);
+    let deliverer = Deliverer::new(
+        DeliverySettings {
+            max_connections: 1,
+            ..settings()
+        },
+        no_dns(),
+    )
+    .unwrap();
+    let env = envelope(&["bob@example.net"]);
+    let rcpts = strings(&["bob@example.net"]);
+    let (hop_a, hop_b) = (backend(first.addr), backend(second.addr));
+    let started = Instant::now();
+    let (a, b) = tokio::join!(
+        deliverer.deliver(&hop_a, &env, QueueId(1), BODY, &rcpts),
+        deliverer.deliver(&hop_b, &env, QueueId(2), BODY, &rcpts),
+    );
+    assert!(a[0].1.is_delivered() && b[0].1.is_delivered());
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
+}
