@@ -155,6 +155,7 @@ async fn refused_and_unreachable_servers_are_temporary() {
 #[tokio::test]
 async fn servfail_through_unbound_is_temporary() {
     common::require_tool("unbound", "unbound");
+    common::require_tool("keymgr", "knot");
     let knot = Knot::start("example.test", &test_zone());
     let dir = tempfile::tempdir().unwrap();
     // Trust anchors for the signed example.test zone, from Knot's keys.
@@ -224,4 +225,11 @@ async fn servfail_through_unbound_is_temporary() {
         error.to_string().contains("SERVFAIL") || error.to_string().contains("Server Failure"),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn system_configuration_builds() {
+    // No query: only that /etc/resolv.conf is read and a resolver comes out.
+    let resolver = Resolver::new(&ResolverSettings::default());
+    assert!(resolver.is_ok(), "{:?}", resolver.err());
 }

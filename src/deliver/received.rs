@@ -11,6 +11,8 @@ use std::net::IpAddr;
 /// message, which is what a trace header records). The `with` keyword follows RFC 3848: ESMTP, plus
 /// `S` for TLS and `A` for an authenticated client. Client-supplied text (HELO name, auth user) is
 /// sanitised: a CR or LF in it would start a new header line, a `)` would end the comment early.
+/// There is no `for <recipient>` clause: the header is the same for every recipient of a
+/// transaction and does not disclose the other recipients.
 pub fn received_header(envelope: &Envelope, queue_id: QueueId, by_host: &str) -> String {
     let mut out = String::with_capacity(256);
     let helo = sanitize_atom(&envelope.helo);
