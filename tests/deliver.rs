@@ -901,14 +901,29 @@ async fn smarthost_by_name_or_literal_and_a_missing_relay_defers() {
     let env = envelope(&["bob@example.net"]);
     let rcpts = strings(&["bob@example.net"]);
     for host in ["mx1.example.test", "[127.0.0.1]", "127.0.0.1"] {
-        let hop = NextHop::Smarthost {
-            host: host.into(),
-            port: sink.addr.port(),
-            tls: TlsPolicy::Opportunistic,
-        };
+        let hop = NextHop::smarthost(
+            &format!("{host}:{}", sink.addr.port()),
+            TlsPolicy::Opportunistic,
+        )
+        .unwrap();
         let outcomes = deliverer.deliver(&hop, &env, QUEUE_ID, BODY, &rcpts).await;
         assert!(outcomes[0].1.is_delivered(), "{host}: {}", outcomes[0].1);
     }
+    // An address literal as the recipient domain: straight to it on the MX port.
+    let literal = Deliverer::new(mx_settings(sink.addr.port()), no_dns()).unwrap();
+    let outcomes = literal
+        .deliver(
+            &NextHop::Mx {
+                domain: "[127.0.0.1]".into(),
+            },
+            &env,
+            QUEUE_ID,
+            BODY,
+            &rcpts,
+        )
+        .await;
+    assert!(outcomes[0].1.is_delivered(), "{}", outcomes[0].1);
+
     // A relay that does not exist is our configuration error: deferred, never bounced.
     let hop = NextHop::Smarthost {
         host: "nope.example.test".into(),

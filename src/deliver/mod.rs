@@ -181,8 +181,9 @@ pub enum Reason {
     Reply(RemoteReply),
     /// We found out ourselves: DNS, connect, TLS, timeout, a missing extension.
     Local {
-        /// The next hop concerned, when one was chosen.
-        mta: Option<String>,
+        /// The next hop concerned (host name, or IP of a backend), when one was chosen; the
+        /// text names it precisely as `host[ip]:port`.
+        host: Option<String>,
         /// What happened, precisely.
         text: String,
     },
@@ -242,8 +243,8 @@ impl Outcome {
         }
     }
 
-    fn local(permanent: bool, mta: Option<String>, status: EnhancedCode, text: String) -> Outcome {
-        let reason = Reason::Local { mta, text };
+    fn local(permanent: bool, host: Option<String>, status: EnhancedCode, text: String) -> Outcome {
+        let reason = Reason::Local { host, text };
         if permanent {
             Outcome::Failed {
                 reason,
@@ -265,6 +266,60 @@ impl Outcome {
     /// `true` for [`Outcome::Failed`]: the queue bounces this recipient.
     pub fn is_permanent(&self) -> bool {
         matches!(self, Outcome::Failed { .. })
+    }
+
+    /// The next hop that answered or was tried, for a DSN's `Remote-MTA: dns; ...`.
+    pub fn remote_host(&self) -> Option<&str> {
+        match self {
+            Outcome::Delivered { reply }
+            | Outcome::Deferred {
+                reason: Reason::Reply(reply),
+                ..
+            }
+            | Outcome::Failed {
+                reason: Reason::Reply(reply),
+                ..
+            } => Some(&reply.host),
+            Outcome::Deferred {
+                reason: Reason::Local { host, .. },
+                ..
+            }
+            | Outcome::Failed {
+                reason: Reason::Local { host, .. },
+                ..
+            } => host.as_deref(),
+        }
+    }
+
+    /// The remote reply, code first, for a DSN's `Diagnostic-Code: smtp; ...`.
+    pub fn reply_line(&self) -> Option<String> {
+        match self {
+            Outcome::Delivered { reply }
+            | Outcome::Deferred {
+                reason: Reason::Reply(reply),
+                ..
+            }
+            | Outcome::Failed {
+                reason: Reason::Reply(reply),
+                ..
+            } => Some(reply.reply_line()),
+            _ => None,
+        }
+    }
+
+    /// Our own finding when no remote reply explains the outcome (DNS, connect, TLS, timeout).
+    pub fn local_reason(&self) -> Option<&str> {
+        match self {
+            Outcome::Deferred {
+                reason: Reason::Local { text, .. },
+                ..
+            }
+            | Outcome::Failed {
+                reason: Reason::Local { text, .. },
+                ..
+            } => Some(text),
+            _ => None,
+        }
     }
 
     /// The enhanced status code: the remote one if given, else the one we chose.
@@ -328,7 +383,56 @@ pub enum NextHop {
     },
 }
 
+/// A relay specification that is not `host`, `host:port`, `[host]:port` or `[v6addr]:port`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a relay host specification (host, host:port or [host]:port): {0:?}")]
+pub struct BadHostPort(pub String);
+
+impl BadHostPort {
+    /// A configuration error: retrying does not help.
+    pub fn is_permanent(&self) -> bool {
+        true
+    }
+}
+
 impl NextHop {
+    /// A smarthost from its configuration text: `host`, `host:port`, `[host]:port` (Postfix's
+    /// spelling; the brackets only mean "no MX lookup", which a smarthost never does) or
+    /// `[2001:db8::1]:587`. The port defaults to 25.
+    pub fn smarthost(spec: &str, tls: TlsPolicy) -> Result<NextHop, BadHostPort> {
+        let bad = || BadHostPort(spec.to_owned());
+        let spec_trimmed = spec.trim();
+        let (host, port) = if let Some(rest) = spec_trimmed.strip_prefix('[') {
+            let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+            let port = match after {
+                "" => 25,
+                _ => after
+                    .strip_prefix(':')
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .ok_or_else(bad)?,
+            };
+            (host, port)
+        } else {
+            match spec_trimmed.matches(':').count() {
+                0 => (spec_trimmed, 25),
+                1 => {
+                    let (host, port) = spec_trimmed.split_once(':').ok_or_else(bad)?;
+                    (host, port.parse::<u16>().map_err(|_| bad())?)
+                }
+                // A bare IPv6 address.
+                _ => (spec_trimmed, 25),
+            }
+        };
+        if host.is_empty() || port == 0 || host.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err(bad());
+        }
+        Ok(NextHop::Smarthost {
+            host: host.to_owned(),
+            port,
+            tls,
+        })
+    }
+
     /// The key under which concurrency is counted.
     fn concurrency_key(&self) -> String {
         match self {
@@ -698,6 +802,28 @@ impl Deliverer {
                         .collect(),
                 ))
             }
+            NextHop::Mx { domain } if domain.starts_with('[') => {
+                // An address literal (RFC 5321 §4.1.3): connect to it, no DNS.
+                let inner = domain.trim_start_matches('[').trim_end_matches(']');
+                let inner = inner
+                    .strip_prefix("IPv6:")
+                    .or_else(|| inner.strip_prefix("ipv6:"))
+                    .unwrap_or(inner);
+                let ip: std::net::IpAddr = inner.parse().map_err(|_| {
+                    Outcome::local(
+                        true,
+                        None,
+                        EnhancedCode::new(5, 1, 2),
+                        format!("{domain} is not a valid address literal"),
+                    )
+                })?;
+                Ok(Candidates::Fixed(vec![Target {
+                    name: ip.to_string(),
+                    addr: SocketAddr::new(ip, self.settings.mx_port),
+                    lmtp: false,
+                    tls: self.settings.mx_tls,
+                }]))
+            }
             NextHop::Mx { domain } => {
                 let mut answer = self
                     .resolver
@@ -943,6 +1069,39 @@ mod tests {
         assert_eq!(reply(550, [5, 1, 1]).reply_line(), "550 5.1.1 text");
         assert_eq!(reply(550, [0, 0, 0]).reply_line(), "550 text");
         assert_eq!(reply(550, [0, 0, 0]).host, "mx");
+    }
+
+    #[test]
+    fn smarthost_specs_table() {
+        let tls = TlsPolicy::Opportunistic;
+        for (spec, expected) in [
+            ("relay.example.net", Some(("relay.example.net", 25))),
+            ("relay.example.net:587", Some(("relay.example.net", 587))),
+            (
+                "[relay.example.net]:2525",
+                Some(("relay.example.net", 2525)),
+            ),
+            ("[relay.example.net]", Some(("relay.example.net", 25))),
+            ("[192.0.2.1]:26", Some(("192.0.2.1", 26))),
+            ("[2001:db8::1]:587", Some(("2001:db8::1", 587))),
+            ("2001:db8::1", Some(("2001:db8::1", 25))),
+            (" relay:25 ", Some(("relay", 25))),
+            ("", None),
+            ("relay:", None),
+            ("relay:0", None),
+            ("relay:99999", None),
+            ("[relay", None),
+            ("[relay]x", None),
+            ("re lay:25", None),
+        ] {
+            let got = NextHop::smarthost(spec, tls).ok();
+            let want = expected.map(|(host, port)| NextHop::Smarthost {
+                host: host.into(),
+                port,
+                tls,
+            });
+            assert_eq!(got, want, "{spec:?}");
+        }
     }
 
     #[test]

@@ -194,7 +194,7 @@ impl HopFailure {
             stage,
             permanent: status.class == 5,
             reason: Reason::Local {
-                mta: Some(target.label()),
+                host: Some(target.name.clone()),
                 text,
             },
             status,
@@ -502,7 +502,7 @@ impl Connection {
                 Err(unsendable) => {
                     outcomes[index] = Some(Outcome::Failed {
                         reason: Reason::Local {
-                            mta: Some(label.clone()),
+                            host: Some(target.name.clone()),
                             text: unsendable.text,
                         },
                         status: Some(unsendable.status),
@@ -576,7 +576,7 @@ impl Connection {
             Ok(replies) => replies,
             Err(e) => {
                 let reason = Reason::Local {
-                    mta: Some(label.clone()),
+                    host: Some(target.name.clone()),
                     text: format!(
                         "lost the session with {label} while sending the message or waiting for \
                          the end-of-data reply ({}); it may or may not have been delivered",
@@ -616,7 +616,7 @@ impl Connection {
                 }
                 None => Outcome::Deferred {
                     reason: Reason::Local {
-                        mta: Some(label.clone()),
+                        host: Some(target.name.clone()),
                         text: format!("{label} sent fewer end-of-data replies than recipients"),
                     },
                     status: Some(EnhancedCode::new(4, 5, 0)),
@@ -685,7 +685,7 @@ fn unsendable_result(
     reusable: bool,
 ) -> Transaction {
     let reason = Reason::Local {
-        mta: Some(target.label()),
+        host: Some(target.name.clone()),
         text: unsendable.text,
     };
     if unsendable.hop_specific {
@@ -716,7 +716,7 @@ fn unsendable_result(
 fn fill_missing(outcome: Option<Outcome>) -> Outcome {
     outcome.unwrap_or_else(|| Outcome::Deferred {
         reason: Reason::Local {
-            mta: None,
+            host: None,
             text: "internal: no outcome recorded for this recipient".into(),
         },
         status: Some(EnhancedCode::new(4, 3, 0)),
