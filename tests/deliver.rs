@@ -997,3 +997,28 @@ async fn total_cap_serialises_deliveries_to_different_hops() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn ehlo_refused_falls_back_to_helo_without_extensions() {
+    let sink = Sink::start(&["-f", "EHLO"]);
+    let deliverer = Deliverer::new(settings(), no_dns()).unwrap();
+    let mut env = envelope(&["bob@example.net"]);
+    env.dsn_ret = Some(DsnReturn::Full);
+    let outcomes = deliverer
+        .deliver(
+            &backend(sink.addr),
+            &env,
+            QUEUE_ID,
+            BODY,
+            &strings(&["bob@example.net"]),
+        )
+        .await;
+    assert!(outcomes[0].1.is_delivered(), "{}", outcomes[0].1);
+    assert_eq!(sink.count_in_log("HELO"), 1);
+    // No extension after HELO: RET= is not sent.
+    let dump = &sink.dumps()[0];
+    assert!(
+        dump.contains("X-Mail-Args: <alice@example.org>\n"),
+        "{dump}"
+    );
+}
