@@ -329,7 +329,7 @@ fn postfix_relays_into_dimegate_over_starttls() {
     let pf = tb.path().join("pf-relay");
     let pf_port = free_port();
     let mk = Command::new("sh")
-        .arg(testbed("mk-postfix.sh"))
+        .arg(testbed().join("mk-postfix.sh"))
         .arg(&pf)
         .arg(pf_port.to_string())
         .arg(format!("[127.0.0.1]:{}", gw.smtp.port()))

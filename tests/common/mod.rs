@@ -1,273 +1,413 @@
-//! Helpers for the integration tests: start the real `dimegate` binary with a temporary
-//! configuration and data directory, and find the real peers (swaks, Postfix, Python).
-#![allow(dead_code)]
+//! Real peers on loopback for the delivery and DNS tests: Postfix's smtp-sink and Knot DNS.
+//! Each guard starts its own server on a free port and kills it on drop.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+#![allow(dead_code)] // each test binary uses a different subset
+
+mod gateway;
+#[allow(unused_imports)]
+pub use gateway::*;
+
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The binary under test.
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_dimegate")
-}
-
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("an ephemeral port")
-}
-
-/// The path of a third-party tool the tests need. Panics with the install hint when absent:
-/// these tests are the evidence that dimegate works with real peers, so they never skip.
-pub fn tool(name: &str) -> PathBuf {
-    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/bin", "/sbin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!(
-        "{name} is not installed; scripts/test installs the test peers (apt-get install postfix swaks openssl prometheus)"
+/// Panics with an install hint when a tool is missing: these tests never skip silently.
+pub fn require_tool(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file())
+                || ["/usr/sbin", "/sbin"]
+                    .iter()
+                    .any(|dir| Path::new(dir).join(tool).is_file())
+        })
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is not installed; install it with `apt-get install {package}` \
+         (see shared/testbed/TESTBED.md)"
     );
 }
 
-/// A world-searchable temporary directory (Postfix's users must traverse it).
-pub fn tempdir() -> tempfile::TempDir {
-    let d = tempfile::Builder::new()
-        .prefix("dimegate-test")
-        .tempdir()
-        .expect("tempdir");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    d
+fn tool_path(tool: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        let path = Path::new(dir).join(tool);
+        if path.is_file() {
+            return path;
+        }
+    }
+    PathBuf::from(tool)
 }
 
-/// A running gateway.
-pub struct Gateway {
-    pub dir: tempfile::TempDir,
-    pub config: PathBuf,
-    pub smtp: SocketAddr,
-    pub tls_smtp: SocketAddr,
-    pub admin: SocketAddr,
-    pub child: Option<Child>,
-    pub log: PathBuf,
+/// A loopback port free for both TCP and UDP right now.
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind a TCP port on loopback");
+        let port = tcp.local_addr().expect("local addr").port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
-impl Gateway {
-    /// Starts the gateway with `extra` appended to a configuration that serves `example.test`
-    /// and `localhost` on fresh loopback ports.
-    pub fn start(extra: &str) -> Gateway {
-        let dir = tempdir();
-        let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let tls_smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let config = dir.path().join("dimegate.toml");
-        let text = format!(
-            "data_dir = {data:?}\n{extra}\n[smtp]\nlisten = \"{smtp}\"\ntls_listen = \"{tls_smtp}\"\nhostname = \"mx.example.test\"\nmax_message_size = \"1MiB\"\nmax_recipients = 50\n[admin]\nlisten = \"{admin}\"\n[[domain]]\nname = \"example.test\"\n[[domain]]\nname = \"localhost\"\n",
-            data = dir.path().join("data"),
-        );
-        // `extra` may carry its own [smtp] keys; the test passes them in full instead then.
-        let text = if extra.contains("[smtp]") {
-            format!(
-                "data_dir = {:?}\n{extra}\n[admin]\nlisten = \"{admin}\"\n",
-                dir.path().join("data")
-            )
-        } else {
-            text
-        };
-        std::fs::write(&config, text).unwrap();
-        let log = dir.path().join("gateway.log");
-        let mut gw = Gateway {
-            dir,
-            config,
-            smtp,
-            tls_smtp,
-            admin,
-            child: None,
-            log,
-        };
-        gw.spawn();
-        gw
+/// The shared test bed scripts.
+pub fn testbed() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testbed")
+}
+
+/// Kills the child on drop.
+pub struct ChildGuard {
+    child: Child,
+    name: &'static str,
+}
+
+impl ChildGuard {
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.name;
+    }
+}
+
+/// Postfix's smtp-sink on a free loopback port, dumping each transaction into its own file.
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub dump: tempfile::TempDir,
+    /// smtp-sink's `-v` conversation log.
+    pub log: tempfile::NamedTempFile,
+    pub process: ChildGuard,
+}
+
+impl Sink {
+    /// `flags` are smtp-sink options such as `["-r", "RCPT"]` or `["-L"]`.
+    pub fn start(flags: &[&str]) -> Sink {
+        Sink::start_on("127.0.0.1", flags)
     }
 
-    /// (Re)starts the process on the same configuration and data.
-    pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(bin())
-            .args(["serve", "--config"])
-            .arg(&self.config)
+    pub fn start_on(ip: &str, flags: &[&str]) -> Sink {
+        let addr: SocketAddr = format!("{ip}:{}", free_port())
+            .parse()
+            .expect("socket address");
+        Sink::start_at(addr, flags)
+    }
+
+    pub fn start_at(addr: SocketAddr, flags: &[&str]) -> Sink {
+        require_tool("smtp-sink", "postfix");
+        let dump = tempfile::tempdir().expect("temp dir");
+        // smtp-sink drops to `nobody`, which must be able to write the dump files.
+        std::fs::set_permissions(
+            dump.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .expect("chmod dump dir");
+        let template = format!("{}/%H%M%S.", dump.path().display());
+        let log = tempfile::NamedTempFile::new().expect("log file");
+        let child = Command::new(tool_path("smtp-sink"))
+            .args(["-v", "-u", "nobody", "-d", &template])
+            .args(flags)
+            .arg(addr.to_string())
+            .arg("64")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().expect("reopen log"))
+            .spawn()
+            .expect("start smtp-sink");
+        let mut process = ChildGuard {
+            child,
+            name: "smtp-sink",
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(process.is_running(), "smtp-sink exited at start");
+            assert!(
+                Instant::now() < deadline,
+                "smtp-sink did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Sink {
+            addr,
+            dump,
+            log,
+            process,
+        }
+    }
+
+    /// How many times `line` (e.g. `"connect ("`, `"RSET"`) occurs in the conversation log.
+    pub fn count_in_log(&self, line: &str) -> usize {
+        let text = std::fs::read_to_string(self.log.path()).expect("read smtp-sink log");
+        text.lines()
+            .filter(|l| {
+                // Lines read "<argv[0]>: text", and argv[0] is a full path here.
+                l.split_once(": ")
+                    .is_some_and(|(_, text)| text.starts_with(line))
+            })
+            .count()
+    }
+
+    /// The dumped transactions, oldest first (file names sort by time, then random).
+    pub fn dumps(&self) -> Vec<String> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dump.path())
+            .expect("read dump dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|f| String::from_utf8_lossy(&std::fs::read(f).expect("read dump")).into_owned())
+            .collect()
+    }
+}
+
+/// A Knot DNS authoritative server for `zone` on a free loopback port, serving `zone_text`
+/// (signed automatically, as in TESTBED.md §3.2).
+pub struct Knot {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub process: ChildGuard,
+}
+
+impl Knot {
+    pub fn start(zone: &str, zone_text: &str) -> Knot {
+        require_tool("knotd", "knot");
+        require_tool("knotc", "knot");
+        require_tool("dig", "bind9-dnsutils");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let status = Command::new("sh")
+            .arg(testbed().join("mk-knot.sh"))
+            .arg(dir.path())
+            .arg(port.to_string())
+            .arg(zone)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run mk-knot.sh");
+        assert!(status.success(), "mk-knot.sh failed");
+        std::fs::write(dir.path().join(format!("zones/{zone}.zone")), zone_text)
+            .expect("write zone file");
+        let log = std::fs::File::create(dir.path().join("knotd.log")).expect("knotd log");
+        let child = Command::new(tool_path("knotd"))
+            .arg("-c")
+            .arg(dir.path().join("knot.conf"))
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("start dimegate");
-        self.child = Some(child);
-        self.wait_ready();
-    }
-
-    fn wait_ready(&mut self) {
+            .expect("start knotd");
+        let mut process = ChildGuard {
+            child,
+            name: "knotd",
+        };
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        // Knot answers once the zone is loaded and signed: poll with dig for the SOA.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok((200, _)) = http_get(self.admin, "/readyz") {
-                return;
+            assert!(process.is_running(), "knotd exited; see its log");
+            let out = Command::new("dig")
+                .args(["+short", "+norec", "+time=1", "+tries=1", "-p"])
+                .arg(port.to_string())
+                .arg("@127.0.0.1")
+                .arg(zone)
+                .arg("SOA")
+                .output()
+                .expect("run dig");
+            if out.status.success() && !out.stdout.is_empty() {
+                break;
             }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("dimegate exited with {status}; log:\n{}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "dimegate not ready; log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+            assert!(Instant::now() < deadline, "knotd did not serve {zone}");
+            std::thread::sleep(Duration::from_millis(200));
         }
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGKILL, no goodbye.
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM and wait for a clean exit.
-    pub fn stop(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        unsafe_sigterm(c.id());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = c.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "dimegate did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// `dimegate queue ARGS --config ...`.
-    pub fn queue(&self, args: &[&str]) -> Output {
-        Command::new(bin())
-            .arg("queue")
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .unwrap()
-    }
-
-    /// The queue as JSON (`queue list --json`).
-    pub fn queue_json(&self) -> Vec<serde_json::Value> {
-        let out = self.queue(&["list", "--json"]);
-        assert!(
-            out.status.success(),
-            "queue list failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("queue list --json prints a JSON array")
-    }
-
-    pub fn metrics(&self) -> String {
-        http_get(self.admin, "/metrics").expect("metrics").1
+        Knot { addr, dir, process }
     }
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn unsafe_sigterm(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-}
-
-/// The value of a metric line that starts with `prefix` (e.g. `dimegate_smtp_messages_accepted_total`).
-pub fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix) && l[prefix.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// A plain HTTP/1.1 GET.
-pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
-/// Runs swaks against `addr` with extra arguments; returns (exit ok, transcript).
-pub fn swaks(addr: SocketAddr, args: &[&str]) -> (bool, String) {
-    let out = Command::new(tool("swaks"))
-        .arg("--server")
-        .arg(addr.to_string())
-        .args(["--helo", "client.test", "--timeout", "20"])
-        .args(args)
+/// The test zone: mk-zone.sh's records plus the cases the MX tests need.
+pub fn test_zone() -> String {
+    let base = Command::new("sh")
+        .arg(testbed().join("mk-zone.sh"))
+        .arg("example.test")
         .output()
-        .expect("run swaks");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        .expect("run mk-zone.sh");
+    assert!(base.status.success(), "mk-zone.sh failed");
+    let mut zone = String::from_utf8(base.stdout).expect("zone is text");
+    zone.push_str(
+        "\
+nullmx   IN MX   0 .
+amail    IN A    127.0.0.1
+amail    IN AAAA ::1
+nodata   IN TXT  \"no mail here\"
+equal    IN MX   10 mx2
+equal    IN MX   10 mx1
+equal    IN MX   5  mx3
+mx3      IN A    127.0.0.3
+failover IN MX   10 dead
+failover IN MX   20 live
+dead     IN A    127.0.0.3
+live     IN A    127.0.0.1
+noaddr   IN MX   10 nowhere
+",
     );
-    (out.status.success(), text)
+    zone
 }
 
-/// The queue id from a `250 2.0.0 Ok: queued as ID` line in a transcript.
-pub fn queued_ids(transcript: &str) -> Vec<String> {
-    transcript
-        .lines()
-        .filter_map(|l| l.split("queued as ").nth(1))
-        .map(|s| s.trim().to_owned())
-        .collect()
+/// Starts `command` (stdin, stdout and stderr discarded) and kills it on drop.
+pub fn spawn_guarded(name: &'static str, command: &mut Command) -> ChildGuard {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {name}: {e}"));
+    ChildGuard { child, name }
 }
 
-/// Where the test scripts live.
-pub fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/scripts")
-        .join(name)
+/// Polls `server` with dig until it answers an SOA query for `zone`.
+pub fn wait_for_dns(server: SocketAddr, zone: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("dig")
+            .args(["+short", "+time=1", "+tries=1", "-p"])
+            .arg(server.port().to_string())
+            .arg(format!("@{}", server.ip()))
+            .arg(zone)
+            .arg("SOA")
+            .output()
+            .expect("run dig");
+        if out.status.success() && !out.stdout.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{server} did not answer for {zone}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
-/// Where shared/testbed lives (next to the repository).
-pub fn testbed(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/testbed")
-        .join(name)
+/// A real Postfix (mk-postfix.sh, sink mode: everything into one Maildir) with STARTTLS offered
+/// under a fresh self-signed certificate for `localhost`. Stopped by its master's PID on drop.
+pub struct Postfix {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    master_pid: i32,
+}
+
+impl Postfix {
+    pub fn start_with_tls() -> Postfix {
+        require_tool("postfix", "postfix");
+        require_tool("postconf", "postfix");
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Postfix's users must be able to reach the instance directory.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        let port = free_port();
+        let instance = dir.path().join("pf");
+        let status = Command::new("sh")
+            .arg(testbed().join("mk-postfix.sh"))
+            .arg(&instance)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .status()
+            .expect("run mk-postfix.sh");
+        assert!(status.success(), "mk-postfix.sh failed");
+
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("rcgen");
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+        std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+        let etc = instance.join("etc");
+        let status = Command::new(tool_path("postconf"))
+            .arg("-c")
+            .arg(&etc)
+            .arg("-e")
+            .arg("smtpd_tls_security_level=may")
+            .arg(format!("smtpd_tls_cert_file={}", cert.display()))
+            .arg(format!("smtpd_tls_key_file={}", key.display()))
+            .arg("smtpd_tls_loglevel=1")
+            .status()
+            .expect("run postconf");
+        assert!(status.success(), "postconf failed");
+        let status = Command::new(tool_path("postfix"))
+            .arg("-c")
+            .arg(&etc)
+            .arg("start")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run postfix start");
+        assert!(
+            status.success(),
+            "postfix start failed; see {}",
+            instance.display()
+        );
+        let pid_file = instance.join("spool/pid/master.pid");
+        let master_pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .expect("master.pid");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let postfix = Postfix {
+            addr,
+            dir,
+            master_pid,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "postfix did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        postfix
+    }
+
+    pub fn maillog(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pf/maillog")).unwrap_or_default()
+    }
+
+    /// Messages delivered into the catch-all Maildir, waiting up to 15 s for `count` of them.
+    pub fn wait_for_messages(&self, count: usize) -> Vec<Vec<u8>> {
+        let new = self.dir.path().join("pf/mail/catchall/new");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&new)
+                .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            if files.len() >= count || Instant::now() >= deadline {
+                files.sort();
+                return files
+                    .iter()
+                    .map(|f| std::fs::read(f).expect("read message"))
+                    .collect();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        // SIGTERM to the master we started; it takes its children down with it.
+        // SAFETY: kill(2) with a PID read from this instance's own pid file.
+        unsafe {
+            libc::kill(self.master_pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // SAFETY: signal 0 only checks that the process exists.
+        while unsafe { libc::kill(self.master_pid, 0) } == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }

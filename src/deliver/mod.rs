@@ -1,0 +1,1117 @@
+//! Outbound SMTP and LMTP: one transaction per (message, next hop) carrying all its recipients,
+//! with a per-recipient [`Outcome`] built from the remote replies.
+//!
+//! Owns the outbound connections: a small idle pool keyed by next-hop address (RSET before reuse)
+//! and the concurrency caps, per next hop and in total. It decides *where* and *how* a message
+//! goes ([`NextHop`], TLS policy, MX order); *when* to try again is the queue's business: it
+//! reads [`Outcome`] (delivered, deferred, failed) and the enhanced status for DSNs.
+//!
+//! What is sent: a `Received:` header ([`received_header`]) followed by the stored message bytes,
+//! dot-stuffed and otherwise untouched.
+
+mod received;
+mod session;
+mod wire;
+
+pub use received::{received_header, rfc5322_date};
+
+use crate::envelope::{Envelope, QueueId, Recipient};
+use crate::resolve::{MxAnswer, ResolveError, Resolver};
+use session::{Connection, HopFailure, Target, Timeouts, TlsConnectors, Transaction};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// RFC 3463 enhanced status code, `class.subject.detail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EnhancedCode {
+    /// 2 success, 4 persistent transient failure, 5 permanent failure.
+    pub class: u8,
+    /// Subject (1 address, 2 mailbox, 3 mail system, 4 network/routing, 5 protocol, 6 content,
+    /// 7 security).
+    pub subject: u16,
+    /// Detail within the subject.
+    pub detail: u16,
+}
+
+impl EnhancedCode {
+    /// `EnhancedCode::new(5, 1, 1)` is `5.1.1`.
+    pub const fn new(class: u8, subject: u16, detail: u16) -> EnhancedCode {
+        EnhancedCode {
+            class,
+            subject,
+            detail,
+        }
+    }
+}
+
+impl std::fmt::Display for EnhancedCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
+    }
+}
+
+/// The SMTP step a reply answered, for "(in reply to RCPT TO command)".
+/// Ordered by how far a session got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// TCP connect.
+    Connect,
+    /// The server greeting.
+    Greeting,
+    /// EHLO, LHLO or HELO.
+    Hello,
+    /// STARTTLS and the TLS handshake.
+    StartTls,
+    /// MAIL FROM.
+    MailFrom,
+    /// RCPT TO.
+    RcptTo,
+    /// DATA (before the message).
+    Data,
+    /// The end-of-data dot.
+    EndOfData,
+}
+
+impl Stage {
+    fn in_reply_to(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::Greeting => "the initial greeting",
+            Stage::Hello => "EHLO/LHLO/HELO command",
+            Stage::StartTls => "STARTTLS command",
+            Stage::MailFrom => "MAIL FROM command",
+            Stage::RcptTo => "RCPT TO command",
+            Stage::Data => "DATA command",
+            Stage::EndOfData => "end of DATA command",
+        }
+    }
+
+    fn doing(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect to",
+            Stage::Greeting => "waiting for the greeting of",
+            Stage::Hello => "saying EHLO to",
+            Stage::StartTls => "STARTTLS with",
+            Stage::MailFrom => "sending MAIL FROM to",
+            Stage::RcptTo => "sending RCPT TO to",
+            Stage::Data => "sending DATA to",
+            Stage::EndOfData => "sending the message to",
+        }
+    }
+}
+
+/// A reply from the next hop, kept whole for the log and the DSN's Diagnostic-Code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteReply {
+    /// Who said it, as a DSN's `Remote-MTA: dns; <host>` names it: the MX or relay host name, or
+    /// the IP address of a backend.
+    pub host: String,
+    /// Who said it, precisely: `host[ip]:port`.
+    pub mta: String,
+    /// What it answered.
+    pub stage: Stage,
+    /// The three-digit reply code.
+    pub code: u16,
+    /// The enhanced status code when the reply carried one.
+    pub status: Option<EnhancedCode>,
+    /// The reply text, lines joined with `\n`, without codes.
+    pub text: String,
+}
+
+impl RemoteReply {
+    fn from_response(
+        target: &Target,
+        stage: Stage,
+        response: smtp_proto::Response<String>,
+    ) -> Self {
+        let [class, subject, detail] = response.esc;
+        let status =
+            (class != 0).then(|| EnhancedCode::new(class, u16::from(subject), u16::from(detail)));
+        RemoteReply {
+            host: target.name.clone(),
+            mta: target.label(),
+            stage,
+            code: response.code,
+            status,
+            text: response.message,
+        }
+    }
+
+    /// The reply as a DSN's `Diagnostic-Code: smtp; ...` wants it: code, enhanced code when
+    /// given, text (lines joined by a space).
+    pub fn reply_line(&self) -> String {
+        match self.status {
+            Some(status) => format!("{} {status} {}", self.code, self.text.replace('\n', " ")),
+            None => format!("{} {}", self.code, self.text.replace('\n', " ")),
+        }
+    }
+
+    /// The reply's enhanced code, or `X.0.0` of its class when it had none (RFC 3463 §3.1).
+    pub fn status_or_default(&self) -> EnhancedCode {
+        self.status.unwrap_or_else(|| {
+            let class = match self.code {
+                200..=299 => 2,
+                400..=499 => 4,
+                _ => 5,
+            };
+            EnhancedCode::new(class, 0, 0)
+        })
+    }
+}
+
+impl std::fmt::Display for RemoteReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "host {} said: {} (in reply to {})",
+            self.mta,
+            self.reply_line(),
+            self.stage.in_reply_to()
+        )
+    }
+}
+
+/// Why a recipient was deferred or failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// The next hop said so.
+    Reply(RemoteReply),
+    /// We found out ourselves: DNS, connect, TLS, timeout, a missing extension.
+    Local {
+        /// The next hop concerned (host name, or IP of a backend), when one was chosen; the
+        /// text names it precisely as `host[ip]:port`.
+        host: Option<String>,
+        /// What happened, precisely.
+        text: String,
+    },
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Reply(reply) => reply.fmt(f),
+            Reason::Local { text, .. } => f.write_str(text),
+        }
+    }
+}
+
+/// What happened to one recipient in one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The next hop took responsibility (2xx after the data).
+    Delivered {
+        /// Its reply, usually with its own queue id.
+        reply: RemoteReply,
+    },
+    /// Try again later.
+    Deferred {
+        /// The remote reply or our own finding.
+        reason: Reason,
+        /// The enhanced status for a delay DSN.
+        status: Option<EnhancedCode>,
+    },
+    /// Will not be delivered: bounce.
+    Failed {
+        /// The remote reply or our own finding.
+        reason: Reason,
+        /// The enhanced status for the failure DSN.
+        status: Option<EnhancedCode>,
+    },
+}
+
+impl Outcome {
+    /// 2xx delivered, 4xx deferred, 5xx failed; anything else (a 1xx or 3xx where a final answer
+    /// belongs) is a protocol error of the peer: deferred.
+    fn from_reply(reply: RemoteReply) -> Outcome {
+        match reply.code {
+            200..=299 => Outcome::Delivered { reply },
+            500..=599 => Outcome::Failed {
+                status: Some(reply.status_or_default()),
+                reason: Reason::Reply(reply),
+            },
+            400..=499 => Outcome::Deferred {
+                status: Some(reply.status_or_default()),
+                reason: Reason::Reply(reply),
+            },
+            _ => Outcome::Deferred {
+                status: Some(EnhancedCode::new(4, 5, 0)),
+                reason: Reason::Reply(reply),
+            },
+        }
+    }
+
+    fn local(permanent: bool, host: Option<String>, status: EnhancedCode, text: String) -> Outcome {
+        let reason = Reason::Local { host, text };
+        if permanent {
+            Outcome::Failed {
+                reason,
+                status: Some(status),
+            }
+        } else {
+            Outcome::Deferred {
+                reason,
+                status: Some(status),
+            }
+        }
+    }
+
+    /// `true` for [`Outcome::Delivered`].
+    pub fn is_delivered(&self) -> bool {
+        matches!(self, Outcome::Delivered { .. })
+    }
+
+    /// `true` for [`Outcome::Failed`]: the queue bounces this recipient.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Outcome::Failed { .. })
+    }
+
+    /// The next hop that answered or was tried, for a DSN's `Remote-MTA: dns; ...`.
+    pub fn remote_host(&self) -> Option<&str> {
+        match self {
+            Outcome::Delivered { reply }
+            | Outcome::Deferred {
+                reason: Reason::Reply(reply),
+                ..
+            }
+            | Outcome::Failed {
+                reason: Reason::Reply(reply),
+                ..
+            } => Some(&reply.host),
+            Outcome::Deferred {
+                reason: Reason::Local { host, .. },
+                ..
+            }
+            | Outcome::Failed {
+                reason: Reason::Local { host, .. },
+                ..
+            } => host.as_deref(),
+        }
+    }
+
+    /// The remote reply, code first, for a DSN's `Diagnostic-Code: smtp; ...`.
+    pub fn reply_line(&self) -> Option<String> {
+        match self {
+            Outcome::Delivered { reply }
+            | Outcome::Deferred {
+                reason: Reason::Reply(reply),
+                ..
+            }
+            | Outcome::Failed {
+                reason: Reason::Reply(reply),
+                ..
+            } => Some(reply.reply_line()),
+            _ => None,
+        }
+    }
+
+    /// Our own finding when no remote reply explains the outcome (DNS, connect, TLS, timeout).
+    pub fn local_reason(&self) -> Option<&str> {
+        match self {
+            Outcome::Deferred {
+                reason: Reason::Local { text, .. },
+                ..
+            }
+            | Outcome::Failed {
+                reason: Reason::Local { text, .. },
+                ..
+            } => Some(text),
+            _ => None,
+        }
+    }
+
+    /// The enhanced status code: the remote one if given, else the one we chose.
+    pub fn status(&self) -> Option<EnhancedCode> {
+        match self {
+            Outcome::Delivered { reply } => Some(reply.status_or_default()),
+            Outcome::Deferred { status, .. } | Outcome::Failed { status, .. } => *status,
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Delivered { reply } => write!(f, "delivered: {reply}"),
+            Outcome::Deferred { reason, .. } => write!(f, "deferred: {reason}"),
+            Outcome::Failed { reason, .. } => write!(f, "failed: {reason}"),
+        }
+    }
+}
+
+/// How to use STARTTLS with a next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum TlsPolicy {
+    /// Never (a backend on loopback or a Unix-like trusted link).
+    Disabled,
+    /// When offered, without certificate verification (RFC 7435); if the handshake fails, the
+    /// message goes in plain text on a new connection.
+    #[default]
+    Opportunistic,
+    /// Must succeed with a certificate valid for the host name under the webpki roots;
+    /// otherwise the recipients are deferred (4.7.x).
+    Required,
+}
+
+/// Where a message goes next: data, decided by routing; [`Deliverer::deliver`] does the rest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum NextHop {
+    /// The provider's MTA behind us.
+    Backend {
+        /// Its address.
+        addr: SocketAddr,
+        /// Speak LMTP (RFC 2033) instead of SMTP.
+        lmtp: bool,
+        /// STARTTLS policy.
+        tls: TlsPolicy,
+    },
+    /// A relay host for all outbound mail, without MX lookup (Postfix's `relayhost = [host]:port`).
+    Smarthost {
+        /// Host name or IP literal.
+        host: String,
+        /// TCP port.
+        port: u16,
+        /// STARTTLS policy.
+        tls: TlsPolicy,
+    },
+    /// The recipient domain's MX hosts, tried in order (RFC 5321 §5.1).
+    Mx {
+        /// The recipient domain.
+        domain: String,
+    },
+}
+
+/// A relay specification that is not `host`, `host:port`, `[host]:port` or `[v6addr]:port`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a relay host specification (host, host:port or [host]:port): {0:?}")]
+pub struct BadHostPort(pub String);
+
+impl BadHostPort {
+    /// A configuration error: retrying does not help.
+    pub fn is_permanent(&self) -> bool {
+        true
+    }
+}
+
+impl NextHop {
+    /// A smarthost from its configuration text: `host`, `host:port`, `[host]:port` (Postfix's
+    /// spelling; the brackets only mean "no MX lookup", which a smarthost never does) or
+    /// `[2001:db8::1]:587`. The port defaults to 25.
+    pub fn smarthost(spec: &str, tls: TlsPolicy) -> Result<NextHop, BadHostPort> {
+        let bad = || BadHostPort(spec.to_owned());
+        let spec_trimmed = spec.trim();
+        let (host, port) = if let Some(rest) = spec_trimmed.strip_prefix('[') {
+            let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+            let port = match after {
+                "" => 25,
+                _ => after
+                    .strip_prefix(':')
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .ok_or_else(bad)?,
+            };
+            (host, port)
+        } else {
+            match spec_trimmed.matches(':').count() {
+                0 => (spec_trimmed, 25),
+                1 => {
+                    let (host, port) = spec_trimmed.split_once(':').ok_or_else(bad)?;
+                    (host, port.parse::<u16>().map_err(|_| bad())?)
+                }
+                // A bare IPv6 address.
+                _ => (spec_trimmed, 25),
+            }
+        };
+        if host.is_empty() || port == 0 || host.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err(bad());
+        }
+        Ok(NextHop::Smarthost {
+            host: host.to_owned(),
+            port,
+            tls,
+        })
+    }
+
+    /// The key under which concurrency is counted.
+    fn concurrency_key(&self) -> String {
+        match self {
+            NextHop::Backend { addr, lmtp, .. } => {
+                format!("{}:{addr}", if *lmtp { "lmtp" } else { "smtp" })
+            }
+            NextHop::Smarthost { host, port, .. } => {
+                format!("relay:{}:{port}", host.to_ascii_lowercase())
+            }
+            NextHop::Mx { domain } => format!("mx:{}", domain.to_ascii_lowercase()),
+        }
+    }
+}
+
+/// Per-destination policy for [`NextHop::Mx`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationPolicy {
+    /// Recipient domain, compared case-insensitively.
+    pub domain: String,
+    /// Require verified TLS to this domain's MX hosts.
+    pub require_tls: bool,
+}
+
+/// Typed delivery settings; `config` wires TOML keys to these fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliverySettings {
+    /// Our host name: the EHLO argument and the `by` of the `Received:` header.
+    pub helo_name: String,
+    /// TCP port for MX hosts (25; tests use another).
+    pub mx_port: u16,
+    /// TLS policy for MX hosts without a [`DestinationPolicy`] requiring TLS.
+    pub mx_tls: TlsPolicy,
+    /// Per-domain policies for MX delivery.
+    pub destinations: Vec<DestinationPolicy>,
+    /// TCP connect limit.
+    pub connect_timeout: Duration,
+    /// Greeting wait (RFC 5321 §4.5.3.2.1: 5 minutes).
+    pub greeting_timeout: Duration,
+    /// Per-command reply wait (RFC 5321 §4.5.3.2: 5 minutes for MAIL/RCPT).
+    pub command_timeout: Duration,
+    /// Sending the message and waiting for the end-of-data reply (RFC 5321: 10 minutes).
+    pub data_timeout: Duration,
+    /// Concurrent deliveries in total.
+    pub max_connections: usize,
+    /// Concurrent deliveries per next hop (per MX domain, backend or relay).
+    pub max_connections_per_hop: usize,
+    /// How long an idle connection is kept for the next message to the same address.
+    pub idle_timeout: Duration,
+    /// Transactions per connection before it is closed (0: no limit).
+    pub max_messages_per_connection: u32,
+    /// Addresses tried per delivery attempt over all MX hosts (Postfix's
+    /// `smtp_mx_address_limit`).
+    pub max_addresses_per_delivery: usize,
+    /// Shuffle MX hosts of equal preference (RFC 5321 §5.1). Off only for reproducible tests.
+    pub shuffle_equal_mx: bool,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        DeliverySettings {
+            helo_name: "localhost".into(),
+            mx_port: 25,
+            mx_tls: TlsPolicy::Opportunistic,
+            destinations: Vec::new(),
+            connect_timeout: Duration::from_secs(30),
+            greeting_timeout: Duration::from_secs(300),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            max_connections: 100,
+            max_connections_per_hop: 20,
+            idle_timeout: Duration::from_secs(5),
+            max_messages_per_connection: 100,
+            max_addresses_per_delivery: 5,
+            shuffle_equal_mx: true,
+        }
+    }
+}
+
+/// Delivery could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeliverError {
+    /// The TLS client configuration could not be built.
+    #[error("cannot build the TLS client configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+impl DeliverError {
+    /// Set-up errors are configuration errors: retrying will not help.
+    pub fn is_permanent(&self) -> bool {
+        true
+    }
+}
+
+struct IdleConnection {
+    connection: Connection,
+    since: Instant,
+}
+
+/// Sends messages to next hops. Share it (`Arc`) between queue workers.
+pub struct Deliverer {
+    settings: DeliverySettings,
+    resolver: Resolver,
+    connectors: TlsConnectors,
+    total: Arc<Semaphore>,
+    per_hop: Mutex<HashMap<String, Arc<Semaphore>>>,
+    // std Mutex: never held across an await, only to push or pop a connection.
+    idle: Mutex<HashMap<Target, Vec<IdleConnection>>>,
+}
+
+impl std::fmt::Debug for Deliverer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deliverer")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the targets of one delivery come from.
+enum Candidates {
+    Fixed(Vec<Target>),
+    Mx { answer: MxAnswer, tls: TlsPolicy },
+}
+
+impl Deliverer {
+    /// Builds a deliverer; fails only if the TLS configuration cannot be built.
+    pub fn new(settings: DeliverySettings, resolver: Resolver) -> Result<Deliverer, DeliverError> {
+        let total = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+        Ok(Deliverer {
+            connectors: TlsConnectors::new()?,
+            total,
+            settings,
+            resolver,
+            per_hop: Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Delivers one message to one next hop for `recipients` (addresses from
+    /// `envelope.recipients`; their NOTIFY/ORCPT are taken from there). Returns one outcome per
+    /// recipient, in the order given. Never fails as a whole: DNS, connect or TLS trouble shows as
+    /// every recipient deferred (or failed, when permanent) with the precise reason.
+    ///
+    /// Waits for a free slot under the per-hop and total caps first.
+    ///
+    /// Not cancel-safe: if dropped after the message's end-of-data was sent and before the reply
+    /// was read, the next hop may have the message while the caller records nothing; a retry then
+    /// delivers it twice. Never a loss. Dropping it at any other point only closes a connection.
+    pub async fn deliver(
+        &self,
+        hop: &NextHop,
+        envelope: &Envelope,
+        queue_id: QueueId,
+        body: &[u8],
+        recipients: &[String],
+    ) -> Vec<(String, Outcome)> {
+        let outcomes = self
+            .deliver_inner(hop, envelope, queue_id, body, recipients)
+            .await;
+        for (address, outcome) in &outcomes {
+            tracing::info!(%queue_id, rcpt = %address, %outcome, "delivery attempt");
+        }
+        outcomes
+    }
+
+    /// [`Deliverer::deliver`] without the logging. Not cancel-safe, for the same reason.
+    async fn deliver_inner(
+        &self,
+        hop: &NextHop,
+        envelope: &Envelope,
+        queue_id: QueueId,
+        body: &[u8],
+        recipients: &[String],
+    ) -> Vec<(String, Outcome)> {
+        let all = |outcome: Outcome| -> Vec<(String, Outcome)> {
+            recipients
+                .iter()
+                .map(|r| (r.clone(), outcome.clone()))
+                .collect()
+        };
+        if recipients.is_empty() {
+            return Vec::new();
+        }
+
+        // Per hop first, then total: a hop at its cap waits without holding a global slot.
+        let hop_semaphore = self.hop_semaphore(hop);
+        let (Ok(_hop_permit), Ok(_total_permit)) = (
+            hop_semaphore.acquire_owned().await,
+            self.total.clone().acquire_owned().await,
+        ) else {
+            // The semaphores are never closed; this keeps the function total.
+            return all(Outcome::local(
+                false,
+                None,
+                EnhancedCode::new(4, 3, 0),
+                "delivery slots closed (shutting down)".into(),
+            ));
+        };
+
+        let recipient_data: Vec<Recipient> = recipients
+            .iter()
+            .map(|address| {
+                envelope
+                    .recipients
+                    .iter()
+                    .find(|r| &r.address == address)
+                    .cloned()
+                    .unwrap_or_else(|| Recipient {
+                        address: address.clone(),
+                        notify: None,
+                        orcpt: None,
+                    })
+            })
+            .collect();
+        let recipient_refs: Vec<&Recipient> = recipient_data.iter().collect();
+        let header = received_header(envelope, queue_id, &self.settings.helo_name);
+        let message_len = header.len() + body.len();
+        let payload = wire::data_payload(header.as_bytes(), body);
+
+        let candidates = match self.candidates(hop).await {
+            Ok(candidates) => candidates,
+            Err(outcome) => return all(outcome),
+        };
+
+        let mut attempts = 0usize;
+        let mut last_temporary: Option<HopFailure> = None;
+        let mut last_permanent: Option<HopFailure> = None;
+        let mut dns_temporary: Option<ResolveError> = None;
+        // The failure that got furthest into a session explains best why the hop failed (a
+        // "TLS required but not offered" beats a later "connection refused" on a second
+        // address); among equals, the latest.
+        let remember = |failure: HopFailure, slot: &mut Option<HopFailure>| {
+            tracing::info!(%queue_id, reason = %failure.reason, "next hop failed, trying the next one if any");
+            if slot.as_ref().is_none_or(|kept| failure.stage >= kept.stage) {
+                *slot = Some(failure);
+            }
+        };
+
+        // Lazily expanded: an MX host's addresses are looked up only when its turn comes.
+        let hosts: Vec<(String, TlsPolicy, Option<Vec<Target>>)> = match candidates {
+            Candidates::Fixed(targets) => vec![(String::new(), TlsPolicy::Disabled, Some(targets))],
+            Candidates::Mx { answer, tls } => answer
+                .hosts()
+                .iter()
+                .map(|h| (h.host.clone(), tls, None))
+                .collect(),
+        };
+        'hosts: for (host, tls, fixed) in hosts {
+            let targets = match fixed {
+                Some(targets) => targets,
+                None => match self.resolver.addresses(&host).await {
+                    Ok(addresses) => addresses
+                        .into_iter()
+                        .map(|ip| Target {
+                            name: host.clone(),
+                            addr: SocketAddr::new(ip, self.settings.mx_port),
+                            lmtp: false,
+                            tls,
+                        })
+                        .collect(),
+                    Err(error) => {
+                        tracing::info!(%queue_id, %host, %error, "MX host address lookup failed");
+                        if !error.is_permanent() {
+                            dns_temporary = Some(error);
+                        }
+                        continue;
+                    }
+                },
+            };
+            for target in targets {
+                if attempts >= self.settings.max_addresses_per_delivery.max(1) {
+                    break 'hosts;
+                }
+                attempts += 1;
+                match self
+                    .attempt(&target, envelope, &recipient_refs, &payload, message_len)
+                    .await
+                {
+                    Ok(outcomes) => {
+                        return recipients.iter().cloned().zip(outcomes).collect();
+                    }
+                    Err(failure) if failure.permanent => remember(failure, &mut last_permanent),
+                    Err(failure) => remember(failure, &mut last_temporary),
+                }
+            }
+        }
+
+        // No next hop took the transaction. Any temporary trouble means "try later"; only when
+        // every hop refused permanently does the message fail.
+        if let Some(failure) = last_temporary {
+            return all(Outcome::Deferred {
+                reason: failure.reason,
+                status: Some(EnhancedCode {
+                    class: 4,
+                    ..failure.status
+                }),
+            });
+        }
+        if let Some(error) = dns_temporary {
+            return all(Outcome::local(
+                false,
+                None,
+                EnhancedCode::new(4, 4, 3),
+                error.to_string(),
+            ));
+        }
+        if let Some(failure) = last_permanent {
+            return all(Outcome::Failed {
+                reason: failure.reason,
+                status: Some(failure.status),
+            });
+        }
+        // Nothing was tried at all. For MX routing that is the recipient domain's fault (5.4.4);
+        // a relay or backend that cannot be found is our own configuration, which must not bounce
+        // everybody's mail: defer (4.3.5, "system incorrectly configured").
+        match hop {
+            NextHop::Mx { domain } => all(Outcome::local(
+                true,
+                None,
+                EnhancedCode::new(5, 4, 4),
+                format!("no address found for any mail exchanger of {domain}"),
+            )),
+            NextHop::Smarthost { host, .. } => all(Outcome::local(
+                false,
+                None,
+                EnhancedCode::new(4, 3, 5),
+                format!("no address found for relay host {host}"),
+            )),
+            NextHop::Backend { addr, .. } => all(Outcome::local(
+                false,
+                None,
+                EnhancedCode::new(4, 3, 5),
+                format!("backend {addr} could not be tried"),
+            )),
+        }
+    }
+
+    /// Turns the hop into targets (or MX hosts to expand), or a final outcome for every recipient.
+    /// Cancel-safe: DNS lookups only.
+    async fn candidates(&self, hop: &NextHop) -> Result<Candidates, Outcome> {
+        match hop {
+            NextHop::Backend { addr, lmtp, tls } => Ok(Candidates::Fixed(vec![Target {
+                name: addr.ip().to_string(),
+                addr: *addr,
+                lmtp: *lmtp,
+                tls: *tls,
+            }])),
+            NextHop::Smarthost { host, port, tls } => {
+                let addresses = self
+                    .resolver
+                    .addresses(host)
+                    .await
+                    .map_err(|e| relay_dns_outcome(host, &e))?;
+                let name = host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned();
+                Ok(Candidates::Fixed(
+                    addresses
+                        .into_iter()
+                        .map(|ip| Target {
+                            name: name.clone(),
+                            addr: SocketAddr::new(ip, *port),
+                            lmtp: false,
+                            tls: *tls,
+                        })
+                        .collect(),
+                ))
+            }
+            NextHop::Mx { domain } if domain.starts_with('[') => {
+                // An address literal (RFC 5321 §4.1.3): connect to it, no DNS.
+                let inner = domain.trim_start_matches('[').trim_end_matches(']');
+                let inner = inner
+                    .strip_prefix("IPv6:")
+                    .or_else(|| inner.strip_prefix("ipv6:"))
+                    .unwrap_or(inner);
+                let ip: std::net::IpAddr = inner.parse().map_err(|_| {
+                    Outcome::local(
+                        true,
+                        None,
+                        EnhancedCode::new(5, 1, 2),
+                        format!("{domain} is not a valid address literal"),
+                    )
+                })?;
+                Ok(Candidates::Fixed(vec![Target {
+                    name: ip.to_string(),
+                    addr: SocketAddr::new(ip, self.settings.mx_port),
+                    lmtp: false,
+                    tls: self.settings.mx_tls,
+                }]))
+            }
+            NextHop::Mx { domain } => {
+                let mut answer = self
+                    .resolver
+                    .mx_hosts(domain)
+                    .await
+                    .map_err(|e| dns_outcome(&e))?;
+                if answer == MxAnswer::NullMx {
+                    return Err(Outcome::local(
+                        true,
+                        None,
+                        EnhancedCode::new(5, 1, 10),
+                        format!("{domain} publishes a null MX (RFC 7505): it accepts no mail"),
+                    ));
+                }
+                if self.settings.shuffle_equal_mx {
+                    answer.shuffle_equal_preferences(&mut rand::thread_rng());
+                }
+                let require = self
+                    .settings
+                    .destinations
+                    .iter()
+                    .any(|d| d.require_tls && d.domain.eq_ignore_ascii_case(domain));
+                let tls = if require {
+                    TlsPolicy::Required
+                } else {
+                    self.settings.mx_tls
+                };
+                Ok(Candidates::Mx { answer, tls })
+            }
+        }
+    }
+
+    /// One transaction with one target, on a pooled connection when one is idle. Not cancel-safe
+    /// (see [`Connection::transaction`]); a dropped future drops its connection, never pools it.
+    async fn attempt(
+        &self,
+        target: &Target,
+        envelope: &Envelope,
+        recipients: &[&Recipient],
+        payload: &[u8],
+        message_len: usize,
+    ) -> Result<Vec<Outcome>, HopFailure> {
+        let mut connection = match self.take_idle(target).await {
+            Some(connection) => connection,
+            None => {
+                let connection = Connection::open(
+                    target,
+                    &self.settings.helo_name,
+                    self.timeouts(),
+                    &self.connectors,
+                )
+                .await?;
+                tracing::debug!(mta = %target.label(), tls = ?connection.tls, "connected");
+                connection
+            }
+        };
+        let result = connection
+            .transaction(
+                envelope,
+                recipients,
+                payload,
+                message_len,
+                self.settings.data_timeout,
+            )
+            .await;
+        let (result, reusable) = match result {
+            Transaction::HopFailed { failure, reusable } => (Err(failure), reusable),
+            Transaction::Done { outcomes, reusable } => (Ok(outcomes), reusable),
+        };
+        let limit = self.settings.max_messages_per_connection;
+        if reusable && (limit == 0 || connection.transactions < limit) {
+            self.put_idle(connection);
+        } else if reusable {
+            connection.quit().await;
+        }
+        result
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            connect: self.settings.connect_timeout,
+            greeting: self.settings.greeting_timeout,
+            command: self.settings.command_timeout,
+        }
+    }
+
+    fn hop_semaphore(&self, hop: &NextHop) -> Arc<Semaphore> {
+        let key = hop.concurrency_key();
+        let mut map = match self.per_hop.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if map.len() > 4096 {
+            // Forget hops nobody is delivering to, so the map does not grow with every domain.
+            map.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        map.entry(key)
+            .or_insert_with(|| {
+                Arc::new(Semaphore::new(self.settings.max_connections_per_hop.max(1)))
+            })
+            .clone()
+    }
+
+    /// The most recently used idle connection to `target` that answers RSET. Cancel-safe in
+    /// effect: a connection taken out and dropped mid-RSET is simply closed.
+    async fn take_idle(&self, target: &Target) -> Option<Connection> {
+        loop {
+            let candidate = {
+                let mut idle = match self.idle.lock() {
+                    Ok(idle) => idle,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                let list = idle.get_mut(target)?;
+                let now = Instant::now();
+                list.retain(|c| now.duration_since(c.since) < self.settings.idle_timeout);
+                list.pop()
+            };
+            let mut connection = candidate?.connection;
+            if connection.reset().await {
+                return Some(connection);
+            }
+            // Dead or confused: drop it and look at the next one.
+        }
+    }
+
+    fn put_idle(&self, connection: Connection) {
+        let mut idle = match self.idle.lock() {
+            Ok(idle) => idle,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = Instant::now();
+        // Sweep expired connections of every target on each return, so idle sockets do not
+        // outlive the idle timeout by much without a separate reaper task.
+        idle.retain(|_, list| {
+            list.retain(|c| now.duration_since(c.since) < self.settings.idle_timeout);
+            !list.is_empty()
+        });
+        let list = idle.entry(connection.target.clone()).or_default();
+        if list.len() < self.settings.max_connections_per_hop.max(1) {
+            list.push(IdleConnection {
+                connection,
+                since: now,
+            });
+        }
+    }
+
+    /// Closes every idle connection (QUIT). For shutdown. Cancel-safe: a connection not yet
+    /// closed when the future is dropped is closed by the drop.
+    pub async fn close_idle(&self) {
+        let all: Vec<Connection> = {
+            let mut idle = match self.idle.lock() {
+                Ok(idle) => idle,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            idle.drain()
+                .flat_map(|(_, list)| list.into_iter().map(|c| c.connection))
+                .collect()
+        };
+        for connection in all {
+            connection.quit().await;
+        }
+    }
+
+    /// Number of idle pooled connections (for metrics and tests).
+    pub fn idle_connections(&self) -> usize {
+        let idle = match self.idle.lock() {
+            Ok(idle) => idle,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        idle.values().map(Vec::len).sum()
+    }
+}
+
+/// A DNS error as every recipient's outcome: NXDOMAIN and bad names fail (5.1.2), the rest defer.
+fn dns_outcome(error: &ResolveError) -> Outcome {
+    if error.is_permanent() {
+        Outcome::local(true, None, EnhancedCode::new(5, 1, 2), error.to_string())
+    } else {
+        Outcome::local(false, None, EnhancedCode::new(4, 4, 3), error.to_string())
+    }
+}
+
+/// A relay host that DNS cannot find is a configuration problem here, not the recipient's:
+/// always deferred, so a typo in `[relay]` holds mail instead of bouncing all of it.
+fn relay_dns_outcome(host: &str, error: &ResolveError) -> Outcome {
+    let status = if error.is_permanent() {
+        EnhancedCode::new(4, 3, 5)
+    } else {
+        EnhancedCode::new(4, 4, 3)
+    };
+    Outcome::local(false, None, status, format!("relay host {host}: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u16, esc: [u8; 3]) -> RemoteReply {
+        RemoteReply::from_response(
+            &Target {
+                name: "mx".into(),
+                addr: "192.0.2.1:25".parse().unwrap(),
+                lmtp: false,
+                tls: TlsPolicy::Opportunistic,
+            },
+            Stage::RcptTo,
+            smtp_proto::Response {
+                code,
+                esc,
+                message: "text".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn reply_classes_table() {
+        for (code, esc, delivered, permanent, status) in [
+            (250, [2, 1, 5], true, false, "2.1.5"),
+            (250, [0, 0, 0], true, false, "2.0.0"),
+            (450, [4, 2, 0], false, false, "4.2.0"),
+            (451, [0, 0, 0], false, false, "4.0.0"),
+            (550, [5, 1, 1], false, true, "5.1.1"),
+            (554, [0, 0, 0], false, true, "5.0.0"),
+            (354, [0, 0, 0], false, false, "4.5.0"),
+        ] {
+            let outcome = Outcome::from_reply(reply(code, esc));
+            assert_eq!(outcome.is_delivered(), delivered, "{code}");
+            assert_eq!(outcome.is_permanent(), permanent, "{code}");
+            assert_eq!(
+                outcome.status().map(|s| s.to_string()).as_deref(),
+                Some(status),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn reply_display_reads_like_postfix() {
+        assert_eq!(
+            reply(550, [5, 1, 1]).to_string(),
+            "host mx[192.0.2.1]:25 said: 550 5.1.1 text (in reply to RCPT TO command)"
+        );
+        assert_eq!(reply(550, [5, 1, 1]).reply_line(), "550 5.1.1 text");
+        assert_eq!(reply(550, [0, 0, 0]).reply_line(), "550 text");
+        assert_eq!(reply(550, [0, 0, 0]).host, "mx");
+    }
+
+    #[test]
+    fn smarthost_specs_table() {
+        let tls = TlsPolicy::Opportunistic;
+        for (spec, expected) in [
+            ("relay.example.net", Some(("relay.example.net", 25))),
+            ("relay.example.net:587", Some(("relay.example.net", 587))),
+            (
+                "[relay.example.net]:2525",
+                Some(("relay.example.net", 2525)),
+            ),
+            ("[relay.example.net]", Some(("relay.example.net", 25))),
+            ("[192.0.2.1]:26", Some(("192.0.2.1", 26))),
+            ("[2001:db8::1]:587", Some(("2001:db8::1", 587))),
+            ("2001:db8::1", Some(("2001:db8::1", 25))),
+            (" relay:25 ", Some(("relay", 25))),
+            ("", None),
+            ("relay:", None),
+            ("relay:0", None),
+            ("relay:99999", None),
+            ("[relay", None),
+            ("[relay]x", None),
+            ("re lay:25", None),
+        ] {
+            let got = NextHop::smarthost(spec, tls).ok();
+            let want = expected.map(|(host, port)| NextHop::Smarthost {
+                host: host.into(),
+                port,
+                tls,
+            });
+            assert_eq!(got, want, "{spec:?}");
+        }
+    }
+
+    #[test]
+    fn concurrency_keys_are_case_insensitive() {
+        let a = NextHop::Mx {
+            domain: "Example.ORG".into(),
+        };
+        let b = NextHop::Mx {
+            domain: "example.org".into(),
+        };
+        assert_eq!(a.concurrency_key(), b.concurrency_key());
+    }
+}

@@ -1,0 +1,441 @@
+//! Sans-I/O pieces of the client side of SMTP: what the next hop can take, the MAIL and RCPT command
+//! lines with their ESMTP parameters, and the DATA payload with dot-stuffing.
+
+use super::EnhancedCode;
+use crate::envelope::{DsnReturn, Envelope, Notify, Recipient};
+
+/// What the next hop announced in its EHLO/LHLO reply (an empty set after HELO).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Capabilities {
+    pub(crate) dsn: bool,
+    pub(crate) smtputf8: bool,
+    pub(crate) eight_bit_mime: bool,
+    pub(crate) starttls: bool,
+    /// The SIZE limit, 0 when none was announced.
+    pub(crate) size: usize,
+    pub(crate) size_announced: bool,
+}
+
+impl Capabilities {
+    pub(crate) fn from_ehlo(ehlo: &smtp_proto::EhloResponse<String>) -> Capabilities {
+        Capabilities {
+            dsn: ehlo.has_capability(smtp_proto::EXT_DSN),
+            smtputf8: ehlo.has_capability(smtp_proto::EXT_SMTP_UTF8),
+            eight_bit_mime: ehlo.has_capability(smtp_proto::EXT_8BIT_MIME),
+            starttls: ehlo.has_capability(smtp_proto::EXT_START_TLS),
+            size: ehlo.size,
+            size_announced: ehlo.has_capability(smtp_proto::EXT_SIZE),
+        }
+    }
+}
+
+/// Why this message cannot go to this next hop at all, decided before MAIL FROM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unsendable {
+    /// Enhanced status for the DSN.
+    pub(crate) status: EnhancedCode,
+    /// Precise reason for the log and the DSN.
+    pub(crate) text: String,
+    /// Another next hop might take it (SIZE, missing extension) or none will (bad address).
+    pub(crate) hop_specific: bool,
+}
+
+fn has_line_break_or_nul(text: &str) -> bool {
+    text.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0))
+}
+
+/// Does this message need SMTPUTF8 (RFC 6531): declared so, or a non-ASCII address.
+pub(crate) fn needs_smtputf8(envelope: &Envelope, recipients: &[&Recipient]) -> bool {
+    envelope.smtputf8
+        || !envelope.sender.is_ascii()
+        || recipients.iter().any(|r| !r.address.is_ascii())
+}
+
+/// Checks the message against the next hop's extensions (RFC 6152, RFC 6531, RFC 1870).
+pub(crate) fn check_capabilities(
+    envelope: &Envelope,
+    recipients: &[&Recipient],
+    caps: &Capabilities,
+    message_len: usize,
+) -> Result<(), Unsendable> {
+    if needs_smtputf8(envelope, recipients) && !caps.smtputf8 {
+        return Err(Unsendable {
+            status: EnhancedCode::new(5, 6, 7),
+            text: "the message needs SMTPUTF8 and the next hop does not offer it".into(),
+            hop_specific: true,
+        });
+    }
+    if envelope.body_8bit && !caps.eight_bit_mime {
+        return Err(Unsendable {
+            status: EnhancedCode::new(5, 6, 3),
+            text: "the message has an 8-bit body and the next hop does not offer 8BITMIME \
+                   (conversion to 7 bit is not done)"
+                .into(),
+            hop_specific: true,
+        });
+    }
+    if caps.size_announced && caps.size > 0 && message_len > caps.size {
+        return Err(Unsendable {
+            status: EnhancedCode::new(5, 3, 4),
+            text: format!(
+                "message of {message_len} bytes exceeds the next hop's SIZE limit of {} bytes",
+                caps.size
+            ),
+            hop_specific: true,
+        });
+    }
+    Ok(())
+}
+
+/// `MAIL FROM:<sender> [SIZE=] [BODY=8BITMIME] [SMTPUTF8] [RET=] [ENVID=]\r\n`.
+pub(crate) fn mail_from_command(
+    envelope: &Envelope,
+    recipients: &[&Recipient],
+    caps: &Capabilities,
+    message_len: usize,
+) -> Result<String, Unsendable> {
+    if has_line_break_or_nul(&envelope.sender)
+        || envelope.dsn_envid.as_deref().is_some_and(bad_param_value)
+    {
+        return Err(Unsendable {
+            status: EnhancedCode::new(5, 1, 7),
+            text: "the sender address or ENVID contains a line break, NUL or space".into(),
+            hop_specific: false,
+        });
+    }
+    let mut command = format!("MAIL FROM:<{}>", envelope.sender);
+    if caps.size_announced {
+        command.push_str(&format!(" SIZE={message_len}"));
+    }
+    if envelope.body_8bit && caps.eight_bit_mime {
+        command.push_str(" BODY=8BITMIME");
+    }
+    if needs_smtputf8(envelope, recipients) && caps.smtputf8 {
+        command.push_str(" SMTPUTF8");
+    }
+    if caps.dsn {
+        match envelope.dsn_ret {
+            Some(DsnReturn::Full) => command.push_str(" RET=FULL"),
+            Some(DsnReturn::Headers) => command.push_str(" RET=HDRS"),
+            None => {}
+        }
+        if let Some(envid) = &envelope.dsn_envid {
+            command.push_str(" ENVID=");
+            command.push_str(envid);
+        }
+    }
+    command.push_str("\r\n");
+    Ok(command)
+}
+
+/// An ESMTP parameter value is xtext: no space, no control characters.
+fn bad_param_value(value: &str) -> bool {
+    value.is_empty() || value.bytes().any(|b| b <= b' ' || b == 0x7f)
+}
+
+/// `RCPT TO:<address> [NOTIFY=] [ORCPT=]\r\n`; DSN parameters only when the hop offers DSN
+/// (RFC 3461 §4: otherwise they are dropped, and we would owe the DSN ourselves).
+pub(crate) fn rcpt_to_command(
+    recipient: &Recipient,
+    caps: &Capabilities,
+) -> Result<String, Unsendable> {
+    if has_line_break_or_nul(&recipient.address)
+        || recipient.orcpt.as_deref().is_some_and(bad_param_value)
+    {
+        return Err(Unsendable {
+            status: EnhancedCode::new(5, 1, 3),
+            text: "the recipient address or ORCPT contains a line break, NUL or space".into(),
+            hop_specific: false,
+        });
+    }
+    let mut command = format!("RCPT TO:<{}>", recipient.address);
+    if caps.dsn {
+        if let Some(notify) = recipient.notify {
+            command.push_str(" NOTIFY=");
+            command.push_str(&notify_value(notify));
+        }
+        if let Some(orcpt) = &recipient.orcpt {
+            command.push_str(" ORCPT=");
+            command.push_str(orcpt);
+        }
+    }
+    command.push_str("\r\n");
+    Ok(command)
+}
+
+fn notify_value(notify: Notify) -> String {
+    if notify.never {
+        return "NEVER".into();
+    }
+    let parts: Vec<&str> = [
+        (notify.success, "SUCCESS"),
+        (notify.failure, "FAILURE"),
+        (notify.delay, "DELAY"),
+    ]
+    .into_iter()
+    .filter_map(|(on, word)| on.then_some(word))
+    .collect();
+    if parts.is_empty() {
+        // A Notify with nothing set is not valid on the wire; RFC 3461's default is FAILURE,DELAY.
+        "FAILURE,DELAY".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+/// The bytes sent after `354`: `header` then `body`, dot-stuffed (RFC 5321 §4.5.2), then the
+/// end-of-data line. Otherwise the bytes are untouched: no line-ending repair, no re-encoding.
+///
+/// A `.` is doubled at the start of every line. A line starts after LF, and also after a bare CR:
+/// receivers that end lines at a bare CR or LF would otherwise read `\r.\r\n` or `\n.\r\n` as the
+/// end of data, which is how SMTP smuggling works. RFC 5322 forbids bare CR/LF, so for a valid
+/// message this changes nothing.
+///
+/// The terminator is `.\r\n` after a body that ends in CRLF, and `\r\n.\r\n` otherwise (so an
+/// unterminated last line is terminated, never merged with the dot).
+pub(crate) fn data_payload(header: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(header.len() + body.len() + body.len() / 64 + 8);
+    let mut at_line_start = true;
+    for &byte in header.iter().chain(body) {
+        if byte == b'.' && at_line_start {
+            out.push(b'.');
+        }
+        out.push(byte);
+        at_line_start = byte == b'\n' || byte == b'\r';
+    }
+    if out.ends_with(b"\r\n") {
+        out.extend_from_slice(b".\r\n");
+    } else {
+        out.extend_from_slice(b"\r\n.\r\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            sender: "a@example.org".into(),
+            recipients: Vec::new(),
+            dsn_ret: None,
+            dsn_envid: None,
+            body_8bit: false,
+            smtputf8: false,
+            helo: "h".into(),
+            client: "192.0.2.7:40000".parse().unwrap(),
+            tls: None,
+            auth_user: None,
+            arrival_unix: 0,
+        }
+    }
+
+    fn rcpt(address: &str) -> Recipient {
+        Recipient {
+            address: address.into(),
+            notify: None,
+            orcpt: None,
+        }
+    }
+
+    const ALL: Capabilities = Capabilities {
+        dsn: true,
+        smtputf8: true,
+        eight_bit_mime: true,
+        starttls: false,
+        size: 1000,
+        size_announced: true,
+    };
+    const NONE: Capabilities = Capabilities {
+        dsn: false,
+        smtputf8: false,
+        eight_bit_mime: false,
+        starttls: false,
+        size: 0,
+        size_announced: false,
+    };
+
+    #[test]
+    fn data_payload_table() {
+        for (header, body, expected) in [
+            ("", "", "\r\n.\r\n"),
+            ("H: 1\r\n", "", "H: 1\r\n.\r\n"),
+            ("", "a\r\n", "a\r\n.\r\n"),
+            ("", "a", "a\r\n.\r\n"),
+            ("", ".\r\n", "..\r\n.\r\n"),
+            ("", "a\r\n.\r\nb\r\n", "a\r\n..\r\nb\r\n.\r\n"),
+            ("", "a\r\n..b\r\n", "a\r\n...b\r\n.\r\n"),
+            ("", "a.b\r\n", "a.b\r\n.\r\n"),
+            ("", "a\n.\r\nMAIL", "a\n..\r\nMAIL\r\n.\r\n"),
+            ("", "a\r.\r\nMAIL", "a\r..\r\nMAIL\r\n.\r\n"),
+            ("", "a\n", "a\n\r\n.\r\n"),
+            ("X: y\r\n", ".x\r\n", "X: y\r\n..x\r\n.\r\n"),
+        ] {
+            assert_eq!(
+                String::from_utf8(data_payload(header.as_bytes(), body.as_bytes())).unwrap(),
+                expected,
+                "{header:?} + {body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn data_payload_keeps_8bit_bytes() {
+        let body = [0xC3, 0xA9, b'\r', b'\n', 0xFF, b'\r', b'\n'];
+        let out = data_payload(b"", &body);
+        assert_eq!(&out[..body.len()], &body);
+        assert_eq!(&out[body.len()..], b".\r\n");
+    }
+
+    #[test]
+    fn mail_from_table() {
+        let plain = envelope();
+        let mut dsn = envelope();
+        dsn.dsn_ret = Some(DsnReturn::Headers);
+        dsn.dsn_envid = Some("QQ+2Bx".into());
+        let mut eight = envelope();
+        eight.body_8bit = true;
+        let mut utf8 = envelope();
+        utf8.sender = "José@example.org".into();
+        let mut null = envelope();
+        null.sender = String::new();
+        for (case, env, caps, expected) in [
+            (
+                "plain, no ext",
+                &plain,
+                NONE,
+                "MAIL FROM:<a@example.org>\r\n",
+            ),
+            (
+                "plain, all",
+                &plain,
+                ALL,
+                "MAIL FROM:<a@example.org> SIZE=10\r\n",
+            ),
+            ("null sender", &null, NONE, "MAIL FROM:<>\r\n"),
+            (
+                "dsn offered",
+                &dsn,
+                ALL,
+                "MAIL FROM:<a@example.org> SIZE=10 RET=HDRS ENVID=QQ+2Bx\r\n",
+            ),
+            (
+                "dsn not offered",
+                &dsn,
+                NONE,
+                "MAIL FROM:<a@example.org>\r\n",
+            ),
+            (
+                "8bit",
+                &eight,
+                ALL,
+                "MAIL FROM:<a@example.org> SIZE=10 BODY=8BITMIME\r\n",
+            ),
+            (
+                "utf8 sender",
+                &utf8,
+                ALL,
+                "MAIL FROM:<José@example.org> SIZE=10 SMTPUTF8\r\n",
+            ),
+        ] {
+            assert_eq!(
+                mail_from_command(env, &[], &caps, 10).unwrap(),
+                expected,
+                "{case}"
+            );
+        }
+        let mut evil = envelope();
+        evil.sender = "a@b>\r\nRCPT TO:<x@y".into();
+        assert_eq!(
+            mail_from_command(&evil, &[], &ALL, 10).unwrap_err().status,
+            EnhancedCode::new(5, 1, 7)
+        );
+    }
+
+    #[test]
+    fn rcpt_to_table() {
+        let mut full = rcpt("b@example.net");
+        full.notify = Some(Notify {
+            never: false,
+            success: true,
+            failure: true,
+            delay: false,
+        });
+        full.orcpt = Some("rfc822;b@example.net".into());
+        let mut never = rcpt("b@example.net");
+        never.notify = Some(Notify {
+            never: true,
+            ..Notify::default()
+        });
+        for (case, r, caps, expected) in [
+            (
+                "bare",
+                rcpt("b@example.net"),
+                ALL,
+                "RCPT TO:<b@example.net>\r\n",
+            ),
+            (
+                "dsn",
+                full.clone(),
+                ALL,
+                "RCPT TO:<b@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@example.net\r\n",
+            ),
+            ("dsn not offered", full, NONE, "RCPT TO:<b@example.net>\r\n"),
+            (
+                "never",
+                never,
+                ALL,
+                "RCPT TO:<b@example.net> NOTIFY=NEVER\r\n",
+            ),
+        ] {
+            assert_eq!(rcpt_to_command(&r, &caps).unwrap(), expected, "{case}");
+        }
+        assert!(rcpt_to_command(&rcpt("x@y>\r\nDATA"), &ALL).is_err());
+        let mut spaced = rcpt("b@example.net");
+        spaced.orcpt = Some("rfc822;b@x NOTIFY=NEVER".into());
+        assert!(rcpt_to_command(&spaced, &ALL).is_err());
+    }
+
+    #[test]
+    fn capability_table() {
+        let plain = envelope();
+        let mut eight = envelope();
+        eight.body_8bit = true;
+        let mut utf8 = envelope();
+        utf8.smtputf8 = true;
+        let utf8_rcpt = rcpt("Jürgen@example.net");
+        for (case, env, rcpts, caps, len, status) in [
+            ("plain to bare hop", &plain, vec![], NONE, 10, None),
+            (
+                "8bit to bare hop",
+                &eight,
+                vec![],
+                NONE,
+                10,
+                Some((5, 6, 3)),
+            ),
+            ("8bit to 8bit hop", &eight, vec![], ALL, 10, None),
+            ("utf8 to bare hop", &utf8, vec![], NONE, 10, Some((5, 6, 7))),
+            (
+                "utf8 rcpt to bare hop",
+                &plain,
+                vec![&utf8_rcpt],
+                NONE,
+                10,
+                Some((5, 6, 7)),
+            ),
+            ("too big", &plain, vec![], ALL, 1001, Some((5, 3, 4))),
+            ("no size limit", &plain, vec![], NONE, usize::MAX, None),
+        ] {
+            let got = check_capabilities(env, &rcpts, &caps, len)
+                .err()
+                .map(|u| u.status);
+            assert_eq!(
+                got,
+                status.map(|(a, b, c)| EnhancedCode::new(a, b, c)),
+                "{case}"
+            );
+        }
+    }
+}
