@@ -147,6 +147,36 @@ impl Metrics {
             "Messages in the queue",
             m.queue_messages.clone(),
         );
+        r.register(
+            "deliveries",
+            "Delivery attempts per recipient by route and outcome",
+            m.deliveries.clone(),
+        );
+        r.register(
+            "delivery_seconds",
+            "Duration of one delivery transaction to one next hop",
+            m.delivery_seconds.clone(),
+        );
+        r.register(
+            "deferrals",
+            "Deferred recipients by enhanced status class",
+            m.deferrals.clone(),
+        );
+        r.register(
+            "dsns",
+            "Delivery status notifications queued, by kind",
+            m.dsns.clone(),
+        );
+        r.register(
+            "queue_recipients",
+            "Queued recipients by state",
+            m.queue_recipients.clone(),
+        );
+        r.register(
+            "queue_oldest_age_seconds",
+            "Age of the oldest message in the queue",
+            m.queue_oldest_age_seconds.clone(),
+        );
         m
     }
 
