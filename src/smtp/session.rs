@@ -225,6 +225,8 @@ pub struct Session {
     auth_user: Option<String>,
     errors: usize,
     shutdown: bool,
+    /// Some client input has been processed (implicit TLS is only possible before that).
+    seen_input: bool,
     /// The command line being assembled (bounded by the line limit).
     line: Vec<u8>,
     /// The current line went over its limit; discarding up to the next LF.
@@ -251,6 +253,7 @@ impl Session {
             auth_user: None,
             errors: 0,
             shutdown: false,
+            seen_input: false,
             line: Vec::new(),
             line_overflow: false,
             held: Vec::new(),
@@ -272,6 +275,7 @@ impl Session {
 
     /// Feeds bytes read from the socket, in any split.
     pub fn handle_input(&mut self, bytes: &[u8]) {
+        self.seen_input |= !bytes.is_empty();
         self.process(bytes);
         self.flush_replies();
     }
@@ -282,9 +286,12 @@ impl Session {
     }
 
     /// The TLS handshake after [`Output::StartTls`] succeeded. The session starts afresh (RFC 3207
-    /// §4.2): the client must EHLO again. Ignored unless a handshake was asked for.
+    /// §4.2): the client must EHLO again. Also accepted right after [`Session::new`], before any
+    /// input, for implicit TLS (port 465, RFC 8314). Ignored otherwise: a session that has read
+    /// plaintext commands must not later be marked as encrypted.
     pub fn handle_tls_established(&mut self, tls_info: String) {
-        if !matches!(self.state, State::TlsHandshake) {
+        let implicit = matches!(self.state, State::Connected) && !self.seen_input;
+        if !matches!(self.state, State::TlsHandshake) && !implicit {
             return;
         }
         self.tls = Some(tls_info);

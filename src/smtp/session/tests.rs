@@ -1153,11 +1153,28 @@ fn held_input_is_bounded() {
 }
 
 #[test]
+fn implicit_tls_before_any_input() {
+    let mut session = Session::new(policy(), limits(), CLIENT, 0);
+    session.handle_tls_established("TLSv1.3".to_owned());
+    session.handle_input(b"EHLO c\r\n");
+    let mut replay = Replay {
+        transcript: String::new(),
+        messages: Vec::new(),
+        sends: Vec::new(),
+    };
+    drain(&mut session, &mut replay);
+    assert_eq!(replay.transcript, format!("{GREETING}{EHLO_TLS}"));
+}
+
+#[test]
 fn answers_nobody_asked_for_are_ignored() {
     let mut session = Session::new(policy(), limits(), CLIENT, 0);
     while session.poll_output().is_some() {}
+    session.handle_input(b"NOOP\r\n");
+    while session.poll_output().is_some() {}
     session.handle_stored(Ok(QueueId(1)));
     session.handle_auth_result(Some("mallory".to_owned()));
+    // After plaintext input, a late "TLS established" must not mark the session encrypted.
     session.handle_tls_established("fake".to_owned());
     assert_eq!(session.poll_output(), None);
     session.handle_input(b"EHLO c\r\n");
