@@ -300,9 +300,7 @@ impl Session {
         self.line_overflow = false;
         self.held.clear();
         self.state = State::Connected;
-        if self.shutdown {
-            self.close_for_shutdown();
-        }
+        self.process(&[]);
         self.flush_replies();
     }
 
@@ -345,9 +343,7 @@ impl Session {
     /// enforces the deadline).
     pub fn handle_shutdown(&mut self) {
         self.shutdown = true;
-        if self.state.reads_lines() {
-            self.close_for_shutdown();
-        }
+        self.process(&[]);
         self.flush_replies();
     }
 
@@ -379,7 +375,15 @@ impl Session {
     // ---- input loop ----
 
     fn process(&mut self, mut input: &[u8]) {
-        while !input.is_empty() {
+        loop {
+            // Between commands a shutdown closes at once; inside a message it waits until here.
+            if self.shutdown && self.state.reads_lines() {
+                self.close_for_shutdown();
+                return;
+            }
+            if input.is_empty() {
+                return;
+            }
             match self.state {
                 // After STARTTLS nothing sent in plaintext may be read as if it came over TLS.
                 State::Closed | State::TlsHandshake => return,
@@ -393,15 +397,12 @@ impl Session {
                 _ => match self.frame_line(&mut input) {
                     Line::Incomplete => return,
                     Line::TooLong => {
-                        if self.end_of_command() {
-                            self.error("500 5.5.2 Line too long");
-                        }
+                        self.abandon_sasl();
+                        self.error("500 5.5.2 Line too long");
                     }
                     Line::Complete => {
                         let line = mem::take(&mut self.line);
-                        if self.end_of_command() {
-                            self.handle_line(&line);
-                        }
+                        self.handle_line(&line);
                         self.recycle_line(line);
                     }
                 },
@@ -409,13 +410,11 @@ impl Session {
         }
     }
 
-    /// Called before acting on a complete command line: false if the session closed for shutdown.
-    fn end_of_command(&mut self) -> bool {
-        if self.shutdown {
-            self.close_for_shutdown();
-            return false;
+    /// A malformed line in the middle of a SASL exchange ends the exchange.
+    fn abandon_sasl(&mut self) {
+        if matches!(self.state, State::Auth(_)) {
+            self.state = State::Ready;
         }
-        true
     }
 
     fn hold(&mut self, input: &[u8]) {
@@ -433,9 +432,7 @@ impl Session {
             self.held_overflow = false;
             self.reply("421 4.7.0 Too much pipelined input");
             self.close();
-        } else if self.shutdown {
-            self.close_for_shutdown();
-        } else if !matches!(self.state, State::Closed) {
+        } else {
             let held = mem::take(&mut self.held);
             self.process(&held);
         }
@@ -456,8 +453,7 @@ impl Session {
     fn frame_line(&mut self, input: &mut &[u8]) -> Line {
         let Some(pos) = input.iter().position(|&b| b == b'\n') else {
             if !self.line_overflow {
-                let mut start = self.line.clone();
-                start.extend(input.iter().take(5));
+                let start = verb_prefix(&self.line, input);
                 if self.line.len() + input.len() > self.line_limit(&start) {
                     self.line_overflow = true;
                     self.line.clear();
@@ -474,8 +470,7 @@ impl Session {
             self.line.clear();
             return Line::TooLong;
         }
-        let mut start: Vec<u8> = self.line.iter().take(5).copied().collect();
-        start.extend(chunk.iter().take(5 - start.len()));
+        let start = verb_prefix(&self.line, chunk);
         if self.line.len() + chunk.len() > self.line_limit(&start) {
             self.line.clear();
             return Line::TooLong;
@@ -493,10 +488,12 @@ impl Session {
 
     fn handle_line(&mut self, line: &[u8]) {
         let Some(body) = line.strip_suffix(b"\r\n") else {
+            self.abandon_sasl();
             self.error("500 5.5.2 Bare LF in command line; lines must end with CRLF");
             return;
         };
         if body.contains(&b'\r') {
+            self.abandon_sasl();
             self.error("500 5.5.2 Bare CR in command line");
             return;
         }
@@ -513,8 +510,17 @@ impl Session {
             }
         };
         match request {
-            Request::Mail { from } => self.handle_mail(from, line, line_is_utf8),
-            Request::Rcpt { to } => self.handle_rcpt(to, line, line_is_utf8),
+            // smtp-proto decodes lossily: invalid bytes in the path show as U+FFFD (553 5.6.7 from
+            // the address checks); invalid bytes elsewhere are in the parameters.
+            Request::Mail { from } if line_is_utf8 || from.address.contains('\u{fffd}') => {
+                self.handle_mail(from, line, line_is_utf8)
+            }
+            Request::Rcpt { to } if line_is_utf8 || to.address.contains('\u{fffd}') => {
+                self.handle_rcpt(to, line, line_is_utf8)
+            }
+            Request::Mail { .. } | Request::Rcpt { .. } => {
+                self.error("501 5.5.4 Parameters are not valid UTF-8")
+            }
             _ if !line_is_utf8 => self.error("500 5.5.2 Invalid characters in command"),
             Request::Ehlo { host } => self.handle_helo(&host, true),
             Request::Helo { host } => self.handle_helo(&host, false),
@@ -1077,6 +1083,11 @@ fn start_chunk(
         return skip(TOO_BIG, true, next);
     }
     State::Bdat(txn, BdatReceiver::new(chunk_size, is_last), body)
+}
+
+/// The first five bytes of a line split over `line` and `more`: enough to recognise `AUTH `.
+fn verb_prefix(line: &[u8], more: &[u8]) -> Vec<u8> {
+    line.iter().chain(more).take(5).copied().collect()
 }
 
 /// The first reason to refuse a message body, if any: NUL, bare LF or bare CR (RFC 5321 §2.3.8).

@@ -658,6 +658,11 @@ fn address_encodings() {
             "501 5.1.7 Sender address contains control characters\n",
         ),
         (
+            "non-utf8 in a parameter",
+            b"MAIL FROM:<> ENVID=a\xffb\r\n",
+            "501 5.5.4 Parameters are not valid UTF-8\n",
+        ),
+        (
             "non-utf8 in another command",
             b"NOOP \xff\r\n",
             "500 5.5.2 Invalid characters in command\n",
@@ -996,6 +1001,12 @@ fn auth() {
             "250 2.1.0 Ok\n503 5.5.1 AUTH not allowed during a mail transaction\n",
         ),
         (
+            "a bare LF ends the SASL exchange",
+            &[In(b"AUTH LOGIN\r\nYWxpY2U=\nNOOP\r\n")],
+            "334 VXNlcm5hbWU6\n500 5.5.2 Bare LF in command line; lines must end with CRLF\n\
+             250 2.0.0 Ok\n",
+        ),
+        (
             "pipelined commands wait for the answer",
             &[
                 In(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nMAIL FROM:<alice@example.org>\r\n"),
@@ -1044,6 +1055,19 @@ fn shutdown() {
         &format!(
             "{HELO}250 2.1.0 Ok\n250 2.1.5 Ok\n354 End data with <CR><LF>.<CR><LF>\n\
              [ENQUEUE <> b@example.org 10]\n{QUEUED_1}\
+             421 4.3.0 mx.example.org Server shutting down\n[CLOSE]\n"
+        ),
+    );
+    check(
+        "inside a refused DATA: 421 right after the refusal",
+        &[
+            In(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nbare\n"),
+            Shutdown,
+            In(b"x\r\n.\r\n"),
+        ],
+        &format!(
+            "{HELO}250 2.1.0 Ok\n250 2.1.5 Ok\n354 End data with <CR><LF>.<CR><LF>\n\
+             550 5.6.0 Message contains bare LF; lines must end with CRLF\n\
              421 4.3.0 mx.example.org Server shutting down\n[CLOSE]\n"
         ),
     );
