@@ -16,10 +16,19 @@
 //! - A message over `max_message_size` is consumed to its end without buffering past the limit and
 //!   refused with `552 5.3.4`; for BDAT the chunk that crosses the limit gets `552 5.3.4` and later
 //!   chunks of that message are consumed and get the same answer, until `LAST`.
-//! - Addresses: bytes that are not UTF-8 get `553 5.6.7` even with SMTPUTF8; non-ASCII without
-//!   SMTPUTF8 on MAIL FROM gets `553 5.6.7`; control characters or a missing domain get `501 5.1.7`
-//!   (sender) or `501 5.1.3` (recipient). `RCPT TO:<Postmaster>` (RFC 5321 §4.5.1) is accepted as
-//!   `postmaster@` the first served domain; `RCPT TO:<>` is refused.
+//! - Addresses: bytes that are not UTF-8 get `553 5.6.7` even with SMTPUTF8 (in a MAIL/RCPT
+//!   parameter: `501 5.5.4`; in any other command: `500 5.5.2`); non-ASCII without SMTPUTF8 on
+//!   MAIL FROM gets `553 5.6.7`; control characters or a missing domain get `501 5.1.7` (sender) or
+//!   `501 5.1.3` (recipient), as does a domain with a trailing dot. Address literals
+//!   (`user@[192.0.2.1]`) are not parsed by smtp-proto and get `501 5.1.3`. `RCPT
+//!   TO:<Postmaster>` (RFC 5321 §4.5.1) is accepted as `postmaster@` the first served domain;
+//!   `RCPT TO:<>` and `MAIL FROM:<postmaster>` are refused. ENVID and ORCPT that decode to control
+//!   characters get `501 5.5.4` (they are written into DSNs).
+//! - SASL: a bare LF, bare CR or over-long line inside an AUTH exchange ends the exchange with the
+//!   line error; `*` ends it with `501 5.0.0`. PLAIN with an authorization identity other than the
+//!   user fails as bad credentials (`535 5.7.8`) without asking the glue.
+//! - MAIL parameters we do not advertise (REQUIRETLS, BY, HOLDFOR/HOLDUNTIL, MTRK, TRANSID, SOLICIT,
+//!   MT-PRIORITY, CONPERM; RCPT RRVS, CONNEG) get `555 5.5.4`; `AUTH=` on MAIL is ignored.
 //! - Relay: a served domain is open to anyone, other domains need authentication or a relay-allowed
 //!   client address; `554 5.7.1 Relay access denied` otherwise. For served domains an
 //!   unauthenticated client may not use routing characters (`%`, `!`, quoted `@`) in the local part.
@@ -29,6 +38,9 @@
 //!   [`HELD_INPUT_MAX`] bytes) and processed after the answer; beyond that the session answers the
 //!   pending result, then `421 4.7.0` and closes. Input after STARTTLS and before
 //!   [`Session::handle_tls_established`] is discarded (the STARTTLS injection defence, RFC 3207 §6).
+//!   `handle_tls_established` right after `new`, before any input, means implicit TLS (port 465).
+//! - Every 4xx/5xx answer to a client command counts as an error (store failures do not); the
+//!   `max_errors`-th is followed by `421 4.7.0 Too many errors` and `Close`.
 
 mod address;
 mod auth;

@@ -273,6 +273,16 @@ fn syntax_errors() {
             "555 5.5.4 Unsupported MAIL parameter\n",
         ),
         (
+            "AUTH= on MAIL is ignored",
+            b"MAIL FROM:<a@remote.test> AUTH=<>\r\n",
+            "250 2.1.0 Ok\n",
+        ),
+        (
+            "unsupported but known rcpt parameter",
+            b"MAIL FROM:<>\r\nRCPT TO:<b@example.org> CONNEG\r\n",
+            "250 2.1.0 Ok\n555 5.5.4 Unsupported RCPT parameter\n",
+        ),
+        (
             "bad BODY value",
             b"MAIL FROM:<a@remote.test> BODY=9BIT\r\n",
             "501 5.5.4 Invalid BODY parameter\n",
