@@ -1,7 +1,8 @@
 //! Drives `smtp::Session` with arbitrary bytes in arbitrary splits and arbitrary glue answers.
 //!
 //! Asserts: no panic; buffered bytes stay bounded; while an `Enqueue` is unanswered nothing is
-//! sent (so no `250` can precede durable storage); nothing is output after `Close`.
+//! sent (so no `250` can precede durable storage); nothing is output after `Close`; and the
+//! conversation is the same whether client input arrives whole or in the fuzzed split.
 //!
 //! Input layout: a stream of ops. Op byte `% 8`: 0-3 feed client bytes (a length byte, then that
 //! many source bytes mapped partly onto SMTP tokens, then a split byte), 4 answer AUTH, 5 answer
@@ -80,9 +81,10 @@ fuzz_target!(|data: &[u8]| {
         max_line: 512,
     };
     let client = "192.0.2.1:25".parse().expect("literal address");
-    let mut session = Session::new(policy, limits, client, 0);
-    let mut awaiting_store = false;
-    let mut closed = false;
+    // Two sessions get the same ops; one reads each client input whole, the other in the fuzzed
+    // split. Their transcripts must match: the machine may not depend on how reads fall.
+    let mut whole = Driver::new(Session::new(policy.clone(), limits.clone(), client, 0));
+    let mut split = Driver::new(Session::new(policy, limits, client, 0));
     let mut bytes = data.iter().copied();
 
     while let Some(op) = bytes.next() {
@@ -97,56 +99,105 @@ fuzz_target!(|data: &[u8]| {
                         input.push(b);
                     }
                 }
-                let split = usize::from(bytes.next().unwrap_or(0)).max(1);
-                for chunk in input.chunks(split) {
-                    session.handle_input(chunk);
-                    drain(&mut session, &mut awaiting_store, &mut closed);
+                let size = usize::from(bytes.next().unwrap_or(0)).max(1);
+                whole.session.handle_input(&input);
+                whole.drain();
+                for chunk in input.chunks(size) {
+                    split.session.handle_input(chunk);
+                    split.drain();
                 }
             }
             4 => {
-                let user = (bytes.next().unwrap_or(0) & 1 == 1).then(|| "alice".to_owned());
-                session.handle_auth_result(user);
+                let ok = bytes.next().unwrap_or(0) & 1 == 1;
+                for d in [&mut whole, &mut split] {
+                    d.session.handle_auth_result(ok.then(|| "alice".to_owned()));
+                }
             }
             5 => {
-                let result = match bytes.next().unwrap_or(0) % 3 {
-                    0 => Ok(QueueId(1)),
-                    1 => Err(StoreFailure::Full),
-                    _ => Err(StoreFailure::Failed),
-                };
-                session.handle_stored(result);
-                awaiting_store = false;
+                let pick = bytes.next().unwrap_or(0) % 3;
+                for d in [&mut whole, &mut split] {
+                    d.session.handle_stored(match pick {
+                        0 => Ok(QueueId(1)),
+                        1 => Err(StoreFailure::Full),
+                        _ => Err(StoreFailure::Failed),
+                    });
+                    d.awaiting_store = false;
+                }
             }
-            6 => session.handle_tls_established("TLSv1.3".to_owned()),
+            6 => {
+                for d in [&mut whole, &mut split] {
+                    d.session.handle_tls_established("TLSv1.3".to_owned());
+                }
+            }
             _ => {
                 if bytes.next() == Some(0xFF) {
-                    session.handle_shutdown();
+                    for d in [&mut whole, &mut split] {
+                        d.session.handle_shutdown();
+                    }
                 }
             }
         }
-        drain(&mut session, &mut awaiting_store, &mut closed);
-        assert!(
-            session.buffered_len() <= MAX_MESSAGE + 2 + 12288 + HELD_INPUT_MAX,
-            "buffered {}",
-            session.buffered_len()
+        for d in [&mut whole, &mut split] {
+            d.drain();
+            assert!(
+                d.session.buffered_len() <= MAX_MESSAGE + 2 + 12288 + HELD_INPUT_MAX,
+                "buffered {}",
+                d.session.buffered_len()
+            );
+        }
+        assert_eq!(
+            whole.transcript, split.transcript,
+            "split changed the conversation"
         );
     }
 });
 
-fn drain(session: &mut Session, awaiting_store: &mut bool, closed: &mut bool) {
-    while let Some(output) = session.poll_output() {
-        assert!(!*closed, "output after Close: {output:?}");
-        match output {
-            Output::Send(bytes) => {
-                assert!(!*awaiting_store, "reply while a message awaits storage");
-                assert!(bytes.ends_with(b"\r\n"));
-            }
-            Output::Enqueue { body, .. } => {
-                assert!(body.len() <= MAX_MESSAGE);
-                *awaiting_store = true;
-            }
-            Output::Close => *closed = true,
-            Output::StartTls | Output::Authenticate { .. } => {}
-        }
+/// One session plus what the glue has seen of it.
+struct Driver {
+    session: Session,
+    awaiting_store: bool,
+    closed: bool,
+    /// Replies and events in order (replies byte for byte, events as markers).
+    transcript: Vec<u8>,
+}
+
+impl Driver {
+    fn new(session: Session) -> Driver {
+        let mut driver = Driver {
+            session,
+            awaiting_store: false,
+            closed: false,
+            transcript: Vec::new(),
+        };
+        driver.drain();
+        driver
     }
-    assert_eq!(*closed, session.is_closed());
+
+    fn drain(&mut self) {
+        while let Some(output) = self.session.poll_output() {
+            assert!(!self.closed, "output after Close: {output:?}");
+            match output {
+                Output::Send(bytes) => {
+                    assert!(!self.awaiting_store, "reply while a message awaits storage");
+                    assert!(bytes.ends_with(b"\r\n"));
+                    self.transcript.extend_from_slice(&bytes);
+                }
+                Output::Enqueue { envelope, body } => {
+                    assert!(body.len() <= MAX_MESSAGE);
+                    self.awaiting_store = true;
+                    self.transcript
+                        .extend_from_slice(format!("[enqueue {envelope:?} {body:?}]").as_bytes());
+                }
+                Output::Close => {
+                    self.closed = true;
+                    self.transcript.extend_from_slice(b"[close]");
+                }
+                Output::StartTls => self.transcript.extend_from_slice(b"[starttls]"),
+                Output::Authenticate { username, password } => self
+                    .transcript
+                    .extend_from_slice(format!("[auth {username:?} {password:?}]").as_bytes()),
+            }
+        }
+        assert_eq!(self.closed, self.session.is_closed());
+    }
 }
