@@ -692,6 +692,7 @@ impl Session {
         {
             return self.error("501 5.5.4 Invalid ENVID parameter");
         }
+        let dsn_envid = dsn_envid.map(|e| address::xtext(&e));
         let dsn_ret = if from.flags & MAIL_RET_FULL != 0 {
             Some(DsnReturn::Full)
         } else if from.flags & MAIL_RET_HDRS != 0 {
@@ -764,7 +765,7 @@ impl Session {
             Some(o) if o.chars().any(|c| c.is_control()) => {
                 return self.error("501 5.5.4 Invalid ORCPT parameter");
             }
-            Some(o) => Some(format!("rfc822;{o}")),
+            Some(o) => Some(format!("rfc822;{}", address::xtext(&o))),
             None => None,
         };
         let notify_bits =

@@ -1107,7 +1107,7 @@ fn envelope_fields() {
     session.set_now_unix(1234);
     session.handle_input(
         b"MAIL FROM:<alice@example.org> RET=HDRS ENVID=q+2B1 BODY=8BITMIME SMTPUTF8 SIZE=10\r\n\
-          RCPT TO:<b@remote.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+40remote.test\r\n\
+          RCPT TO:<b@remote.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+40remote+2Etest\r\n\
           RCPT TO:<c@example.org> NOTIFY=NEVER\r\nRCPT TO:<d@example.org>\r\nDATA\r\nx\r\n.\r\n",
     );
     let mut enqueued = None;
@@ -1147,7 +1147,7 @@ fn envelope_fields() {
                 },
             ],
             dsn_ret: Some(DsnReturn::Headers),
-            dsn_envid: Some("q+1".to_owned()),
+            dsn_envid: Some("q+2B1".to_owned()),
             body_8bit: true,
             smtputf8: true,
             helo: "client.test".to_owned(),
