@@ -16,10 +16,19 @@
 //! - A message over `max_message_size` is consumed to its end without buffering past the limit and
 //!   refused with `552 5.3.4`; for BDAT the chunk that crosses the limit gets `552 5.3.4` and later
 //!   chunks of that message are consumed and get the same answer, until `LAST`.
-//! - Addresses: bytes that are not UTF-8 get `553 5.6.7` even with SMTPUTF8; non-ASCII without
-//!   SMTPUTF8 on MAIL FROM gets `553 5.6.7`; control characters or a missing domain get `501 5.1.7`
-//!   (sender) or `501 5.1.3` (recipient). `RCPT TO:<Postmaster>` (RFC 5321 §4.5.1) is accepted as
-//!   `postmaster@` the first served domain; `RCPT TO:<>` is refused.
+//! - Addresses: bytes that are not UTF-8 get `553 5.6.7` even with SMTPUTF8 (in a MAIL/RCPT
+//!   parameter: `501 5.5.4`; in any other command: `500 5.5.2`); non-ASCII without SMTPUTF8 on
+//!   MAIL FROM gets `553 5.6.7`; control characters or a missing domain get `501 5.1.7` (sender) or
+//!   `501 5.1.3` (recipient), as does a domain with a trailing dot. Address literals
+//!   (`user@[192.0.2.1]`) are not parsed by smtp-proto and get `501 5.1.3`. `RCPT
+//!   TO:<Postmaster>` (RFC 5321 §4.5.1) is accepted as `postmaster@` the first served domain;
+//!   `RCPT TO:<>` and `MAIL FROM:<postmaster>` are refused. ENVID and ORCPT that decode to control
+//!   characters get `501 5.5.4` (they are written into DSNs).
+//! - SASL: a bare LF, bare CR or over-long line inside an AUTH exchange ends the exchange with the
+//!   line error; `*` ends it with `501 5.0.0`. PLAIN with an authorization identity other than the
+//!   user fails as bad credentials (`535 5.7.8`) without asking the glue.
+//! - MAIL parameters we do not advertise (REQUIRETLS, BY, HOLDFOR/HOLDUNTIL, MTRK, TRANSID, SOLICIT,
+//!   MT-PRIORITY, CONPERM; RCPT RRVS, CONNEG) get `555 5.5.4`; `AUTH=` on MAIL is ignored.
 //! - Relay: a served domain is open to anyone, other domains need authentication or a relay-allowed
 //!   client address; `554 5.7.1 Relay access denied` otherwise. For served domains an
 //!   unauthenticated client may not use routing characters (`%`, `!`, quoted `@`) in the local part.
@@ -29,6 +38,9 @@
 //!   [`HELD_INPUT_MAX`] bytes) and processed after the answer; beyond that the session answers the
 //!   pending result, then `421 4.7.0` and closes. Input after STARTTLS and before
 //!   [`Session::handle_tls_established`] is discarded (the STARTTLS injection defence, RFC 3207 §6).
+//!   `handle_tls_established` right after `new`, before any input, means implicit TLS (port 465).
+//! - Every 4xx/5xx answer to a client command counts as an error (store failures do not); the
+//!   `max_errors`-th is followed by `421 4.7.0 Too many errors` and `Close`.
 
 mod address;
 mod auth;
@@ -225,6 +237,8 @@ pub struct Session {
     auth_user: Option<String>,
     errors: usize,
     shutdown: bool,
+    /// Some client input has been processed (implicit TLS is only possible before that).
+    seen_input: bool,
     /// The command line being assembled (bounded by the line limit).
     line: Vec<u8>,
     /// The current line went over its limit; discarding up to the next LF.
@@ -251,6 +265,7 @@ impl Session {
             auth_user: None,
             errors: 0,
             shutdown: false,
+            seen_input: false,
             line: Vec::new(),
             line_overflow: false,
             held: Vec::new(),
@@ -272,6 +287,7 @@ impl Session {
 
     /// Feeds bytes read from the socket, in any split.
     pub fn handle_input(&mut self, bytes: &[u8]) {
+        self.seen_input |= !bytes.is_empty();
         self.process(bytes);
         self.flush_replies();
     }
@@ -282,9 +298,12 @@ impl Session {
     }
 
     /// The TLS handshake after [`Output::StartTls`] succeeded. The session starts afresh (RFC 3207
-    /// §4.2): the client must EHLO again. Ignored unless a handshake was asked for.
+    /// §4.2): the client must EHLO again. Also accepted right after [`Session::new`], before any
+    /// input, for implicit TLS (port 465, RFC 8314). Ignored otherwise: a session that has read
+    /// plaintext commands must not later be marked as encrypted.
     pub fn handle_tls_established(&mut self, tls_info: String) {
-        if !matches!(self.state, State::TlsHandshake) {
+        let implicit = matches!(self.state, State::Connected) && !self.seen_input;
+        if !matches!(self.state, State::TlsHandshake) && !implicit {
             return;
         }
         self.tls = Some(tls_info);
@@ -293,9 +312,7 @@ impl Session {
         self.line_overflow = false;
         self.held.clear();
         self.state = State::Connected;
-        if self.shutdown {
-            self.close_for_shutdown();
-        }
+        self.process(&[]);
         self.flush_replies();
     }
 
@@ -346,9 +363,7 @@ impl Session {
     /// enforces the deadline).
     pub fn handle_shutdown(&mut self) {
         self.shutdown = true;
-        if self.state.reads_lines() {
-            self.close_for_shutdown();
-        }
+        self.process(&[]);
         self.flush_replies();
     }
 
@@ -380,7 +395,15 @@ impl Session {
     // ---- input loop ----
 
     fn process(&mut self, mut input: &[u8]) {
-        while !input.is_empty() {
+        loop {
+            // Between commands a shutdown closes at once; inside a message it waits until here.
+            if self.shutdown && self.state.reads_lines() {
+                self.close_for_shutdown();
+                return;
+            }
+            if input.is_empty() {
+                return;
+            }
             match self.state {
                 // After STARTTLS nothing sent in plaintext may be read as if it came over TLS.
                 State::Closed | State::TlsHandshake => return,
@@ -394,15 +417,12 @@ impl Session {
                 _ => match self.frame_line(&mut input) {
                     Line::Incomplete => return,
                     Line::TooLong => {
-                        if self.end_of_command() {
-                            self.error("500 5.5.2 Line too long");
-                        }
+                        self.abandon_sasl();
+                        self.error("500 5.5.2 Line too long");
                     }
                     Line::Complete => {
                         let line = mem::take(&mut self.line);
-                        if self.end_of_command() {
-                            self.handle_line(&line);
-                        }
+                        self.handle_line(&line);
                         self.recycle_line(line);
                     }
                 },
@@ -410,13 +430,11 @@ impl Session {
         }
     }
 
-    /// Called before acting on a complete command line: false if the session closed for shutdown.
-    fn end_of_command(&mut self) -> bool {
-        if self.shutdown {
-            self.close_for_shutdown();
-            return false;
+    /// A malformed line in the middle of a SASL exchange ends the exchange.
+    fn abandon_sasl(&mut self) {
+        if matches!(self.state, State::Auth(_)) {
+            self.state = State::Ready;
         }
-        true
     }
 
     fn hold(&mut self, input: &[u8]) {
@@ -434,9 +452,7 @@ impl Session {
             self.held_overflow = false;
             self.reply("421 4.7.0 Too much pipelined input");
             self.close();
-        } else if self.shutdown {
-            self.close_for_shutdown();
-        } else if !matches!(self.state, State::Closed) {
+        } else {
             let held = mem::take(&mut self.held);
             self.process(&held);
         }
@@ -457,8 +473,7 @@ impl Session {
     fn frame_line(&mut self, input: &mut &[u8]) -> Line {
         let Some(pos) = input.iter().position(|&b| b == b'\n') else {
             if !self.line_overflow {
-                let mut start = self.line.clone();
-                start.extend(input.iter().take(5));
+                let start = verb_prefix(&self.line, input);
                 if self.line.len() + input.len() > self.line_limit(&start) {
                     self.line_overflow = true;
                     self.line.clear();
@@ -475,8 +490,7 @@ impl Session {
             self.line.clear();
             return Line::TooLong;
         }
-        let mut start: Vec<u8> = self.line.iter().take(5).copied().collect();
-        start.extend(chunk.iter().take(5 - start.len()));
+        let start = verb_prefix(&self.line, chunk);
         if self.line.len() + chunk.len() > self.line_limit(&start) {
             self.line.clear();
             return Line::TooLong;
@@ -494,10 +508,12 @@ impl Session {
 
     fn handle_line(&mut self, line: &[u8]) {
         let Some(body) = line.strip_suffix(b"\r\n") else {
+            self.abandon_sasl();
             self.error("500 5.5.2 Bare LF in command line; lines must end with CRLF");
             return;
         };
         if body.contains(&b'\r') {
+            self.abandon_sasl();
             self.error("500 5.5.2 Bare CR in command line");
             return;
         }
@@ -514,8 +530,17 @@ impl Session {
             }
         };
         match request {
-            Request::Mail { from } => self.handle_mail(from, line, line_is_utf8),
-            Request::Rcpt { to } => self.handle_rcpt(to, line, line_is_utf8),
+            // smtp-proto decodes lossily: invalid bytes in the path show as U+FFFD (553 5.6.7 from
+            // the address checks); invalid bytes elsewhere are in the parameters.
+            Request::Mail { from } if line_is_utf8 || from.address.contains('\u{fffd}') => {
+                self.handle_mail(from, line, line_is_utf8)
+            }
+            Request::Rcpt { to } if line_is_utf8 || to.address.contains('\u{fffd}') => {
+                self.handle_rcpt(to, line, line_is_utf8)
+            }
+            Request::Mail { .. } | Request::Rcpt { .. } => {
+                self.error("501 5.5.4 Parameters are not valid UTF-8")
+            }
             _ if !line_is_utf8 => self.error("500 5.5.2 Invalid characters in command"),
             Request::Ehlo { host } => self.handle_helo(&host, true),
             Request::Helo { host } => self.handle_helo(&host, false),
@@ -675,6 +700,7 @@ impl Session {
         {
             return self.error("501 5.5.4 Invalid ENVID parameter");
         }
+        let dsn_envid = dsn_envid.map(|e| address::xtext(&e));
         let dsn_ret = if from.flags & MAIL_RET_FULL != 0 {
             Some(DsnReturn::Full)
         } else if from.flags & MAIL_RET_HDRS != 0 {
@@ -747,7 +773,7 @@ impl Session {
             Some(o) if o.chars().any(|c| c.is_control()) => {
                 return self.error("501 5.5.4 Invalid ORCPT parameter");
             }
-            Some(o) => Some(format!("rfc822;{o}")),
+            Some(o) => Some(format!("rfc822;{}", address::xtext(&o))),
             None => None,
         };
         let notify_bits =
@@ -1078,6 +1104,11 @@ fn start_chunk(
         return skip(TOO_BIG, true, next);
     }
     State::Bdat(txn, BdatReceiver::new(chunk_size, is_last), body)
+}
+
+/// The first five bytes of a line split over `line` and `more`: enough to recognise `AUTH `.
+fn verb_prefix(line: &[u8], more: &[u8]) -> Vec<u8> {
+    line.iter().chain(more).take(5).copied().collect()
 }
 
 /// The first reason to refuse a message body, if any: NUL, bare LF or bare CR (RFC 5321 §2.3.8).

@@ -77,6 +77,28 @@ pub(super) fn has_routing_characters(local_part: &str) -> bool {
     local_part.contains(['%', '!', '@'])
 }
 
+/// Re-encodes an ENVID or ORCPT value as xtext (RFC 3461 §4), as the envelope stores it.
+///
+/// smtp-proto decodes `+XX` into the char U+00XX, so each char below U+0100 stands for one byte
+/// and a conforming (ASCII) xtext round-trips exactly. A char above U+00FF can only be raw UTF-8
+/// the client sent unencoded; it is written as its UTF-8 bytes.
+pub(super) fn xtext(decoded: &str) -> String {
+    let mut out = String::with_capacity(decoded.len());
+    for c in decoded.chars() {
+        match u8::try_from(u32::from(c)) {
+            Ok(b) if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' => out.push(c),
+            Ok(b) => out.push_str(&format!("+{b:02X}")),
+            Err(_) => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("+{b:02X}"));
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +141,16 @@ mod tests {
         assert!(!is_served("example.org.evil", &["example.org".to_owned()]));
         assert!(has_routing_characters("user%other.net"));
         assert!(!has_routing_characters("user.name+tag"));
+    }
+
+    #[test]
+    fn xtext_round_trips_what_the_parser_decoded() {
+        assert_eq!(xtext("q+1"), "q+2B1");
+        assert_eq!(xtext("a=b c"), "a+3Db+20c");
+        assert_eq!(xtext("\u{c3}\u{a9}"), "+C3+A9");
+        // Raw non-ASCII is not xtext; U+0080..U+00FF cannot be told from a decoded +XX.
+        assert_eq!(xtext("é"), "+E9");
+        assert_eq!(xtext("€"), "+E2+82+AC");
+        assert_eq!(xtext("b@example.org"), "b@example.org");
     }
 }

@@ -273,6 +273,16 @@ fn syntax_errors() {
             "555 5.5.4 Unsupported MAIL parameter\n",
         ),
         (
+            "AUTH= on MAIL is ignored",
+            b"MAIL FROM:<a@remote.test> AUTH=<>\r\n",
+            "250 2.1.0 Ok\n",
+        ),
+        (
+            "unsupported but known rcpt parameter",
+            b"MAIL FROM:<>\r\nRCPT TO:<b@example.org> CONNEG\r\n",
+            "250 2.1.0 Ok\n555 5.5.4 Unsupported RCPT parameter\n",
+        ),
+        (
             "bad BODY value",
             b"MAIL FROM:<a@remote.test> BODY=9BIT\r\n",
             "501 5.5.4 Invalid BODY parameter\n",
@@ -658,6 +668,11 @@ fn address_encodings() {
             "501 5.1.7 Sender address contains control characters\n",
         ),
         (
+            "non-utf8 in a parameter",
+            b"MAIL FROM:<> ENVID=a\xffb\r\n",
+            "501 5.5.4 Parameters are not valid UTF-8\n",
+        ),
+        (
             "non-utf8 in another command",
             b"NOOP \xff\r\n",
             "500 5.5.2 Invalid characters in command\n",
@@ -996,6 +1011,12 @@ fn auth() {
             "250 2.1.0 Ok\n503 5.5.1 AUTH not allowed during a mail transaction\n",
         ),
         (
+            "a bare LF ends the SASL exchange",
+            &[In(b"AUTH LOGIN\r\nYWxpY2U=\nNOOP\r\n")],
+            "334 VXNlcm5hbWU6\n500 5.5.2 Bare LF in command line; lines must end with CRLF\n\
+             250 2.0.0 Ok\n",
+        ),
+        (
             "pipelined commands wait for the answer",
             &[
                 In(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\nMAIL FROM:<alice@example.org>\r\n"),
@@ -1048,6 +1069,19 @@ fn shutdown() {
         ),
     );
     check(
+        "inside a refused DATA: 421 right after the refusal",
+        &[
+            In(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nbare\n"),
+            Shutdown,
+            In(b"x\r\n.\r\n"),
+        ],
+        &format!(
+            "{HELO}250 2.1.0 Ok\n250 2.1.5 Ok\n354 End data with <CR><LF>.<CR><LF>\n\
+             550 5.6.0 Message contains bare LF; lines must end with CRLF\n\
+             421 4.3.0 mx.example.org Server shutting down\n[CLOSE]\n"
+        ),
+    );
+    check(
         "while authenticating",
         &[
             In(b"STARTTLS\r\n"),
@@ -1073,7 +1107,7 @@ fn envelope_fields() {
     session.set_now_unix(1234);
     session.handle_input(
         b"MAIL FROM:<alice@example.org> RET=HDRS ENVID=q+2B1 BODY=8BITMIME SMTPUTF8 SIZE=10\r\n\
-          RCPT TO:<b@remote.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+40remote.test\r\n\
+          RCPT TO:<b@remote.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+40remote+2Etest\r\n\
           RCPT TO:<c@example.org> NOTIFY=NEVER\r\nRCPT TO:<d@example.org>\r\nDATA\r\nx\r\n.\r\n",
     );
     let mut enqueued = None;
@@ -1113,7 +1147,7 @@ fn envelope_fields() {
                 },
             ],
             dsn_ret: Some(DsnReturn::Headers),
-            dsn_envid: Some("q+1".to_owned()),
+            dsn_envid: Some("q+2B1".to_owned()),
             body_8bit: true,
             smtputf8: true,
             helo: "client.test".to_owned(),
@@ -1153,11 +1187,28 @@ fn held_input_is_bounded() {
 }
 
 #[test]
+fn implicit_tls_before_any_input() {
+    let mut session = Session::new(policy(), limits(), CLIENT, 0);
+    session.handle_tls_established("TLSv1.3".to_owned());
+    session.handle_input(b"EHLO c\r\n");
+    let mut replay = Replay {
+        transcript: String::new(),
+        messages: Vec::new(),
+        sends: Vec::new(),
+    };
+    drain(&mut session, &mut replay);
+    assert_eq!(replay.transcript, format!("{GREETING}{EHLO_TLS}"));
+}
+
+#[test]
 fn answers_nobody_asked_for_are_ignored() {
     let mut session = Session::new(policy(), limits(), CLIENT, 0);
     while session.poll_output().is_some() {}
+    session.handle_input(b"NOOP\r\n");
+    while session.poll_output().is_some() {}
     session.handle_stored(Ok(QueueId(1)));
     session.handle_auth_result(Some("mallory".to_owned()));
+    // After plaintext input, a late "TLS established" must not mark the session encrypted.
     session.handle_tls_established("fake".to_owned());
     assert_eq!(session.poll_output(), None);
     session.handle_input(b"EHLO c\r\n");
