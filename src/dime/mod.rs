@@ -8,6 +8,7 @@
 //! * [`Signet::parse`] / [`Signet::parse_any`] (binary or armored, D1/D2/D3):
 //!   [`Signet::signing_key`], [`Signet::encryption_key`], [`Signet::crypto_fingerprint`],
 //!   [`Signet::validate`].
+//! * [`DxRecord`] for `_dx` TXT records and [`tls_signature`] for their certificate pins.
 //! * [`armor`] for the text forms, [`object`] for framing (including the `u32` message frame).
 
 pub mod armor;
@@ -16,10 +17,12 @@ mod error;
 mod fingerprint;
 mod keys;
 pub mod object;
+mod record;
 mod signet;
 
 pub use error::Error;
 pub use fingerprint::Fingerprint;
 pub use keys::{KeyKind, PrivateKey};
 pub use object::{Dialect, Field, Magic};
+pub use record::{DX_PREFIX, DxRecord, Policy, Subdomain, TlsPin, tls_signature};
 pub use signet::{Custody, Level, Limit, Signet, SignetKind, Sok, Validation, permission};
