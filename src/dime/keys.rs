@@ -98,6 +98,17 @@ impl PrivateKey {
         }
     }
 
+    /// The same key, to be written in `dialect` (D1 writes the scalar length as u16; D2 and D3
+    /// are identical for key files).
+    pub fn with_dialect(mut self, dialect: Dialect) -> PrivateKey {
+        self.dialect = if dialect == Dialect::D3 {
+            Dialect::D2
+        } else {
+            dialect
+        };
+        self
+    }
+
     /// Parse a binary key file of either kind (magic 1952 or 2013), D1 or D2/D3.
     pub fn parse(input: &[u8]) -> Result<PrivateKey, Error> {
         match peek_magic(input) {

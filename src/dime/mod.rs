@@ -17,6 +17,8 @@ mod error;
 mod fingerprint;
 mod keys;
 pub mod object;
+#[cfg(test)]
+mod proptests;
 mod record;
 mod signet;
 
