@@ -27,4 +27,6 @@ pub use fingerprint::Fingerprint;
 pub use keys::{KeyKind, PrivateKey};
 pub use object::{Dialect, Field, Magic};
 pub use record::{DX_PREFIX, DxRecord, Policy, Subdomain, TlsPin, tls_signature};
-pub use signet::{Custody, Level, Limit, Signet, SignetKind, Sok, Validation, permission};
+pub use signet::{
+    Custody, Level, Limit, Signet, SignetKind, Sok, Validation, field_name, permission,
+};

@@ -123,6 +123,69 @@ impl SignetKind {
     }
 }
 
+/// The spec's name of field `fid` in a signet of `kind` (DIME.md §5.1, §5.2).
+pub fn field_name(kind: SignetKind, fid: u8) -> &'static str {
+    let common = match fid {
+        16 => "Name",
+        17 => "Address",
+        18 => "Province",
+        19 => "Country",
+        20 => "Postal-Code",
+        21 => "Phone-Number",
+        22 => "Language",
+        23 => "Currency",
+        24 => "Cryptocurrency",
+        25 => "Motto",
+        26 => "Extensions",
+        27 => "Message-Size-Limit",
+        160 => "Website",
+        251 => "Undefined-Field",
+        252 => "Photo",
+        253 => "Full-Signature",
+        254 => "Signet-Identifier",
+        255 => "ID-Signature",
+        _ => "",
+    };
+    if !common.is_empty() {
+        return common;
+    }
+    match (kind, fid) {
+        (SignetKind::Org, 1) => "Primary-Organizational-Key",
+        (SignetKind::Org, 2) => "Secondary-Organizational-Key",
+        (SignetKind::Org, 3) => "Encryption-Key",
+        (SignetKind::Org, 4) => "Organizational-Signature",
+        (SignetKind::Org, 200) => "Contact-Abuse",
+        (SignetKind::Org, 201) => "Contact-Admin",
+        (SignetKind::Org, 202) => "Contact-Support",
+        (SignetKind::Org, 203) => "Web-Access-Host",
+        (SignetKind::Org, 204) => "Web-Access-Location",
+        (SignetKind::Org, 205) => "Web-Access-Certificate",
+        (SignetKind::Org, 206) => "Mail-Access-Host",
+        (SignetKind::Org, 207) => "Mail-Access-Certificate",
+        (SignetKind::Org, 208) => "Onion-Access-Host",
+        (SignetKind::Org, 209) => "Onion-Access-Certificate",
+        (SignetKind::Org, 210) => "Onion-Delivery-Host",
+        (SignetKind::Org, 211) => "Onion-Delivery-Certificate",
+        (_, 1) => "Signing-Key",
+        (_, 2) => "Encryption-Key",
+        (_, 3) => "Alternate-Encryption-Key",
+        (_, 4) => "Custody-Signature",
+        (_, 5) => "User-Signature",
+        (_, 6) => "Organizational-Signature",
+        (_, 93) => "Supported-Codecs",
+        (_, 94) => "Title",
+        (_, 95) => "Employer",
+        (_, 96) => "Gender",
+        (_, 97) => "Alma-Mater",
+        (_, 98) => "Supervisor",
+        (_, 99) => "Political-Party",
+        (_, 200) => "Alternate-Address",
+        (_, 201) => "Resume",
+        (_, 202) => "Endorsements",
+        _ => "Undefined",
+    }
+}
+
 /// SOK permission bits (first byte of org field 2, DIME.md §5.1).
 pub mod permission {
     /// May sign user signets.
@@ -699,6 +762,38 @@ impl Signet {
                 permission: "sign signets",
             });
         }
+        Self::sign_checked_ssr(ssr, signer, address, extra)
+    }
+
+    /// Sign an SSR with an org key file's POK (no org signet needed: the POK may always sign).
+    pub fn sign_ssr_with_org_key(
+        ssr: &Signet,
+        org_key: &PrivateKey,
+        address: &str,
+        extra: &[Field],
+    ) -> Result<Signet, Error> {
+        if org_key.kind() != KeyKind::Org {
+            return Err(Error::WrongKind {
+                object: "user key",
+                expected: "an org key",
+            });
+        }
+        if ssr.kind != SignetKind::Ssr {
+            return Err(Error::WrongKind {
+                object: ssr.kind.name(),
+                expected: "a signet signing request",
+            });
+        }
+        ssr.validate(None)?;
+        Self::sign_checked_ssr(ssr, org_key.signing_key(), address, extra)
+    }
+
+    fn sign_checked_ssr(
+        ssr: &Signet,
+        signer: &SigningKey,
+        address: &str,
+        extra: &[Field],
+    ) -> Result<Signet, Error> {
         check_extra(SignetKind::User, extra)?;
         let mut fields = ssr.fields.clone();
         // Field 6 covers the SSR's field bytes exactly as they are (fields before 6).
