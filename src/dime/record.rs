@@ -138,9 +138,16 @@ fn decode_fixed<const N: usize>(key: Key, value: &str) -> Result<[u8; N], Error>
     raw.try_into().map_err(|_| bad(key, value))
 }
 
-/// A hostname or free-text value must survive the record's tokenizer unchanged.
+/// Token separators (DIME.md §9.1: whitespace or `;`). Parse and format must agree on this set
+/// exactly, or a parsed value may not format (the fuzzer found U+000B, which
+/// `char::is_whitespace` counts and `is_ascii_whitespace` does not).
+fn is_separator(c: char) -> bool {
+    c.is_ascii_whitespace() || c == ';'
+}
+
+/// A free-text value must survive the record's tokenizer unchanged.
 fn token_safe(v: &str) -> bool {
-    !v.is_empty() && !v.contains(|c: char| c.is_whitespace() || c == ';') && !v.starts_with('=')
+    !v.is_empty() && !v.contains(is_separator) && !v.starts_with('=')
 }
 
 fn hostname_ok(h: &str) -> bool {
@@ -161,10 +168,7 @@ impl DxRecord {
     pub fn parse_str(text: &str) -> Result<DxRecord, Error> {
         let mut rec = DxRecord::default();
         let mut seen_ver = false;
-        for token in text
-            .split(|c: char| c.is_ascii_whitespace() || c == ';')
-            .filter(|t| !t.is_empty())
-        {
+        for token in text.split(is_separator).filter(|t| !t.is_empty()) {
             let (k, value) = split_token(token).ok_or_else(|| Error::DxSyntax {
                 reason: "token is not key=value",
                 token: Error::clip(token),
@@ -375,6 +379,14 @@ mod tests {
         assert_eq!(r.expiry_days, Some(30));
         assert_eq!(r.subdomain(), Subdomain::Relaxed);
         assert!(!r.to_text().unwrap().contains("future"));
+        assert_eq!(DxRecord::parse_str(&r.to_text().unwrap()).unwrap(), r);
+    }
+
+    #[test]
+    fn fuzz_found_vertical_tab_in_a_value_round_trips() {
+        let pok = b64(key(1).verifying_key().as_bytes());
+        let r = DxRecord::parse_str(&format!("pok={pok} syn=a\u{b}b")).unwrap();
+        assert_eq!(r.syndicates.as_deref(), Some("a\u{b}b"));
         assert_eq!(DxRecord::parse_str(&r.to_text().unwrap()).unwrap(), r);
     }
 
