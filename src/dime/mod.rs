@@ -3,7 +3,7 @@
 //! sockets or clocks; key generation takes the caller's RNG.
 //!
 //! Entry points for other modules:
-//! * [`PrivateKey::parse`] (key files 1952/2013, D1 and D2/D3): [`PrivateKey::signing_key`]
+//! * [`PrivateKey::parse`] / [`PrivateKey::parse_any`] (key files 1952/2013, D1 and D2/D3): [`PrivateKey::signing_key`]
 //!   (Ed25519), [`PrivateKey::encryption_secret`] (secp256k1), [`PrivateKey::encryption_public`].
 //! * [`Signet::parse`] / [`Signet::parse_any`] (binary or armored, D1/D2/D3):
 //!   [`Signet::signing_key`], [`Signet::encryption_key`], [`Signet::crypto_fingerprint`],
