@@ -1,15 +1,15 @@
 //! Delivery against real peers: Postfix's smtp-sink (SMTP and LMTP, with its fault injection) and
 //! Knot DNS for MX routing. No mocks.
 
-mod peers;
+mod common;
 
+use common::{Knot, Sink, test_zone};
 use dimegate::deliver::{
     Deliverer, DeliverySettings, DestinationPolicy, EnhancedCode, NextHop, Outcome, Reason, Stage,
     TlsPolicy,
 };
 use dimegate::envelope::{DsnReturn, Envelope, Notify, QueueId, Recipient};
 use dimegate::resolve::Resolver;
-use peers::{Knot, Sink, test_zone};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -280,7 +280,9 @@ async fn mail_421_defers_everyone() {
 #[tokio::test]
 async fn sink_down_defers_with_a_connect_error() {
     // Take a free port and leave it closed.
-    let addr: SocketAddr = format!("127.0.0.1:{}", peers::free_port()).parse().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
     let deliverer = Deliverer::new(settings(), no_dns()).unwrap();
     let outcomes = deliverer
         .deliver(
@@ -675,7 +677,7 @@ async fn mx_delivery_falls_over_to_the_next_mx_and_fails_on_null_mx() {
 #[tokio::test]
 async fn all_mx_hosts_down_defers_and_require_tls_applies_to_mx() {
     let knot = Knot::start("example.test", &test_zone());
-    let closed_port = peers::free_port();
+    let closed_port = common::free_port();
     let resolver = Resolver::with_servers(&[knot.addr]).unwrap();
     let deliverer = Deliverer::new(mx_settings(closed_port), resolver).unwrap();
     let env = envelope(&["bob@example.test"]);
@@ -733,7 +735,7 @@ async fn all_mx_hosts_down_defers_and_require_tls_applies_to_mx() {
 
 #[tokio::test]
 async fn starttls_with_postfix_opportunistic_encrypts_and_required_verifies() {
-    let postfix = peers::Postfix::start_with_tls();
+    let postfix = common::Postfix::start_with_tls();
     let deliverer = Deliverer::new(settings(), no_dns()).unwrap();
     let rcpts = ["bob@example.net", "jürgen@example.net"];
     let mut env = envelope(&rcpts);
@@ -813,7 +815,7 @@ async fn a_5xx_at_mail_on_one_mx_tries_the_next() {
         (&["-r", "MAIL"][..], &["-f", "MAIL"][..], "deferred"),
         (&["-f", "CONNECT"][..], &[][..], "delivered"),
     ] {
-        let port = peers::free_port();
+        let port = common::free_port();
         let first = Sink::start_at(format!("127.0.0.3:{port}").parse().unwrap(), first_flags);
         let second = Sink::start_at(format!("127.0.0.1:{port}").parse().unwrap(), second_flags);
         let resolver = Resolver::with_servers(&[knot.addr]).unwrap();

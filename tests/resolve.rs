@@ -1,12 +1,12 @@
 //! MX and address resolution against a real DNS server: Knot on loopback, queried directly, and
 //! Unbound in front of it for SERVFAIL.
 
-mod peers;
+mod common;
 
+use common::{Knot, test_zone};
 use dimegate::resolve::{
     AddressFamilies, MxAnswer, MxHost, ResolveError, Resolver, ResolverSettings,
 };
-use peers::{Knot, test_zone};
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -133,7 +133,11 @@ async fn refused_and_unreachable_servers_are_temporary() {
 
     // Nothing listens on this port.
     let dead = Resolver::new(&ResolverSettings {
-        servers: vec![format!("127.0.0.1:{}", peers::free_port()).parse().unwrap()],
+        servers: vec![
+            format!("127.0.0.1:{}", common::free_port())
+                .parse()
+                .unwrap(),
+        ],
         timeout: Duration::from_secs(1),
         attempts: 1,
         ..ResolverSettings::default()
@@ -150,8 +154,8 @@ async fn refused_and_unreachable_servers_are_temporary() {
 
 #[tokio::test]
 async fn servfail_through_unbound_is_temporary() {
-    peers::require_tool("unbound", "unbound");
-    peers::require_tool("keymgr", "knot");
+    common::require_tool("unbound", "unbound");
+    common::require_tool("keymgr", "knot");
     let knot = Knot::start("example.test", &test_zone());
     let dir = tempfile::tempdir().unwrap();
     // Trust anchors for the signed example.test zone, from Knot's keys.
@@ -164,9 +168,9 @@ async fn servfail_through_unbound_is_temporary() {
     assert!(ds.status.success(), "keymgr failed");
     let anchors = dir.path().join("anchors.ds");
     std::fs::write(&anchors, &ds.stdout).unwrap();
-    let port = peers::free_port();
+    let port = common::free_port();
     let status = Command::new("sh")
-        .arg(peers::testbed().join("mk-unbound.sh"))
+        .arg(common::testbed().join("mk-unbound.sh"))
         .arg(dir.path().join("unbound"))
         .arg(port.to_string())
         .arg(&anchors)
@@ -180,7 +184,7 @@ async fn servfail_through_unbound_is_temporary() {
         .status()
         .expect("run mk-unbound.sh");
     assert!(status.success(), "mk-unbound.sh failed");
-    let _unbound = peers::spawn_guarded(
+    let _unbound = common::spawn_guarded(
         "unbound",
         Command::new("unbound")
             .arg("-d")
@@ -188,7 +192,7 @@ async fn servfail_through_unbound_is_temporary() {
             .arg(dir.path().join("unbound/unbound.conf")),
     );
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    peers::wait_for_dns(addr, "example.test");
+    common::wait_for_dns(addr, "example.test");
 
     let resolver = Resolver::new(&ResolverSettings {
         servers: vec![addr],
