@@ -69,8 +69,23 @@ pub struct Envelope {
 ///
 /// Sixteen upper-case hex digits: the arrival time in microseconds in the high bits, so ids sort by
 /// arrival, and a per-process counter in the low bits, so ids made in the same microsecond differ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct QueueId(pub u64);
+
+// Serialized as its text form, so that JSON output and the admin API show the same id as the
+// SMTP reply and the logs.
+impl Serialize for QueueId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for QueueId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 impl std::fmt::Display for QueueId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -108,5 +123,8 @@ mod tests {
         assert!("0123".parse::<QueueId>().is_err());
         assert!("0123456789ABCDEG".parse::<QueueId>().is_err());
         assert!("+123456789ABCDEF".parse::<QueueId>().is_err());
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, "\"0123456789ABCDEF\"");
+        assert_eq!(serde_json::from_str::<QueueId>(&json).unwrap(), id);
     }
 }

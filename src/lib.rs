@@ -4,11 +4,17 @@
 //! decisions); the tokio glue only moves bytes. See DESIGN.md for the module layout.
 #![warn(unreachable_pub)]
 
+pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod deliver;
 pub mod dime;
 pub mod envelope;
+pub mod metrics;
+pub mod queue;
 pub mod resolve;
+pub mod serve;
 pub mod smtp;
 pub mod store;
+pub mod tls;

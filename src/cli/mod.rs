@@ -1,5 +1,162 @@
 //! Command-line interface: clap definitions and the dispatch to library functions.
 //!
-//! Exit codes: 0 success, 1 a check failed, 2 usage or invalid configuration.
+//! Exit codes: 0 success, 1 a check failed (or the operation failed), 2 usage or invalid
+//! configuration.
 
 pub mod dime;
+mod queue;
+
+use crate::config::Config;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// dimegate: the SMTP <-> DIME mail gateway.
+#[derive(Debug, Parser)]
+#[command(name = "dimegate", version, about)]
+pub struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (embedded defaults without --config).
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Configuration tools.
+    Config {
+        /// What to do with it.
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Inspect and steer the queue (works while the server runs).
+    Queue {
+        /// Configuration file, to find the data directory and admin address.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// What to do.
+        #[command(subcommand)]
+        command: queue::QueueCommand,
+    },
+    /// Hash a password read from standard input, for `[[user]] password_hash`.
+    Passwd,
+}
+
+/// `dimegate config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file: exit 0 if valid, 2 with the key path and reason if not.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+/// A failure whose exit code is already decided.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    /// The exit code.
+    pub code: u8,
+    /// What to print.
+    pub message: String,
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        None => Ok(Config::default()),
+        Some(p) => Config::load(p).map_err(|e| {
+            Exit {
+                code: 2,
+                message: format!("invalid configuration {}: {e}", p.display()),
+            }
+            .into()
+        }),
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = load_config(config.as_ref())?;
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            rt.block_on(crate::serve::serve(config, shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
+            let c = load_config(Some(&file))?;
+            println!(
+                "{}: ok (domains: {}; smtp: {:?}; admin: {})",
+                file.display(),
+                c.domains.join(", "),
+                c.smtp.listen,
+                c.admin.listen
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Queue { config, command } => {
+            let config = load_config(config.as_ref())?;
+            queue::run(&config, command)
+        }
+        Command::Passwd => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                return Err(Exit {
+                    code: 2,
+                    message: "empty password".into(),
+                }
+                .into());
+            }
+            let hash = crate::auth::hash_password(password).map_err(anyhow::Error::msg)?;
+            println!("{hash}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Sets up tracing: text or JSON on stderr, level from `RUST_LOG` (default `info`).
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

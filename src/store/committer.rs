@@ -6,11 +6,11 @@
 
 use super::error::{AppendError, StoreError};
 use super::record::StoredRecord;
-use super::{BODIES, DbSlot, LAST_QUEUE_ID, MESSAGES, META, StoreOptions};
+use super::schedule::{Tables, write_record};
+use super::{BODIES, DbSlot, LAST_QUEUE_ID, META, StoreOptions};
 use crate::envelope::{Envelope, QueueId};
 use redb::Durability;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -71,6 +71,7 @@ fn run(receiver: Receiver<Request>, slot: Arc<DbSlot>, options: StoreOptions, mu
         if batch.is_empty() {
             continue;
         }
+        let bytes = batch.iter().map(|r| r.body.len()).sum();
 
         let result = commit_batch(&slot, &options, &mut last_id, &batch, bytes);
         match result {
@@ -96,11 +97,10 @@ fn commit_batch(
     batch: &[Request],
     bytes: usize,
 ) -> Result<Vec<QueueId>, AppendError> {
-    // redb refuses every call after an I/O error until the database is reopened; reopening here
-    // is what lets the store work again once space returns.
-    if slot.failed.load(Ordering::Acquire) || slot.db.read().map(|g| g.is_none()).unwrap_or(true) {
-        slot.reopen().map_err(AppendError::from)?;
-    }
+    // redb refuses every call after an I/O error until the database is reopened; a reopen that
+    // failed before (disk still full) is retried here, which is what lets the store work again
+    // once space returns.
+    slot.reopen_if_failed().map_err(AppendError::from)?;
     if options.min_free_bytes > 0 {
         // An unreadable free-space figure is not a reason to refuse mail; ENOSPC still catches it.
         if let Ok(free) = free_bytes(&slot.path)
@@ -122,13 +122,13 @@ fn commit_batch(
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
-            let mut messages = txn.open_table(MESSAGES)?;
+            let mut tables = Tables::open(&txn)?;
             let mut bodies = txn.open_table(BODIES)?;
             let mut meta = txn.open_table(META)?;
             for (request, id) in batch.iter().zip(&ids) {
                 let size = request.body.len() as u64;
-                let record = StoredRecord::new(request.envelope.clone(), size).encode();
-                messages.insert(id.0, record.as_slice())?;
+                let record = StoredRecord::new(request.envelope.clone(), size);
+                write_record(&mut tables, id.0, None, &record)?;
                 bodies.insert(id.0, request.body.as_slice())?;
             }
             meta.insert(LAST_QUEUE_ID, *last_id)?;
@@ -140,19 +140,8 @@ fn commit_batch(
     if let Some(histogram) = &options.commit_latency {
         histogram.observe(started.elapsed().as_secs_f64());
     }
-    match result {
-        Ok(()) => Ok(ids),
-        Err(e) => {
-            if e.needs_reopen() {
-                // Reopen now, so readers see the last good commit again rather than PreviousIo.
-                // If it fails (disk still full), the next batch tries again.
-                if let Err(reopen) = slot.reopen() {
-                    tracing::warn!(error = %reopen, "reopening the queue store failed");
-                }
-            }
-            Err(AppendError::from(e))
-        }
-    }
+    // with_db has already reopened the database if the failure was an I/O error.
+    result.map(|()| ids).map_err(AppendError::from)
 }
 
 /// Bytes available to an unprivileged writer on the file system holding `path`.

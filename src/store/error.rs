@@ -36,6 +36,17 @@ pub enum StoreError {
         /// Why it does not decode.
         reason: DecodeError,
     },
+    /// A state change the recipient's current state does not allow.
+    #[error("queue store: {0}")]
+    Transition(#[from] super::state::TransitionError),
+    /// A lease or request named a recipient index the message does not have.
+    #[error("message {queue_id} has no recipient #{recipient}")]
+    NoSuchRecipient {
+        /// The message.
+        queue_id: QueueId,
+        /// The index asked for.
+        recipient: usize,
+    },
     /// A previous I/O failure closed the database and reopening it failed; the next append retries.
     #[error("queue store is unavailable after an I/O error")]
     Unavailable,

@@ -2,13 +2,15 @@
 //!
 //! The promise is Postfix's: a message whose [`Store::append`] returned `Ok` (and so got `250`) is
 //! on stable storage and survives a crash, a kill -9 or a power cut. The store is a redb database
-//! (one file) with three private tables:
+//! (one file) with five private tables:
 //!
-//! | table      | key            | value                                         |
-//! |------------|----------------|-----------------------------------------------|
-//! | `messages` | queue id (u64) | version byte + JSON of envelope, states, size |
-//! | `bodies`   | queue id (u64) | the message bytes exactly as received         |
-//! | `meta`     | name (str)     | u64; `last_queue_id`                          |
+//! | table      | key                  | value                                          |
+//! |------------|----------------------|------------------------------------------------|
+//! | `messages` | queue id (u64)       | version byte + JSON of envelope, states, size  |
+//! | `bodies`   | queue id (u64)       | the message bytes exactly as received          |
+//! | `meta`     | name (str)           | u64; `last_queue_id`                           |
+//! | `schedule` | (wake secs, queue id)| (); when a message next needs the scheduler   |
+//! | `leases`   | queue id (u64)       | (); messages with a leased recipient           |
 //!
 //! Appends go through one committer thread that batches concurrent callers into one write
 //! transaction and one fsync (group commit), so throughput grows with concurrency while each
@@ -18,10 +20,12 @@
 mod committer;
 mod error;
 mod record;
+mod schedule;
 mod state;
 
 pub use error::{AppendError, StoreError};
 pub use record::{DecodeError, ListFilter, MessageRecord, MessageSummary, RecipientSummary};
+pub use schedule::{AdminAction, Lease, Outcome};
 pub use state::{
     BadStateKind, RecipientState, RecipientStatus, StateKind, TransitionError, UnixTime,
 };
@@ -41,6 +45,8 @@ use std::thread::JoinHandle;
 const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
 const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SCHEDULE: TableDefinition<(u64, u64), ()> = TableDefinition::new("schedule");
+const LEASES: TableDefinition<u64, ()> = TableDefinition::new("leases");
 const LAST_QUEUE_ID: &str = "last_queue_id";
 
 /// Tuning of a [`Store`]; [`StoreOptions::default`] suits one machine.
@@ -103,28 +109,49 @@ struct DbSlot {
 }
 
 impl DbSlot {
+    /// Runs `f` on the open database. An I/O failure marks the handle failed and reopens it
+    /// right away, so reads and admin changes recover without waiting for the next append.
     fn with_db<R>(
         &self,
         f: impl FnOnce(&Database) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
-        let db = guard.as_ref().ok_or(StoreError::Unavailable)?;
-        let result = f(db);
+        if self.failed.load(Ordering::Acquire) {
+            // Best effort: if it fails, the read below reports Unavailable.
+            let _ = self.reopen_if_failed();
+        }
+        let result = {
+            let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
+            let db = guard.as_ref().ok_or(StoreError::Unavailable)?;
+            f(db)
+        };
         if let Err(e) = &result
             && e.needs_reopen()
         {
             self.failed.store(true, Ordering::Release);
+            if let Err(reopen) = self.reopen_if_failed() {
+                tracing::warn!(error = %reopen, "reopening the queue store failed");
+            }
         }
         result
     }
 
-    /// Closes the failed handle and opens the file again; redb recovers it from its last commit.
-    fn reopen(&self) -> Result<(), StoreError> {
+    /// If the handle failed (or a reopen failed before), closes it and opens the file again;
+    /// redb recovers the file to its last commit. Holding the write lock means no read is running.
+    fn reopen_if_failed(&self) -> Result<(), StoreError> {
+        // Fast path for every commit: no exclusive lock unless something failed. The flag stays
+        // set until a reopen succeeds, so a missing handle always has it set.
+        if !self.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if guard.is_some() && !self.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         if let Some(old) = guard.take() {
             // Closing a database that saw an I/O error reports that error again; it is known.
             let _ = old.close();
         }
+        self.failed.store(true, Ordering::Release);
         let db = open_database(&self.path)?;
         *guard = Some(db);
         self.failed.store(false, Ordering::Release);
@@ -170,6 +197,12 @@ impl Store {
         }
         let db = open_database(path)?;
         let last_id = init_tables(&db)?;
+        // No worker of this process holds a lease yet: any recorded one belongs to a process that
+        // died mid-delivery, and its recipients are due again.
+        let released = schedule::release_all_leases(&db)?;
+        if released > 0 {
+            tracing::info!(released, "released leases left by the previous run");
+        }
         let slot = Arc::new(DbSlot {
             path: path.to_owned(),
             db: RwLock::new(Some(db)),
@@ -265,11 +298,19 @@ impl Store {
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
             let existed = {
-                let mut messages = txn.open_table(MESSAGES)?;
+                let mut tables = schedule::Tables::open(&txn)?;
                 let mut bodies = txn.open_table(BODIES)?;
-                let existed = messages.remove(queue_id.0)?.is_some();
+                let old = tables
+                    .messages
+                    .remove(queue_id.0)?
+                    .map(|v| v.value().to_vec());
                 bodies.remove(queue_id.0)?;
-                existed
+                // A corrupt record has no readable index keys; lease_due drops its dangling
+                // schedule entry when it meets it.
+                if let Some(Ok(old)) = old.as_deref().map(StoredRecord::decode) {
+                    schedule::unindex(&mut tables, queue_id.0, &old)?;
+                }
+                old.is_some()
             };
             // fsync: a deleted message must not come back after a crash and be delivered twice.
             txn.commit()?;
@@ -298,6 +339,8 @@ fn init_tables(db: &Database) -> Result<u64, StoreError> {
     let last = {
         let messages = txn.open_table(MESSAGES)?;
         txn.open_table(BODIES)?;
+        txn.open_table(SCHEDULE)?;
+        txn.open_table(LEASES)?;
         let meta = txn.open_table(META)?;
         let newest = messages.last()?.map(|(k, _)| k.value()).unwrap_or(0);
         let recorded = meta.get(LAST_QUEUE_ID)?.map(|v| v.value()).unwrap_or(0);

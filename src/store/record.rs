@@ -87,7 +87,7 @@ impl StoredRecord {
 }
 
 /// One queued message with everything the store knows about it but the body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageRecord {
     /// Its queue id.
     pub queue_id: QueueId,
@@ -100,7 +100,7 @@ pub struct MessageRecord {
 }
 
 /// One line of `queue list`: a message and where each recipient stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageSummary {
     /// Its queue id.
     pub queue_id: QueueId,
@@ -117,7 +117,7 @@ pub struct MessageSummary {
 }
 
 /// One recipient in a [`MessageSummary`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecipientSummary {
     /// The forward path.
     pub address: String,

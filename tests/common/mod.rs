@@ -3,6 +3,10 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+mod gateway;
+#[allow(unused_imports)]
+pub use gateway::*;
+
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

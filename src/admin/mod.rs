@@ -1,0 +1,190 @@
+//! Admin HTTP: `/metrics` (Prometheus text format), `/healthz`, `/readyz`, and the queue API the
+//! `dimegate queue` commands use while the server holds the store.
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | GET | `/metrics` | Prometheus exposition |
+//! | GET | `/healthz` | 200 while the process runs |
+//! | GET | `/readyz` | 200 while listeners accept and the store is open; 503 during shutdown |
+//! | GET | `/api/queue?limit=N&sender=S&domain=D&state=K&min_age_secs=N` | JSON array of message summaries |
+//! | GET | `/api/queue/{queue_id}` | JSON message record, 404 if absent |
+//! | DELETE | `/api/queue/{queue_id}` | 204, or 404 if absent |
+
+use crate::envelope::QueueId;
+use crate::store::{ListFilter, Store};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What the admin endpoints read.
+pub struct AdminState {
+    /// The metric registry to encode.
+    pub registry: Registry,
+    /// The queue.
+    pub store: Store,
+    /// Refreshes gauges (queue size) just before `/metrics` is encoded.
+    pub metrics: crate::metrics::Metrics,
+    /// Cleared when shutdown begins.
+    pub ready: AtomicBool,
+}
+
+/// Builds the router.
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/queue", get(queue_list))
+        .route(
+            "/api/queue/{queue_id}",
+            get(queue_show).delete(queue_delete),
+        )
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
+    if let Ok(n) = state.store.count() {
+        state
+            .metrics
+            .queue_messages
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    let mut body = String::new();
+    if prometheus_client::encoding::text::encode(&mut body, &state.registry).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        let ct = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+        ([(header::CONTENT_TYPE, ct)], body).into_response()
+    } else {
+        let ct = "text/plain; version=0.0.4; charset=utf-8";
+        (
+            [(header::CONTENT_TYPE, ct)],
+            openmetrics_to_prometheus(&body),
+        )
+            .into_response()
+    }
+}
+
+/// Rewrites OpenMetrics text (what prometheus-client writes) into the classic Prometheus text
+/// format for clients that did not ask for OpenMetrics (curl, promtool): there a counter's HELP
+/// and TYPE lines carry the `_total` name, and there is no `# EOF`.
+fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "].into_iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(meta.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_get_total_names_in_prometheus_text() {
+        let om = "# HELP a_b Things.\n# TYPE a_b counter\na_b_total 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_prometheus(om),
+            "# HELP a_b_total Things.\n# TYPE a_b_total counter\na_b_total 3\n# HELP g A gauge.\n# TYPE g gauge\ng 1\n"
+        );
+    }
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+    sender: Option<String>,
+    domain: Option<String>,
+    state: Option<crate::store::StateKind>,
+    min_age_secs: Option<u64>,
+}
+
+fn store_error(e: impl std::fmt::Display) -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+}
+
+async fn queue_list(State(state): State<Arc<AdminState>>, Query(q): Query<ListQuery>) -> Response {
+    let filter = ListFilter {
+        sender: q.sender,
+        recipient_domain: q.domain,
+        state: q.state,
+        min_age: q.min_age_secs.map(std::time::Duration::from_secs),
+    };
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.list(&filter, q.limit)).await {
+        Ok(Ok(list)) => Json(list).into_response(),
+        Ok(Err(e)) => store_error(e),
+        Err(e) => store_error(e),
+    }
+}
+
+fn parse_id(s: &str) -> Result<QueueId, (StatusCode, String)> {
+    s.parse()
+        .map_err(|e: crate::envelope::BadQueueId| (StatusCode::BAD_REQUEST, format!("{e}\n")))
+}
+
+async fn queue_show(State(state): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r.into_response(),
+    };
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.get(id)).await {
+        Ok(Ok(Some(record))) => Json(record).into_response(),
+        Ok(Ok(None)) => (StatusCode::NOT_FOUND, format!("no message {id}\n")).into_response(),
+        Ok(Err(e)) => store_error(e),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn queue_delete(State(state): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r.into_response(),
+    };
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.delete(id)).await {
+        Ok(Ok(true)) => {
+            tracing::info!(queue_id = %id, "deleted by admin");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(Ok(false)) => (StatusCode::NOT_FOUND, format!("no message {id}\n")).into_response(),
+        Ok(Err(e)) => store_error(e),
+        Err(e) => store_error(e),
+    }
+}

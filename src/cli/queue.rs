@@ -1,0 +1,367 @@
+//! `dimegate queue list|show|delete`.
+//!
+//! The store is opened directly when no server holds it; when the running server holds its lock,
+//! the same operations go through the server's admin HTTP API, so the answers are the same.
+
+use super::Exit;
+use crate::config::{Config, Scalar, parse_duration};
+use crate::envelope::QueueId;
+use crate::store::{ListFilter, MessageRecord, MessageSummary, StateKind, Store, StoreError};
+use anyhow::Context;
+use clap::Subcommand;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// `dimegate queue ...`.
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// List queued messages with their recipients and states (all, unless --limit).
+    List {
+        /// Print one JSON array.
+        #[arg(long)]
+        json: bool,
+        /// At most this many messages.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Only messages from this sender (exact, case-insensitive; `<>` for the null sender).
+        #[arg(long)]
+        sender: Option<String>,
+        /// Only messages with a recipient in this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Only messages with a recipient in this state (queued, leased, deferred, held,
+        /// delivered, failed).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only messages at least this old (e.g. "1h").
+        #[arg(long)]
+        min_age: Option<String>,
+    },
+    /// Show one message: envelope and per-recipient state.
+    Show {
+        /// Queue id.
+        queue_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete messages from the queue (no DSN is sent).
+    Delete {
+        /// Queue ids.
+        #[arg(required = true)]
+        queue_ids: Vec<String>,
+    },
+}
+
+/// How the CLI reaches the queue.
+enum Access {
+    Direct(Store),
+    Server(SocketAddr),
+}
+
+fn open(config: &Config) -> anyhow::Result<Access> {
+    let path = config.data_dir.join("queue.redb");
+    if !path.exists() {
+        return Err(Exit {
+            code: 1,
+            message: format!("no queue at {} (is data_dir right?)", path.display()),
+        }
+        .into());
+    }
+    match Store::open(&path, None) {
+        Ok(store) => Ok(Access::Direct(store)),
+        Err(StoreError::Locked { .. }) => Ok(Access::Server(config.admin.listen)),
+        Err(e) => Err(e).with_context(|| format!("opening {}", path.display())),
+    }
+}
+
+fn usage(message: String) -> anyhow::Error {
+    Exit { code: 2, message }.into()
+}
+
+fn parse_id(s: &str) -> anyhow::Result<QueueId> {
+    s.parse::<QueueId>().map_err(|e| usage(e.to_string()))
+}
+
+/// Runs a queue command.
+pub(crate) fn run(config: &Config, command: QueueCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        QueueCommand::List {
+            json,
+            limit,
+            sender,
+            domain,
+            state,
+            min_age,
+        } => {
+            let state = match state {
+                None => None,
+                Some(s) => Some(
+                    serde_json::from_value::<StateKind>(serde_json::Value::String(s.clone()))
+                        .map_err(|_| usage(format!("unknown state {s:?}")))?,
+                ),
+            };
+            let min_age = match min_age {
+                None => None,
+                Some(s) => Some(
+                    parse_duration("--min-age", &Scalar::Text(s))
+                        .map_err(|e| usage(e.to_string()))?,
+                ),
+            };
+            let filter = ListFilter {
+                sender: sender.map(|s| if s == "<>" { String::new() } else { s }),
+                recipient_domain: domain,
+                state,
+                min_age,
+            };
+            let list: Vec<MessageSummary> = match open(config)? {
+                Access::Direct(store) => store.list(&filter, limit)?,
+                Access::Server(addr) => {
+                    let query = list_query(&filter, limit);
+                    let (status, body) = http(addr, "GET", &format!("/api/queue{query}"))?;
+                    if status != 200 {
+                        anyhow::bail!("server answered {status}: {}", body.trim());
+                    }
+                    serde_json::from_str(&body).context("reading the server's answer")?
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print_list(&list);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCommand::Show { queue_id, json } => {
+            let id = parse_id(&queue_id)?;
+            let record: Option<MessageRecord> = match open(config)? {
+                Access::Direct(store) => store.get(id)?,
+                Access::Server(addr) => {
+                    let (status, body) = http(addr, "GET", &format!("/api/queue/{id}"))?;
+                    match status {
+                        200 => Some(
+                            serde_json::from_str(&body).context("reading the server's answer")?,
+                        ),
+                        404 => None,
+                        _ => anyhow::bail!("server answered {status}: {}", body.trim()),
+                    }
+                }
+            };
+            let Some(record) = record else {
+                eprintln!("no message {id}");
+                return Ok(ExitCode::from(1));
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&record)?);
+            } else {
+                print_record(&record);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCommand::Delete { queue_ids } => {
+            let ids = queue_ids
+                .iter()
+                .map(|s| parse_id(s))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let access = open(config)?;
+            let mut missing = 0;
+            for id in ids {
+                let deleted = match &access {
+                    Access::Direct(store) => store.delete(id)?,
+                    Access::Server(addr) => {
+                        let (status, body) = http(*addr, "DELETE", &format!("/api/queue/{id}"))?;
+                        match status {
+                            204 => true,
+                            404 => false,
+                            _ => anyhow::bail!("server answered {status}: {}", body.trim()),
+                        }
+                    }
+                };
+                if deleted {
+                    println!("{id}: deleted");
+                } else {
+                    eprintln!("{id}: no such message");
+                    missing += 1;
+                }
+            }
+            Ok(if missing == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+fn list_query(filter: &ListFilter, limit: Option<usize>) -> String {
+    let mut parts = Vec::new();
+    if let Some(l) = limit {
+        parts.push(format!("limit={l}"));
+    }
+    if let Some(s) = &filter.sender {
+        parts.push(format!("sender={}", percent_encode(s)));
+    }
+    if let Some(d) = &filter.recipient_domain {
+        parts.push(format!("domain={}", percent_encode(d)));
+    }
+    if let Some(s) = filter.state {
+        parts.push(format!("state={s}"));
+    }
+    if let Some(a) = filter.min_age {
+        parts.push(format!("min_age_secs={}", a.as_secs()));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'@') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A minimal HTTP/1.1 request to the admin listener (loopback; no TLS, no redirects).
+fn http(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| {
+        format!(
+            "the queue is locked by a running server, but its admin API at {addr} does not answer"
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP answer")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("malformed HTTP status line")?;
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Ok((status, dechunk(body)));
+    }
+    Ok((status, body.to_owned()))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC.
+pub(crate) fn format_utc(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    // Civil-from-days (proleptic Gregorian), as in Howard Hinnant's date algorithms.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+fn print_list(list: &[MessageSummary]) {
+    println!(
+        "{:<16}  {:<19}  {:>9}  SENDER",
+        "QUEUE ID", "ARRIVAL (UTC)", "SIZE"
+    );
+    for m in list {
+        println!(
+            "{:<16}  {}  {:>9}  <{}>",
+            m.queue_id,
+            format_utc(m.arrival.0),
+            m.size,
+            m.sender
+        );
+        for r in &m.recipients {
+            let mut line = format!("{:>20}  {:<9}  {}", "", r.state.to_string(), r.address);
+            if r.attempts > 0 {
+                line.push_str(&format!("  attempts={}", r.attempts));
+            }
+            if let Some(next) = r.next_attempt {
+                line.push_str(&format!("  next={}", format_utc(next.0)));
+            }
+            if let Some(e) = &r.last_error {
+                line.push_str(&format!("  last_error={e:?}"));
+            }
+            println!("{line}");
+        }
+    }
+    let rcpts: usize = list.iter().map(|m| m.recipients.len()).sum();
+    println!("-- {} message(s), {} recipient(s)", list.len(), rcpts);
+}
+
+fn print_record(r: &MessageRecord) {
+    let e = &r.envelope;
+    println!("queue id:  {}", r.queue_id);
+    println!("arrival:   {} UTC", format_utc(e.arrival_unix));
+    println!("size:      {}", r.size);
+    println!("sender:    <{}>", e.sender);
+    println!("client:    {} (helo {})", e.client, e.helo);
+    println!("tls:       {}", e.tls.as_deref().unwrap_or("none"));
+    println!("auth:      {}", e.auth_user.as_deref().unwrap_or("none"));
+    if e.dsn_ret.is_some() || e.dsn_envid.is_some() {
+        println!("dsn:       ret={:?} envid={:?}", e.dsn_ret, e.dsn_envid);
+    }
+    println!("recipients:");
+    for rs in &r.recipients {
+        println!("  {}", serde_json::to_string(rs).unwrap_or_default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formatting() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00");
+        assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(format_utc(1_795_000_000), "2026-11-18 11:06:40");
+    }
+
+    #[test]
+    fn chunked_bodies_are_joined() {
+        assert_eq!(dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), "abcde");
+    }
+}

@@ -1,0 +1,152 @@
+//! The metric registry: every counter, gauge and histogram the gateway exports on `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// How an SMTP session ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `quit`, `peer_closed`, `timeout`, `too_many_errors`, `shutdown`, `io_error`,
+    /// `tls_failed`, `refused_limit`.
+    pub outcome: &'static str,
+}
+
+/// A reply code sent to a client.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The three-digit SMTP reply code.
+    pub code: String,
+}
+
+/// All metrics. Cloning is cheap (each metric is an `Arc` inside).
+#[derive(Clone)]
+pub struct Metrics {
+    /// Connections accepted on the SMTP listeners.
+    pub smtp_connections: Counter,
+    /// Connections open now.
+    pub smtp_connections_active: Gauge,
+    /// Sessions by how they ended.
+    pub smtp_sessions: Family<OutcomeLabel, Counter>,
+    /// Messages stored and acknowledged with 250.
+    pub messages_accepted: Counter,
+    /// Bytes of acknowledged messages.
+    pub bytes_accepted: Counter,
+    /// 4xx and 5xx replies by code.
+    pub smtp_rejections: Family<CodeLabel, Counter>,
+    /// Time from handing a message to the store until its fsync'd commit.
+    pub store_commit_seconds: Histogram,
+    /// Messages in the queue.
+    pub queue_messages: Gauge,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let m = Metrics {
+            smtp_connections: Counter::default(),
+            smtp_connections_active: Gauge::default(),
+            smtp_sessions: Family::default(),
+            messages_accepted: Counter::default(),
+            bytes_accepted: Counter::default(),
+            smtp_rejections: Family::default(),
+            // 100 µs .. ~3.3 s
+            store_commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            queue_messages: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("dimegate");
+        r.register(
+            "smtp_connections",
+            "SMTP connections accepted",
+            m.smtp_connections.clone(),
+        );
+        r.register(
+            "smtp_connections_active",
+            "SMTP connections open now",
+            m.smtp_connections_active.clone(),
+        );
+        r.register(
+            "smtp_sessions",
+            "SMTP sessions by outcome",
+            m.smtp_sessions.clone(),
+        );
+        r.register(
+            "smtp_messages_accepted",
+            "Messages stored and acknowledged with 250",
+            m.messages_accepted.clone(),
+        );
+        r.register(
+            "smtp_accepted_bytes",
+            "Bytes of acknowledged messages",
+            m.bytes_accepted.clone(),
+        );
+        r.register(
+            "smtp_rejections",
+            "SMTP 4xx and 5xx replies by code",
+            m.smtp_rejections.clone(),
+        );
+        r.register(
+            "store_commit_seconds",
+            "Latency from hand-off to the store until the fsync'd commit",
+            m.store_commit_seconds.clone(),
+        );
+        r.register(
+            "queue_messages",
+            "Messages in the queue",
+            m.queue_messages.clone(),
+        );
+        m
+    }
+
+    /// Counts the 4xx/5xx replies in a buffer of reply lines (only the last line of a
+    /// multi-line reply, `NNN ` rather than `NNN-`).
+    pub fn count_rejections(&self, replies: &[u8]) {
+        for line in replies.split(|&b| b == b'\n') {
+            if line.len() >= 4
+                && matches!(line[0], b'4' | b'5')
+                && line[3] == b' '
+                && line[1..3].iter().all(u8::is_ascii_digit)
+            {
+                let code = String::from_utf8_lossy(&line[..3]).into_owned();
+                self.smtp_rejections
+                    .get_or_create(&CodeLabel { code })
+                    .inc();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_are_counted_once_per_reply() {
+        let mut reg = Registry::default();
+        let m = Metrics::register(&mut reg);
+        m.count_rejections(
+            b"250 ok\r\n550-5.1.1 no\r\n550 5.1.1 no\r\n452 4.5.3 too many\r\n354 go\r\n",
+        );
+        assert_eq!(
+            m.smtp_rejections
+                .get_or_create(&CodeLabel { code: "550".into() })
+                .get(),
+            1
+        );
+        assert_eq!(
+            m.smtp_rejections
+                .get_or_create(&CodeLabel { code: "452".into() })
+                .get(),
+            1
+        );
+        assert_eq!(
+            m.smtp_rejections
+                .get_or_create(&CodeLabel { code: "250".into() })
+                .get(),
+            0
+        );
+    }
+}

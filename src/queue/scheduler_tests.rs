@@ -1,0 +1,685 @@
+//! Scheduler tests on a fake clock. Actions are applied with the store's own state transitions
+//! (`RecipientStatus::lease`, `defer`, ...), so a decision the store would refuse fails the test.
+
+use super::*;
+use crate::envelope::{Envelope, Notify, Recipient};
+use crate::queue::Jitter;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const T0: UnixTime = UnixTime(1_700_000_000);
+const H: u64 = 3600;
+const D: u64 = 86_400;
+
+fn at(offset: u64) -> UnixTime {
+    T0.plus(Duration::from_secs(offset))
+}
+
+fn exact_policy() -> Policy {
+    Policy {
+        jitter: Jitter::NONE,
+        ..Policy::default()
+    }
+}
+
+fn record(addresses: &[&str]) -> MessageRecord {
+    let envelope = Envelope {
+        sender: "alice@example.org".into(),
+        recipients: addresses
+            .iter()
+            .map(|a| Recipient {
+                address: (*a).into(),
+                notify: None,
+                orcpt: None,
+            })
+            .collect(),
+        dsn_ret: None,
+        dsn_envid: None,
+        body_8bit: false,
+        smtputf8: false,
+        helo: "client.example".into(),
+        client: SocketAddr::from(([192, 0, 2, 1], 1025)),
+        tls: None,
+        auth_user: None,
+        arrival_unix: T0.0,
+    };
+    MessageRecord {
+        queue_id: QueueId(7),
+        recipients: addresses.iter().map(|a| RecipientStatus::new(*a)).collect(),
+        envelope,
+        size: 100,
+    }
+}
+
+fn deferred(reply: &str) -> DeliveryOutcome {
+    DeliveryOutcome::Deferred(Diagnosis {
+        remote_mta: Some("mx.other.example".into()),
+        reply: Some(reply.into()),
+        ..Diagnosis::default()
+    })
+}
+
+fn failed(reply: &str) -> DeliveryOutcome {
+    DeliveryOutcome::Failed(Diagnosis {
+        remote_mta: Some("mx.other.example".into()),
+        reply: Some(reply.into()),
+        ..Diagnosis::default()
+    })
+}
+
+fn delivered() -> DeliveryOutcome {
+    DeliveryOutcome::Delivered(Diagnosis {
+        remote_mta: Some("mx.other.example".into()),
+        reply: Some("250 2.0.0 Ok".into()),
+        ..Diagnosis::default()
+    })
+}
+
+/// One message in a fake store, changed only through the store's transitions.
+struct Sim {
+    record: MessageRecord,
+    delay_warned: bool,
+    dsns: Vec<(UnixTime, Vec<RecipientReport>)>,
+    removed: bool,
+    /// Recipients leased by the last `apply`.
+    leased: Vec<usize>,
+}
+
+impl Sim {
+    fn new(record: MessageRecord) -> Sim {
+        Sim {
+            record,
+            delay_warned: false,
+            dsns: Vec::new(),
+            removed: false,
+            leased: Vec::new(),
+        }
+    }
+
+    fn view(&self) -> QueuedMessage<'_> {
+        QueuedMessage {
+            record: &self.record,
+            delay_warned: self.delay_warned,
+        }
+    }
+
+    fn transition(
+        &mut self,
+        index: usize,
+        f: impl FnOnce(RecipientStatus) -> Result<RecipientStatus, crate::store::TransitionError>,
+    ) {
+        let status = self.record.recipients[index].clone();
+        self.record.recipients[index] = f(status).expect("the store accepts the transition");
+    }
+
+    fn apply(&mut self, actions: Vec<Action>, now: UnixTime) {
+        self.leased.clear();
+        for action in actions {
+            match action {
+                Action::ReleaseLease { recipient, .. } => {
+                    self.transition(recipient, |s| s.release_lease())
+                }
+                Action::Lease {
+                    recipients, until, ..
+                } => {
+                    for &r in &recipients {
+                        self.transition(r, |s| s.lease(now, until));
+                    }
+                    self.leased = recipients;
+                }
+                Action::Delivered { recipient, at, .. } => {
+                    self.transition(recipient, |s| s.delivered(at))
+                }
+                Action::Defer {
+                    recipient,
+                    next_at,
+                    error,
+                    ..
+                } => self.transition(recipient, |s| s.defer(next_at, error)),
+                Action::Fail {
+                    recipient, reason, ..
+                } => {
+                    if matches!(
+                        self.record.recipients[recipient].state,
+                        RecipientState::Leased { .. }
+                    ) {
+                        self.transition(recipient, |s| s.fail(now, reason))
+                    } else {
+                        self.transition(recipient, |s| s.bounce(now, reason))
+                    }
+                }
+                Action::SendDsn { reports, .. } => self.dsns.push((now, reports)),
+                Action::MarkDelayWarned { .. } => self.delay_warned = true,
+                Action::Remove { .. } => self.removed = true,
+            }
+        }
+    }
+}
+
+/// The whole life of a message whose only recipient answers 451 forever: attempts on the
+/// schedule, one delay warning at 4h, a failure DSN and removal at exactly 5 days.
+#[test]
+fn retries_on_schedule_warns_once_and_expires_after_five_days() {
+    let scheduler = Scheduler::new(exact_policy());
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut sim = Sim::new(record(&["bob@other.example"]));
+    let mut now = T0;
+    let mut attempts = Vec::new();
+    for _ in 0..200 {
+        let actions = scheduler.due(&[sim.view()], now, 100);
+        sim.apply(actions, now);
+        if !sim.leased.is_empty() {
+            attempts.push(now.0 - T0.0);
+            let outcomes: Vec<_> = sim
+                .leased
+                .iter()
+                .map(|&r| (r, deferred("451 4.7.1 Greylisted, try again later")))
+                .collect();
+            let actions = scheduler.handle_outcomes(&sim.view(), &outcomes, now, &mut rng);
+            sim.apply(actions, now);
+        }
+        if sim.removed {
+            break;
+        }
+        match scheduler.next_wakeup(&[sim.view()], now) {
+            Some(next) => {
+                assert!(next > now, "the loop would spin at {now:?}");
+                now = next;
+            }
+            None => panic!("nothing pending but the message is still queued"),
+        }
+    }
+    assert!(sim.removed, "never expired");
+
+    let mut want = vec![0u64];
+    let steps = [60, 300, 900, 1800, 3600, 7200, 14_400, 28_800];
+    loop {
+        let n = want.len();
+        let next = want[n - 1] + steps[(n - 1).min(steps.len() - 1)];
+        if next >= 5 * D {
+            want.push(5 * D);
+            break;
+        }
+        want.push(next);
+    }
+    assert_eq!(attempts, want);
+    assert_eq!(attempts.len(), 23);
+
+    // Two DSNs: the warning at 4h, the failure at 5 days.
+    assert_eq!(sim.dsns.len(), 2, "{:?}", sim.dsns);
+    let (warned_at, warning) = &sim.dsns[0];
+    assert_eq!(*warned_at, at(4 * H));
+    assert!(matches!(
+        warning[0].outcome,
+        ReportOutcome::Delayed { will_retry_until, .. } if will_retry_until == at(5 * D)
+    ));
+    let (failed_at, failure) = &sim.dsns[1];
+    assert_eq!(*failed_at, at(5 * D));
+    let ReportOutcome::Failed(diagnosis) = &failure[0].outcome else {
+        panic!("{failure:?}");
+    };
+    assert_eq!(
+        diagnosis.reply.as_deref(),
+        Some("451 4.7.1 Greylisted, try again later")
+    );
+    assert!(matches!(
+        sim.record.recipients[0].state,
+        RecipientState::Failed { at: t, .. } if t == at(5 * D)
+    ));
+    assert_eq!(sim.record.recipients[0].attempts, 23);
+}
+
+#[test]
+fn handle_outcome_table() {
+    let scheduler = Scheduler::new(exact_policy());
+    let q = QueueId(7);
+    // (attempts before, now offset, outcome, expected actions without the DSN reports)
+    let rows: Vec<(u32, u64, DeliveryOutcome, Vec<&str>)> = vec![
+        (0, 0, delivered(), vec!["delivered", "remove"]),
+        (0, 0, deferred("451 busy"), vec!["defer@60"]),
+        (3, 2 * H, deferred("451 busy"), vec!["defer@9000"]),
+        (22, 5 * D - 10, deferred("451 busy"), vec!["defer@432000"]),
+        (
+            22,
+            5 * D,
+            deferred("451 busy"),
+            vec!["fail", "dsn", "remove"],
+        ),
+        (0, 0, failed("550 5.1.1 no"), vec!["fail", "dsn", "remove"]),
+    ];
+    for (attempts, now, outcome, want) in rows {
+        let mut r = record(&["bob@other.example"]);
+        r.recipients[0].attempts = attempts;
+        r.recipients[0].state = RecipientState::Leased { until: at(now + H) };
+        let view = QueuedMessage {
+            record: &r,
+            delay_warned: false,
+        };
+        let mut rng = StdRng::seed_from_u64(0);
+        let actions = scheduler.handle_outcomes(&view, &[(0, outcome.clone())], at(now), &mut rng);
+        let got: Vec<String> = actions
+            .iter()
+            .map(|a| match a {
+                Action::Delivered { .. } => "delivered".to_owned(),
+                Action::Defer { next_at, .. } => format!("defer@{}", next_at.0 - T0.0),
+                Action::Fail { .. } => "fail".to_owned(),
+                Action::SendDsn { queue_id, .. } => {
+                    assert_eq!(*queue_id, q);
+                    "dsn".to_owned()
+                }
+                Action::Remove { .. } => "remove".to_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, want, "attempts {attempts} at +{now}s: {outcome:?}");
+    }
+}
+
+#[test]
+fn expiry_without_a_reply_says_delivery_time_expired() {
+    let scheduler = Scheduler::new(exact_policy());
+    let mut r = record(&["bob@other.example"]);
+    r.recipients[0].state = RecipientState::Leased { until: at(6 * D) };
+    let view = QueuedMessage {
+        record: &r,
+        delay_warned: true,
+    };
+    let outcome = DeliveryOutcome::Deferred(Diagnosis {
+        local_reason: Some("connection to mx.other.example timed out".into()),
+        ..Diagnosis::default()
+    });
+    let actions = scheduler.handle_outcomes(
+        &view,
+        &[(0, outcome)],
+        at(5 * D),
+        &mut StdRng::seed_from_u64(0),
+    );
+    let Some(Action::SendDsn { reports, .. }) = actions.get(1) else {
+        panic!("{actions:?}");
+    };
+    let ReportOutcome::Failed(d) = &reports[0].outcome else {
+        panic!("{reports:?}");
+    };
+    assert_eq!(d.status, Some(EnhancedStatus::EXPIRED));
+    assert!(
+        d.local_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("gave up after 5 day(s)") && r.contains("timed out")),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn mixed_outcomes_report_once_and_keep_the_message_while_one_is_pending() {
+    let scheduler = Scheduler::new(exact_policy());
+    let mut sim = Sim::new(record(&[
+        "a@other.example",
+        "b@other.example",
+        "c@other.example",
+    ]));
+    // b asked for success notices as well.
+    sim.record.envelope.recipients[1].notify = Some(Notify {
+        never: false,
+        success: true,
+        failure: true,
+        delay: true,
+    });
+    let actions = scheduler.due(&[sim.view()], T0, 10);
+    sim.apply(actions, T0);
+    assert_eq!(sim.leased, vec![0, 1, 2]);
+    let outcomes = [
+        (0, failed("550 5.1.1 no such user")),
+        (1, delivered()),
+        (2, deferred("451 4.3.0 try later")),
+    ];
+    let actions =
+        scheduler.handle_outcomes(&sim.view(), &outcomes, T0, &mut StdRng::seed_from_u64(0));
+    sim.apply(actions, T0);
+    assert!(!sim.removed);
+    assert_eq!(sim.dsns.len(), 1);
+    let reported: Vec<usize> = sim.dsns[0].1.iter().map(|r| r.recipient).collect();
+    assert_eq!(reported, vec![0, 1]);
+    let kinds: Vec<StateKindOf> = sim.record.recipients.iter().map(kind).collect();
+    assert_eq!(kinds, ["failed", "delivered", "deferred"]);
+
+    // c goes through on the retry: no DSN (default NOTIFY has no SUCCESS), message removed.
+    let now = at(60);
+    let actions = scheduler.due(&[sim.view()], now, 10);
+    sim.apply(actions, now);
+    assert_eq!(sim.leased, vec![2]);
+    let actions = scheduler.handle_outcomes(
+        &sim.view(),
+        &[(2, delivered())],
+        now,
+        &mut StdRng::seed_from_u64(0),
+    );
+    assert_eq!(
+        actions,
+        vec![
+            Action::Delivered {
+                queue_id: QueueId(7),
+                recipient: 2,
+                at: now
+            },
+            Action::Remove {
+                queue_id: QueueId(7)
+            }
+        ]
+    );
+}
+
+type StateKindOf = &'static str;
+
+fn kind(s: &RecipientStatus) -> StateKindOf {
+    match s.state {
+        RecipientState::Queued => "queued",
+        RecipientState::Leased { .. } => "leased",
+        RecipientState::Deferred { .. } => "deferred",
+        RecipientState::Held => "held",
+        RecipientState::Delivered { .. } => "delivered",
+        RecipientState::Failed { .. } => "failed",
+    }
+}
+
+#[test]
+fn no_dsn_action_for_the_null_sender_or_notify_never() {
+    let scheduler = Scheduler::new(exact_policy());
+    for null_sender in [true, false] {
+        let mut r = record(&["bob@other.example"]);
+        if null_sender {
+            r.envelope.sender.clear();
+        } else {
+            r.envelope.recipients[0].notify = Some(Notify {
+                never: true,
+                ..Notify::default()
+            });
+        }
+        r.recipients[0].state = RecipientState::Leased { until: at(H) };
+        let view = QueuedMessage {
+            record: &r,
+            delay_warned: false,
+        };
+        let actions = scheduler.handle_outcomes(
+            &view,
+            &[(0, failed("550 5.1.1 no"))],
+            T0,
+            &mut StdRng::seed_from_u64(0),
+        );
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::SendDsn { .. })),
+            "{actions:?}"
+        );
+        assert!(actions.contains(&Action::Remove {
+            queue_id: QueueId(7)
+        }));
+    }
+}
+
+#[test]
+fn a_lapsed_lease_is_released_and_retried_without_counting_an_attempt() {
+    let scheduler = Scheduler::new(exact_policy());
+    let mut sim = Sim::new(record(&["bob@other.example"]));
+    sim.apply(scheduler.due(&[sim.view()], T0, 10), T0);
+    assert_eq!(sim.leased, vec![0]);
+    // The worker dies: no outcome. The scheduler wakes when the lease lapses.
+    let lapse = scheduler.next_wakeup(&[sim.view()], T0).expect("a wake-up");
+    assert_eq!(lapse, at(30 * 60));
+    assert!(scheduler.due(&[sim.view()], at(30 * 60 - 1), 10).is_empty());
+    let actions = scheduler.due(&[sim.view()], lapse, 10);
+    assert_eq!(
+        actions,
+        vec![
+            Action::ReleaseLease {
+                queue_id: QueueId(7),
+                recipient: 0
+            },
+            Action::Lease {
+                queue_id: QueueId(7),
+                recipients: vec![0],
+                until: at(60 * 60)
+            }
+        ]
+    );
+    sim.apply(actions, lapse);
+    assert_eq!(sim.record.recipients[0].attempts, 0);
+    // A late outcome from the dead worker for a lease that is not its own any more would be
+    // indistinguishable; but an outcome for a recipient that is not leased is ignored.
+    let mut r = sim.record.clone();
+    r.recipients[0].state = RecipientState::Queued;
+    let view = QueuedMessage {
+        record: &r,
+        delay_warned: false,
+    };
+    assert!(
+        scheduler
+            .handle_outcomes(
+                &view,
+                &[(0, delivered())],
+                lapse,
+                &mut StdRng::seed_from_u64(0)
+            )
+            .is_empty()
+    );
+}
+
+#[test]
+fn recover_releases_every_lease() {
+    let scheduler = Scheduler::new(exact_policy());
+    let mut r = record(&["a@x.example", "b@x.example", "c@x.example"]);
+    r.recipients[0].state = RecipientState::Leased { until: at(H) };
+    r.recipients[2].state = RecipientState::Leased { until: at(2 * H) };
+    let actions = scheduler.recover(&[QueuedMessage {
+        record: &r,
+        delay_warned: false,
+    }]);
+    assert_eq!(
+        actions,
+        vec![
+            Action::ReleaseLease {
+                queue_id: QueueId(7),
+                recipient: 0
+            },
+            Action::ReleaseLease {
+                queue_id: QueueId(7),
+                recipient: 2
+            }
+        ]
+    );
+}
+
+#[test]
+fn due_respects_the_lease_budget_in_arrival_order() {
+    let scheduler = Scheduler::new(exact_policy());
+    let mut records: Vec<MessageRecord> = (0..3)
+        .map(|i| {
+            let mut r = record(&["a@x.example", "b@x.example"]);
+            r.queue_id = QueueId(i);
+            r
+        })
+        .collect();
+    // The second message's first recipient is not due yet.
+    records[1].recipients[0].state = RecipientState::Deferred { next_at: at(60) };
+    let views: Vec<QueuedMessage<'_>> = records
+        .iter()
+        .map(|record| QueuedMessage {
+            record,
+            delay_warned: false,
+        })
+        .collect();
+    let leases: Vec<(u64, Vec<usize>)> = scheduler
+        .due(&views, T0, 3)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Lease {
+                queue_id,
+                recipients,
+                ..
+            } => Some((queue_id.0, recipients)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(leases, vec![(0, vec![0, 1]), (1, vec![1])]);
+}
+
+#[test]
+fn next_wakeup_table() {
+    let scheduler = Scheduler::new(exact_policy());
+    let now = at(H);
+    let state = |s: RecipientState| {
+        let mut r = record(&["a@x.example"]);
+        r.recipients[0].state = s;
+        r
+    };
+    // (record, delay warned, expected wake-up)
+    let rows: Vec<(MessageRecord, bool, Option<UnixTime>)> = vec![
+        (state(RecipientState::Queued), false, Some(now)),
+        (
+            state(RecipientState::Deferred { next_at: at(2 * H) }),
+            true,
+            Some(at(2 * H)),
+        ),
+        // The delay warning (arrival + 4h) comes before the retry.
+        (
+            state(RecipientState::Deferred { next_at: at(8 * H) }),
+            false,
+            Some(at(4 * H)),
+        ),
+        (
+            state(RecipientState::Deferred { next_at: at(8 * H) }),
+            true,
+            Some(at(8 * H)),
+        ),
+        // An overdue retry is due now, not in the past.
+        (
+            state(RecipientState::Deferred { next_at: at(60) }),
+            true,
+            Some(now),
+        ),
+        (
+            state(RecipientState::Leased { until: at(90 * 60) }),
+            true,
+            Some(at(90 * 60)),
+        ),
+        (state(RecipientState::Held), true, None),
+        // Held, but the warning is still owed.
+        (state(RecipientState::Held), false, Some(at(4 * H))),
+        // Finished but still queued: a leftover to clean up now.
+        (state(RecipientState::Delivered { at: T0 }), true, Some(now)),
+    ];
+    for (r, warned, want) in rows {
+        let view = QueuedMessage {
+            record: &r,
+            delay_warned: warned,
+        };
+        assert_eq!(
+            scheduler.next_wakeup(&[view], now),
+            want,
+            "{:?} warned {warned}",
+            r.recipients[0].state
+        );
+    }
+    assert_eq!(scheduler.next_wakeup(&[], now), None);
+}
+
+#[test]
+fn an_expired_unwarned_message_does_not_spin_the_loop() {
+    let scheduler = Scheduler::new(exact_policy());
+    let mut r = record(&["a@x.example"]);
+    r.recipients[0].state = RecipientState::Held;
+    let view = QueuedMessage {
+        record: &r,
+        delay_warned: false,
+    };
+    // Held past expiry: no warning any more, and nothing else to wake for.
+    assert_eq!(scheduler.next_wakeup(&[view], at(6 * D)), None);
+    assert!(scheduler.due(&[view], at(6 * D), 10).is_empty());
+}
+
+#[test]
+fn delay_warning_off_never_warns() {
+    let scheduler = Scheduler::new(Policy {
+        delay_warning: None,
+        ..exact_policy()
+    });
+    let mut r = record(&["a@x.example"]);
+    r.recipients[0].state = RecipientState::Deferred { next_at: at(D) };
+    let view = QueuedMessage {
+        record: &r,
+        delay_warned: false,
+    };
+    assert_eq!(scheduler.next_wakeup(&[view], at(H)), Some(at(D)));
+    assert!(scheduler.due(&[view], at(12 * H), 10).is_empty());
+}
+
+#[test]
+fn a_leftover_finished_message_is_reported_again_then_removed() {
+    let scheduler = Scheduler::new(exact_policy());
+    let mut r = record(&["a@x.example", "b@x.example"]);
+    r.recipients[0].state = RecipientState::Failed {
+        at: T0,
+        reply: "mx.x.example said: 550 5.1.1 no such user".into(),
+    };
+    r.recipients[1].state = RecipientState::Delivered { at: T0 };
+    let view = QueuedMessage {
+        record: &r,
+        delay_warned: false,
+    };
+    let actions = scheduler.due(&[view], at(60), 10);
+    let [Action::SendDsn { reports, .. }, Action::Remove { .. }] = actions.as_slice() else {
+        panic!("{actions:?}");
+    };
+    assert_eq!(reports.len(), 1);
+    let ReportOutcome::Failed(d) = &reports[0].outcome else {
+        panic!("{reports:?}");
+    };
+    assert_eq!(d.remote_mta.as_deref(), Some("mx.x.example"));
+    assert_eq!(d.reply.as_deref(), Some("550 5.1.1 no such user"));
+}
+
+#[test]
+fn operator_bounce_fails_waiting_recipients_only() {
+    let scheduler = Scheduler::new(exact_policy());
+    let mut sim = Sim::new(record(&["a@x.example", "b@x.example", "c@x.example"]));
+    sim.record.recipients[1].state = RecipientState::Leased { until: at(H) };
+    sim.record.recipients[2].state = RecipientState::Held;
+    let actions = scheduler.bounce(&sim.view(), &[0, 1, 2, 9], "bounced by the operator");
+    sim.apply(actions, T0);
+    let kinds: Vec<StateKindOf> = sim.record.recipients.iter().map(kind).collect();
+    assert_eq!(kinds, ["failed", "leased", "failed"]);
+    assert_eq!(sim.dsns.len(), 1);
+    assert_eq!(sim.dsns[0].1.len(), 2);
+    assert!(!sim.removed, "b is still in flight");
+}
+
+#[test]
+fn an_unroutable_recipient_fails_with_5_1_3() {
+    let error = crate::queue::route("nobody@", &Default::default(), &Default::default())
+        .expect_err("no domain");
+    let DeliveryOutcome::Failed(d) = DeliveryOutcome::unroutable(&error) else {
+        panic!("not a failure");
+    };
+    assert_eq!(d.status, Some(EnhancedStatus::BAD_ADDRESS));
+}
+
+#[test]
+fn jittered_retries_stay_within_the_policy() {
+    let scheduler = Scheduler::new(Policy::default());
+    let mut rng = StdRng::seed_from_u64(99);
+    let mut r = record(&["a@x.example"]);
+    r.recipients[0].attempts = 4;
+    r.recipients[0].state = RecipientState::Leased { until: at(H) };
+    let view = QueuedMessage {
+        record: &r,
+        delay_warned: true,
+    };
+    for _ in 0..50 {
+        let actions = scheduler.handle_outcomes(&view, &[(0, deferred("451 x"))], T0, &mut rng);
+        let [Action::Defer { next_at, .. }] = actions.as_slice() else {
+            panic!("{actions:?}");
+        };
+        // The fifth step is 1h; ±10%.
+        assert!((3240..=3960).contains(&(next_at.0 - T0.0)), "{next_at:?}");
+    }
+}

@@ -1,0 +1,180 @@
+//! `dimegate serve`: opens the store, sets up TLS, binds every listener, and runs until the
+//! shutdown future completes; then stops accepting, lets sessions reach a safe point and waits.
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::smtp::server::{Ingress, run_listener};
+use crate::store::Store;
+use prometheus_client::registry::Registry;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The data directory could not be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The queue could not be opened.
+    #[error("queue store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Which listener.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// How long shutdown waits for sessions and the admin server.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
+
+/// Runs the gateway until `shutdown` completes.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|source| ServeError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+
+    let (cert, key) = match &config.tls {
+        Some(files) => (files.cert.clone(), files.key.clone()),
+        None => {
+            if crate::tls::ensure_self_signed(&data_dir, &config.smtp.hostname)? {
+                info!(dir = %data_dir.join("tls").display(), "generated a self-signed TLS certificate");
+            }
+            crate::tls::generated_paths(&data_dir)
+        }
+    };
+    let tls = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&cert, &key)?);
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let store = Store::open(
+        &data_dir.join("queue.redb"),
+        Some(metrics.store_commit_seconds.clone()),
+    )?;
+    let queued = store.count()?;
+    metrics
+        .queue_messages
+        .set(i64::try_from(queued).unwrap_or(i64::MAX));
+
+    // Bind everything before serving anything: a bad address fails the start, not later.
+    let mut listeners = Vec::new();
+    for &addr in &config.smtp.listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr,
+                what: "smtp",
+                source,
+            })?;
+        listeners.push((l, false));
+    }
+    for &addr in &config.smtp.tls_listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr,
+                what: "smtp tls",
+                source,
+            })?;
+        listeners.push((l, true));
+    }
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.admin.listen,
+            what: "admin http",
+            source,
+        })?;
+
+    let ingress = Arc::new(Ingress::new(
+        &config,
+        Some(tls),
+        store.clone(),
+        metrics.clone(),
+    ));
+    let token = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    info!(
+        domains = ?config.domains,
+        data_dir = %data_dir.display(),
+        queued,
+        hostname = %config.smtp.hostname,
+        "dimegate starting"
+    );
+    for (l, implicit_tls) in listeners {
+        if let Ok(addr) = l.local_addr() {
+            info!(%addr, tls = if implicit_tls { "implicit" } else { "starttls" }, "SMTP listening");
+        }
+        tracker.spawn(run_listener(
+            l,
+            implicit_tls,
+            Arc::clone(&ingress),
+            token.clone(),
+            tracker.clone(),
+        ));
+    }
+
+    let admin_state = Arc::new(AdminState {
+        registry,
+        store: store.clone(),
+        metrics: metrics.clone(),
+        ready: true.into(),
+    });
+    if let Ok(addr) = admin_listener.local_addr() {
+        info!(%addr, "admin HTTP listening (/metrics, /healthz, /readyz, /api/queue)");
+    }
+    let admin_ready = Arc::clone(&admin_state);
+    // The admin server outlives the SMTP sessions so that /readyz can say 503 while they drain.
+    let admin_token = CancellationToken::new();
+    let admin_stop = admin_token.clone();
+    let admin_task = tokio::spawn(async move {
+        let app = admin::router(admin_state);
+        if let Err(e) = axum::serve(admin_listener, app)
+            .with_graceful_shutdown(async move { admin_token.cancelled().await })
+            .await
+        {
+            warn!(error = %e, "admin server stopped");
+        }
+    });
+
+    shutdown.await;
+    info!("shutting down: closing listeners, waiting for sessions");
+    admin_ready.ready.store(false, Ordering::Relaxed);
+    tracker.close();
+    token.cancel();
+    if tokio::time::timeout(SHUTDOWN_WAIT, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("sessions still open after {SHUTDOWN_WAIT:?}; stopping anyway");
+    }
+    admin_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
+    info!("stopped");
+    Ok(())
+}

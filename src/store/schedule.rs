@@ -1,0 +1,337 @@
+//! What the queue scheduler and the admin operations change: leases, attempt outcomes, hold,
+//! release, retry, bounce.
+//!
+//! Two private index tables keep the scheduler from scanning the whole queue:
+//! `schedule` holds `(wake, queue id)` for every message with a recipient that will need work —
+//! wake is 0 for a Queued recipient (due now, FIFO by id), `next_at` for Deferred and `until` for
+//! Leased (so a lapsed lease is found like a due retry) — and `leases` holds the ids of messages
+//! with a leased recipient, so that a restart releases them without a scan. Every record write
+//! goes through [`write_record`], which keeps both in step with the record in one transaction.
+
+use super::error::StoreError;
+use super::record::{MessageRecord, StoredRecord};
+use super::state::{RecipientState, RecipientStatus, TransitionError, UnixTime};
+use super::{LEASES, MESSAGES, SCHEDULE, Store, decode};
+use crate::envelope::QueueId;
+use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use serde::Serialize;
+use std::time::Duration;
+
+/// One recipient handed to a delivery worker until `until`. Nobody else gets it meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    /// The message.
+    pub queue_id: QueueId,
+    /// Index of the recipient in the envelope.
+    pub recipient: usize,
+    /// Its address.
+    pub address: String,
+    /// When the lease lapses and the recipient is due again.
+    pub until: UnixTime,
+    /// Attempts that ended before this one.
+    pub attempts: u32,
+}
+
+/// How a leased attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The next hop accepted it.
+    Delivered,
+    /// Temporary failure: try again at `next_at`.
+    Deferred {
+        /// When the next attempt is due.
+        next_at: UnixTime,
+        /// The reply or error, kept for the operator and the delay DSN.
+        error: String,
+    },
+    /// Permanent failure: a DSN is owed.
+    Failed {
+        /// The reply given in the DSN.
+        reply: String,
+    },
+}
+
+/// An operator's action on every recipient of a message for which it is a valid transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAction {
+    /// Due now (Queued or Deferred recipients).
+    Retry,
+    /// No attempts until released (Queued or Deferred recipients).
+    Hold,
+    /// Held recipients become due.
+    Release,
+    /// Fail every recipient not yet final or in flight, with this reason in the DSN.
+    Bounce {
+        /// The reason.
+        reason: String,
+    },
+}
+
+/// When a message next needs the scheduler, or `None` if no recipient will (all held or final).
+pub(crate) fn wake_of(record: &StoredRecord) -> Option<u64> {
+    record
+        .recipients
+        .iter()
+        .filter_map(|r| match r.state {
+            RecipientState::Queued => Some(0),
+            RecipientState::Deferred { next_at } => Some(next_at.0),
+            RecipientState::Leased { until } => Some(until.0),
+            _ => None,
+        })
+        .min()
+}
+
+fn has_lease(record: &StoredRecord) -> bool {
+    record
+        .recipients
+        .iter()
+        .any(|r| matches!(r.state, RecipientState::Leased { .. }))
+}
+
+pub(crate) struct Tables<'txn> {
+    pub(crate) messages: Table<'txn, u64, &'static [u8]>,
+    pub(crate) schedule: Table<'txn, (u64, u64), ()>,
+    pub(crate) leases: Table<'txn, u64, ()>,
+}
+
+impl<'txn> Tables<'txn> {
+    pub(crate) fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
+        Ok(Tables {
+            messages: txn.open_table(MESSAGES)?,
+            schedule: txn.open_table(SCHEDULE)?,
+            leases: txn.open_table(LEASES)?,
+        })
+    }
+}
+
+/// Writes `new` for `id` and moves its index entries from where `old` had them.
+pub(crate) fn write_record(
+    t: &mut Tables<'_>,
+    id: u64,
+    old: Option<&StoredRecord>,
+    new: &StoredRecord,
+) -> Result<(), StoreError> {
+    if let Some(wake) = old.and_then(wake_of) {
+        t.schedule.remove((wake, id))?;
+    }
+    if let Some(wake) = wake_of(new) {
+        t.schedule.insert((wake, id), ())?;
+    }
+    if has_lease(new) {
+        t.leases.insert(id, ())?;
+    } else if old.is_some_and(has_lease) {
+        t.leases.remove(id)?;
+    }
+    t.messages.insert(id, new.encode().as_slice())?;
+    Ok(())
+}
+
+/// Removes the index entries of a record being deleted.
+pub(crate) fn unindex(t: &mut Tables<'_>, id: u64, old: &StoredRecord) -> Result<(), StoreError> {
+    if let Some(wake) = wake_of(old) {
+        t.schedule.remove((wake, id))?;
+    }
+    t.leases.remove(id)?;
+    Ok(())
+}
+
+fn load(t: &Tables<'_>, id: u64) -> Result<Option<StoredRecord>, StoreError> {
+    match t.messages.get(id)? {
+        Some(v) => decode(QueueId(id), v.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// One write transaction with fsync; state changes are durable when the call returns, so a
+/// delivered recipient is not delivered again after a crash.
+fn in_write_txn<R>(
+    db: &Database,
+    f: impl FnOnce(&mut Tables<'_>) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    let result = {
+        let mut tables = Tables::open(&txn)?;
+        f(&mut tables)?
+    };
+    txn.commit()?;
+    Ok(result)
+}
+
+/// Releases every lease: called at open, when no worker of this process can hold one, so a
+/// delivery the crash interrupted is retried. Runs before the store is shared.
+pub(crate) fn release_all_leases(db: &Database) -> Result<usize, StoreError> {
+    in_write_txn(db, |t| {
+        let ids: Vec<u64> = t
+            .leases
+            .iter()?
+            .map(|e| e.map(|(k, _)| k.value()))
+            .collect::<Result<_, _>>()?;
+        let mut released = 0;
+        for id in ids {
+            t.leases.remove(id)?;
+            let Some(old) = load(t, id)? else { continue };
+            let mut new = old.clone();
+            for r in &mut new.recipients {
+                if matches!(r.state, RecipientState::Leased { .. }) {
+                    *r = r.clone().release_lease().map_err(StoreError::Transition)?;
+                    released += 1;
+                }
+            }
+            write_record(t, id, Some(&old), &new)?;
+        }
+        Ok(released)
+    })
+}
+
+impl Store {
+    /// Leases up to `max` due recipients (Queued, Deferred whose time has come, or Leased whose
+    /// lease lapsed) for `lease_for`, earliest first. A recipient is never leased twice at once.
+    pub fn lease_due(
+        &self,
+        now: UnixTime,
+        lease_for: Duration,
+        max: usize,
+    ) -> Result<Vec<Lease>, StoreError> {
+        let until = now.plus(lease_for);
+        self.inner.slot.with_db(|db| {
+            in_write_txn(db, |t| {
+                // Each indexed message has at least one recipient to lease, so `max` keys suffice.
+                let keys: Vec<(u64, u64)> = t
+                    .schedule
+                    .range((0, 0)..=(now.0, u64::MAX))?
+                    .take(max)
+                    .map(|e| e.map(|(k, _)| k.value()))
+                    .collect::<Result<_, _>>()?;
+                let mut leases = Vec::new();
+                for (wake, id) in keys {
+                    if leases.len() >= max {
+                        break;
+                    }
+                    let old = match load(t, id) {
+                        Ok(Some(old)) => old,
+                        Ok(None) => {
+                            // Left behind by a delete that could not decode its record.
+                            t.schedule.remove((wake, id))?;
+                            continue;
+                        }
+                        Err(e @ StoreError::Corrupt { .. }) => {
+                            // Undeliverable; out of the schedule so it cannot stall the queue.
+                            // The record stays for the operator (`queue show` reports it).
+                            tracing::error!(queue_id = %QueueId(id), error = %e, "unschedulable");
+                            t.schedule.remove((wake, id))?;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    let mut new = old.clone();
+                    for (index, r) in new.recipients.iter_mut().enumerate() {
+                        if leases.len() >= max {
+                            break;
+                        }
+                        let current = r.clone();
+                        let current = match current.state {
+                            RecipientState::Leased { until: lapsed } if lapsed <= now => {
+                                current.release_lease().map_err(StoreError::Transition)?
+                            }
+                            _ => current,
+                        };
+                        if current.is_due(now) {
+                            *r = current.lease(now, until).map_err(StoreError::Transition)?;
+                            leases.push(Lease {
+                                queue_id: QueueId(id),
+                                recipient: index,
+                                address: r.address.clone(),
+                                until,
+                                attempts: r.attempts,
+                            });
+                        } else {
+                            *r = current;
+                        }
+                    }
+                    write_record(t, id, Some(&old), &new)?;
+                }
+                Ok(leases)
+            })
+        })
+    }
+
+    /// Records how the attempt for `lease` ended. `Ok(None)` if the message is gone (deleted by
+    /// the operator meanwhile). Refuses with [`StoreError::Transition`] if the recipient is no
+    /// longer leased (its lease lapsed and it was released or re-leased).
+    pub fn complete(
+        &self,
+        lease: &Lease,
+        now: UnixTime,
+        outcome: Outcome,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        self.update(lease.queue_id, Some(lease.recipient), |index, r| {
+            if index != lease.recipient {
+                return Ok(r);
+            }
+            match r.state {
+                // A lapsed and re-leased recipient belongs to the newer lease.
+                RecipientState::Leased { until } if until != lease.until => Err(TransitionError {
+                    from: r.state.kind(),
+                    action: "complete a stale lease of",
+                }),
+                _ => match outcome.clone() {
+                    Outcome::Delivered => r.delivered(now),
+                    Outcome::Deferred { next_at, error } => r.defer(next_at, error),
+                    Outcome::Failed { reply } => r.fail(now, reply),
+                },
+            }
+        })
+    }
+
+    /// Applies an operator's action to every recipient of `queue_id` for which it is a valid
+    /// transition; others are left as they are. `Ok(None)` if there is no such message.
+    pub fn apply(
+        &self,
+        queue_id: QueueId,
+        action: &AdminAction,
+        now: UnixTime,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        self.update(queue_id, None, |_, r| {
+            let step = match action {
+                AdminAction::Retry => r.clone().retry(),
+                AdminAction::Hold => r.clone().hold(),
+                AdminAction::Release => r.clone().release(),
+                AdminAction::Bounce { reason } => r.clone().bounce(now, reason.clone()),
+            };
+            Ok(step.unwrap_or(r))
+        })
+    }
+
+    /// Rewrites the recipients of one message through `f` in one durable transaction.
+    fn update(
+        &self,
+        queue_id: QueueId,
+        required_recipient: Option<usize>,
+        f: impl Fn(usize, RecipientStatus) -> Result<RecipientStatus, TransitionError>,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        self.inner.slot.with_db(|db| {
+            in_write_txn(db, |t| {
+                let Some(old) = load(t, queue_id.0)? else {
+                    return Ok(None);
+                };
+                if let Some(recipient) = required_recipient
+                    && recipient >= old.recipients.len()
+                {
+                    return Err(StoreError::NoSuchRecipient {
+                        queue_id,
+                        recipient,
+                    });
+                }
+                let mut new = old.clone();
+                for (index, r) in new.recipients.iter_mut().enumerate() {
+                    *r = f(index, r.clone()).map_err(StoreError::Transition)?;
+                }
+                if new != old {
+                    write_record(t, queue_id.0, Some(&old), &new)?;
+                }
+                Ok(Some(MessageRecord::from_stored(queue_id, new)))
+            })
+        })
+    }
+}

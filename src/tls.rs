@@ -1,0 +1,137 @@
+//! TLS server configuration: load the configured certificate, or generate a self-signed one on
+//! first start so that STARTTLS works out of the box.
+
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A PEM file held nothing usable.
+    #[error("{path}: {reason}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// rustls refused the certificate and key.
+    #[error("certificate and key do not make a TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The self-signed certificate could not be generated.
+    #[error("generating a self-signed certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+/// Where a generated certificate and key live under the data directory.
+pub fn generated_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
+    let dir = data_dir.join("tls");
+    (dir.join("cert.pem"), dir.join("key.pem"))
+}
+
+/// Writes a self-signed certificate for `hostname` unless one is there already. Returns whether
+/// it generated one.
+pub fn ensure_self_signed(data_dir: &Path, hostname: &str) -> Result<bool, TlsError> {
+    let (cert_path, key_path) = generated_paths(data_dir);
+    if cert_path.exists() && key_path.exists() {
+        return Ok(false);
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TlsError::Io { path, source }
+    };
+    let dir = data_dir.join("tls");
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let mut names = vec![hostname.to_owned()];
+    if hostname != "localhost" {
+        names.push("localhost".to_owned());
+    }
+    let ck = rcgen::generate_simple_self_signed(names)?;
+    write_private(&key_path, ck.signing_key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
+    std::fs::write(&cert_path, ck.cert.pem()).map_err(io(&cert_path))?;
+    Ok(true)
+}
+
+/// Writes a file readable by its owner only (private keys).
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Builds the rustls server configuration from PEM files.
+pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .map_err(|e| TlsError::Pem {
+            path: cert_path.to_path_buf(),
+            reason: e.to_string(),
+        })?
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: cert_path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            path: cert_path.to_path_buf(),
+            reason: "no CERTIFICATE block".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| TlsError::Pem {
+        path: key_path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_certificate_loads_and_key_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(ensure_self_signed(dir.path(), "mx.example.org").unwrap());
+        assert!(!ensure_self_signed(dir.path(), "mx.example.org").unwrap());
+        let (c, k) = generated_paths(dir.path());
+        server_config(&c, &k).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn garbage_pem_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.pem");
+        std::fs::write(&p, "not pem").unwrap();
+        assert!(server_config(&p, &p).is_err());
+    }
+}

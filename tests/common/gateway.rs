@@ -1,0 +1,258 @@
+//! Start the real `dimegate` binary with a temporary configuration and data directory, and
+//! drive it with real clients (swaks, Python, the dimegate CLI).
+
+use super::free_port;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dimegate")
+}
+
+/// The path of a third-party tool the tests need. Panics with the install hint when absent:
+/// these tests are the evidence that dimegate works with real peers, so they never skip.
+pub fn tool(name: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/bin", "/sbin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!(
+        "{name} is not installed; scripts/test installs the test peers (apt-get install postfix swaks openssl prometheus)"
+    );
+}
+
+/// A world-searchable temporary directory (Postfix's users must traverse it).
+pub fn tempdir() -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("dimegate-test")
+        .tempdir()
+        .expect("tempdir");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    d
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub smtp: SocketAddr,
+    pub tls_smtp: SocketAddr,
+    pub admin: SocketAddr,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Gateway {
+    /// Starts the gateway with `extra` appended to a configuration that serves `example.test`
+    /// and `localhost` on fresh loopback ports.
+    pub fn start(extra: &str) -> Gateway {
+        let dir = tempdir();
+        let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let tls_smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = dir.path().join("dimegate.toml");
+        let text = format!(
+            "data_dir = {data:?}\n{extra}\n[smtp]\nlisten = \"{smtp}\"\ntls_listen = \"{tls_smtp}\"\nhostname = \"mx.example.test\"\nmax_message_size = \"1MiB\"\nmax_recipients = 50\n[admin]\nlisten = \"{admin}\"\n[[domain]]\nname = \"example.test\"\n[[domain]]\nname = \"localhost\"\n",
+            data = dir.path().join("data"),
+        );
+        // `extra` may carry its own [smtp] keys; the test passes them in full instead then.
+        let text = if extra.contains("[smtp]") {
+            format!(
+                "data_dir = {:?}\n{extra}\n[admin]\nlisten = \"{admin}\"\n",
+                dir.path().join("data")
+            )
+        } else {
+            text
+        };
+        std::fs::write(&config, text).unwrap();
+        let log = dir.path().join("gateway.log");
+        let mut gw = Gateway {
+            dir,
+            config,
+            smtp,
+            tls_smtp,
+            admin,
+            child: None,
+            log,
+        };
+        gw.spawn();
+        gw
+    }
+
+    /// (Re)starts the process on the same configuration and data.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start dimegate");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = http_get(self.admin, "/readyz") {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("dimegate exited with {status}; log:\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dimegate not ready; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        unsafe_sigterm(c.id());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dimegate did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `dimegate queue ARGS --config ...`.
+    pub fn queue(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .arg("queue")
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap()
+    }
+
+    /// The queue as JSON (`queue list --json`).
+    pub fn queue_json(&self) -> Vec<serde_json::Value> {
+        let out = self.queue(&["list", "--json"]);
+        assert!(
+            out.status.success(),
+            "queue list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("queue list --json prints a JSON array")
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.admin, "/metrics").expect("metrics").1
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
+/// The value of a metric line that starts with `prefix` (e.g. `dimegate_smtp_messages_accepted_total`).
+pub fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix) && l[prefix.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A plain HTTP/1.1 GET.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Runs swaks against `addr` with extra arguments; returns (exit ok, transcript).
+pub fn swaks(addr: SocketAddr, args: &[&str]) -> (bool, String) {
+    let out = Command::new(tool("swaks"))
+        .arg("--server")
+        .arg(addr.to_string())
+        .args(["--helo", "client.test", "--timeout", "20"])
+        .args(args)
+        .output()
+        .expect("run swaks");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The queue id from a `250 2.0.0 Ok: queued as ID` line in a transcript.
+pub fn queued_ids(transcript: &str) -> Vec<String> {
+    transcript
+        .lines()
+        .filter_map(|l| l.split("queued as ").nth(1))
+        .map(|s| s.trim().to_owned())
+        .collect()
+}
+
+/// Where the test scripts live.
+pub fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/scripts")
+        .join(name)
+}

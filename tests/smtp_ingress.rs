@@ -1,0 +1,645 @@
+//! SMTP ingress against real clients: swaks, Python's smtplib, Postfix's smtp-source, a real
+//! Postfix relaying into dimegate, openssl s_client; and the durability promise under kill -9.
+
+mod common;
+
+use common::*;
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn ids_in_queue(gw: &Gateway) -> HashSet<String> {
+    gw.queue_json()
+        .iter()
+        .map(|m| m["queue_id"].as_str().expect("queue_id").to_owned())
+        .collect()
+}
+
+#[test]
+fn swaks_message_to_served_domain_is_queued_and_listed() {
+    let gw = Gateway::start("");
+    let (ok, t) = swaks(
+        gw.smtp,
+        &[
+            "--from",
+            "alice@client.test",
+            "--to",
+            "bob@example.test",
+            "--header",
+            "Subject: hello",
+        ],
+    );
+    assert!(ok, "{t}");
+    let ids = queued_ids(&t);
+    assert_eq!(ids.len(), 1, "{t}");
+    // While the server runs, `queue list` goes through the admin API.
+    let list = gw.queue_json();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["queue_id"], ids[0].as_str());
+    assert_eq!(list[0]["sender"], "alice@client.test");
+    assert_eq!(list[0]["recipients"][0]["address"], "bob@example.test");
+    assert_eq!(list[0]["recipients"][0]["state"], "queued");
+    let show = gw.queue(&["show", &ids[0]]);
+    assert!(show.status.success());
+    assert!(String::from_utf8_lossy(&show.stdout).contains("alice@client.test"));
+    assert!(
+        gw.log_text().contains(&ids[0]),
+        "the log names the queue id"
+    );
+}
+
+#[test]
+fn queue_commands_work_with_the_server_stopped_too() {
+    let mut gw = Gateway::start("");
+    let (ok, t) = swaks(gw.smtp, &["--to", "a@example.test"]);
+    assert!(ok, "{t}");
+    let (ok, t2) = swaks(gw.smtp, &["--to", "b@example.test"]);
+    assert!(ok, "{t2}");
+    assert!(gw.stop().success());
+    let ids: Vec<String> = queued_ids(&t).into_iter().chain(queued_ids(&t2)).collect();
+    assert_eq!(ids_in_queue(&gw), ids.iter().cloned().collect());
+    let limited = gw.queue(&["list", "--json", "--limit", "1"]);
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&limited.stdout).unwrap();
+    assert_eq!(v.len(), 1);
+    let del = gw.queue(&["delete", &ids[0]]);
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    assert_eq!(ids_in_queue(&gw), HashSet::from([ids[1].clone()]));
+    let again = gw.queue(&["delete", &ids[0]]);
+    assert_eq!(again.status.code(), Some(1));
+    let human = gw.queue(&["list"]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains(&ids[1]) && text.contains("b@example.test"),
+        "{text}"
+    );
+}
+
+#[test]
+fn relay_to_foreign_domain_is_refused_without_auth() {
+    let gw = Gateway::start("");
+    let (ok, t) = swaks(gw.smtp, &["--to", "victim@elsewhere.example"]);
+    assert!(!ok);
+    assert!(t.contains("554 5.7.1"), "{t}");
+    assert!(gw.queue_json().is_empty());
+}
+
+#[test]
+fn relay_network_may_relay() {
+    let gw = Gateway::start("[relay]\nnetworks = [\"127.0.0.0/8\"]");
+    let (ok, t) = swaks(gw.smtp, &["--to", "someone@elsewhere.example"]);
+    assert!(ok, "{t}");
+}
+
+fn hash(password: &str) -> String {
+    let mut child = Command::new(bin())
+        .arg("passwd")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn starttls_then_auth_allows_relay_and_is_recorded() {
+    let users = format!(
+        "[[user]]\nname = \"alice\"\npassword_hash = \"{}\"",
+        hash("s3cret")
+    );
+    let gw = Gateway::start(&users);
+
+    // AUTH is not offered, and refused, in clear text.
+    let (ok, t) = swaks(
+        gw.smtp,
+        &[
+            "--to",
+            "x@elsewhere.example",
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            "alice",
+            "--auth-password",
+            "s3cret",
+        ],
+    );
+    assert!(!ok, "{t}");
+    assert!(!t.contains("250-AUTH"), "AUTH advertised without TLS:\n{t}");
+
+    // Wrong password under TLS.
+    let (ok, t) = swaks(
+        gw.smtp,
+        &[
+            "--tls",
+            "--to",
+            "x@elsewhere.example",
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            "alice",
+            "--auth-password",
+            "wrong",
+        ],
+    );
+    assert!(!ok);
+    assert!(t.contains("535 5.7.8"), "{t}");
+
+    for mech in ["PLAIN", "LOGIN"] {
+        let (ok, t) = swaks(
+            gw.smtp,
+            &[
+                "--tls",
+                "--to",
+                "x@elsewhere.example",
+                "--auth",
+                mech,
+                "--auth-user",
+                "alice",
+                "--auth-password",
+                "s3cret",
+            ],
+        );
+        assert!(ok, "{t}");
+        assert!(t.contains("TLS started"), "{t}");
+        assert!(t.contains("235 2.7.0"), "{t}");
+        let id = &queued_ids(&t)[0];
+        let show = gw.queue(&["show", id, "--json"]);
+        let rec: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+        assert_eq!(rec["envelope"]["auth_user"], "alice");
+        let tls = rec["envelope"]["tls"].as_str().expect("tls recorded");
+        assert!(tls.contains("TLS"), "{tls}");
+    }
+}
+
+#[test]
+fn implicit_tls_listener_speaks_smtp_inside_tls() {
+    let gw = Gateway::start("");
+    let mut child = Command::new(tool("openssl"))
+        .args(["s_client", "-quiet", "-connect", &gw.tls_smtp.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let greeting = lines.next().unwrap().unwrap();
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    stdin.write_all(b"EHLO client.test\r\n").unwrap();
+    let mut ehlo = Vec::new();
+    loop {
+        let l = lines.next().unwrap().unwrap();
+        let last = l.as_bytes().get(3) == Some(&b' ');
+        ehlo.push(l);
+        if last {
+            break;
+        }
+    }
+    assert!(ehlo.iter().all(|l| l.starts_with("250")), "{ehlo:?}");
+    assert!(
+        !ehlo.iter().any(|l| l.contains("STARTTLS")),
+        "STARTTLS offered inside TLS: {ehlo:?}"
+    );
+    stdin.write_all(b"QUIT\r\n").unwrap();
+    let bye = lines.next().unwrap().unwrap();
+    assert!(bye.starts_with("221"), "{bye}");
+    let _ = child.wait();
+}
+
+#[test]
+fn oversized_message_is_refused_with_552_and_not_stored() {
+    let gw = Gateway::start("");
+    let big = gw.dir.path().join("big.txt");
+    std::fs::write(
+        &big,
+        "y".repeat(76)
+            .repeat(16_000)
+            .as_bytes()
+            .chunks(76)
+            .map(|c| format!("{}\r\n", String::from_utf8_lossy(c)))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let (ok, t) = swaks(
+        gw.smtp,
+        &["--to", "bob@example.test", "--body", big.to_str().unwrap()],
+    );
+    assert!(!ok);
+    assert!(
+        t.contains("552 5.3.4"),
+        "{}",
+        &t[t.len().saturating_sub(2000)..]
+    );
+    assert!(gw.queue_json().is_empty());
+    // Declared too big up front: refused at MAIL FROM.
+    let mut s = TcpStream::connect(gw.smtp).unwrap();
+    let mut buf = [0u8; 4096];
+    let _ = s.read(&mut buf).unwrap();
+    s.write_all(b"EHLO c.test\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = s.read(&mut buf).unwrap();
+    s.write_all(b"MAIL FROM:<a@c.test> SIZE=99999999\r\n")
+        .unwrap();
+    let n = s.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"552 5.3.4"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
+
+#[test]
+fn python_smtplib_messages_are_all_queued() {
+    let gw = Gateway::start("");
+    let out = Command::new("python3")
+        .arg(script("smtp_flood.py"))
+        .args(["127.0.0.1", &gw.smtp.port().to_string(), "4", "25"])
+        .output()
+        .unwrap();
+    let acked: HashSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("ACK ").map(str::to_owned))
+        .collect();
+    assert_eq!(
+        acked.len(),
+        100,
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ids_in_queue(&gw), acked);
+}
+
+#[test]
+fn smtp_source_20_sessions_1000_messages_all_in_queue() {
+    let gw = Gateway::start("");
+    let out = Command::new(tool("smtp-source"))
+        .args([
+            "-s",
+            "20",
+            "-m",
+            "1000",
+            "-l",
+            "1024",
+            "-d",
+            "-f",
+            "a@client.test",
+            "-t",
+            "b@example.test",
+        ])
+        .arg(gw.smtp.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = gw.queue_json();
+    assert_eq!(list.len(), 1000);
+    assert!(
+        list.iter()
+            .all(|m| m["recipients"][0]["address"] == "b@example.test")
+    );
+    let m = gw.metrics();
+    assert_eq!(
+        metric(&m, "dimegate_smtp_messages_accepted_total"),
+        Some(1000.0),
+        "{m}"
+    );
+}
+
+#[test]
+fn postfix_relays_into_dimegate_over_starttls() {
+    let gw = Gateway::start("");
+    let tb = tempdir();
+    let pf = tb.path().join("pf-relay");
+    let pf_port = free_port();
+    let mk = Command::new("sh")
+        .arg(testbed().join("mk-postfix.sh"))
+        .arg(&pf)
+        .arg(pf_port.to_string())
+        .arg(format!("[127.0.0.1]:{}", gw.smtp.port()))
+        .output()
+        .unwrap();
+    assert!(
+        mk.status.success(),
+        "mk-postfix: {}",
+        String::from_utf8_lossy(&mk.stderr)
+    );
+    let etc = pf.join("etc");
+    let start = Command::new(tool("postfix"))
+        .arg("-c")
+        .arg(&etc)
+        .arg("start")
+        .output()
+        .unwrap();
+    assert!(
+        start.status.success(),
+        "postfix start: {}",
+        String::from_utf8_lossy(&start.stderr)
+    );
+    struct Stop(std::path::PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("/usr/sbin/postfix")
+                .arg("-c")
+                .arg(&self.0)
+                .arg("stop")
+                .output();
+        }
+    }
+    let _stop = Stop(etc);
+
+    let pf_addr = format!("127.0.0.1:{pf_port}").parse().unwrap();
+    // Postfix needs a moment to bind.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(pf_addr).is_err() {
+        assert!(Instant::now() < deadline, "postfix did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for i in 0..5 {
+        let (ok, t) = swaks(
+            pf_addr,
+            &[
+                "--from",
+                "alice@client.test",
+                "--to",
+                &format!("u{i}@example.test"),
+            ],
+        );
+        assert!(ok, "{t}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = gw.queue_json();
+        if list.len() == 5 {
+            let id = list[0]["queue_id"].as_str().unwrap();
+            let rec: serde_json::Value =
+                serde_json::from_slice(&gw.queue(&["show", id, "--json"]).stdout).unwrap();
+            assert!(
+                rec["envelope"]["tls"].as_str().is_some(),
+                "Postfix used STARTTLS: {rec}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "postfix did not relay; maillog:\n{}",
+            std::fs::read_to_string(pf.join("maillog")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let maillog = std::fs::read_to_string(pf.join("maillog")).unwrap_or_default();
+    assert_eq!(maillog.matches("status=sent").count(), 5, "{maillog}");
+}
+
+#[test]
+fn kill_9_under_load_loses_no_acknowledged_message() {
+    let mut gw = Gateway::start("");
+    let mut all_acked = HashSet::new();
+    for round in 0..3 {
+        let mut flood = Command::new("python3")
+            .arg(script("smtp_flood.py"))
+            .args(["127.0.0.1", &gw.smtp.port().to_string(), "8", "2000"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = flood.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(id) = line.strip_prefix("ACK ") {
+                    let _ = tx.send(id.to_owned());
+                }
+            }
+        });
+        // Let a few hundred messages through, then pull the plug mid-stream.
+        let target = 200 + 150 * round;
+        let mut acked = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acked.len() < target && Instant::now() < deadline {
+            if let Ok(id) = rx.recv_timeout(Duration::from_millis(100)) {
+                acked.push(id);
+            }
+        }
+        gw.kill9();
+        let _ = flood.wait();
+        reader.join().unwrap();
+        // Acknowledgements that were on their way when the process died count too.
+        acked.extend(rx.try_iter());
+        assert!(
+            acked.len() >= target,
+            "round {round}: only {} acknowledged in 60 s",
+            acked.len()
+        );
+        all_acked.extend(acked);
+        gw.spawn();
+        let present = ids_in_queue(&gw);
+        let missing: Vec<_> = all_acked.difference(&present).collect();
+        assert!(
+            missing.is_empty(),
+            "round {round}: {} acknowledged messages lost: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        eprintln!(
+            "round {round}: {} acknowledged so far, {} in queue",
+            all_acked.len(),
+            present.len()
+        );
+    }
+}
+
+#[test]
+fn invalid_configuration_exits_2_with_the_key_path_before_listening() {
+    let dir = tempdir();
+    let port = free_port();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        format!("[smtp]\nlisten = \"127.0.0.1:{port}\"\nmax_message_size = \"lots\"\n"),
+    )
+    .unwrap();
+    let check = Command::new(bin())
+        .args(["config", "check"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(err.contains("smtp.max_message_size"), "{err}");
+    let serve = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(serve.status.code(), Some(2));
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    std::fs::write(&cfg, "[smtp]\nlisten = \"127.0.0.1:2525\"\n").unwrap();
+    let ok = Command::new(bin())
+        .args(["config", "check"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
+#[test]
+fn metrics_are_valid_for_promtool_and_count_what_happened() {
+    let gw = Gateway::start("");
+    let (ok, t) = swaks(gw.smtp, &["--to", "bob@example.test"]);
+    assert!(ok, "{t}");
+    let _ = swaks(gw.smtp, &["--to", "bob@elsewhere.example"]);
+    let text = gw.metrics();
+    let mut promtool = Command::new(tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        metric(&text, "dimegate_smtp_messages_accepted_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "dimegate_smtp_rejections_total{code=\"554\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "dimegate_queue_messages"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        metric(&text, "dimegate_store_commit_seconds_count").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(http_get(gw.admin, "/healthz").unwrap().0, 200);
+}
+
+#[test]
+fn connection_cap_per_ip_answers_421() {
+    let dir_cfg = "[smtp]\nlisten = \"127.0.0.1:PORT\"\nmax_connections_per_ip = 2\n[[domain]]\nname = \"example.test\"";
+    let port = free_port();
+    let gw = Gateway::start(&dir_cfg.replace("PORT", &port.to_string()));
+    let addr = ("127.0.0.1", port);
+    let mut held = Vec::new();
+    let mut buf = [0u8; 512];
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let n = s.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"220 "));
+        held.push(s);
+    }
+    let mut third = TcpStream::connect(addr).unwrap();
+    let n = third.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"421 4.7.0"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    drop(held);
+    // The slots free up again.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = TcpStream::connect(addr).unwrap();
+    let n = again.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"220 "),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    drop(gw);
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_restart_keeps_the_queue() {
+    let mut gw = Gateway::start("");
+    let (ok, t) = swaks(gw.smtp, &["--to", "bob@example.test"]);
+    assert!(ok, "{t}");
+    assert!(gw.stop().success(), "{}", gw.log_text());
+    gw.spawn();
+    assert_eq!(ids_in_queue(&gw), queued_ids(&t).into_iter().collect());
+}
+
+#[test]
+fn runs_on_embedded_defaults_without_a_configuration_file() {
+    let dir = tempdir();
+    // The defaults listen on 127.0.0.1:2525 and :9725; this test owns those ports.
+    let mut child = Command::new(bin())
+        .arg("serve")
+        .current_dir(dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_get("127.0.0.1:9725".parse().unwrap(), "/readyz")
+        .map(|r| r.0)
+        .ok()
+        != Some(200)
+    {
+        if let Some(s) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("serve exited {s}: {err}");
+        }
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, t) = swaks(
+        "127.0.0.1:2525".parse().unwrap(),
+        &["--tls", "--to", "postmaster@localhost"],
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(ok, "{t}\n{log}");
+    assert!(dir.path().join("dimegate-data/queue.redb").exists());
+    assert!(dir.path().join("dimegate-data/tls/cert.pem").exists());
+    assert!(
+        log.contains("127.0.0.1:2525") && log.contains("localhost"),
+        "{log}"
+    );
+}
