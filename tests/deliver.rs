@@ -5,8 +5,8 @@ mod common;
 
 use common::{Knot, Sink, test_zone};
 use dimegate::deliver::{
-    Deliverer, DeliverySettings, DestinationPolicy, EnhancedCode, NextHop, Outcome, Reason, Stage,
-    TlsPolicy,
+    Deliverer, DeliverySettings, DestinationPolicy, EnhancedStatus, NextHop, Outcome, Reason,
+    Stage, TlsPolicy,
 };
 use dimegate::envelope::{DsnReturn, Envelope, Notify, QueueId, Recipient};
 use dimegate::resolve::Resolver;
@@ -185,14 +185,14 @@ async fn rcpt_450_defers_with_the_remote_text() {
         );
         let reply = remote(outcome);
         assert_eq!(reply.code, 450);
-        assert_eq!(reply.status, Some(EnhancedCode::new(4, 3, 0)));
+        assert_eq!(reply.status, Some(EnhancedStatus::new(4, 3, 0)));
         assert_eq!(reply.stage, Stage::RcptTo);
         assert!(
             reply.text.contains("Error: command failed"),
             "{}",
             reply.text
         );
-        assert_eq!(outcome.status(), Some(EnhancedCode::new(4, 3, 0)));
+        assert_eq!(outcome.status(), Some(EnhancedStatus::new(4, 3, 0)));
     }
     assert!(sink.dumps().iter().all(|d| !d.contains("X-Rcpt-Args")));
 }
@@ -214,7 +214,7 @@ async fn rcpt_5xx_fails_with_the_remote_text() {
     assert!(outcome.is_permanent(), "{outcome}");
     let reply = remote(outcome);
     assert_eq!((reply.code, reply.stage), (500, Stage::RcptTo));
-    assert_eq!(reply.status, Some(EnhancedCode::new(5, 3, 0)));
+    assert_eq!(reply.status, Some(EnhancedStatus::new(5, 3, 0)));
     assert!(reply.text.contains("Error: command failed"));
     assert!(
         outcome
@@ -304,7 +304,7 @@ async fn sink_down_defers_with_a_connect_error() {
                 "{text}"
             );
             assert!(text.to_lowercase().contains("refused"), "{text}");
-            assert_eq!(*status, Some(EnhancedCode::new(4, 4, 1)));
+            assert_eq!(*status, Some(EnhancedStatus::new(4, 4, 1)));
         }
         other => panic!("expected a local deferral, got {other:?}"),
     }
@@ -427,7 +427,7 @@ async fn required_tls_without_starttls_defers() {
         .await;
     let (_, outcome) = &outcomes[0];
     assert!(matches!(outcome, Outcome::Deferred { .. }), "{outcome}");
-    assert_eq!(outcome.status(), Some(EnhancedCode::new(4, 7, 4)));
+    assert_eq!(outcome.status(), Some(EnhancedStatus::new(4, 7, 4)));
     assert!(
         outcome.to_string().contains("does not offer STARTTLS"),
         "{outcome}"
@@ -452,7 +452,7 @@ async fn eight_bit_body_fails_where_8bitmime_is_missing() {
         .await;
     let (_, outcome) = &outcomes[0];
     assert!(outcome.is_permanent(), "{outcome}");
-    assert_eq!(outcome.status(), Some(EnhancedCode::new(5, 6, 3)));
+    assert_eq!(outcome.status(), Some(EnhancedStatus::new(5, 6, 3)));
     assert!(outcome.to_string().contains("8BITMIME"), "{outcome}");
 
     // The same message to a sink that announces 8BITMIME goes through with BODY=8BITMIME.
@@ -492,7 +492,7 @@ async fn smtputf8_message_fails_where_smtputf8_is_missing() {
         .await;
     let (_, outcome) = &outcomes[0];
     assert!(outcome.is_permanent(), "{outcome}");
-    assert_eq!(outcome.status(), Some(EnhancedCode::new(5, 6, 7)));
+    assert_eq!(outcome.status(), Some(EnhancedStatus::new(5, 6, 7)));
     assert!(sink.dumps().is_empty());
 }
 
@@ -627,7 +627,7 @@ async fn mx_delivery_falls_over_to_the_next_mx_and_fails_on_null_mx() {
         )
         .await;
     assert!(outcomes[0].1.is_permanent(), "{}", outcomes[0].1);
-    assert_eq!(outcomes[0].1.status(), Some(EnhancedCode::new(5, 1, 10)));
+    assert_eq!(outcomes[0].1.status(), Some(EnhancedStatus::new(5, 1, 10)));
 
     // NXDOMAIN: failed, 5.1.2.
     let outcomes = deliverer
@@ -642,7 +642,7 @@ async fn mx_delivery_falls_over_to_the_next_mx_and_fails_on_null_mx() {
         )
         .await;
     assert!(outcomes[0].1.is_permanent(), "{}", outcomes[0].1);
-    assert_eq!(outcomes[0].1.status(), Some(EnhancedCode::new(5, 1, 2)));
+    assert_eq!(outcomes[0].1.status(), Some(EnhancedStatus::new(5, 1, 2)));
 
     // MX host without any address: failed, 5.4.4.
     let outcomes = deliverer
@@ -657,7 +657,7 @@ async fn mx_delivery_falls_over_to_the_next_mx_and_fails_on_null_mx() {
         )
         .await;
     assert!(outcomes[0].1.is_permanent(), "{}", outcomes[0].1);
-    assert_eq!(outcomes[0].1.status(), Some(EnhancedCode::new(5, 4, 4)));
+    assert_eq!(outcomes[0].1.status(), Some(EnhancedStatus::new(5, 4, 4)));
 
     // Implicit MX (A record only) reaches the sink on 127.0.0.1.
     let outcomes = deliverer
@@ -727,7 +727,7 @@ async fn all_mx_hosts_down_defers_and_require_tls_applies_to_mx() {
         "{}",
         outcomes[0].1
     );
-    assert_eq!(outcomes[0].1.status(), Some(EnhancedCode::new(4, 7, 4)));
+    assert_eq!(outcomes[0].1.status(), Some(EnhancedStatus::new(4, 7, 4)));
     assert!(sink.dumps().is_empty());
 }
 
@@ -795,7 +795,7 @@ async fn starttls_with_postfix_opportunistic_encrypts_and_required_verifies() {
         .await;
     let (_, outcome) = &outcomes[0];
     assert!(matches!(outcome, Outcome::Deferred { .. }), "{outcome}");
-    assert_eq!(outcome.status(), Some(EnhancedCode::new(4, 7, 5)));
+    assert_eq!(outcome.status(), Some(EnhancedStatus::new(4, 7, 5)));
     assert!(outcome.to_string().contains("certificate"), "{outcome}");
 }
 
@@ -933,7 +933,7 @@ async fn smarthost_by_name_or_literal_and_a_missing_relay_defers() {
     let outcomes = deliverer.deliver(&hop, &env, QUEUE_ID, BODY, &rcpts).await;
     let outcome = &outcomes[0].1;
     assert!(matches!(outcome, Outcome::Deferred { .. }), "{outcome}");
-    assert_eq!(outcome.status(), Some(EnhancedCode::new(4, 3, 5)));
+    assert_eq!(outcome.status(), Some(EnhancedStatus::new(4, 3, 5)));
     assert!(
         outcome.to_string().contains("relay host nope.example.test"),
         "{outcome}"

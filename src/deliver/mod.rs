@@ -13,7 +13,9 @@ mod received;
 mod session;
 mod wire;
 
-pub use received::{received_header, rfc5322_date};
+/// The enhanced status codes of outcomes are the queue's (the DSN writes them).
+pub use crate::queue::EnhancedStatus;
+pub use received::received_header;
 
 use crate::envelope::{Envelope, QueueId, Recipient};
 use crate::resolve::{MxAnswer, ResolveError, Resolver};
@@ -23,35 +25,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-
-/// RFC 3463 enhanced status code, `class.subject.detail`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct EnhancedCode {
-    /// 2 success, 4 persistent transient failure, 5 permanent failure.
-    pub class: u8,
-    /// Subject (1 address, 2 mailbox, 3 mail system, 4 network/routing, 5 protocol, 6 content,
-    /// 7 security).
-    pub subject: u16,
-    /// Detail within the subject.
-    pub detail: u16,
-}
-
-impl EnhancedCode {
-    /// `EnhancedCode::new(5, 1, 1)` is `5.1.1`.
-    pub const fn new(class: u8, subject: u16, detail: u16) -> EnhancedCode {
-        EnhancedCode {
-            class,
-            subject,
-            detail,
-        }
-    }
-}
-
-impl std::fmt::Display for EnhancedCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
-    }
-}
 
 /// The SMTP step a reply answered, for "(in reply to RCPT TO command)".
 /// Ordered by how far a session got.
@@ -116,7 +89,7 @@ pub struct RemoteReply {
     /// The three-digit reply code.
     pub code: u16,
     /// The enhanced status code when the reply carried one.
-    pub status: Option<EnhancedCode>,
+    pub status: Option<EnhancedStatus>,
     /// The reply text, lines joined with `\n`, without codes.
     pub text: String,
 }
@@ -129,7 +102,7 @@ impl RemoteReply {
     ) -> Self {
         let [class, subject, detail] = response.esc;
         let status =
-            (class != 0).then(|| EnhancedCode::new(class, u16::from(subject), u16::from(detail)));
+            (class != 0).then(|| EnhancedStatus::new(class, u16::from(subject), u16::from(detail)));
         RemoteReply {
             host: target.name.clone(),
             mta: target.label(),
@@ -150,14 +123,14 @@ impl RemoteReply {
     }
 
     /// The reply's enhanced code, or `X.0.0` of its class when it had none (RFC 3463 §3.1).
-    pub fn status_or_default(&self) -> EnhancedCode {
+    pub fn status_or_default(&self) -> EnhancedStatus {
         self.status.unwrap_or_else(|| {
             let class = match self.code {
                 200..=299 => 2,
                 400..=499 => 4,
                 _ => 5,
             };
-            EnhancedCode::new(class, 0, 0)
+            EnhancedStatus::new(class, 0, 0)
         })
     }
 }
@@ -211,14 +184,14 @@ pub enum Outcome {
         /// The remote reply or our own finding.
         reason: Reason,
         /// The enhanced status for a delay DSN.
-        status: Option<EnhancedCode>,
+        status: Option<EnhancedStatus>,
     },
     /// Will not be delivered: bounce.
     Failed {
         /// The remote reply or our own finding.
         reason: Reason,
         /// The enhanced status for the failure DSN.
-        status: Option<EnhancedCode>,
+        status: Option<EnhancedStatus>,
     },
 }
 
@@ -237,13 +210,18 @@ impl Outcome {
                 reason: Reason::Reply(reply),
             },
             _ => Outcome::Deferred {
-                status: Some(EnhancedCode::new(4, 5, 0)),
+                status: Some(EnhancedStatus::new(4, 5, 0)),
                 reason: Reason::Reply(reply),
             },
         }
     }
 
-    fn local(permanent: bool, host: Option<String>, status: EnhancedCode, text: String) -> Outcome {
+    fn local(
+        permanent: bool,
+        host: Option<String>,
+        status: EnhancedStatus,
+        text: String,
+    ) -> Outcome {
         let reason = Reason::Local { host, text };
         if permanent {
             Outcome::Failed {
@@ -322,8 +300,26 @@ impl Outcome {
         }
     }
 
+    /// The queue's view of this outcome, for `Scheduler::handle_outcomes` and the DSN:
+    /// `Remote-MTA` from the host, `Diagnostic-Code: smtp;` from the reply, our own reason
+    /// otherwise, and the enhanced status.
+    pub fn to_delivery_outcome(&self) -> crate::queue::DeliveryOutcome {
+        use crate::queue::{DeliveryOutcome, Diagnosis};
+        let diagnosis = Diagnosis {
+            remote_mta: self.remote_host().map(str::to_owned),
+            reply: self.reply_line(),
+            local_reason: self.local_reason().map(str::to_owned),
+            status: self.status(),
+        };
+        match self {
+            Outcome::Delivered { .. } => DeliveryOutcome::Delivered(diagnosis),
+            Outcome::Deferred { .. } => DeliveryOutcome::Deferred(diagnosis),
+            Outcome::Failed { .. } => DeliveryOutcome::Failed(diagnosis),
+        }
+    }
+
     /// The enhanced status code: the remote one if given, else the one we chose.
-    pub fn status(&self) -> Option<EnhancedCode> {
+    pub fn status(&self) -> Option<EnhancedStatus> {
         match self {
             Outcome::Delivered { reply } => Some(reply.status_or_default()),
             Outcome::Deferred { status, .. } | Outcome::Failed { status, .. } => *status,
@@ -627,7 +623,7 @@ impl Deliverer {
             return all(Outcome::local(
                 false,
                 None,
-                EnhancedCode::new(4, 3, 0),
+                EnhancedStatus::new(4, 3, 0),
                 "delivery slots closed (shutting down)".into(),
             ));
         };
@@ -725,7 +721,7 @@ impl Deliverer {
         if let Some(failure) = last_temporary {
             return all(Outcome::Deferred {
                 reason: failure.reason,
-                status: Some(EnhancedCode {
+                status: Some(EnhancedStatus {
                     class: 4,
                     ..failure.status
                 }),
@@ -735,7 +731,7 @@ impl Deliverer {
             return all(Outcome::local(
                 false,
                 None,
-                EnhancedCode::new(4, 4, 3),
+                EnhancedStatus::new(4, 4, 3),
                 error.to_string(),
             ));
         }
@@ -752,19 +748,19 @@ impl Deliverer {
             NextHop::Mx { domain } => all(Outcome::local(
                 true,
                 None,
-                EnhancedCode::new(5, 4, 4),
+                EnhancedStatus::new(5, 4, 4),
                 format!("no address found for any mail exchanger of {domain}"),
             )),
             NextHop::Smarthost { host, .. } => all(Outcome::local(
                 false,
                 None,
-                EnhancedCode::new(4, 3, 5),
+                EnhancedStatus::new(4, 3, 5),
                 format!("no address found for relay host {host}"),
             )),
             NextHop::Backend { addr, .. } => all(Outcome::local(
                 false,
                 None,
-                EnhancedCode::new(4, 3, 5),
+                EnhancedStatus::new(4, 3, 5),
                 format!("backend {addr} could not be tried"),
             )),
         }
@@ -813,7 +809,7 @@ impl Deliverer {
                     Outcome::local(
                         true,
                         None,
-                        EnhancedCode::new(5, 1, 2),
+                        EnhancedStatus::new(5, 1, 2),
                         format!("{domain} is not a valid address literal"),
                     )
                 })?;
@@ -834,7 +830,7 @@ impl Deliverer {
                     return Err(Outcome::local(
                         true,
                         None,
-                        EnhancedCode::new(5, 1, 10),
+                        EnhancedStatus::new(5, 1, 10),
                         format!("{domain} publishes a null MX (RFC 7505): it accepts no mail"),
                     ));
                 }
@@ -1000,9 +996,9 @@ impl Deliverer {
 /// A DNS error as every recipient's outcome: NXDOMAIN and bad names fail (5.1.2), the rest defer.
 fn dns_outcome(error: &ResolveError) -> Outcome {
     if error.is_permanent() {
-        Outcome::local(true, None, EnhancedCode::new(5, 1, 2), error.to_string())
+        Outcome::local(true, None, EnhancedStatus::new(5, 1, 2), error.to_string())
     } else {
-        Outcome::local(false, None, EnhancedCode::new(4, 4, 3), error.to_string())
+        Outcome::local(false, None, EnhancedStatus::new(4, 4, 3), error.to_string())
     }
 }
 
@@ -1010,9 +1006,9 @@ fn dns_outcome(error: &ResolveError) -> Outcome {
 /// always deferred, so a typo in `[relay]` holds mail instead of bouncing all of it.
 fn relay_dns_outcome(host: &str, error: &ResolveError) -> Outcome {
     let status = if error.is_permanent() {
-        EnhancedCode::new(4, 3, 5)
+        EnhancedStatus::new(4, 3, 5)
     } else {
-        EnhancedCode::new(4, 4, 3)
+        EnhancedStatus::new(4, 4, 3)
     };
     Outcome::local(false, None, status, format!("relay host {host}: {error}"))
 }
@@ -1069,6 +1065,39 @@ mod tests {
         assert_eq!(reply(550, [5, 1, 1]).reply_line(), "550 5.1.1 text");
         assert_eq!(reply(550, [0, 0, 0]).reply_line(), "550 text");
         assert_eq!(reply(550, [0, 0, 0]).host, "mx");
+    }
+
+    #[test]
+    fn outcomes_become_queue_diagnoses() {
+        use crate::queue::{DeliveryOutcome, Diagnosis};
+        assert_eq!(
+            Outcome::from_reply(reply(550, [5, 1, 1])).to_delivery_outcome(),
+            DeliveryOutcome::Failed(Diagnosis {
+                remote_mta: Some("mx".into()),
+                reply: Some("550 5.1.1 text".into()),
+                local_reason: None,
+                status: Some(EnhancedStatus::new(5, 1, 1)),
+            })
+        );
+        assert_eq!(
+            Outcome::local(
+                false,
+                Some("mx".into()),
+                EnhancedStatus::new(4, 4, 1),
+                "connect to mx[192.0.2.1]:25: refused".into()
+            )
+            .to_delivery_outcome(),
+            DeliveryOutcome::Deferred(Diagnosis {
+                remote_mta: Some("mx".into()),
+                reply: None,
+                local_reason: Some("connect to mx[192.0.2.1]:25: refused".into()),
+                status: Some(EnhancedStatus::new(4, 4, 1)),
+            })
+        );
+        assert!(matches!(
+            Outcome::from_reply(reply(250, [2, 0, 0])).to_delivery_outcome(),
+            DeliveryOutcome::Delivered(_)
+        ));
     }
 
     #[test]

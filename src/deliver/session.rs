@@ -8,7 +8,7 @@
 //! transaction is written here, one command at a time, and each reply is read and kept.
 
 use super::wire::{self, Capabilities, Unsendable};
-use super::{EnhancedCode, Outcome, Reason, RemoteReply, Stage, TlsPolicy};
+use super::{EnhancedStatus, Outcome, Reason, RemoteReply, Stage, TlsPolicy};
 use crate::envelope::{Envelope, Recipient};
 use mail_send::SmtpClient;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -184,12 +184,12 @@ pub(crate) struct HopFailure {
     /// How far the session got; the furthest failure is the one reported.
     pub(crate) stage: Stage,
     pub(crate) reason: Reason,
-    pub(crate) status: EnhancedCode,
+    pub(crate) status: EnhancedStatus,
     pub(crate) permanent: bool,
 }
 
 impl HopFailure {
-    fn local(target: &Target, stage: Stage, status: EnhancedCode, text: String) -> HopFailure {
+    fn local(target: &Target, stage: Stage, status: EnhancedStatus, text: String) -> HopFailure {
         HopFailure {
             stage,
             permanent: status.class == 5,
@@ -221,9 +221,9 @@ impl HopFailure {
                 target,
                 stage,
                 match stage {
-                    Stage::Connect => EnhancedCode::new(4, 4, 1),
-                    Stage::StartTls => EnhancedCode::new(4, 7, 5),
-                    _ => EnhancedCode::new(4, 4, 2),
+                    Stage::Connect => EnhancedStatus::new(4, 4, 1),
+                    Stage::StartTls => EnhancedStatus::new(4, 7, 5),
+                    _ => EnhancedStatus::new(4, 4, 2),
                 },
                 format!("{} {}: {}", stage.doing(), target.label(), describe(&other)),
             ),
@@ -294,13 +294,13 @@ impl Connection {
                     mail_send::Error::Timeout => HopFailure::local(
                         target,
                         Stage::Connect,
-                        EnhancedCode::new(4, 4, 1),
+                        EnhancedStatus::new(4, 4, 1),
                         format!("connect to {}: timed out", target.label()),
                     ),
                     other => HopFailure::local(
                         target,
                         Stage::Connect,
-                        EnhancedCode::new(4, 4, 1),
+                        EnhancedStatus::new(4, 4, 1),
                         format!("connect to {}: {}", target.label(), describe(&other)),
                     ),
                 };
@@ -336,7 +336,7 @@ impl Connection {
                     return Err(OpenFailure::plain(HopFailure::local(
                         target,
                         Stage::StartTls,
-                        EnhancedCode::new(4, 7, 4),
+                        EnhancedStatus::new(4, 7, 4),
                         format!(
                             "TLS is required, but {} does not offer STARTTLS",
                             target.label()
@@ -366,7 +366,7 @@ impl Connection {
                     return Err(OpenFailure::plain(HopFailure::local(
                         target,
                         Stage::StartTls,
-                        EnhancedCode::new(4, 7, 5),
+                        EnhancedStatus::new(4, 7, 5),
                         "internal: STARTTLS on an encrypted stream".into(),
                     )));
                 }
@@ -387,13 +387,13 @@ impl Connection {
                     mail_send::Error::InvalidTLSName => HopFailure::local(
                         target,
                         Stage::StartTls,
-                        EnhancedCode::new(4, 7, 5),
+                        EnhancedStatus::new(4, 7, 5),
                         format!("TLS: {:?} is not a valid TLS server name", target.name),
                     ),
                     other => HopFailure::local(
                         target,
                         Stage::StartTls,
-                        EnhancedCode::new(4, 7, 5),
+                        EnhancedStatus::new(4, 7, 5),
                         format!(
                             "TLS handshake with {}: {}",
                             target.label(),
@@ -586,7 +586,7 @@ impl Connection {
                 for &index in &accepted {
                     outcomes[index] = Some(Outcome::Deferred {
                         reason: reason.clone(),
-                        status: Some(EnhancedCode::new(4, 4, 2)),
+                        status: Some(EnhancedStatus::new(4, 4, 2)),
                     });
                 }
                 return Transaction::Done {
@@ -619,7 +619,7 @@ impl Connection {
                         host: Some(target.name.clone()),
                         text: format!("{label} sent fewer end-of-data replies than recipients"),
                     },
-                    status: Some(EnhancedCode::new(4, 5, 0)),
+                    status: Some(EnhancedStatus::new(4, 5, 0)),
                 },
             };
             outcomes[index] = Some(outcome);
@@ -650,7 +650,7 @@ impl Connection {
             .map(|o| {
                 o.unwrap_or_else(|| Outcome::Deferred {
                     reason: failure.reason.clone(),
-                    status: Some(EnhancedCode {
+                    status: Some(EnhancedStatus {
                         class: 4,
                         ..failure.status
                     }),
@@ -719,7 +719,7 @@ fn fill_missing(outcome: Option<Outcome>) -> Outcome {
             host: None,
             text: "internal: no outcome recorded for this recipient".into(),
         },
-        status: Some(EnhancedCode::new(4, 3, 0)),
+        status: Some(EnhancedStatus::new(4, 3, 0)),
     })
 }
 
