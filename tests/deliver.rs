@@ -754,13 +754,9 @@ async fn starttls_with_postfix_opportunistic_encrypts_and_required_verifies() {
         assert!(outcome.is_delivered(), "{address}: {outcome}");
         assert!(remote(outcome).text.contains("queued as"), "{outcome}");
     }
-    let messages = postfix.wait_for_messages(1);
-    assert!(
-        !messages.is_empty(),
-        "nothing in the Maildir; {}",
-        postfix.maillog()
-    );
-    let message = String::from_utf8_lossy(&messages[0]).into_owned();
+    let message = postfix
+        .wait_for_message_containing("Received: from client.example.org ([192.0.2.7])")
+        .unwrap_or_else(|| panic!("nothing in the Maildir; {}", postfix.maillog()));
     // Postfix's own trace header says the session was encrypted (UTF8SMTPS: SMTPUTF8 over TLS,
     // RFC 6531 §3.7.4), and ours follows it.
     let ours = message
@@ -1020,5 +1016,63 @@ async fn ehlo_refused_falls_back_to_helo_without_extensions() {
     assert!(
         dump.contains("X-Mail-Args: <alice@example.org>\n"),
         "{dump}"
+    );
+}
+
+#[tokio::test]
+async fn broken_starttls_falls_back_to_plain_text_unless_required_and_size_is_honoured() {
+    // STARTTLS is announced, but the certificate files are missing: Postfix answers 454.
+    let postfix = common::Postfix::start(|dir| {
+        vec![
+            "smtpd_tls_security_level=may".to_owned(),
+            format!("smtpd_tls_cert_file={}", dir.join("missing.pem").display()),
+            format!("smtpd_tls_key_file={}", dir.join("missing.pem").display()),
+            "message_size_limit=4000".to_owned(),
+        ]
+    });
+    let deliverer = Deliverer::new(settings(), no_dns()).unwrap();
+    let env = envelope(&["bob@example.net"]);
+    let rcpts = strings(&["bob@example.net"]);
+
+    let opportunistic = backend(postfix.addr);
+    let outcomes = deliverer
+        .deliver(&opportunistic, &env, QUEUE_ID, BODY, &rcpts)
+        .await;
+    assert!(outcomes[0].1.is_delivered(), "{}", outcomes[0].1);
+    // Postfix may also file a postmaster notice about its TLS problem in the same Maildir.
+    assert!(
+        postfix
+            .wait_for_message_containing(
+                "by gw.example.net (dimegate) with ESMTPS id 0000123456789ABC"
+            )
+            .is_some(),
+        "our message arrived; {}",
+        postfix.maillog()
+    );
+
+    let required = NextHop::Backend {
+        addr: postfix.addr,
+        lmtp: false,
+        tls: TlsPolicy::Required,
+    };
+    let outcomes = deliverer
+        .deliver(&required, &env, QUEUE_ID, BODY, &rcpts)
+        .await;
+    let outcome = &outcomes[0].1;
+    assert!(matches!(outcome, Outcome::Deferred { .. }), "{outcome}");
+    assert_eq!(remote(outcome).code, 454, "{outcome}");
+    assert_eq!(remote(outcome).stage, Stage::StartTls);
+
+    // Postfix announces SIZE 4000: a bigger message fails before MAIL FROM, 5.3.4.
+    let big = [BODY, &b"x".repeat(5000)[..], b"\r\n"].concat();
+    let outcomes = deliverer
+        .deliver(&opportunistic, &env, QUEUE_ID, &big, &rcpts)
+        .await;
+    let outcome = &outcomes[0].1;
+    assert!(outcome.is_permanent(), "{outcome}");
+    assert_eq!(outcome.status(), Some(EnhancedStatus::new(5, 3, 4)));
+    assert!(
+        outcome.to_string().contains("SIZE limit of 4000"),
+        "{outcome}"
     );
 }
