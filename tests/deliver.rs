@@ -350,6 +350,8 @@ async fn lmtp_gives_one_reply_per_recipient() {
 async fn consecutive_messages_reuse_one_connection() {
     let sink = Sink::start(&[]);
     let deliverer = Deliverer::new(settings(), no_dns()).unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    deliverer.register_metrics(&mut registry);
     for round in 0..3 {
         let outcomes = deliverer
             .deliver(
@@ -378,6 +380,18 @@ async fn consecutive_messages_reuse_one_connection() {
     assert_eq!(sink.count_in_log("RSET"), 2);
     assert_eq!(sink.count_in_log("MAIL FROM"), 3);
     assert_eq!(sink.count_in_log("QUIT"), 1);
+
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for line in [
+        "dimegate_delivery_recipients_total{result=\"delivered\"} 3",
+        "dimegate_delivery_connections_opened_total 1",
+        "dimegate_delivery_connections_reused_total 2",
+        "dimegate_delivery_connections_idle 0",
+        "dimegate_delivery_active 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@
 //! What is sent: a `Received:` header ([`received_header`]) followed by the stored message bytes,
 //! dot-stuffed and otherwise untouched.
 
+mod metrics;
 mod received;
 mod session;
 mod wire;
@@ -537,6 +538,7 @@ pub struct Deliverer {
     per_hop: Mutex<HashMap<String, Arc<Semaphore>>>,
     // std Mutex: never held across an await, only to push or pop a connection.
     idle: Mutex<HashMap<Target, Vec<IdleConnection>>>,
+    metrics: metrics::DeliveryMetrics,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -564,7 +566,13 @@ impl Deliverer {
             resolver,
             per_hop: Mutex::new(HashMap::new()),
             idle: Mutex::new(HashMap::new()),
+            metrics: metrics::DeliveryMetrics::default(),
         })
+    }
+
+    /// Registers the delivery metrics (`dimegate_delivery_*`) in the gateway's registry.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.metrics.register(registry);
     }
 
     /// Delivers one message to one next hop for `recipients` (addresses from
@@ -590,6 +598,15 @@ impl Deliverer {
             .await;
         for (address, outcome) in &outcomes {
             tracing::info!(%queue_id, rcpt = %address, %outcome, "delivery attempt");
+            let result = match outcome {
+                Outcome::Delivered { .. } => "delivered",
+                Outcome::Deferred { .. } => "deferred",
+                Outcome::Failed { .. } => "failed",
+            };
+            self.metrics
+                .recipients
+                .get_or_create(&metrics::ResultLabel { result })
+                .inc();
         }
         outcomes
     }
@@ -627,6 +644,9 @@ impl Deliverer {
                 "delivery slots closed (shutting down)".into(),
             ));
         };
+        self.metrics.deliveries_active.inc();
+        // Decremented on every exit, a dropped future included.
+        let _active = ActiveGuard(&self.metrics.deliveries_active);
 
         let recipient_data: Vec<Recipient> = recipients
             .iter()
@@ -863,7 +883,10 @@ impl Deliverer {
         message_len: usize,
     ) -> Result<Vec<Outcome>, HopFailure> {
         let mut connection = match self.take_idle(target).await {
-            Some(connection) => connection,
+            Some(connection) => {
+                self.metrics.connections_reused.inc();
+                connection
+            }
             None => {
                 let connection = Connection::open(
                     target,
@@ -872,6 +895,7 @@ impl Deliverer {
                     &self.connectors,
                 )
                 .await?;
+                self.metrics.connections_opened.inc();
                 tracing::debug!(mta = %target.label(), tls = ?connection.tls, "connected");
                 connection
             }
@@ -935,7 +959,9 @@ impl Deliverer {
                 let list = idle.get_mut(target)?;
                 let now = Instant::now();
                 list.retain(|c| now.duration_since(c.since) < self.settings.idle_timeout);
-                list.pop()
+                let popped = list.pop();
+                self.set_idle_gauge(&idle);
+                popped
             };
             let mut connection = candidate?.connection;
             if connection.reset().await {
@@ -964,6 +990,14 @@ impl Deliverer {
                 since: now,
             });
         }
+        self.set_idle_gauge(&idle);
+    }
+
+    fn set_idle_gauge(&self, idle: &HashMap<Target, Vec<IdleConnection>>) {
+        let count: usize = idle.values().map(Vec::len).sum();
+        self.metrics
+            .connections_idle
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Closes every idle connection (QUIT). For shutdown. Cancel-safe: a connection not yet
@@ -974,9 +1008,12 @@ impl Deliverer {
                 Ok(idle) => idle,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            idle.drain()
+            let all = idle
+                .drain()
                 .flat_map(|(_, list)| list.into_iter().map(|c| c.connection))
-                .collect()
+                .collect();
+            self.set_idle_gauge(&idle);
+            all
         };
         for connection in all {
             connection.quit().await;
@@ -990,6 +1027,15 @@ impl Deliverer {
             Err(poisoned) => poisoned.into_inner(),
         };
         idle.values().map(Vec::len).sum()
+    }
+}
+
+/// Decrements the in-flight gauge when a delivery ends or is dropped.
+struct ActiveGuard<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
