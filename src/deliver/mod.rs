@@ -8,6 +8,35 @@
 //!
 //! What is sent: a `Received:` header ([`received_header`]) followed by the stored message bytes,
 //! dot-stuffed and otherwise untouched.
+//!
+//! Failure rules, in short: a 2xx after the data delivers, a 4xx defers, a 5xx fails, each
+//! recipient on its own reply (LMTP: one reply per recipient after the data). Whatever keeps a
+//! next hop from taking the transaction at all (connect, greeting, EHLO, STARTTLS, MAIL FROM,
+//! a missing extension, a lost session before any recipient was refused) makes the next MX
+//! address be tried (RFC 5321 §5.1); when none takes it, any temporary trouble defers everyone,
+//! and only unanimous permanent refusals fail them. Once the message's bytes are on the wire, a
+//! lost session defers: a duplicate is possible, a loss is not.
+//!
+//! A sketch of the TOML that `config` may map onto [`DeliverySettings`] and [`NextHop`]:
+//!
+//! ```toml
+//! [backend]                 # NextHop::Backend
+//! address = "127.0.0.1:24"
+//! lmtp = true
+//! starttls = "disabled"     # TlsPolicy: disabled | opportunistic | required
+//! [relay]                   # NextHop::smarthost(spec, tls)
+//! smarthost = "[relay.example.net]:587"
+//! starttls = "required"
+//! [dns]                     # resolve::ResolverSettings
+//! servers = ["127.0.0.1:53"]
+//! [delivery]                # DeliverySettings (helo_name defaults to smtp.hostname)
+//! max_connections = 100
+//! max_connections_per_hop = 20
+//! idle_timeout = "5s"
+//! [[destination]]           # DestinationPolicy
+//! domain = "bank.example"
+//! require_tls = true
+//! ```
 
 mod metrics;
 mod received;
