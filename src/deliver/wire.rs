@@ -280,6 +280,60 @@ mod tests {
         }
     }
 
+    /// Undoes `data_payload` the way a receiver that ends lines at CR, LF or CRLF would: drops
+    /// one leading dot of each line and stops at the first line that is a lone dot.
+    fn receive(payload: &[u8]) -> Option<(Vec<u8>, usize)> {
+        let mut out = Vec::new();
+        let mut at_line_start = true;
+        let mut i = 0;
+        while i < payload.len() {
+            let byte = payload[i];
+            if at_line_start && byte == b'.' {
+                let next = payload.get(i + 1).copied();
+                if matches!(next, Some(b'\r') | Some(b'\n') | None) {
+                    // End of data; report where it was.
+                    return Some((out, i));
+                }
+                i += 1;
+                at_line_start = false;
+                continue;
+            }
+            out.push(byte);
+            at_line_start = byte == b'\n' || byte == b'\r';
+            i += 1;
+        }
+        None
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn data_payload_ends_only_at_its_end_and_round_trips(
+            body in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b'.'),
+                    proptest::strategy::Just(b'\r'),
+                    proptest::strategy::Just(b'\n'),
+                    proptest::num::u8::ANY,
+                ],
+                0..200,
+            )
+        ) {
+            let payload = data_payload(b"", &body);
+            proptest::prop_assert!(payload.ends_with(b"\r\n.\r\n") || payload == b".\r\n"[..]);
+            // Even a receiver lax about line ends sees the end of data only at the very end.
+            let (received, end) = receive(&payload).expect("an end of data");
+            proptest::prop_assert_eq!(end, payload.len() - 3);
+            let mut expected = body.clone();
+            if !expected.ends_with(b"\r\n") {
+                expected.extend_from_slice(b"\r\n");
+            }
+            if body.is_empty() {
+                expected = b"\r\n".to_vec();
+            }
+            proptest::prop_assert_eq!(received, expected);
+        }
+    }
+
     #[test]
     fn data_payload_keeps_8bit_bytes() {
         let body = [0xC3, 0xA9, b'\r', b'\n', 0xFF, b'\r', b'\n'];
