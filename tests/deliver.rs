@@ -1090,3 +1090,46 @@ async fn broken_starttls_falls_back_to_plain_text_unless_required_and_size_is_ho
         "{outcome}"
     );
 }
+
+#[tokio::test]
+async fn many_recipients_go_in_several_transactions_on_one_connection() {
+    let sink = Sink::start(&[]);
+    let deliverer = Deliverer::new(
+        DeliverySettings {
+            max_recipients_per_transaction: 2,
+            ..settings()
+        },
+        no_dns(),
+    )
+    .unwrap();
+    let rcpts = [
+        "a@example.net",
+        "b@example.net",
+        "c@example.net",
+        "d@example.net",
+        "e@example.net",
+    ];
+    let outcomes = deliverer
+        .deliver(
+            &backend(sink.addr),
+            &envelope(&rcpts),
+            QUEUE_ID,
+            BODY,
+            &strings(&rcpts),
+        )
+        .await;
+    let addresses: Vec<&str> = outcomes.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(addresses, rcpts, "outcomes in the order given");
+    assert!(outcomes.iter().all(|(_, o)| o.is_delivered()));
+    let dumps = sink.dumps();
+    assert_eq!(dumps.len(), 3, "2 + 2 + 1 recipients");
+    for rcpt in rcpts {
+        let seen: usize = dumps
+            .iter()
+            .map(|d| d.matches(&format!("X-Rcpt-Args: <{rcpt}>")).count())
+            .sum();
+        assert_eq!(seen, 1, "{rcpt}");
+    }
+    assert_eq!(sink.count_in_log("EHLO"), 1, "one connection");
+    assert_eq!(sink.count_in_log("MAIL FROM"), 3);
+}

@@ -507,6 +507,9 @@ pub struct DeliverySettings {
     pub max_connections_per_hop: usize,
     /// How long an idle connection is kept for the next message to the same address.
     pub idle_timeout: Duration,
+    /// Recipients per transaction; more go in further transactions (Postfix's
+    /// `smtp_destination_recipient_limit`, default 50).
+    pub max_recipients_per_transaction: usize,
     /// Transactions per connection before it is closed (0: no limit).
     pub max_messages_per_connection: u32,
     /// Addresses tried per delivery attempt over all MX hosts (Postfix's
@@ -530,6 +533,7 @@ impl Default for DeliverySettings {
             max_connections: 100,
             max_connections_per_hop: 20,
             idle_timeout: Duration::from_secs(5),
+            max_recipients_per_transaction: 50,
             max_messages_per_connection: 100,
             max_addresses_per_delivery: 5,
             shuffle_equal_mx: true,
@@ -677,6 +681,40 @@ impl Deliverer {
         // Decremented on every exit, a dropped future included.
         let _active = ActiveGuard(&self.metrics.deliveries_active);
 
+        let header = received_header(envelope, queue_id, &self.settings.helo_name);
+        let message_len = header.len() + body.len();
+        let payload = wire::data_payload(header.as_bytes(), body);
+        // Postfix's smtp_destination_recipient_limit: large recipient lists go as several
+        // transactions (on the same pooled connection), since servers need only accept 100
+        // recipients per transaction (RFC 5321 §4.5.3.1.8).
+        let chunk_size = self.settings.max_recipients_per_transaction.max(1);
+        let mut outcomes = Vec::with_capacity(recipients.len());
+        for chunk in recipients.chunks(chunk_size) {
+            outcomes.extend(
+                self.deliver_chunk(hop, envelope, queue_id, chunk, &payload, message_len)
+                    .await,
+            );
+        }
+        outcomes
+    }
+
+    /// One transaction for `recipients` (at most `max_recipients_per_transaction`), trying the
+    /// hop's targets in order. Not cancel-safe, as [`Deliverer::deliver`].
+    async fn deliver_chunk(
+        &self,
+        hop: &NextHop,
+        envelope: &Envelope,
+        queue_id: QueueId,
+        recipients: &[String],
+        payload: &[u8],
+        message_len: usize,
+    ) -> Vec<(String, Outcome)> {
+        let all = |outcome: Outcome| -> Vec<(String, Outcome)> {
+            recipients
+                .iter()
+                .map(|r| (r.clone(), outcome.clone()))
+                .collect()
+        };
         let recipient_data: Vec<Recipient> = recipients
             .iter()
             .map(|address| {
@@ -693,10 +731,6 @@ impl Deliverer {
             })
             .collect();
         let recipient_refs: Vec<&Recipient> = recipient_data.iter().collect();
-        let header = received_header(envelope, queue_id, &self.settings.helo_name);
-        let message_len = header.len() + body.len();
-        let payload = wire::data_payload(header.as_bytes(), body);
-
         let candidates = match self.candidates(hop).await {
             Ok(candidates) => candidates,
             Err(outcome) => return all(outcome),
@@ -753,7 +787,7 @@ impl Deliverer {
                 }
                 attempts += 1;
                 match self
-                    .attempt(&target, envelope, &recipient_refs, &payload, message_len)
+                    .attempt(&target, envelope, &recipient_refs, payload, message_len)
                     .await
                 {
                     Ok(outcomes) => {
