@@ -1133,3 +1133,31 @@ async fn many_recipients_go_in_several_transactions_on_one_connection() {
     assert_eq!(sink.count_in_log("EHLO"), 1, "one connection");
     assert_eq!(sink.count_in_log("MAIL FROM"), 3);
 }
+
+#[tokio::test]
+async fn a_5xx_greeting_or_ehlo_defers_instead_of_bouncing() {
+    for flags in [&["-f", "CONNECT"][..], &["-f", "EHLO,HELO"][..]] {
+        let sink = Sink::start(flags);
+        let deliverer = Deliverer::new(settings(), no_dns()).unwrap();
+        let outcomes = deliverer
+            .deliver(
+                &backend(sink.addr),
+                &envelope(&["bob@example.net"]),
+                QUEUE_ID,
+                BODY,
+                &strings(&["bob@example.net"]),
+            )
+            .await;
+        let outcome = &outcomes[0].1;
+        assert!(
+            matches!(outcome, Outcome::Deferred { .. }),
+            "{flags:?}: {outcome}"
+        );
+        assert_eq!(
+            remote(outcome).code / 100,
+            5,
+            "{flags:?}: the 5xx text is kept"
+        );
+        assert_eq!(outcome.status().map(|s| s.class), Some(4), "{flags:?}");
+    }
+}

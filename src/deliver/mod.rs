@@ -14,7 +14,8 @@
 //! next hop from taking the transaction at all (connect, greeting, EHLO, STARTTLS, MAIL FROM,
 //! a missing extension, a lost session before any recipient was refused) makes the next MX
 //! address be tried (RFC 5321 §5.1); when none takes it, any temporary trouble defers everyone,
-//! and only unanimous permanent refusals fail them. Once the message's bytes are on the wire, a
+//! and only unanimous permanent refusals (a 5xx to MAIL FROM or later; a 5xx greeting or EHLO
+//! counts as temporary, as with Postfix's `smtp_skip_5xx_greeting`) fail them. Once the message's bytes are on the wire, a
 //! lost session defers: a duplicate is possible, a loss is not.
 //!
 //! A sketch of the TOML that `config` may map onto [`DeliverySettings`] and [`NextHop`]:

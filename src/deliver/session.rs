@@ -205,7 +205,10 @@ impl HopFailure {
         let reply = RemoteReply::from_response(target, stage, response);
         HopFailure {
             stage,
-            permanent: reply.code >= 500,
+            // A 5xx before MAIL FROM (greeting, EHLO, STARTTLS) refuses the session, not this
+            // message: like Postfix's smtp_skip_5xx_greeting, skip the host and, if no other
+            // takes the mail, defer rather than bounce on a server's bad day.
+            permanent: reply.code >= 500 && stage >= Stage::MailFrom,
             status: reply.status_or_default(),
             reason: Reason::Reply(reply),
         }
