@@ -47,6 +47,25 @@ pub struct Config {
     pub relay_networks: Vec<IpNet>,
     /// Users who may AUTH.
     pub users: Vec<User>,
+    /// The MTA behind the gateway that receives mail for the served domains.
+    pub backend: Option<Backend>,
+    /// `[relay] smarthost`: all other outbound mail goes there instead of to MX hosts.
+    pub smarthost: Option<crate::deliver::NextHop>,
+    /// Outbound delivery: timeouts, caps, TLS policy per destination.
+    pub delivery: crate::deliver::DeliverySettings,
+    /// DNS resolution for MX lookups.
+    pub dns: crate::resolve::ResolverSettings,
+    /// Retry schedule, expiry, DSN and back-pressure policy.
+    pub queue: crate::queue::Policy,
+    /// How often the scheduler looks for due work when nothing wakes it earlier.
+    pub queue_poll_interval: Duration,
+}
+
+/// `[backend]`.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// The next hop for served domains.
+    pub hop: crate::deliver::NextHop,
 }
 
 /// `[smtp]`.
@@ -249,7 +268,116 @@ impl Config {
             });
         }
 
+        let tls_policy = |path: &str, v: &str| -> Result<crate::deliver::TlsPolicy, ConfigError> {
+            use crate::deliver::TlsPolicy;
+            match v {
+                "off" | "none" => Ok(TlsPolicy::Disabled),
+                "opportunistic" | "may" => Ok(TlsPolicy::Opportunistic),
+                "required" | "verify" => Ok(TlsPolicy::Required),
+                _ => Err(ConfigError::new(
+                    path,
+                    format!("{v:?}: expected \"off\", \"opportunistic\" or \"required\""),
+                )),
+            }
+        };
+        let backend = match &raw.backend.address {
+            None => None,
+            Some(a) => Some(Backend {
+                hop: crate::deliver::NextHop::Backend {
+                    addr: parse_addr("backend.address", a)?,
+                    lmtp: raw.backend.lmtp,
+                    tls: tls_policy("backend.starttls", &raw.backend.starttls)?,
+                },
+            }),
+        };
+        let smarthost = match &raw.relay.smarthost {
+            None => None,
+            Some(spec) => Some(
+                crate::deliver::NextHop::smarthost(
+                    spec,
+                    tls_policy("relay.smarthost_tls", &raw.relay.smarthost_tls)?,
+                )
+                .map_err(|e| ConfigError::new("relay.smarthost", e.to_string()))?,
+            ),
+        };
+
+        let d = raw.delivery;
+        let mut delivery = crate::deliver::DeliverySettings {
+            helo_name: smtp.hostname.clone(),
+            mx_port: d.mx_port,
+            mx_tls: tls_policy("delivery.tls", &d.tls)?,
+            connect_timeout: parse_duration("delivery.connect_timeout", &d.connect_timeout)?,
+            command_timeout: parse_duration("delivery.command_timeout", &d.command_timeout)?,
+            data_timeout: parse_duration("delivery.data_timeout", &d.data_timeout)?,
+            idle_timeout: parse_duration("delivery.idle_timeout", &d.idle_timeout)?,
+            max_connections: positive("delivery.max_connections", d.max_connections)?,
+            max_connections_per_hop: positive(
+                "delivery.max_connections_per_hop",
+                d.max_connections_per_hop,
+            )?,
+            ..crate::deliver::DeliverySettings::default()
+        };
+        delivery.greeting_timeout = delivery.command_timeout;
+        for (i, dest) in raw.destination.iter().enumerate() {
+            let domain = dest.domain.trim_end_matches('.').to_ascii_lowercase();
+            if domain.is_empty() || !domain.bytes().all(is_hostname_byte) {
+                return Err(ConfigError::new(
+                    format!("destination[{i}].domain"),
+                    format!("not a domain name: {:?}", dest.domain),
+                ));
+            }
+            delivery
+                .destinations
+                .push(crate::deliver::DestinationPolicy {
+                    domain,
+                    require_tls: dest.require_tls,
+                });
+        }
+
+        let mut dns = crate::resolve::ResolverSettings::default();
+        dns.servers = parse_addrs("dns.servers", &raw.dns.servers)?;
+        dns.timeout = parse_duration("dns.timeout", &raw.dns.timeout)?;
+
+        let q = raw.queue;
+        let mut queue = crate::queue::Policy::default();
+        if let Some(steps) = &q.retry {
+            let steps = steps
+                .iter()
+                .enumerate()
+                .map(|(i, v)| parse_duration(&format!("queue.retry[{i}]"), v))
+                .collect::<Result<Vec<_>, _>>()?;
+            queue.retry = crate::queue::RetrySchedule::try_from(steps)
+                .map_err(|e| ConfigError::new("queue.retry", e.to_string()))?;
+        }
+        queue.jitter = crate::queue::Jitter::percent(q.jitter_percent)
+            .map_err(|e| ConfigError::new("queue.jitter_percent", e.to_string()))?;
+        queue.expire = parse_duration("queue.expire", &q.expire)?;
+        queue.delay_warning = match &q.delay_warning {
+            Scalar::Text(t) if t == "off" => None,
+            v => Some(parse_duration("queue.delay_warning", v)?),
+        };
+        queue.lease = parse_duration("queue.lease", &q.lease)?;
+        queue.max_messages = q.max_messages;
+        queue.min_free_disk_bytes = parse_size("queue.min_free_disk", &q.min_free_disk)?;
+        queue.dsn_max_full_bytes = parse_size("queue.dsn_max_full", &q.dsn_max_full)?;
+        queue
+            .validate()
+            .map_err(|e| ConfigError::new("queue", e.to_string()))?;
+        let queue_poll_interval = parse_duration("queue.poll_interval", &q.poll_interval)?;
+        if queue_poll_interval.is_zero() {
+            return Err(ConfigError::new(
+                "queue.poll_interval",
+                "must be more than 0",
+            ));
+        }
+
         Ok(Config {
+            backend,
+            smarthost,
+            delivery,
+            dns,
+            queue,
+            queue_poll_interval,
             data_dir: raw.data_dir,
             smtp,
             tls,
@@ -359,6 +487,11 @@ pub struct RawConfig {
     domain: Vec<RawDomain>,
     relay: RawRelay,
     user: Vec<RawUser>,
+    backend: RawBackend,
+    delivery: RawDelivery,
+    destination: Vec<RawDestination>,
+    dns: RawDns,
+    queue: RawQueue,
 }
 
 impl Default for RawConfig {
@@ -373,6 +506,11 @@ impl Default for RawConfig {
             }],
             relay: RawRelay::default(),
             user: Vec::new(),
+            backend: RawBackend::default(),
+            delivery: RawDelivery::default(),
+            destination: Vec::new(),
+            dns: RawDns::default(),
+            queue: RawQueue::default(),
         }
     }
 }
@@ -457,10 +595,123 @@ struct RawDomain {
     name: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawRelay {
     networks: Vec<String>,
+    smarthost: Option<String>,
+    smarthost_tls: String,
+}
+
+impl Default for RawRelay {
+    fn default() -> Self {
+        RawRelay {
+            networks: Vec::new(),
+            smarthost: None,
+            smarthost_tls: "opportunistic".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBackend {
+    address: Option<String>,
+    lmtp: bool,
+    starttls: String,
+}
+
+impl Default for RawBackend {
+    fn default() -> Self {
+        RawBackend {
+            address: None,
+            lmtp: false,
+            starttls: "opportunistic".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDelivery {
+    tls: String,
+    mx_port: u16,
+    connect_timeout: Scalar,
+    command_timeout: Scalar,
+    data_timeout: Scalar,
+    idle_timeout: Scalar,
+    max_connections: usize,
+    max_connections_per_hop: usize,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        RawDelivery {
+            tls: "opportunistic".into(),
+            mx_port: 25,
+            connect_timeout: Scalar::Text("30s".into()),
+            // RFC 5321 §4.5.3.2: 5 minutes for commands, 10 for the end of data.
+            command_timeout: Scalar::Text("5m".into()),
+            data_timeout: Scalar::Text("10m".into()),
+            idle_timeout: Scalar::Text("5s".into()),
+            max_connections: 100,
+            max_connections_per_hop: 20,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDestination {
+    domain: String,
+    #[serde(default)]
+    require_tls: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDns {
+    servers: OneOrMany,
+    timeout: Scalar,
+}
+
+impl Default for RawDns {
+    fn default() -> Self {
+        RawDns {
+            servers: OneOrMany::Many(Vec::new()),
+            timeout: Scalar::Text("5s".into()),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawQueue {
+    retry: Option<Vec<Scalar>>,
+    jitter_percent: u8,
+    expire: Scalar,
+    delay_warning: Scalar,
+    lease: Scalar,
+    max_messages: u64,
+    min_free_disk: Scalar,
+    dsn_max_full: Scalar,
+    poll_interval: Scalar,
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        RawQueue {
+            retry: None,
+            jitter_percent: 10,
+            expire: Scalar::Text("5d".into()),
+            delay_warning: Scalar::Text("4h".into()),
+            lease: Scalar::Text("30m".into()),
+            max_messages: 100_000,
+            min_free_disk: Scalar::Text("256MiB".into()),
+            dsn_max_full: Scalar::Text("1MiB".into()),
+            poll_interval: Scalar::Text("1s".into()),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

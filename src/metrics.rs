@@ -22,6 +22,36 @@ pub struct CodeLabel {
     pub code: String,
 }
 
+/// A delivery attempt's route and outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabel {
+    /// `backend`, `smarthost`, `mx`.
+    pub route: &'static str,
+    /// `delivered`, `deferred`, `failed`.
+    pub outcome: &'static str,
+}
+
+/// The class and subject of an enhanced status code (`4.4`, `4.7`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusClassLabel {
+    /// `class.subject`.
+    pub class: String,
+}
+
+/// The kind of a DSN.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DsnLabel {
+    /// `failure`, `delay`, `success`.
+    pub kind: &'static str,
+}
+
+/// A recipient state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// `queued`, `leased`, `deferred`, `held`, `delivered`, `failed`.
+    pub state: String,
+}
+
 /// All metrics. Cloning is cheap (each metric is an `Arc` inside).
 #[derive(Clone)]
 pub struct Metrics {
@@ -41,6 +71,18 @@ pub struct Metrics {
     pub store_commit_seconds: Histogram,
     /// Messages in the queue.
     pub queue_messages: Gauge,
+    /// Delivery attempts per recipient, by route and outcome.
+    pub deliveries: Family<DeliveryLabel, Counter>,
+    /// Time of one delivery transaction (all recipients of one message to one next hop).
+    pub delivery_seconds: Histogram,
+    /// Deferrals by enhanced status class.
+    pub deferrals: Family<StatusClassLabel, Counter>,
+    /// DSNs queued, by kind.
+    pub dsns: Family<DsnLabel, Counter>,
+    /// Recipients in the queue by state (refreshed when scraped).
+    pub queue_recipients: Family<StateLabel, Gauge>,
+    /// Age of the oldest queued message (refreshed when scraped).
+    pub queue_oldest_age_seconds: Gauge,
 }
 
 impl Metrics {
@@ -56,6 +98,13 @@ impl Metrics {
             // 100 µs .. ~3.3 s
             store_commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             queue_messages: Gauge::default(),
+            deliveries: Family::default(),
+            // 1 ms .. ~65 s
+            delivery_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            deferrals: Family::default(),
+            dsns: Family::default(),
+            queue_recipients: Family::default(),
+            queue_oldest_age_seconds: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("dimegate");
         r.register(
@@ -97,6 +146,36 @@ impl Metrics {
             "queue_messages",
             "Messages in the queue",
             m.queue_messages.clone(),
+        );
+        r.register(
+            "deliveries",
+            "Delivery attempts per recipient by route and outcome",
+            m.deliveries.clone(),
+        );
+        r.register(
+            "delivery_seconds",
+            "Duration of one delivery transaction to one next hop",
+            m.delivery_seconds.clone(),
+        );
+        r.register(
+            "deferrals",
+            "Deferred recipients by enhanced status class",
+            m.deferrals.clone(),
+        );
+        r.register(
+            "dsns",
+            "Delivery status notifications queued, by kind",
+            m.dsns.clone(),
+        );
+        r.register(
+            "queue_recipients",
+            "Queued recipients by state",
+            m.queue_recipients.clone(),
+        );
+        r.register(
+            "queue_oldest_age_seconds",
+            "Age of the oldest message in the queue",
+            m.queue_oldest_age_seconds.clone(),
         );
         m
     }

@@ -35,6 +35,12 @@ pub enum ServeError {
     /// The queue could not be opened.
     #[error("queue store: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// The DNS resolver could not be set up.
+    #[error("DNS resolver: {0}")]
+    Resolve(#[from] crate::resolve::ResolveError),
+    /// Outbound delivery could not be set up.
+    #[error("delivery: {0}")]
+    Deliver(#[from] crate::deliver::DeliverError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -75,10 +81,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         &data_dir.join("queue.redb"),
         Some(metrics.store_commit_seconds.clone()),
     )?;
-    let queued = store.count()?;
+    let queued_at_start = store.count()?;
     metrics
         .queue_messages
-        .set(i64::try_from(queued).unwrap_or(i64::MAX));
+        .set(i64::try_from(queued_at_start).unwrap_or(i64::MAX));
 
     // Bind everything before serving anything: a bad address fails the start, not later.
     let mut listeners = Vec::new();
@@ -110,19 +116,43 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             source,
         })?;
 
+    let queued = Arc::new(tokio::sync::Notify::new());
     let ingress = Arc::new(Ingress::new(
         &config,
         Some(tls),
         store.clone(),
         metrics.clone(),
+        Arc::clone(&queued),
     ));
+    let resolver = crate::resolve::Resolver::new(&config.dns)?;
+    let deliverer = crate::deliver::Deliverer::new(config.delivery.clone(), resolver)?;
+    let runner = Arc::new(crate::queue::QueueRunner::new(
+        store.clone(),
+        deliverer,
+        crate::queue::Scheduler::new(config.queue.clone()),
+        &config.domains,
+        crate::queue::Hops {
+            backend: config.backend.as_ref().map(|b| b.hop.clone()),
+            smarthost: config.smarthost.clone(),
+        },
+        config.smtp.hostname.clone(),
+        metrics.clone(),
+        queued,
+        config.queue_poll_interval,
+        config.delivery.max_connections,
+    ));
+    match &config.backend {
+        Some(b) => info!(backend = ?b.hop, "mail for served domains goes to the backend"),
+        None => warn!("no [backend] address: mail for served domains stays queued"),
+    }
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let queue_task = tokio::spawn(Arc::clone(&runner).run(token.clone()));
 
     info!(
         domains = ?config.domains,
         data_dir = %data_dir.display(),
-        queued,
+        queued = queued_at_start,
         hostname = %config.smtp.hostname,
         "dimegate starting"
     );
@@ -141,6 +171,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 
     let admin_state = Arc::new(AdminState {
         registry,
+        runner: Arc::clone(&runner),
         store: store.clone(),
         metrics: metrics.clone(),
         ready: true.into(),
@@ -173,6 +204,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     {
         warn!("sessions still open after {SHUTDOWN_WAIT:?}; stopping anyway");
     }
+    let _ = tokio::time::timeout(Duration::from_secs(35), queue_task).await;
     admin_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     info!("stopped");

@@ -9,13 +9,15 @@
 //! | GET | `/api/queue?limit=N&sender=S&domain=D&state=K&min_age_secs=N` | JSON array of message summaries |
 //! | GET | `/api/queue/{queue_id}` | JSON message record, 404 if absent |
 //! | DELETE | `/api/queue/{queue_id}` | 204, or 404 if absent |
+//! | POST | `/api/queue/{queue_id}/{retry,hold,release,bounce}` | JSON record after the action, 404 if absent |
+//! | POST | `/api/queue/retry?domain=D` | retry every message with a recipient in D now; JSON count |
 
 use crate::envelope::QueueId;
 use crate::store::{ListFilter, Store};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
@@ -28,6 +30,8 @@ pub struct AdminState {
     pub registry: Registry,
     /// The queue.
     pub store: Store,
+    /// The scheduler, for bounces (which queue DSNs) and for waking it after a retry.
+    pub runner: Arc<crate::queue::QueueRunner>,
     /// Refreshes gauges (queue size) just before `/metrics` is encoded.
     pub metrics: crate::metrics::Metrics,
     /// Cleared when shutdown begins.
@@ -41,20 +45,20 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/api/queue", get(queue_list))
+        .route("/api/queue/retry", post(queue_flush))
         .route(
             "/api/queue/{queue_id}",
             get(queue_show).delete(queue_delete),
         )
+        .route("/api/queue/{queue_id}/{action}", post(queue_action))
         .with_state(state)
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
-    if let Ok(n) = state.store.count() {
-        state
-            .metrics
-            .queue_messages
-            .set(i64::try_from(n).unwrap_or(i64::MAX));
-    }
+    let store = state.store.clone();
+    let metrics = state.metrics.clone();
+    // Queue gauges are read from the store at scrape time: one pass over the records.
+    let _ = tokio::task::spawn_blocking(move || refresh_queue_gauges(&store, &metrics)).await;
     let mut body = String::new();
     if prometheus_client::encoding::text::encode(&mut body, &state.registry).is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -73,6 +77,132 @@ async fn metrics(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Re
             openmetrics_to_prometheus(&body),
         )
             .into_response()
+    }
+}
+
+fn refresh_queue_gauges(store: &Store, metrics: &crate::metrics::Metrics) {
+    use crate::metrics::StateLabel;
+    if let Ok(n) = store.count() {
+        metrics
+            .queue_messages
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    let Ok(all) = store.list(&ListFilter::default(), None) else {
+        return;
+    };
+    let mut by_state: std::collections::HashMap<String, i64> = [
+        "queued",
+        "leased",
+        "deferred",
+        "held",
+        "delivered",
+        "failed",
+    ]
+    .into_iter()
+    .map(|s| (s.to_owned(), 0))
+    .collect();
+    for m in &all {
+        for r in &m.recipients {
+            *by_state.entry(r.state.to_string()).or_insert(0) += 1;
+        }
+    }
+    for (state, n) in by_state {
+        metrics
+            .queue_recipients
+            .get_or_create(&StateLabel { state })
+            .set(n);
+    }
+    let now = crate::store::UnixTime::now().0;
+    let oldest = all
+        .iter()
+        .map(|m| m.arrival.0)
+        .min()
+        .map_or(0, |a| now.saturating_sub(a));
+    metrics
+        .queue_oldest_age_seconds
+        .set(i64::try_from(oldest).unwrap_or(i64::MAX));
+}
+
+async fn queue_action(
+    State(state): State<Arc<AdminState>>,
+    Path((id, action)): Path<(String, String)>,
+) -> Response {
+    use crate::store::AdminAction;
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r.into_response(),
+    };
+    let action = match action.as_str() {
+        "retry" => AdminAction::Retry,
+        "hold" => AdminAction::Hold,
+        "release" => AdminAction::Release,
+        "bounce" => {
+            return match state
+                .runner
+                .bounce(id, "bounced by the administrator")
+                .await
+            {
+                Ok(true) => {
+                    tracing::info!(queue_id = %id, "bounced by admin");
+                    (StatusCode::OK, "{}").into_response()
+                }
+                Ok(false) => (StatusCode::NOT_FOUND, format!("no message {id}\n")).into_response(),
+                Err(e) => store_error(e),
+            };
+        }
+        other => return (StatusCode::NOT_FOUND, format!("no action {other:?}\n")).into_response(),
+    };
+    let store = state.store.clone();
+    let now = crate::store::UnixTime::now();
+    let name = format!("{action:?}");
+    match tokio::task::spawn_blocking(move || store.apply(id, &action, now)).await {
+        Ok(Ok(Some(record))) => {
+            tracing::info!(queue_id = %id, action = %name, "queue action by admin");
+            state.runner.wake();
+            Json(record).into_response()
+        }
+        Ok(Ok(None)) => (StatusCode::NOT_FOUND, format!("no message {id}\n")).into_response(),
+        Ok(Err(e)) => store_error(e),
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct FlushQuery {
+    domain: Option<String>,
+}
+
+async fn queue_flush(
+    State(state): State<Arc<AdminState>>,
+    Query(q): Query<FlushQuery>,
+) -> Response {
+    let store = state.store.clone();
+    let filter = ListFilter {
+        recipient_domain: q.domain.clone(),
+        ..ListFilter::default()
+    };
+    let flushed = tokio::task::spawn_blocking(move || {
+        let now = crate::store::UnixTime::now();
+        let mut n = 0u64;
+        for m in store.list(&filter, None)? {
+            if store
+                .apply(m.queue_id, &crate::store::AdminAction::Retry, now)?
+                .is_some()
+            {
+                n += 1;
+            }
+        }
+        Ok::<_, crate::store::StoreError>(n)
+    })
+    .await;
+    match flushed {
+        Ok(Ok(n)) => {
+            tracing::info!(domain = ?q.domain, messages = n, "queue flushed by admin");
+            state.runner.wake();
+            Json(serde_json::json!({ "retried": n })).into_response()
+        }
+        Ok(Err(e)) => store_error(e),
+        Err(e) => store_error(e),
     }
 }
 

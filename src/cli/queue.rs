@@ -6,7 +6,9 @@
 use super::Exit;
 use crate::config::{Config, Scalar, parse_duration};
 use crate::envelope::QueueId;
-use crate::store::{ListFilter, MessageRecord, MessageSummary, StateKind, Store, StoreError};
+use crate::store::{
+    AdminAction, ListFilter, MessageRecord, MessageSummary, StateKind, Store, StoreError,
+};
 use anyhow::Context;
 use clap::Subcommand;
 use std::io::{Read, Write};
@@ -46,6 +48,32 @@ pub enum QueueCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Make messages due now; with --domain, every message with a recipient in that domain.
+    Retry {
+        /// Queue ids.
+        queue_ids: Vec<String>,
+        /// Flush this destination domain.
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Stop delivery attempts for messages until released.
+    Hold {
+        /// Queue ids.
+        #[arg(required = true)]
+        queue_ids: Vec<String>,
+    },
+    /// Release held messages.
+    Release {
+        /// Queue ids.
+        #[arg(required = true)]
+        queue_ids: Vec<String>,
+    },
+    /// Give up on messages: fail their recipients and send the sender a DSN.
+    Bounce {
+        /// Queue ids.
+        #[arg(required = true)]
+        queue_ids: Vec<String>,
     },
     /// Delete messages from the queue (no DSN is sent).
     Delete {
@@ -160,6 +188,56 @@ pub(crate) fn run(config: &Config, command: QueueCommand) -> anyhow::Result<Exit
             }
             Ok(ExitCode::SUCCESS)
         }
+        QueueCommand::Retry { queue_ids, domain } => {
+            if queue_ids.is_empty() && domain.is_none() {
+                return Err(usage("queue retry needs queue ids or --domain".into()));
+            }
+            let access = open(config)?;
+            if let Some(domain) = domain {
+                let n = match &access {
+                    Access::Direct(store) => {
+                        let filter = ListFilter {
+                            recipient_domain: Some(domain.clone()),
+                            ..ListFilter::default()
+                        };
+                        let now = crate::store::UnixTime::now();
+                        let mut n = 0;
+                        for m in store.list(&filter, None)? {
+                            if store.apply(m.queue_id, &AdminAction::Retry, now)?.is_some() {
+                                n += 1;
+                            }
+                        }
+                        n
+                    }
+                    Access::Server(addr) => {
+                        let (status, body) = http(
+                            *addr,
+                            "POST",
+                            &format!("/api/queue/retry?domain={}", percent_encode(&domain)),
+                        )?;
+                        if status != 200 {
+                            anyhow::bail!("server answered {status}: {}", body.trim());
+                        }
+                        let v: serde_json::Value = serde_json::from_str(&body)?;
+                        v["retried"].as_u64().unwrap_or(0)
+                    }
+                };
+                println!("{domain}: {n} message(s) due now");
+            }
+            act_on(config, &access, &queue_ids, "retry")
+        }
+        QueueCommand::Hold { queue_ids } => {
+            let access = open(config)?;
+            act_on(config, &access, &queue_ids, "hold")
+        }
+        QueueCommand::Release { queue_ids } => {
+            let access = open(config)?;
+            act_on(config, &access, &queue_ids, "release")
+        }
+        QueueCommand::Bounce { queue_ids } => {
+            let access = open(config)?;
+            act_on(config, &access, &queue_ids, "bounce")
+        }
         QueueCommand::Delete { queue_ids } => {
             let ids = queue_ids
                 .iter()
@@ -193,6 +271,73 @@ pub(crate) fn run(config: &Config, command: QueueCommand) -> anyhow::Result<Exit
             })
         }
     }
+}
+
+/// Applies `action` (retry, hold, release, bounce) to each queue id.
+fn act_on(
+    config: &Config,
+    access: &Access,
+    queue_ids: &[String],
+    action: &str,
+) -> anyhow::Result<ExitCode> {
+    let ids = queue_ids
+        .iter()
+        .map(|s| parse_id(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut missing = 0;
+    for id in ids {
+        let found = match access {
+            Access::Direct(store) => {
+                let now = crate::store::UnixTime::now();
+                match action {
+                    "bounce" => {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()?;
+                        let scheduler = crate::queue::Scheduler::new(config.queue.clone());
+                        match rt.block_on(crate::queue::bounce(
+                            store,
+                            &scheduler,
+                            &config.smtp.hostname,
+                            id,
+                            "bounced by the administrator",
+                        )) {
+                            Ok(_) => true,
+                            Err(StoreError::NoSuchMessage { .. }) => false,
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    _ => {
+                        let a = match action {
+                            "retry" => AdminAction::Retry,
+                            "hold" => AdminAction::Hold,
+                            _ => AdminAction::Release,
+                        };
+                        store.apply(id, &a, now)?.is_some()
+                    }
+                }
+            }
+            Access::Server(addr) => {
+                let (status, body) = http(*addr, "POST", &format!("/api/queue/{id}/{action}"))?;
+                match status {
+                    200 => true,
+                    404 => false,
+                    _ => anyhow::bail!("server answered {status}: {}", body.trim()),
+                }
+            }
+        };
+        if found {
+            println!("{id}: {action}");
+        } else {
+            eprintln!("{id}: no such message");
+            missing += 1;
+        }
+    }
+    Ok(if missing == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn list_query(filter: &ListFilter, limit: Option<usize>) -> String {

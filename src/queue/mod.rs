@@ -34,6 +34,7 @@ mod date;
 mod dsn;
 mod retry;
 mod route;
+mod runner;
 mod scheduler;
 
 pub use date::rfc5322_date;
@@ -44,6 +45,7 @@ pub use retry::{Decision, Jitter, RetrySchedule, ScheduleError, should_warn_dela
 pub use route::{
     Route, RouteError, RouteGroups, RouteSettings, ServedDomains, group_by_route, route,
 };
+pub use runner::{Hops, QueueRunner, bounce};
 pub use scheduler::{Action, DeliveryOutcome, QueuedMessage, Scheduler};
 
 use std::time::Duration;

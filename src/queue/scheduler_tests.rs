@@ -50,6 +50,7 @@ fn record(addresses: &[&str]) -> MessageRecord {
         recipients: addresses.iter().map(|a| RecipientStatus::new(*a)).collect(),
         envelope,
         size: 100,
+        delay_warned: false,
     }
 }
 

@@ -53,6 +53,12 @@ pub struct Ingress {
     pub max_connections: usize,
     /// Connection cap per client IP.
     pub max_connections_per_ip: usize,
+    /// Woken after each accepted message so the scheduler need not wait for its next poll.
+    pub queued: Arc<tokio::sync::Notify>,
+    /// Back-pressure limits: queue size and free disk.
+    pub pressure: crate::queue::Policy,
+    /// Where the queue lives, for the free-space check.
+    pub data_dir: std::path::PathBuf,
     /// Open connections per client IP.
     open: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -64,6 +70,7 @@ impl Ingress {
         tls: Option<TlsAcceptor>,
         store: Store,
         metrics: Metrics,
+        queued: Arc<tokio::sync::Notify>,
     ) -> Ingress {
         let s = &config.smtp;
         Ingress {
@@ -84,8 +91,18 @@ impl Ingress {
             session_timeout: s.session_timeout,
             max_connections: s.max_connections,
             max_connections_per_ip: s.max_connections_per_ip,
+            queued,
+            pressure: config.queue.clone(),
+            data_dir: config.data_dir.clone(),
             open: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Is the queue too full, or the disk too low, to take another message?
+    fn pressure(&self) -> Option<crate::queue::Pressure> {
+        let messages = self.store.count().unwrap_or(0);
+        let free = free_disk_bytes(&self.data_dir).unwrap_or(u64::MAX);
+        crate::queue::ingress_pressure(messages, free, &self.pressure)
     }
 
     fn may_relay(&self, ip: IpAddr) -> bool {
@@ -361,6 +378,11 @@ async fn serve_connection(
                     let size = body.len() as u64;
                     let rcpts = envelope.recipients.len();
                     let sender = envelope.sender.clone();
+                    if let Some(p) = ingress.pressure() {
+                        warn!(pressure = ?p, from = %sender, "refusing mail: back-pressure");
+                        session.handle_stored(Err(StoreFailure::Full));
+                        continue;
+                    }
                     // Not in a select!: the commit must be allowed to finish. Dropping this
                     // future would not undo a commit anyway (the committer thread owns it).
                     let result = ingress.store.append(envelope, body).await;
@@ -371,6 +393,7 @@ async fn serve_connection(
                             ingress.metrics.queue_messages.inc();
                             info!(%queue_id, from = %sender, rcpts, size, "accepted");
                             session.handle_stored(Ok(queue_id));
+                            ingress.queued.notify_one();
                         }
                         Err(e) => {
                             let failure = if e.is_full() {
@@ -429,4 +452,19 @@ async fn serve_connection(
             }
         }
     }
+}
+
+/// Free bytes for unprivileged users on the filesystem holding `path`.
+fn free_disk_bytes(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` is written by statvfs before use.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }

@@ -47,6 +47,12 @@ pub enum StoreError {
         /// The index asked for.
         recipient: usize,
     },
+    /// No message with this queue id.
+    #[error("no message {queue_id}")]
+    NoSuchMessage {
+        /// The queue id asked for.
+        queue_id: QueueId,
+    },
     /// A previous I/O failure closed the database and reopening it failed; the next append retries.
     #[error("queue store is unavailable after an I/O error")]
     Unavailable,

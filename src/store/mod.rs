@@ -25,7 +25,7 @@ mod state;
 
 pub use error::{AppendError, StoreError};
 pub use record::{DecodeError, ListFilter, MessageRecord, MessageSummary, RecipientSummary};
-pub use schedule::{AdminAction, Lease, Outcome};
+pub use schedule::{AdminAction, Lease, Outcome, Settlement};
 pub use state::{
     BadStateKind, RecipientState, RecipientStatus, StateKind, TransitionError, UnixTime,
 };

@@ -22,6 +22,9 @@ pub(crate) struct StoredRecord {
     pub(crate) recipients: Vec<RecipientStatus>,
     /// Body length in bytes, so listing needs no body read.
     pub(crate) size: u64,
+    /// The delay DSN went out, so it is not sent again after every later retry or a restart.
+    #[serde(default)]
+    pub(crate) delay_warned: bool,
 }
 
 /// Why a stored record could not be read back.
@@ -57,6 +60,7 @@ impl StoredRecord {
             envelope,
             recipients,
             size,
+            delay_warned: false,
         }
     }
 
@@ -97,6 +101,9 @@ pub struct MessageRecord {
     pub size: u64,
     /// Per recipient, in envelope order.
     pub recipients: Vec<RecipientStatus>,
+    /// Whether the delay DSN for this message was sent.
+    #[serde(default)]
+    pub delay_warned: bool,
 }
 
 /// One line of `queue list`: a message and where each recipient stands.
@@ -138,6 +145,7 @@ impl MessageRecord {
             envelope: r.envelope,
             size: r.size,
             recipients: r.recipients,
+            delay_warned: r.delay_warned,
         }
     }
 

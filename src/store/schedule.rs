@@ -284,6 +284,34 @@ impl Store {
         })
     }
 
+    /// Settles many finished attempts in one durable transaction (one fsync for all of them, as
+    /// the committer does for appends): recipient outcomes first, then removals of messages
+    /// whose every recipient is final. Each item gets its own answer; a stale lease or a message
+    /// deleted meanwhile does not spoil the others.
+    pub fn settle(
+        &self,
+        now: UnixTime,
+        items: &[Settlement],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        self.inner.slot.with_db(|db| {
+            let mut txn = db.begin_write()?;
+            // fsync: a delivered recipient must not be delivered again after a crash, and a
+            // removed message must not come back.
+            txn.set_durability(Durability::Immediate)?;
+            let answers = {
+                let mut t = Tables::open(&txn)?;
+                let mut bodies = txn.open_table(super::BODIES)?;
+                let mut answers = Vec::with_capacity(items.len());
+                for item in items {
+                    answers.push(settle_one(&mut t, &mut bodies, now, item)?);
+                }
+                answers
+            };
+            txn.commit()?;
+            Ok(answers)
+        })
+    }
+
     /// Applies an operator's action to every recipient of `queue_id` for which it is a valid
     /// transition; others are left as they are. `Ok(None)` if there is no such message.
     pub fn apply(
@@ -333,5 +361,91 @@ impl Store {
                 Ok(Some(MessageRecord::from_stored(queue_id, new)))
             })
         })
+    }
+}
+
+/// One finished piece of work for [`Store::settle`].
+#[derive(Debug, Clone)]
+pub enum Settlement {
+    /// How the attempt under `lease` ended.
+    Complete {
+        /// The lease the attempt ran under.
+        lease: Lease,
+        /// Its outcome.
+        outcome: Outcome,
+    },
+    /// The delay DSN for this message is queued: do not send another.
+    MarkDelayWarned {
+        /// The message.
+        queue_id: QueueId,
+    },
+    /// Every recipient is final (and any DSN is queued): delete the message and its body.
+    Remove {
+        /// The message.
+        queue_id: QueueId,
+    },
+}
+
+/// Applies one settlement inside the caller's transaction. The outer error is the database's
+/// (it aborts the batch); the inner one is this item's alone.
+fn settle_one(
+    t: &mut Tables<'_>,
+    bodies: &mut Table<'_, u64, &'static [u8]>,
+    now: UnixTime,
+    item: &Settlement,
+) -> Result<Result<(), StoreError>, StoreError> {
+    match item {
+        Settlement::Complete { lease, outcome } => {
+            let id = lease.queue_id.0;
+            let old = match load(t, id) {
+                Ok(Some(old)) => old,
+                Ok(None) => return Ok(Ok(())),
+                Err(e @ StoreError::Corrupt { .. }) => return Ok(Err(e)),
+                Err(e) => return Err(e),
+            };
+            let Some(current) = old.recipients.get(lease.recipient).cloned() else {
+                return Ok(Err(StoreError::NoSuchRecipient {
+                    queue_id: lease.queue_id,
+                    recipient: lease.recipient,
+                }));
+            };
+            let next = match current.state {
+                // A lapsed and re-leased recipient belongs to the newer lease.
+                RecipientState::Leased { until } if until != lease.until => Err(TransitionError {
+                    from: current.state.kind(),
+                    action: "complete a stale lease of",
+                }),
+                _ => match outcome.clone() {
+                    Outcome::Delivered => current.delivered(now),
+                    Outcome::Deferred { next_at, error } => current.defer(next_at, error),
+                    Outcome::Failed { reply } => current.fail(now, reply),
+                },
+            };
+            match next {
+                Ok(next) => {
+                    let mut new = old.clone();
+                    new.recipients[lease.recipient] = next;
+                    write_record(t, id, Some(&old), &new)?;
+                    Ok(Ok(()))
+                }
+                Err(e) => Ok(Err(StoreError::Transition(e))),
+            }
+        }
+        Settlement::MarkDelayWarned { queue_id } => {
+            if let Ok(Some(old)) = load(t, queue_id.0) {
+                let mut new = old.clone();
+                new.delay_warned = true;
+                write_record(t, queue_id.0, Some(&old), &new)?;
+            }
+            Ok(Ok(()))
+        }
+        Settlement::Remove { queue_id } => {
+            let old = t.messages.remove(queue_id.0)?.map(|v| v.value().to_vec());
+            bodies.remove(queue_id.0)?;
+            if let Some(Ok(old)) = old.as_deref().map(StoredRecord::decode) {
+                unindex(t, queue_id.0, &old)?;
+            }
+            Ok(Ok(()))
+        }
     }
 }

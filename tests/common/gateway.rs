@@ -51,7 +51,8 @@ pub struct Gateway {
 
 impl Gateway {
     /// Starts the gateway with `extra` appended to a configuration that serves `example.test`
-    /// and `localhost` on fresh loopback ports.
+    /// and `localhost` on fresh loopback ports. Without a `[backend]` in `extra`, mail for those
+    /// domains stays queued (deferred), so tests can inspect what ingress stored.
     pub fn start(extra: &str) -> Gateway {
         let dir = tempdir();
         let smtp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -70,6 +71,14 @@ impl Gateway {
             )
         } else {
             text
+        };
+        // Without a [dns] of its own, the test's outbound mail must not wander off to the
+        // system resolver: a dead server makes every MX lookup fail temporarily, so relayed
+        // mail stays deferred in the queue where the test can look at it.
+        let text = if extra.contains("[dns]") {
+            text
+        } else {
+            format!("{text}[dns]\nservers = [\"127.0.0.1:9\"]\ntimeout = \"1s\"\n")
         };
         std::fs::write(&config, text).unwrap();
         let log = dir.path().join("gateway.log");
