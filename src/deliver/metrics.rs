@@ -1,23 +1,14 @@
-//! Delivery metrics. Created with the [`super::Deliverer`] and registered into the gateway's
-//! registry by [`super::Deliverer::register_metrics`], so `metrics.rs` need not know this module.
+//! Connection-pool metrics of delivery. Created with the [`super::Deliverer`] and registered into
+//! the gateway's registry by [`super::Deliverer::register_metrics`]. Per-recipient results are
+//! counted by the queue runner (`dimegate_deliveries`), not here.
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-
-/// One recipient's result of one attempt.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub(crate) struct ResultLabel {
-    /// `delivered`, `deferred` or `failed`.
-    pub(crate) result: &'static str,
-}
 
 /// Counters and gauges of outbound delivery. Cloning shares them.
 #[derive(Clone, Default)]
 pub(crate) struct DeliveryMetrics {
-    pub(crate) recipients: Family<ResultLabel, Counter>,
     pub(crate) connections_opened: Counter,
     pub(crate) connections_reused: Counter,
     pub(crate) connections_idle: Gauge,
@@ -27,11 +18,6 @@ pub(crate) struct DeliveryMetrics {
 impl DeliveryMetrics {
     pub(crate) fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("dimegate");
-        r.register(
-            "delivery_recipients",
-            "Recipient results of outbound delivery attempts",
-            self.recipients.clone(),
-        );
         r.register(
             "delivery_connections_opened",
             "Outbound SMTP/LMTP connections opened",

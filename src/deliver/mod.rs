@@ -604,7 +604,8 @@ impl Deliverer {
         })
     }
 
-    /// Registers the delivery metrics (`dimegate_delivery_*`) in the gateway's registry.
+    /// Registers the connection metrics (`dimegate_delivery_connections_*`,
+    /// `dimegate_delivery_active`) in the gateway's registry.
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.metrics.register(registry);
     }
@@ -632,15 +633,6 @@ impl Deliverer {
             .await;
         for (address, outcome) in &outcomes {
             tracing::info!(%queue_id, rcpt = %address, %outcome, "delivery attempt");
-            let result = match outcome {
-                Outcome::Delivered { .. } => "delivered",
-                Outcome::Deferred { .. } => "deferred",
-                Outcome::Failed { .. } => "failed",
-            };
-            self.metrics
-                .recipients
-                .get_or_create(&metrics::ResultLabel { result })
-                .inc();
         }
         outcomes
     }
