@@ -5,8 +5,8 @@ mod common;
 
 use common::{Knot, Sink, test_zone};
 use dimegate::deliver::{
-    Deliverer, DeliverySettings, DestinationPolicy, EnhancedCode, NextHop, Outcome, Reason, Stage,
-    TlsPolicy,
+    Deliverer, DeliverySettings, DestinationPolicy, EnhancedStatus, NextHop, Outcome, Reason,
+    Stage, TlsPolicy,
 };
 use dimegate::envelope::{DsnReturn, Envelope, Notify, QueueId, Recipient};
 use dimegate::resolve::Resolver;
@@ -185,14 +185,14 @@ async fn rcpt_450_defers_with_the_remote_text() {
         );
         let reply = remote(outcome);
         assert_eq!(reply.code, 450);
-        assert_eq!(reply.status, Some(EnhancedCode::new(4, 3, 0)));
+        assert_eq!(reply.status, Some(EnhancedStatus::new(4, 3, 0)));
         assert_eq!(reply.stage, Stage::RcptTo);
         assert!(
             reply.text.contains("Error: command failed"),
             "{}",
             reply.text
         );
-        assert_eq!(outcome.status(), Some(EnhancedCode::new(4, 3, 0)));
+        assert_eq!(outcome.status(), Some(EnhancedStatus::new(4, 3, 0)));
     }
     assert!(sink.dumps().iter().all(|d| !d.contains("X-Rcpt-Args")));
 }
@@ -214,7 +214,7 @@ async fn rcpt_5xx_fails_with_the_remote_text() {
     assert!(outcome.is_permanent(), "{outcome}");
     let reply = remote(outcome);
     assert_eq!((reply.code, reply.stage), (500, Stage::RcptTo));
-    assert_eq!(reply.status, Some(EnhancedCode::new(5, 3, 0)));
+    assert_eq!(reply.status, Some(EnhancedStatus::new(5, 3, 0)));
     assert!(reply.text.contains("Error: command failed"));
     assert!(
         outcome
@@ -304,7 +304,7 @@ async fn sink_down_defers_with_a_connect_error() {
                 "{text}"
             );
             assert!(text.to_lowercase().contains("refused"), "{text}");
-            assert_eq!(*status, Some(EnhancedCode::new(4, 4, 1)));
+            assert_eq!(*status, Some(EnhancedStatus::new(4, 4, 1)));
         }
         other => panic!("expected a local deferral, got {other:?}"),
     }
@@ -350,6 +350,8 @@ async fn lmtp_gives_one_reply_per_recipient() {
 async fn consecutive_messages_reuse_one_connection() {
     let sink = Sink::start(&[]);
     let deliverer = Deliverer::new(settings(), no_dns()).unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    deliverer.register_metrics(&mut registry);
     for round in 0..3 {
         let outcomes = deliverer
             .deliver(
@@ -378,6 +380,17 @@ async fn consecutive_messages_reuse_one_connection() {
     assert_eq!(sink.count_in_log("RSET"), 2);
     assert_eq!(sink.count_in_log("MAIL FROM"), 3);
     assert_eq!(sink.count_in_log("QUIT"), 1);
+
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for line in [
+        "dimegate_delivery_connections_opened_total 1",
+        "dimegate_delivery_connections_reused_total 2",
+        "dimegate_delivery_connections_idle 0",
+        "dimegate_delivery_active 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
 }
 
 #[tokio::test]
@@ -427,7 +440,7 @@ async fn required_tls_without_starttls_defers() {
         .await;
     let (_, outcome) = &outcomes[0];
     assert!(matches!(outcome, Outcome::Deferred { .. }), "{outcome}");
-    assert_eq!(outcome.status(), Some(EnhancedCode::new(4, 7, 4)));
+    assert_eq!(outcome.status(), Some(EnhancedStatus::new(4, 7, 4)));
     assert!(
         outcome.to_string().contains("does not offer STARTTLS"),
         "{outcome}"
@@ -452,7 +465,7 @@ async fn eight_bit_body_fails_where_8bitmime_is_missing() {
         .await;
     let (_, outcome) = &outcomes[0];
     assert!(outcome.is_permanent(), "{outcome}");
-    assert_eq!(outcome.status(), Some(EnhancedCode::new(5, 6, 3)));
+    assert_eq!(outcome.status(), Some(EnhancedStatus::new(5, 6, 3)));
     assert!(outcome.to_string().contains("8BITMIME"), "{outcome}");
 
     // The same message to a sink that announces 8BITMIME goes through with BODY=8BITMIME.
@@ -492,7 +505,7 @@ async fn smtputf8_message_fails_where_smtputf8_is_missing() {
         .await;
     let (_, outcome) = &outcomes[0];
     assert!(outcome.is_permanent(), "{outcome}");
-    assert_eq!(outcome.status(), Some(EnhancedCode::new(5, 6, 7)));
+    assert_eq!(outcome.status(), Some(EnhancedStatus::new(5, 6, 7)));
     assert!(sink.dumps().is_empty());
 }
 
@@ -627,7 +640,7 @@ async fn mx_delivery_falls_over_to_the_next_mx_and_fails_on_null_mx() {
         )
         .await;
     assert!(outcomes[0].1.is_permanent(), "{}", outcomes[0].1);
-    assert_eq!(outcomes[0].1.status(), Some(EnhancedCode::new(5, 1, 10)));
+    assert_eq!(outcomes[0].1.status(), Some(EnhancedStatus::new(5, 1, 10)));
 
     // NXDOMAIN: failed, 5.1.2.
     let outcomes = deliverer
@@ -642,7 +655,7 @@ async fn mx_delivery_falls_over_to_the_next_mx_and_fails_on_null_mx() {
         )
         .await;
     assert!(outcomes[0].1.is_permanent(), "{}", outcomes[0].1);
-    assert_eq!(outcomes[0].1.status(), Some(EnhancedCode::new(5, 1, 2)));
+    assert_eq!(outcomes[0].1.status(), Some(EnhancedStatus::new(5, 1, 2)));
 
     // MX host without any address: failed, 5.4.4.
     let outcomes = deliverer
@@ -657,7 +670,7 @@ async fn mx_delivery_falls_over_to_the_next_mx_and_fails_on_null_mx() {
         )
         .await;
     assert!(outcomes[0].1.is_permanent(), "{}", outcomes[0].1);
-    assert_eq!(outcomes[0].1.status(), Some(EnhancedCode::new(5, 4, 4)));
+    assert_eq!(outcomes[0].1.status(), Some(EnhancedStatus::new(5, 4, 4)));
 
     // Implicit MX (A record only) reaches the sink on 127.0.0.1.
     let outcomes = deliverer
@@ -727,7 +740,7 @@ async fn all_mx_hosts_down_defers_and_require_tls_applies_to_mx() {
         "{}",
         outcomes[0].1
     );
-    assert_eq!(outcomes[0].1.status(), Some(EnhancedCode::new(4, 7, 4)));
+    assert_eq!(outcomes[0].1.status(), Some(EnhancedStatus::new(4, 7, 4)));
     assert!(sink.dumps().is_empty());
 }
 
@@ -754,13 +767,9 @@ async fn starttls_with_postfix_opportunistic_encrypts_and_required_verifies() {
         assert!(outcome.is_delivered(), "{address}: {outcome}");
         assert!(remote(outcome).text.contains("queued as"), "{outcome}");
     }
-    let messages = postfix.wait_for_messages(1);
-    assert!(
-        !messages.is_empty(),
-        "nothing in the Maildir; {}",
-        postfix.maillog()
-    );
-    let message = String::from_utf8_lossy(&messages[0]).into_owned();
+    let message = postfix
+        .wait_for_message_containing("Received: from client.example.org ([192.0.2.7])")
+        .unwrap_or_else(|| panic!("nothing in the Maildir; {}", postfix.maillog()));
     // Postfix's own trace header says the session was encrypted (UTF8SMTPS: SMTPUTF8 over TLS,
     // RFC 6531 §3.7.4), and ours follows it.
     let ours = message
@@ -795,7 +804,7 @@ async fn starttls_with_postfix_opportunistic_encrypts_and_required_verifies() {
         .await;
     let (_, outcome) = &outcomes[0];
     assert!(matches!(outcome, Outcome::Deferred { .. }), "{outcome}");
-    assert_eq!(outcome.status(), Some(EnhancedCode::new(4, 7, 5)));
+    assert_eq!(outcome.status(), Some(EnhancedStatus::new(4, 7, 5)));
     assert!(outcome.to_string().contains("certificate"), "{outcome}");
 }
 
@@ -933,7 +942,7 @@ async fn smarthost_by_name_or_literal_and_a_missing_relay_defers() {
     let outcomes = deliverer.deliver(&hop, &env, QUEUE_ID, BODY, &rcpts).await;
     let outcome = &outcomes[0].1;
     assert!(matches!(outcome, Outcome::Deferred { .. }), "{outcome}");
-    assert_eq!(outcome.status(), Some(EnhancedCode::new(4, 3, 5)));
+    assert_eq!(outcome.status(), Some(EnhancedStatus::new(4, 3, 5)));
     assert!(
         outcome.to_string().contains("relay host nope.example.test"),
         "{outcome}"
@@ -1021,4 +1030,133 @@ async fn ehlo_refused_falls_back_to_helo_without_extensions() {
         dump.contains("X-Mail-Args: <alice@example.org>\n"),
         "{dump}"
     );
+}
+
+#[tokio::test]
+async fn broken_starttls_falls_back_to_plain_text_unless_required_and_size_is_honoured() {
+    // STARTTLS is announced, but the certificate files are missing: Postfix answers 454.
+    let postfix = common::Postfix::start(|dir| {
+        vec![
+            "smtpd_tls_security_level=may".to_owned(),
+            format!("smtpd_tls_cert_file={}", dir.join("missing.pem").display()),
+            format!("smtpd_tls_key_file={}", dir.join("missing.pem").display()),
+            "message_size_limit=4000".to_owned(),
+        ]
+    });
+    let deliverer = Deliverer::new(settings(), no_dns()).unwrap();
+    let env = envelope(&["bob@example.net"]);
+    let rcpts = strings(&["bob@example.net"]);
+
+    let opportunistic = backend(postfix.addr);
+    let outcomes = deliverer
+        .deliver(&opportunistic, &env, QUEUE_ID, BODY, &rcpts)
+        .await;
+    assert!(outcomes[0].1.is_delivered(), "{}", outcomes[0].1);
+    // Postfix may also file a postmaster notice about its TLS problem in the same Maildir.
+    assert!(
+        postfix
+            .wait_for_message_containing(
+                "by gw.example.net (dimegate) with ESMTPS id 0000123456789ABC"
+            )
+            .is_some(),
+        "our message arrived; {}",
+        postfix.maillog()
+    );
+
+    let required = NextHop::Backend {
+        addr: postfix.addr,
+        lmtp: false,
+        tls: TlsPolicy::Required,
+    };
+    let outcomes = deliverer
+        .deliver(&required, &env, QUEUE_ID, BODY, &rcpts)
+        .await;
+    let outcome = &outcomes[0].1;
+    assert!(matches!(outcome, Outcome::Deferred { .. }), "{outcome}");
+    assert_eq!(remote(outcome).code, 454, "{outcome}");
+    assert_eq!(remote(outcome).stage, Stage::StartTls);
+
+    // Postfix announces SIZE 4000: a bigger message fails before MAIL FROM, 5.3.4.
+    let big = [BODY, &b"x".repeat(5000)[..], b"\r\n"].concat();
+    let outcomes = deliverer
+        .deliver(&opportunistic, &env, QUEUE_ID, &big, &rcpts)
+        .await;
+    let outcome = &outcomes[0].1;
+    assert!(outcome.is_permanent(), "{outcome}");
+    assert_eq!(outcome.status(), Some(EnhancedStatus::new(5, 3, 4)));
+    assert!(
+        outcome.to_string().contains("SIZE limit of 4000"),
+        "{outcome}"
+    );
+}
+
+#[tokio::test]
+async fn many_recipients_go_in_several_transactions_on_one_connection() {
+    let sink = Sink::start(&[]);
+    let deliverer = Deliverer::new(
+        DeliverySettings {
+            max_recipients_per_transaction: 2,
+            ..settings()
+        },
+        no_dns(),
+    )
+    .unwrap();
+    let rcpts = [
+        "a@example.net",
+        "b@example.net",
+        "c@example.net",
+        "d@example.net",
+        "e@example.net",
+    ];
+    let outcomes = deliverer
+        .deliver(
+            &backend(sink.addr),
+            &envelope(&rcpts),
+            QUEUE_ID,
+            BODY,
+            &strings(&rcpts),
+        )
+        .await;
+    let addresses: Vec<&str> = outcomes.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(addresses, rcpts, "outcomes in the order given");
+    assert!(outcomes.iter().all(|(_, o)| o.is_delivered()));
+    let dumps = sink.dumps();
+    assert_eq!(dumps.len(), 3, "2 + 2 + 1 recipients");
+    for rcpt in rcpts {
+        let seen: usize = dumps
+            .iter()
+            .map(|d| d.matches(&format!("X-Rcpt-Args: <{rcpt}>")).count())
+            .sum();
+        assert_eq!(seen, 1, "{rcpt}");
+    }
+    assert_eq!(sink.count_in_log("EHLO"), 1, "one connection");
+    assert_eq!(sink.count_in_log("MAIL FROM"), 3);
+}
+
+#[tokio::test]
+async fn a_5xx_greeting_or_ehlo_defers_instead_of_bouncing() {
+    for flags in [&["-f", "CONNECT"][..], &["-f", "EHLO,HELO"][..]] {
+        let sink = Sink::start(flags);
+        let deliverer = Deliverer::new(settings(), no_dns()).unwrap();
+        let outcomes = deliverer
+            .deliver(
+                &backend(sink.addr),
+                &envelope(&["bob@example.net"]),
+                QUEUE_ID,
+                BODY,
+                &strings(&["bob@example.net"]),
+            )
+            .await;
+        let outcome = &outcomes[0].1;
+        assert!(
+            matches!(outcome, Outcome::Deferred { .. }),
+            "{flags:?}: {outcome}"
+        );
+        assert_eq!(
+            remote(outcome).code / 100,
+            5,
+            "{flags:?}: the 5xx text is kept"
+        );
+        assert_eq!(outcome.status().map(|s| s.class), Some(4), "{flags:?}");
+    }
 }

@@ -93,6 +93,10 @@ async fn addresses_from_knot_in_family_order() {
         resolver.addresses("[192.0.2.1]").await.unwrap(),
         ips(&["192.0.2.1"])
     );
+    assert_eq!(
+        resolver.addresses("[IPv6:2001:db8::1]").await.unwrap(),
+        ips(&["2001:db8::1"])
+    );
 
     let v6_first = Resolver::new(&ResolverSettings {
         servers: vec![knot.addr],

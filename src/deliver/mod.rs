@@ -8,12 +8,45 @@
 //!
 //! What is sent: a `Received:` header ([`received_header`]) followed by the stored message bytes,
 //! dot-stuffed and otherwise untouched.
+//!
+//! Failure rules, in short: a 2xx after the data delivers, a 4xx defers, a 5xx fails, each
+//! recipient on its own reply (LMTP: one reply per recipient after the data). Whatever keeps a
+//! next hop from taking the transaction at all (connect, greeting, EHLO, STARTTLS, MAIL FROM,
+//! a missing extension, a lost session before any recipient was refused) makes the next MX
+//! address be tried (RFC 5321 §5.1); when none takes it, any temporary trouble defers everyone,
+//! and only unanimous permanent refusals (a 5xx to MAIL FROM or later; a 5xx greeting or EHLO
+//! counts as temporary, as with Postfix's `smtp_skip_5xx_greeting`) fail them. Once the message's bytes are on the wire, a
+//! lost session defers: a duplicate is possible, a loss is not.
+//!
+//! A sketch of the TOML that `config` may map onto [`DeliverySettings`] and [`NextHop`]:
+//!
+//! ```toml
+//! [backend]                 # NextHop::Backend
+//! address = "127.0.0.1:24"
+//! lmtp = true
+//! starttls = "disabled"     # TlsPolicy: disabled | opportunistic | required
+//! [relay]                   # NextHop::smarthost(spec, tls)
+//! smarthost = "[relay.example.net]:587"
+//! starttls = "required"
+//! [dns]                     # resolve::ResolverSettings
+//! servers = ["127.0.0.1:53"]
+//! [delivery]                # DeliverySettings (helo_name defaults to smtp.hostname)
+//! max_connections = 100
+//! max_connections_per_hop = 20
+//! idle_timeout = "5s"
+//! [[destination]]           # DestinationPolicy
+//! domain = "bank.example"
+//! require_tls = true
+//! ```
 
+mod metrics;
 mod received;
 mod session;
 mod wire;
 
-pub use received::{received_header, rfc5322_date};
+/// The enhanced status codes of outcomes are the queue's (the DSN writes them).
+pub use crate::queue::EnhancedStatus;
+pub use received::received_header;
 
 use crate::envelope::{Envelope, QueueId, Recipient};
 use crate::resolve::{MxAnswer, ResolveError, Resolver};
@@ -23,35 +56,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-
-/// RFC 3463 enhanced status code, `class.subject.detail`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct EnhancedCode {
-    /// 2 success, 4 persistent transient failure, 5 permanent failure.
-    pub class: u8,
-    /// Subject (1 address, 2 mailbox, 3 mail system, 4 network/routing, 5 protocol, 6 content,
-    /// 7 security).
-    pub subject: u16,
-    /// Detail within the subject.
-    pub detail: u16,
-}
-
-impl EnhancedCode {
-    /// `EnhancedCode::new(5, 1, 1)` is `5.1.1`.
-    pub const fn new(class: u8, subject: u16, detail: u16) -> EnhancedCode {
-        EnhancedCode {
-            class,
-            subject,
-            detail,
-        }
-    }
-}
-
-impl std::fmt::Display for EnhancedCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
-    }
-}
 
 /// The SMTP step a reply answered, for "(in reply to RCPT TO command)".
 /// Ordered by how far a session got.
@@ -116,7 +120,7 @@ pub struct RemoteReply {
     /// The three-digit reply code.
     pub code: u16,
     /// The enhanced status code when the reply carried one.
-    pub status: Option<EnhancedCode>,
+    pub status: Option<EnhancedStatus>,
     /// The reply text, lines joined with `\n`, without codes.
     pub text: String,
 }
@@ -129,7 +133,7 @@ impl RemoteReply {
     ) -> Self {
         let [class, subject, detail] = response.esc;
         let status =
-            (class != 0).then(|| EnhancedCode::new(class, u16::from(subject), u16::from(detail)));
+            (class != 0).then(|| EnhancedStatus::new(class, u16::from(subject), u16::from(detail)));
         RemoteReply {
             host: target.name.clone(),
             mta: target.label(),
@@ -150,14 +154,14 @@ impl RemoteReply {
     }
 
     /// The reply's enhanced code, or `X.0.0` of its class when it had none (RFC 3463 §3.1).
-    pub fn status_or_default(&self) -> EnhancedCode {
+    pub fn status_or_default(&self) -> EnhancedStatus {
         self.status.unwrap_or_else(|| {
             let class = match self.code {
                 200..=299 => 2,
                 400..=499 => 4,
                 _ => 5,
             };
-            EnhancedCode::new(class, 0, 0)
+            EnhancedStatus::new(class, 0, 0)
         })
     }
 }
@@ -211,14 +215,14 @@ pub enum Outcome {
         /// The remote reply or our own finding.
         reason: Reason,
         /// The enhanced status for a delay DSN.
-        status: Option<EnhancedCode>,
+        status: Option<EnhancedStatus>,
     },
     /// Will not be delivered: bounce.
     Failed {
         /// The remote reply or our own finding.
         reason: Reason,
         /// The enhanced status for the failure DSN.
-        status: Option<EnhancedCode>,
+        status: Option<EnhancedStatus>,
     },
 }
 
@@ -237,13 +241,18 @@ impl Outcome {
                 reason: Reason::Reply(reply),
             },
             _ => Outcome::Deferred {
-                status: Some(EnhancedCode::new(4, 5, 0)),
+                status: Some(EnhancedStatus::new(4, 5, 0)),
                 reason: Reason::Reply(reply),
             },
         }
     }
 
-    fn local(permanent: bool, host: Option<String>, status: EnhancedCode, text: String) -> Outcome {
+    fn local(
+        permanent: bool,
+        host: Option<String>,
+        status: EnhancedStatus,
+        text: String,
+    ) -> Outcome {
         let reason = Reason::Local { host, text };
         if permanent {
             Outcome::Failed {
@@ -322,8 +331,26 @@ impl Outcome {
         }
     }
 
+    /// The queue's view of this outcome, for `Scheduler::handle_outcomes` and the DSN:
+    /// `Remote-MTA` from the host, `Diagnostic-Code: smtp;` from the reply, our own reason
+    /// otherwise, and the enhanced status.
+    pub fn to_delivery_outcome(&self) -> crate::queue::DeliveryOutcome {
+        use crate::queue::{DeliveryOutcome, Diagnosis};
+        let diagnosis = Diagnosis {
+            remote_mta: self.remote_host().map(str::to_owned),
+            reply: self.reply_line(),
+            local_reason: self.local_reason().map(str::to_owned),
+            status: self.status(),
+        };
+        match self {
+            Outcome::Delivered { .. } => DeliveryOutcome::Delivered(diagnosis),
+            Outcome::Deferred { .. } => DeliveryOutcome::Deferred(diagnosis),
+            Outcome::Failed { .. } => DeliveryOutcome::Failed(diagnosis),
+        }
+    }
+
     /// The enhanced status code: the remote one if given, else the one we chose.
-    pub fn status(&self) -> Option<EnhancedCode> {
+    pub fn status(&self) -> Option<EnhancedStatus> {
         match self {
             Outcome::Delivered { reply } => Some(reply.status_or_default()),
             Outcome::Deferred { status, .. } | Outcome::Failed { status, .. } => *status,
@@ -481,6 +508,9 @@ pub struct DeliverySettings {
     pub max_connections_per_hop: usize,
     /// How long an idle connection is kept for the next message to the same address.
     pub idle_timeout: Duration,
+    /// Recipients per transaction; more go in further transactions (Postfix's
+    /// `smtp_destination_recipient_limit`, default 50).
+    pub max_recipients_per_transaction: usize,
     /// Transactions per connection before it is closed (0: no limit).
     pub max_messages_per_connection: u32,
     /// Addresses tried per delivery attempt over all MX hosts (Postfix's
@@ -504,6 +534,7 @@ impl Default for DeliverySettings {
             max_connections: 100,
             max_connections_per_hop: 20,
             idle_timeout: Duration::from_secs(5),
+            max_recipients_per_transaction: 50,
             max_messages_per_connection: 100,
             max_addresses_per_delivery: 5,
             shuffle_equal_mx: true,
@@ -541,6 +572,7 @@ pub struct Deliverer {
     per_hop: Mutex<HashMap<String, Arc<Semaphore>>>,
     // std Mutex: never held across an await, only to push or pop a connection.
     idle: Mutex<HashMap<Target, Vec<IdleConnection>>>,
+    metrics: metrics::DeliveryMetrics,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -568,7 +600,14 @@ impl Deliverer {
             resolver,
             per_hop: Mutex::new(HashMap::new()),
             idle: Mutex::new(HashMap::new()),
+            metrics: metrics::DeliveryMetrics::default(),
         })
+    }
+
+    /// Registers the connection metrics (`dimegate_delivery_connections_*`,
+    /// `dimegate_delivery_active`) in the gateway's registry.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.metrics.register(registry);
     }
 
     /// Delivers one message to one next hop for `recipients` (addresses from
@@ -627,11 +666,48 @@ impl Deliverer {
             return all(Outcome::local(
                 false,
                 None,
-                EnhancedCode::new(4, 3, 0),
+                EnhancedStatus::new(4, 3, 0),
                 "delivery slots closed (shutting down)".into(),
             ));
         };
+        self.metrics.deliveries_active.inc();
+        // Decremented on every exit, a dropped future included.
+        let _active = ActiveGuard(&self.metrics.deliveries_active);
 
+        let header = received_header(envelope, queue_id, &self.settings.helo_name);
+        let message_len = header.len() + body.len();
+        let payload = wire::data_payload(header.as_bytes(), body);
+        // Postfix's smtp_destination_recipient_limit: large recipient lists go as several
+        // transactions (on the same pooled connection), since servers need only accept 100
+        // recipients per transaction (RFC 5321 §4.5.3.1.8).
+        let chunk_size = self.settings.max_recipients_per_transaction.max(1);
+        let mut outcomes = Vec::with_capacity(recipients.len());
+        for chunk in recipients.chunks(chunk_size) {
+            outcomes.extend(
+                self.deliver_chunk(hop, envelope, queue_id, chunk, &payload, message_len)
+                    .await,
+            );
+        }
+        outcomes
+    }
+
+    /// One transaction for `recipients` (at most `max_recipients_per_transaction`), trying the
+    /// hop's targets in order. Not cancel-safe, as [`Deliverer::deliver`].
+    async fn deliver_chunk(
+        &self,
+        hop: &NextHop,
+        envelope: &Envelope,
+        queue_id: QueueId,
+        recipients: &[String],
+        payload: &[u8],
+        message_len: usize,
+    ) -> Vec<(String, Outcome)> {
+        let all = |outcome: Outcome| -> Vec<(String, Outcome)> {
+            recipients
+                .iter()
+                .map(|r| (r.clone(), outcome.clone()))
+                .collect()
+        };
         let recipient_data: Vec<Recipient> = recipients
             .iter()
             .map(|address| {
@@ -648,10 +724,6 @@ impl Deliverer {
             })
             .collect();
         let recipient_refs: Vec<&Recipient> = recipient_data.iter().collect();
-        let header = received_header(envelope, queue_id, &self.settings.helo_name);
-        let message_len = header.len() + body.len();
-        let payload = wire::data_payload(header.as_bytes(), body);
-
         let candidates = match self.candidates(hop).await {
             Ok(candidates) => candidates,
             Err(outcome) => return all(outcome),
@@ -708,7 +780,7 @@ impl Deliverer {
                 }
                 attempts += 1;
                 match self
-                    .attempt(&target, envelope, &recipient_refs, &payload, message_len)
+                    .attempt(&target, envelope, &recipient_refs, payload, message_len)
                     .await
                 {
                     Ok(outcomes) => {
@@ -725,7 +797,7 @@ impl Deliverer {
         if let Some(failure) = last_temporary {
             return all(Outcome::Deferred {
                 reason: failure.reason,
-                status: Some(EnhancedCode {
+                status: Some(EnhancedStatus {
                     class: 4,
                     ..failure.status
                 }),
@@ -735,7 +807,7 @@ impl Deliverer {
             return all(Outcome::local(
                 false,
                 None,
-                EnhancedCode::new(4, 4, 3),
+                EnhancedStatus::new(4, 4, 3),
                 error.to_string(),
             ));
         }
@@ -752,19 +824,19 @@ impl Deliverer {
             NextHop::Mx { domain } => all(Outcome::local(
                 true,
                 None,
-                EnhancedCode::new(5, 4, 4),
+                EnhancedStatus::new(5, 4, 4),
                 format!("no address found for any mail exchanger of {domain}"),
             )),
             NextHop::Smarthost { host, .. } => all(Outcome::local(
                 false,
                 None,
-                EnhancedCode::new(4, 3, 5),
+                EnhancedStatus::new(4, 3, 5),
                 format!("no address found for relay host {host}"),
             )),
             NextHop::Backend { addr, .. } => all(Outcome::local(
                 false,
                 None,
-                EnhancedCode::new(4, 3, 5),
+                EnhancedStatus::new(4, 3, 5),
                 format!("backend {addr} could not be tried"),
             )),
         }
@@ -813,7 +885,7 @@ impl Deliverer {
                     Outcome::local(
                         true,
                         None,
-                        EnhancedCode::new(5, 1, 2),
+                        EnhancedStatus::new(5, 1, 2),
                         format!("{domain} is not a valid address literal"),
                     )
                 })?;
@@ -834,7 +906,7 @@ impl Deliverer {
                     return Err(Outcome::local(
                         true,
                         None,
-                        EnhancedCode::new(5, 1, 10),
+                        EnhancedStatus::new(5, 1, 10),
                         format!("{domain} publishes a null MX (RFC 7505): it accepts no mail"),
                     ));
                 }
@@ -867,7 +939,10 @@ impl Deliverer {
         message_len: usize,
     ) -> Result<Vec<Outcome>, HopFailure> {
         let mut connection = match self.take_idle(target).await {
-            Some(connection) => connection,
+            Some(connection) => {
+                self.metrics.connections_reused.inc();
+                connection
+            }
             None => {
                 let connection = Connection::open(
                     target,
@@ -876,6 +951,7 @@ impl Deliverer {
                     &self.connectors,
                 )
                 .await?;
+                self.metrics.connections_opened.inc();
                 tracing::debug!(mta = %target.label(), tls = ?connection.tls, "connected");
                 connection
             }
@@ -939,7 +1015,9 @@ impl Deliverer {
                 let list = idle.get_mut(target)?;
                 let now = Instant::now();
                 list.retain(|c| now.duration_since(c.since) < self.settings.idle_timeout);
-                list.pop()
+                let popped = list.pop();
+                self.set_idle_gauge(&idle);
+                popped
             };
             let mut connection = candidate?.connection;
             if connection.reset().await {
@@ -968,6 +1046,14 @@ impl Deliverer {
                 since: now,
             });
         }
+        self.set_idle_gauge(&idle);
+    }
+
+    fn set_idle_gauge(&self, idle: &HashMap<Target, Vec<IdleConnection>>) {
+        let count: usize = idle.values().map(Vec::len).sum();
+        self.metrics
+            .connections_idle
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Closes every idle connection (QUIT). For shutdown. Cancel-safe: a connection not yet
@@ -978,9 +1064,12 @@ impl Deliverer {
                 Ok(idle) => idle,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            idle.drain()
+            let all = idle
+                .drain()
                 .flat_map(|(_, list)| list.into_iter().map(|c| c.connection))
-                .collect()
+                .collect();
+            self.set_idle_gauge(&idle);
+            all
         };
         for connection in all {
             connection.quit().await;
@@ -997,12 +1086,21 @@ impl Deliverer {
     }
 }
 
+/// Decrements the in-flight gauge when a delivery ends or is dropped.
+struct ActiveGuard<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// A DNS error as every recipient's outcome: NXDOMAIN and bad names fail (5.1.2), the rest defer.
 fn dns_outcome(error: &ResolveError) -> Outcome {
     if error.is_permanent() {
-        Outcome::local(true, None, EnhancedCode::new(5, 1, 2), error.to_string())
+        Outcome::local(true, None, EnhancedStatus::new(5, 1, 2), error.to_string())
     } else {
-        Outcome::local(false, None, EnhancedCode::new(4, 4, 3), error.to_string())
+        Outcome::local(false, None, EnhancedStatus::new(4, 4, 3), error.to_string())
     }
 }
 
@@ -1010,9 +1108,9 @@ fn dns_outcome(error: &ResolveError) -> Outcome {
 /// always deferred, so a typo in `[relay]` holds mail instead of bouncing all of it.
 fn relay_dns_outcome(host: &str, error: &ResolveError) -> Outcome {
     let status = if error.is_permanent() {
-        EnhancedCode::new(4, 3, 5)
+        EnhancedStatus::new(4, 3, 5)
     } else {
-        EnhancedCode::new(4, 4, 3)
+        EnhancedStatus::new(4, 4, 3)
     };
     Outcome::local(false, None, status, format!("relay host {host}: {error}"))
 }
@@ -1069,6 +1167,39 @@ mod tests {
         assert_eq!(reply(550, [5, 1, 1]).reply_line(), "550 5.1.1 text");
         assert_eq!(reply(550, [0, 0, 0]).reply_line(), "550 text");
         assert_eq!(reply(550, [0, 0, 0]).host, "mx");
+    }
+
+    #[test]
+    fn outcomes_become_queue_diagnoses() {
+        use crate::queue::{DeliveryOutcome, Diagnosis};
+        assert_eq!(
+            Outcome::from_reply(reply(550, [5, 1, 1])).to_delivery_outcome(),
+            DeliveryOutcome::Failed(Diagnosis {
+                remote_mta: Some("mx".into()),
+                reply: Some("550 5.1.1 text".into()),
+                local_reason: None,
+                status: Some(EnhancedStatus::new(5, 1, 1)),
+            })
+        );
+        assert_eq!(
+            Outcome::local(
+                false,
+                Some("mx".into()),
+                EnhancedStatus::new(4, 4, 1),
+                "connect to mx[192.0.2.1]:25: refused".into()
+            )
+            .to_delivery_outcome(),
+            DeliveryOutcome::Deferred(Diagnosis {
+                remote_mta: Some("mx".into()),
+                reply: None,
+                local_reason: Some("connect to mx[192.0.2.1]:25: refused".into()),
+                status: Some(EnhancedStatus::new(4, 4, 1)),
+            })
+        );
+        assert!(matches!(
+            Outcome::from_reply(reply(250, [2, 0, 0])).to_delivery_outcome(),
+            DeliveryOutcome::Delivered(_)
+        ));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! transaction is written here, one command at a time, and each reply is read and kept.
 
 use super::wire::{self, Capabilities, Unsendable};
-use super::{EnhancedCode, Outcome, Reason, RemoteReply, Stage, TlsPolicy};
+use super::{EnhancedStatus, Outcome, Reason, RemoteReply, Stage, TlsPolicy};
 use crate::envelope::{Envelope, Recipient};
 use mail_send::SmtpClient;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -184,12 +184,12 @@ pub(crate) struct HopFailure {
     /// How far the session got; the furthest failure is the one reported.
     pub(crate) stage: Stage,
     pub(crate) reason: Reason,
-    pub(crate) status: EnhancedCode,
+    pub(crate) status: EnhancedStatus,
     pub(crate) permanent: bool,
 }
 
 impl HopFailure {
-    fn local(target: &Target, stage: Stage, status: EnhancedCode, text: String) -> HopFailure {
+    fn local(target: &Target, stage: Stage, status: EnhancedStatus, text: String) -> HopFailure {
         HopFailure {
             stage,
             permanent: status.class == 5,
@@ -205,7 +205,10 @@ impl HopFailure {
         let reply = RemoteReply::from_response(target, stage, response);
         HopFailure {
             stage,
-            permanent: reply.code >= 500,
+            // A 5xx before MAIL FROM (greeting, EHLO, STARTTLS) refuses the session, not this
+            // message: like Postfix's smtp_skip_5xx_greeting, skip the host and, if no other
+            // takes the mail, defer rather than bounce on a server's bad day.
+            permanent: reply.code >= 500 && stage >= Stage::MailFrom,
             status: reply.status_or_default(),
             reason: Reason::Reply(reply),
         }
@@ -221,9 +224,9 @@ impl HopFailure {
                 target,
                 stage,
                 match stage {
-                    Stage::Connect => EnhancedCode::new(4, 4, 1),
-                    Stage::StartTls => EnhancedCode::new(4, 7, 5),
-                    _ => EnhancedCode::new(4, 4, 2),
+                    Stage::Connect => EnhancedStatus::new(4, 4, 1),
+                    Stage::StartTls => EnhancedStatus::new(4, 7, 5),
+                    _ => EnhancedStatus::new(4, 4, 2),
                 },
                 format!("{} {}: {}", stage.doing(), target.label(), describe(&other)),
             ),
@@ -294,13 +297,13 @@ impl Connection {
                     mail_send::Error::Timeout => HopFailure::local(
                         target,
                         Stage::Connect,
-                        EnhancedCode::new(4, 4, 1),
+                        EnhancedStatus::new(4, 4, 1),
                         format!("connect to {}: timed out", target.label()),
                     ),
                     other => HopFailure::local(
                         target,
                         Stage::Connect,
-                        EnhancedCode::new(4, 4, 1),
+                        EnhancedStatus::new(4, 4, 1),
                         format!("connect to {}: {}", target.label(), describe(&other)),
                     ),
                 };
@@ -336,7 +339,7 @@ impl Connection {
                     return Err(OpenFailure::plain(HopFailure::local(
                         target,
                         Stage::StartTls,
-                        EnhancedCode::new(4, 7, 4),
+                        EnhancedStatus::new(4, 7, 4),
                         format!(
                             "TLS is required, but {} does not offer STARTTLS",
                             target.label()
@@ -366,7 +369,7 @@ impl Connection {
                     return Err(OpenFailure::plain(HopFailure::local(
                         target,
                         Stage::StartTls,
-                        EnhancedCode::new(4, 7, 5),
+                        EnhancedStatus::new(4, 7, 5),
                         "internal: STARTTLS on an encrypted stream".into(),
                     )));
                 }
@@ -387,13 +390,13 @@ impl Connection {
                     mail_send::Error::InvalidTLSName => HopFailure::local(
                         target,
                         Stage::StartTls,
-                        EnhancedCode::new(4, 7, 5),
+                        EnhancedStatus::new(4, 7, 5),
                         format!("TLS: {:?} is not a valid TLS server name", target.name),
                     ),
                     other => HopFailure::local(
                         target,
                         Stage::StartTls,
-                        EnhancedCode::new(4, 7, 5),
+                        EnhancedStatus::new(4, 7, 5),
                         format!(
                             "TLS handshake with {}: {}",
                             target.label(),
@@ -586,7 +589,7 @@ impl Connection {
                 for &index in &accepted {
                     outcomes[index] = Some(Outcome::Deferred {
                         reason: reason.clone(),
-                        status: Some(EnhancedCode::new(4, 4, 2)),
+                        status: Some(EnhancedStatus::new(4, 4, 2)),
                     });
                 }
                 return Transaction::Done {
@@ -619,7 +622,7 @@ impl Connection {
                         host: Some(target.name.clone()),
                         text: format!("{label} sent fewer end-of-data replies than recipients"),
                     },
-                    status: Some(EnhancedCode::new(4, 5, 0)),
+                    status: Some(EnhancedStatus::new(4, 5, 0)),
                 },
             };
             outcomes[index] = Some(outcome);
@@ -650,7 +653,7 @@ impl Connection {
             .map(|o| {
                 o.unwrap_or_else(|| Outcome::Deferred {
                     reason: failure.reason.clone(),
-                    status: Some(EnhancedCode {
+                    status: Some(EnhancedStatus {
                         class: 4,
                         ..failure.status
                     }),
@@ -719,7 +722,7 @@ fn fill_missing(outcome: Option<Outcome>) -> Outcome {
             host: None,
             text: "internal: no outcome recorded for this recipient".into(),
         },
-        status: Some(EnhancedCode::new(4, 3, 0)),
+        status: Some(EnhancedStatus::new(4, 3, 0)),
     })
 }
 

@@ -1,7 +1,7 @@
 //! Sans-I/O pieces of the client side of SMTP: what the next hop can take, the MAIL and RCPT command
 //! lines with their ESMTP parameters, and the DATA payload with dot-stuffing.
 
-use super::EnhancedCode;
+use super::EnhancedStatus;
 use crate::envelope::{DsnReturn, Envelope, Notify, Recipient};
 
 /// What the next hop announced in its EHLO/LHLO reply (an empty set after HELO).
@@ -33,7 +33,7 @@ impl Capabilities {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Unsendable {
     /// Enhanced status for the DSN.
-    pub(crate) status: EnhancedCode,
+    pub(crate) status: EnhancedStatus,
     /// Precise reason for the log and the DSN.
     pub(crate) text: String,
     /// Another next hop might take it (SIZE, missing extension) or none will (bad address).
@@ -60,14 +60,14 @@ pub(crate) fn check_capabilities(
 ) -> Result<(), Unsendable> {
     if needs_smtputf8(envelope, recipients) && !caps.smtputf8 {
         return Err(Unsendable {
-            status: EnhancedCode::new(5, 6, 7),
+            status: EnhancedStatus::new(5, 6, 7),
             text: "the message needs SMTPUTF8 and the next hop does not offer it".into(),
             hop_specific: true,
         });
     }
     if envelope.body_8bit && !caps.eight_bit_mime {
         return Err(Unsendable {
-            status: EnhancedCode::new(5, 6, 3),
+            status: EnhancedStatus::new(5, 6, 3),
             text: "the message has an 8-bit body and the next hop does not offer 8BITMIME \
                    (conversion to 7 bit is not done)"
                 .into(),
@@ -76,7 +76,7 @@ pub(crate) fn check_capabilities(
     }
     if caps.size_announced && caps.size > 0 && message_len > caps.size {
         return Err(Unsendable {
-            status: EnhancedCode::new(5, 3, 4),
+            status: EnhancedStatus::new(5, 3, 4),
             text: format!(
                 "message of {message_len} bytes exceeds the next hop's SIZE limit of {} bytes",
                 caps.size
@@ -98,7 +98,7 @@ pub(crate) fn mail_from_command(
         || envelope.dsn_envid.as_deref().is_some_and(bad_param_value)
     {
         return Err(Unsendable {
-            status: EnhancedCode::new(5, 1, 7),
+            status: EnhancedStatus::new(5, 1, 7),
             text: "the sender address or ENVID contains a line break, NUL or space".into(),
             hop_specific: false,
         });
@@ -143,7 +143,7 @@ pub(crate) fn rcpt_to_command(
         || recipient.orcpt.as_deref().is_some_and(bad_param_value)
     {
         return Err(Unsendable {
-            status: EnhancedCode::new(5, 1, 3),
+            status: EnhancedStatus::new(5, 1, 3),
             text: "the recipient address or ORCPT contains a line break, NUL or space".into(),
             hop_specific: false,
         });
@@ -280,6 +280,60 @@ mod tests {
         }
     }
 
+    /// Undoes `data_payload` the way a receiver that ends lines at CR, LF or CRLF would: drops
+    /// one leading dot of each line and stops at the first line that is a lone dot.
+    fn receive(payload: &[u8]) -> Option<(Vec<u8>, usize)> {
+        let mut out = Vec::new();
+        let mut at_line_start = true;
+        let mut i = 0;
+        while i < payload.len() {
+            let byte = payload[i];
+            if at_line_start && byte == b'.' {
+                let next = payload.get(i + 1).copied();
+                if matches!(next, Some(b'\r') | Some(b'\n') | None) {
+                    // End of data; report where it was.
+                    return Some((out, i));
+                }
+                i += 1;
+                at_line_start = false;
+                continue;
+            }
+            out.push(byte);
+            at_line_start = byte == b'\n' || byte == b'\r';
+            i += 1;
+        }
+        None
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn data_payload_ends_only_at_its_end_and_round_trips(
+            body in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b'.'),
+                    proptest::strategy::Just(b'\r'),
+                    proptest::strategy::Just(b'\n'),
+                    proptest::num::u8::ANY,
+                ],
+                0..200,
+            )
+        ) {
+            let payload = data_payload(b"", &body);
+            proptest::prop_assert!(payload.ends_with(b"\r\n.\r\n") || payload == b".\r\n"[..]);
+            // Even a receiver lax about line ends sees the end of data only at the very end.
+            let (received, end) = receive(&payload).expect("an end of data");
+            proptest::prop_assert_eq!(end, payload.len() - 3);
+            let mut expected = body.clone();
+            if !expected.ends_with(b"\r\n") {
+                expected.extend_from_slice(b"\r\n");
+            }
+            if body.is_empty() {
+                expected = b"\r\n".to_vec();
+            }
+            proptest::prop_assert_eq!(received, expected);
+        }
+    }
+
     #[test]
     fn data_payload_keeps_8bit_bytes() {
         let body = [0xC3, 0xA9, b'\r', b'\n', 0xFF, b'\r', b'\n'];
@@ -349,7 +403,7 @@ mod tests {
         evil.sender = "a@b>\r\nRCPT TO:<x@y".into();
         assert_eq!(
             mail_from_command(&evil, &[], &ALL, 10).unwrap_err().status,
-            EnhancedCode::new(5, 1, 7)
+            EnhancedStatus::new(5, 1, 7)
         );
     }
 
@@ -433,7 +487,7 @@ mod tests {
                 .map(|u| u.status);
             assert_eq!(
                 got,
-                status.map(|(a, b, c)| EnhancedCode::new(a, b, c)),
+                status.map(|(a, b, c)| EnhancedStatus::new(a, b, c)),
                 "{case}"
             );
         }

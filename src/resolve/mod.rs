@@ -292,6 +292,11 @@ impl Resolver {
     /// Cancel-safe: it only reads.
     pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError> {
         let literal = host.trim_start_matches('[').trim_end_matches(']');
+        // RFC 5321 §4.1.3 spells IPv6 literals `[IPv6:2001:db8::1]`.
+        let literal = literal
+            .strip_prefix("IPv6:")
+            .or_else(|| literal.strip_prefix("ipv6:"))
+            .unwrap_or(literal);
         if let Ok(ip) = literal.parse::<IpAddr>() {
             return Ok(vec![ip]);
         }

@@ -300,6 +300,25 @@ pub struct Postfix {
 
 impl Postfix {
     pub fn start_with_tls() -> Postfix {
+        Postfix::start(|dir| {
+            let certified =
+                rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("rcgen");
+            let cert = dir.join("cert.pem");
+            let key = dir.join("key.pem");
+            std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+            std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+            vec![
+                "smtpd_tls_security_level=may".to_owned(),
+                format!("smtpd_tls_cert_file={}", cert.display()),
+                format!("smtpd_tls_key_file={}", key.display()),
+                "smtpd_tls_loglevel=1".to_owned(),
+            ]
+        })
+    }
+
+    /// A Postfix whose main.cf gets the `postconf -e` settings that `settings` returns (it is
+    /// given the instance's temporary directory for any files it needs).
+    pub fn start(settings: impl FnOnce(&Path) -> Vec<String>) -> Postfix {
         require_tool("postfix", "postfix");
         require_tool("postconf", "postfix");
         let dir = tempfile::tempdir().expect("temp dir");
@@ -319,22 +338,12 @@ impl Postfix {
             .status()
             .expect("run mk-postfix.sh");
         assert!(status.success(), "mk-postfix.sh failed");
-
-        let certified =
-            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("rcgen");
-        let cert = dir.path().join("cert.pem");
-        let key = dir.path().join("key.pem");
-        std::fs::write(&cert, certified.cert.pem()).expect("write cert");
-        std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
         let etc = instance.join("etc");
         let status = Command::new(tool_path("postconf"))
             .arg("-c")
             .arg(&etc)
             .arg("-e")
-            .arg("smtpd_tls_security_level=may")
-            .arg(format!("smtpd_tls_cert_file={}", cert.display()))
-            .arg(format!("smtpd_tls_key_file={}", key.display()))
-            .arg("smtpd_tls_loglevel=1")
+            .args(settings(dir.path()))
             .status()
             .expect("run postconf");
         assert!(status.success(), "postconf failed");
@@ -391,6 +400,24 @@ impl Postfix {
                     .iter()
                     .map(|f| std::fs::read(f).expect("read message"))
                     .collect();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Postfix {
+    /// Waits up to 15 s for a delivered message containing `needle`.
+    pub fn wait_for_message_containing(&self, needle: &str) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let found = self
+                .wait_for_messages(0)
+                .into_iter()
+                .map(|m| String::from_utf8_lossy(&m).into_owned())
+                .find(|m| m.contains(needle));
+            if found.is_some() || Instant::now() >= deadline {
+                return found;
             }
             std::thread::sleep(Duration::from_millis(100));
         }

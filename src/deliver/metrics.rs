@@ -1,0 +1,42 @@
+//! Connection-pool metrics of delivery. Created with the [`super::Deliverer`] and registered into
+//! the gateway's registry by [`super::Deliverer::register_metrics`]. Per-recipient results are
+//! counted by the queue runner (`dimegate_deliveries`), not here.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Counters and gauges of outbound delivery. Cloning shares them.
+#[derive(Clone, Default)]
+pub(crate) struct DeliveryMetrics {
+    pub(crate) connections_opened: Counter,
+    pub(crate) connections_reused: Counter,
+    pub(crate) connections_idle: Gauge,
+    pub(crate) deliveries_active: Gauge,
+}
+
+impl DeliveryMetrics {
+    pub(crate) fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("dimegate");
+        r.register(
+            "delivery_connections_opened",
+            "Outbound SMTP/LMTP connections opened",
+            self.connections_opened.clone(),
+        );
+        r.register(
+            "delivery_connections_reused",
+            "Transactions sent on a pooled connection",
+            self.connections_reused.clone(),
+        );
+        r.register(
+            "delivery_connections_idle",
+            "Outbound connections idle in the pool now",
+            self.connections_idle.clone(),
+        );
+        r.register(
+            "delivery_active",
+            "Deliveries holding a concurrency slot now",
+            self.deliveries_active.clone(),
+        );
+    }
+}
