@@ -126,6 +126,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     ));
     let resolver = crate::resolve::Resolver::new(&config.dns)?;
     let deliverer = crate::deliver::Deliverer::new(config.delivery.clone(), resolver)?;
+    deliverer.register_metrics(&mut registry);
     let runner = Arc::new(crate::queue::QueueRunner::new(
         store.clone(),
         deliverer,

@@ -50,6 +50,9 @@ pub enum Command {
     },
     /// Hash a password read from standard input, for `[[user]] password_hash`.
     Passwd,
+    /// DIME: keys, signets, `_dx` records, D/MIME messages.
+    #[command(flatten)]
+    Dime(dime::DimeCommand),
 }
 
 /// `dimegate config ...`.
@@ -111,6 +114,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = load_config(config.as_ref())?;
             queue::run(&config, command)
         }
+        Command::Dime(cmd) => dime::run(cmd),
         Command::Passwd => {
             let mut line = String::new();
             std::io::stdin()

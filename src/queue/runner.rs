@@ -255,7 +255,7 @@ impl QueueRunner {
                         })
                         .inc();
                 }
-                outcomes.push((i, to_delivery_outcome(outcome)));
+                outcomes.push((i, outcome.to_delivery_outcome()));
             }
             // A deliverer that answered fewer recipients than asked: the rest are deferred.
             for &i in idxs.iter().skip(results.len()) {
@@ -508,22 +508,6 @@ pub async fn bounce(
     })
     .await
     .map_err(|_| StoreError::Unavailable)?
-}
-
-fn to_delivery_outcome(o: &DeliverOutcome) -> DeliveryOutcome {
-    let diagnosis = Diagnosis {
-        remote_mta: o.remote_host().map(str::to_owned),
-        reply: o.reply_line(),
-        local_reason: o.local_reason().map(str::to_owned),
-        status: o
-            .status()
-            .map(|s| EnhancedStatus::new(s.class, s.subject, s.detail)),
-    };
-    match o {
-        DeliverOutcome::Delivered { .. } => DeliveryOutcome::Delivered(diagnosis),
-        DeliverOutcome::Deferred { .. } => DeliveryOutcome::Deferred(diagnosis),
-        DeliverOutcome::Failed { .. } => DeliveryOutcome::Failed(diagnosis),
-    }
 }
 
 /// Commits settlements in batches: whatever queued up while the previous commit ran goes into
