@@ -390,12 +390,18 @@ impl Config {
 
     /// Is this client address allowed to relay without AUTH?
     pub fn may_relay(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        self.relay_networks.iter().any(|n| n.contains(&ip))
+        networks_contain(&self.relay_networks, ip)
     }
+}
+
+/// Whether `ip` is in one of `networks`; an IPv4-mapped IPv6 address counts as its IPv4 address
+/// (a dual-stack listener reports IPv4 clients that way).
+pub fn networks_contain(networks: &[IpNet], ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    networks.iter().any(|n| n.contains(&ip))
 }
 
 fn is_hostname_byte(b: u8) -> bool {

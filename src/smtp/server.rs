@@ -105,14 +105,6 @@ impl Ingress {
         crate::queue::ingress_pressure(messages, free, &self.pressure)
     }
 
-    fn may_relay(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        self.relay_networks.iter().any(|n| n.contains(&ip))
-    }
-
     /// Counts a new connection in, unless a cap is reached.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionSlot> {
         // std Mutex: held for a map update only, never across an await.
@@ -320,7 +312,7 @@ async fn serve_connection(
     let policy = Policy {
         hostname: ingress.hostname.clone(),
         served_domains: ingress.served_domains.clone(),
-        relay_allowed: ingress.may_relay(peer.ip()),
+        relay_allowed: crate::config::networks_contain(&ingress.relay_networks, peer.ip()),
         tls_available: ingress.tls.is_some(),
         auth_available: !ingress.credentials.is_empty(),
     };
