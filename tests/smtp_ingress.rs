@@ -590,6 +590,19 @@ fn connection_cap_per_ip_answers_421() {
 }
 
 #[test]
+fn back_pressure_answers_452_when_the_queue_is_full() {
+    let gw = Gateway::start("[queue]\nmax_messages = 2");
+    for i in 0..2 {
+        let (ok, t) = swaks(gw.smtp, &["--to", &format!("u{i}@example.test")]);
+        assert!(ok, "{t}");
+    }
+    let (ok, t) = swaks(gw.smtp, &["--to", "u3@example.test"]);
+    assert!(!ok);
+    assert!(t.contains("452 4.3.1"), "{t}");
+    assert_eq!(gw.queue_json().len(), 2);
+}
+
+#[test]
 fn sigterm_stops_cleanly_and_restart_keeps_the_queue() {
     let mut gw = Gateway::start("");
     let (ok, t) = swaks(gw.smtp, &["--to", "bob@example.test"]);

@@ -318,7 +318,8 @@ async fn serve_connection(
     };
     let mut session = Session::new(policy, ingress.limits.clone(), peer, now_unix());
     if let Some(info) = tls_info {
-        session.handle_implicit_tls(info);
+        // Before any input this marks the session encrypted from the start (RFC 8314).
+        session.handle_tls_established(info);
     }
     let mut buf = vec![0u8; READ_CHUNK];
     let mut shutting_down = false;

@@ -316,14 +316,6 @@ impl Session {
         self.flush_replies();
     }
 
-    /// Marks a session on an implicit-TLS listener (RFC 8314) as encrypted from the start: no
-    /// STARTTLS offered, AUTH available. Only before any input was handled.
-    pub fn handle_implicit_tls(&mut self, tls_info: String) {
-        if matches!(self.state, State::Connected) && self.helo.is_none() {
-            self.tls = Some(tls_info);
-        }
-    }
-
     /// The answer to [`Output::Authenticate`]: the authenticated user, or `None` for bad
     /// credentials. Ignored unless an answer was asked for.
     pub fn handle_auth_result(&mut self, user: Option<String>) {
