@@ -1,1 +1,2 @@
 //! dime
+pub mod message;
