@@ -143,6 +143,26 @@ pub struct Party {
     pub encryption_key: PublicKey,
 }
 
+impl Party {
+    /// The public half of a signet: its identifier (field 254, empty when absent), crypto
+    /// fingerprint, encryption key and message-signing keys (an org signet's POK followed by
+    /// the SOKs with the message permission, DIME.md §7.8; a user signet's signing key).
+    pub fn from_signet(signet: &crate::dime::Signet) -> Party {
+        let signing_keys = match signet.kind() {
+            crate::dime::SignetKind::Org => {
+                signet.signing_keys_for(crate::dime::permission::MESSAGES)
+            }
+            _ => vec![*signet.signing_key()],
+        };
+        Party {
+            name: signet.identifier().unwrap_or_default().to_owned(),
+            fingerprint: signet.crypto_fingerprint().to_string(),
+            signing_keys,
+            encryption_key: *signet.encryption_key(),
+        }
+    }
+}
+
 /// The four parties a message is sealed for.
 #[derive(Debug, Clone, Copy)]
 pub struct Parties<'a> {

@@ -138,6 +138,19 @@ fn readers(actor: Actor) -> bool {
 }
 
 #[test]
+fn signet_and_key_parsing_agree_with_the_raw_helpers() {
+    for actor in ["auth", "orig", "dest", "recp"] {
+        let signet = crate::dime::Signet::parse(&vector(&format!("{actor}.signet.bin"))).unwrap();
+        assert_eq!(Party::from_signet(&signet), party(actor), "{actor}");
+        let key =
+            crate::dime::PrivateKey::parse(&unarmor(&vector(&format!("{actor}.keys")))).unwrap();
+        let raw = keys(actor);
+        assert_eq!(key.signing_key().to_bytes(), raw.signing.to_bytes());
+        assert_eq!(key.encryption_secret(), &raw.encryption);
+    }
+}
+
+#[test]
 fn vector_parties_match_their_keys() {
     let w = World::load();
     for (k, p) in [&w.auth, &w.orig, &w.dest, &w.recp].iter().zip(&w.parties) {
