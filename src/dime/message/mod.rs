@@ -57,6 +57,33 @@
 //! Bodies larger than one chunk (about 16 MiB) are cut into several display or attachment chunks,
 //! each but the last flagged "continues in the next chunk" (flag 128, DIME.md §7.5).
 
+//! # Example
+//!
+//! ```
+//! use dimegate::dime::message::{self, Actor, Parties, Party, SealOptions};
+//! use ed25519_dalek::SigningKey;
+//! use rand::SeedableRng;
+//!
+//! let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+//! let keys: Vec<(SigningKey, k256::SecretKey)> = (0..4)
+//!     .map(|_| (SigningKey::generate(&mut rng), k256::SecretKey::random(&mut rng)))
+//!     .collect();
+//! let party = |i: usize, name: &str| Party {
+//!     name: name.into(),
+//!     fingerprint: format!("fp{i}"),
+//!     signing_keys: vec![keys[i].0.verifying_key()],
+//!     encryption_key: keys[i].1.public_key(),
+//! };
+//! let all = [party(0, "alice@a.example"), party(1, "a.example"), party(2, "b.example"), party(3, "bob@b.example")];
+//! let parties = Parties { author: &all[0], origin: &all[1], destination: &all[2], recipient: &all[3] };
+//! let mail = b"Date: Thu, 26 Nov 2026 12:00:00 +0000\r\nTo: <bob@b.example>\r\nFrom: <alice@a.example>\r\nSubject: hi\r\n\r\nHello\r\n";
+//! let options = SealOptions { origin_signing_key: Some(&keys[1].0), ..SealOptions::default() };
+//! let sealed = message::seal(mail, &parties, &keys[0].0, &options, &mut rng)?;
+//! let report = message::open(&sealed, Actor::Recipient, &keys[3].1, &all)?;
+//! assert_eq!(report.rfc5322().as_deref(), Some(&mail[..]));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
 mod chunk;
 mod crypto;
 mod error;

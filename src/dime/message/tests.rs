@@ -421,6 +421,38 @@ fn sealed_messages_are_padded_and_deterministic_per_rng() {
 }
 
 #[test]
+fn bodies_beyond_one_chunk_span_several_display_chunks() {
+    let w = World::load();
+    let mut msg = SAMPLE.to_vec();
+    msg.extend((0..seal::MAX_CHUNK_DATA + 5000).map(|i| (i % 253) as u8));
+    let sealed = seal(
+        &msg,
+        &w.sealing(),
+        &w.auth.signing,
+        &SealOptions::default(),
+        &mut StdRng::seed_from_u64(3),
+    )
+    .unwrap();
+    let report = open(&sealed, Actor::Recipient, &w.recp.encryption, &w.parties);
+    // Unsigned by the origin, so the recipient refuses; the author reads it all.
+    assert_eq!(
+        report.unwrap_err(),
+        OpenError::SignatureMissing {
+            chunk: ChunkType::OriginMetaBounce
+        }
+    );
+    let report = open(&sealed, Actor::Author, &w.auth.encryption, &w.parties).unwrap();
+    let display: Vec<u8> = report
+        .chunks
+        .iter()
+        .filter(|c| c.kind == ChunkType::Display)
+        .map(|c| c.flags)
+        .collect();
+    assert_eq!(display, [payload::FLAG_CONTINUED, 0]);
+    assert_eq!(report.rfc5322().unwrap(), msg);
+}
+
+#[test]
 fn wrong_key_is_a_keyslot_mismatch() {
     let w = World::load();
     let msg = vector("msg.from_origin.bin");
