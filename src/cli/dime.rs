@@ -413,6 +413,16 @@ pub fn load_signet(path: &Path) -> anyhow::Result<Signet> {
     Signet::parse_any(&bytes).with_context(|| format!("parsing signet {}", path.display()))
 }
 
+/// Read a signet file: `Err` if it cannot be read, `Ok(Err)` if it is not a valid signet (a
+/// failed check, exit 1, after printing why).
+fn read_signet(path: &Path) -> anyhow::Result<Result<Signet, ExitCode>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Signet::parse_any(&bytes).map_err(|e| {
+        eprintln!("{}: invalid: {e}", path.display());
+        ExitCode::from(CHECK_FAILED)
+    }))
+}
+
 /// Read a private key file (armored or binary); warns when others may read it.
 pub fn load_key(path: &Path) -> anyhow::Result<PrivateKey> {
     use std::os::unix::fs::PermissionsExt;
@@ -531,15 +541,15 @@ fn show_value(f: &dime::Field) -> String {
 }
 
 fn signet_show(file: &Path, org: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let signet = match Signet::parse_any(&bytes) {
+    let signet = match read_signet(file)? {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("{}: invalid: {e}", file.display());
-            return Ok(ExitCode::from(CHECK_FAILED));
-        }
+        Err(code) => return Ok(code),
     };
-    let org = org.map(load_signet).transpose()?;
+    let org = match org.map(read_signet).transpose()? {
+        Some(Err(code)) => return Ok(code),
+        Some(Ok(o)) => Some(o),
+        None => None,
+    };
     let validation = signet.validate(org.as_ref());
     let kind = signet.kind();
     if json {
@@ -612,7 +622,10 @@ fn signet_show(file: &Path, org: Option<&Path>, json: bool) -> anyhow::Result<Ex
 }
 
 fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
-    let signet = load_signet(&args.org_signet)?;
+    let signet = match read_signet(&args.org_signet)? {
+        Ok(s) => s,
+        Err(code) => return Ok(code),
+    };
     if signet.kind() != SignetKind::Org {
         eprintln!(
             "error: {} is a {}, not an org signet",
@@ -873,6 +886,10 @@ mod tests {
         assert_eq!(show(&user_s, Some(&org_s)), ExitCode::SUCCESS);
         // Checked against the wrong org, the user signet fails: exit 1.
         assert_eq!(show(&user_s, Some(&user_s)), ExitCode::from(1));
+        // A file that is not a signet is a failed check; a missing file is an error.
+        let key_path = dir.path().join("example.org.key");
+        assert_eq!(show(&key_path, None), ExitCode::from(1));
+        assert!(run(parse(&["signet", "show", "/nonexistent/x"]).unwrap()).is_err());
 
         let rec = parse(&[
             "record",

@@ -26,16 +26,6 @@ pub enum Error {
         /// Magic found.
         got: u16,
     },
-    /// The header's length disagrees with the bytes that follow it.
-    #[error("{object}: header says {declared} payload bytes, input has {actual}")]
-    LengthMismatch {
-        /// Object being read.
-        object: &'static str,
-        /// Length in the header.
-        declared: usize,
-        /// Bytes actually present after the header.
-        actual: usize,
-    },
     /// Bytes left over after a complete object (every `parse` refuses them).
     #[error("{object}: {count} trailing bytes after the end")]
     TrailingBytes {

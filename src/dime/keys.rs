@@ -126,6 +126,12 @@ impl PrivateKey {
         }
     }
 
+    /// Parse armored text or binary bytes (a key file's contents).
+    pub fn parse_any(input: &[u8]) -> Result<PrivateKey, Error> {
+        let bytes = Zeroizing::new(super::armor::decode_any(input)?);
+        Self::parse(&bytes)
+    }
+
     /// Parse a binary key file that must be of `kind`.
     pub fn parse_kind(input: &[u8], kind: KeyKind) -> Result<PrivateKey, Error> {
         let object = kind.magic().name();
@@ -281,6 +287,7 @@ mod tests {
         for (path, kind, dialect) in table {
             let bytes = decode_any(&vector(path)).unwrap();
             let key = PrivateKey::parse(&bytes).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!(PrivateKey::parse_any(&vector(path)).unwrap(), key);
             assert_eq!(key.kind(), kind, "{path}");
             assert_eq!(key.dialect(), dialect, "{path}");
             assert_eq!(&key.to_bytes()[..], &bytes[..], "{path}");
