@@ -29,10 +29,11 @@ pub enum SealError {
         /// The largest length the format can carry.
         max: usize,
     },
-    /// A public key could not be used for ECDH.
-    #[error("the {actor} encryption key is not usable")]
-    BadPublicKey {
-        /// Whose key.
+    /// A party's name or fingerprint cannot be written into an envelope line (DIME.md §7.7):
+    /// it holds a control character or the line's own delimiters.
+    #[error("the {actor}'s name or fingerprint cannot go into an envelope line")]
+    BadEnvelopeValue {
+        /// Whose.
         actor: Actor,
     },
     /// The message to be signed as origin does not open as origin.

@@ -123,6 +123,17 @@ pub fn seal(
     options: &SealOptions<'_>,
     rng: &mut (impl CryptoRng + RngCore),
 ) -> Result<Vec<u8>, SealError> {
+    // Signet identifiers come from the network; one holding CRLF or a delimiter could forge
+    // envelope lines.
+    for actor in Actor::ALL {
+        let p = parties.get(actor);
+        let bad = |v: &str, delims: &[char]| {
+            v.is_empty() || v.chars().any(|c| c.is_control() || delims.contains(&c))
+        };
+        if bad(&p.name, &['<', '>']) || bad(&p.fingerprint, &['[', ']']) {
+            return Err(SealError::BadEnvelopeValue { actor });
+        }
+    }
     let split = rfc5322::split(message)?;
     for (what, len) in [
         ("common headers", split.common.len()),

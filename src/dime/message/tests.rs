@@ -453,6 +453,38 @@ fn bodies_beyond_one_chunk_span_several_display_chunks() {
 }
 
 #[test]
+fn envelope_values_cannot_inject_lines() {
+    let w = World::load();
+    for (name, fp) in [
+        ("bob@b.example>\r\nOrigin: <evil", "x"),
+        ("", "x"),
+        ("bob@b.example", "x]"),
+    ] {
+        let mut r = w.parties[3].clone();
+        r.name = name.into();
+        r.fingerprint = fp.into();
+        let p = Parties {
+            recipient: &r,
+            ..w.sealing()
+        };
+        let err = seal(
+            SAMPLE,
+            &p,
+            &w.auth.signing,
+            &SealOptions::default(),
+            &mut StdRng::seed_from_u64(1),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            SealError::BadEnvelopeValue {
+                actor: Actor::Recipient
+            }
+        );
+    }
+}
+
+#[test]
 fn wrong_key_is_a_keyslot_mismatch() {
     let w = World::load();
     let msg = vector("msg.from_origin.bin");
