@@ -453,6 +453,40 @@ fn bodies_beyond_one_chunk_span_several_display_chunks() {
 }
 
 #[test]
+fn attachments_get_their_own_chunks_and_round_trip() {
+    let w = World::load();
+    let mail = b"Date: d\r\nTo: t\r\nFrom: f\r\nSubject: s\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\npreamble\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Disposition: attachment; filename=x\r\n\r\nAAAA\r\n--b\r\nContent-Disposition: attachment; filename=y\r\n\r\nBBBB\r\n--b--\r\nepilogue";
+    let opts = SealOptions {
+        origin_signing_key: Some(&w.orig.signing),
+        ..SealOptions::default()
+    };
+    let sealed = seal(
+        mail,
+        &w.sealing(),
+        &w.auth.signing,
+        &opts,
+        &mut StdRng::seed_from_u64(4),
+    )
+    .unwrap();
+    let report = open(&sealed, Actor::Recipient, &w.recp.encryption, &w.parties).unwrap();
+    let kinds: Vec<ChunkType> = report
+        .chunks
+        .iter()
+        .map(|c| c.kind)
+        .filter(|k| matches!(k, ChunkType::Display | ChunkType::Attachment))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ChunkType::Display,
+            ChunkType::Attachment,
+            ChunkType::Attachment
+        ]
+    );
+    assert_eq!(report.rfc5322().unwrap(), mail);
+}
+
+#[test]
 fn envelope_values_cannot_inject_lines() {
     let w = World::load();
     for (name, fp) in [
