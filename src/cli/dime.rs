@@ -1,4 +1,4 @@
-//! `dimegate keys|signet|record`: DIME administration commands. File I/O lives here; everything
+//! `dimegate keys|signet|record|message`: DIME administration commands. File I/O lives here; everything
 //! else is a call into the sans-I/O [`crate::dime`] module.
 //!
 //! Exit codes: 0 success, 1 a check failed (invalid signet, key mismatch), 2 usage error.
@@ -33,6 +33,78 @@ pub enum DimeCommand {
     },
     /// Print the `_dx` TXT record a domain should publish.
     Record(RecordArgs),
+    /// Seal and open D/MIME messages.
+    Message {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: MessageCommand,
+    },
+}
+
+/// `dimegate message …`
+#[derive(Debug, Subcommand)]
+pub enum MessageCommand {
+    /// Seal an RFC 5322 message (stdin) as author and sign it as origin; the binary D/MIME
+    /// message goes to stdout.
+    Seal(SealArgs),
+    /// Open a D/MIME message (stdin) as one actor and check every signature it can see.
+    Open(OpenArgs),
+}
+
+/// `dimegate message seal`
+#[derive(Debug, Args)]
+pub struct SealArgs {
+    /// Author's user key.
+    #[arg(long)]
+    pub author_key: PathBuf,
+    /// Author's user signet.
+    #[arg(long)]
+    pub author_signet: PathBuf,
+    /// Origin's org key (signs chunks 248/249/255).
+    #[arg(long)]
+    pub origin_key: PathBuf,
+    /// Origin's org signet.
+    #[arg(long)]
+    pub origin_signet: PathBuf,
+    /// Destination's org signet.
+    #[arg(long)]
+    pub destination_signet: PathBuf,
+    /// Recipient's user signet.
+    #[arg(long)]
+    pub recipient_signet: PathBuf,
+    /// Write libdime's tree-signature form instead of the spec's (DIME.md §7.8).
+    #[arg(long)]
+    pub libdime_tree: bool,
+}
+
+/// Who opens a message.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ActorArg {
+    /// The sending user.
+    Author,
+    /// The sender's organization.
+    Origin,
+    /// The recipient's organization.
+    Destination,
+    /// The receiving user.
+    Recipient,
+}
+
+/// `dimegate message open`
+#[derive(Debug, Args)]
+pub struct OpenArgs {
+    /// The actor to open as.
+    #[arg(long = "as", value_enum)]
+    pub actor: ActorArg,
+    /// That actor's private key.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Signets of the other actors (found by the fingerprints in the message).
+    #[arg(long, num_args = 1..)]
+    pub signets: Vec<PathBuf>,
+    /// Print a JSON report of every chunk and signature verdict instead of the message.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `dimegate keys …`
@@ -113,7 +185,226 @@ pub fn run(cmd: DimeCommand) -> anyhow::Result<ExitCode> {
             cmd: SignetCommand::Show { file, org, json },
         } => signet_show(&file, org.as_deref(), json),
         DimeCommand::Record(args) => record(&args),
+        DimeCommand::Message {
+            cmd: MessageCommand::Seal(args),
+        } => {
+            let input = read_stdin()?;
+            let mut out = std::io::stdout().lock();
+            message_seal(&args, &input, &mut out, &mut rand::rngs::OsRng)
+        }
+        DimeCommand::Message {
+            cmd: MessageCommand::Open(args),
+        } => {
+            let input = read_stdin()?;
+            let mut out = std::io::stdout().lock();
+            message_open(&args, &input, &mut out)
+        }
     }
+}
+
+fn read_stdin() -> anyhow::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut input = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .context("reading stdin")?;
+    Ok(input)
+}
+
+/// `message seal`: `input` is the RFC 5322 message, the sealed message goes to `out`.
+pub fn message_seal(
+    args: &SealArgs,
+    input: &[u8],
+    out: &mut dyn std::io::Write,
+    rng: &mut (impl rand::CryptoRng + rand::RngCore),
+) -> anyhow::Result<ExitCode> {
+    use crate::dime::message::{self, Parties, Party, SealOptions, TreeSignature};
+    let author_key = load_key(&args.author_key)?;
+    let origin_key = load_key(&args.origin_key)?;
+    let signet = |p: &Path| load_signet(p).map(|s| Party::from_signet(&s));
+    let author = signet(&args.author_signet)?;
+    let origin = signet(&args.origin_signet)?;
+    let destination = signet(&args.destination_signet)?;
+    let recipient = signet(&args.recipient_signet)?;
+    // A key that does not belong to its signet would seal a message nobody can verify.
+    for (what, key, party) in [
+        ("author", &author_key, &author),
+        ("origin", &origin_key, &origin),
+    ] {
+        if key.encryption_public() != party.encryption_key
+            || !party.signing_keys.contains(&key.verifying_key())
+        {
+            eprintln!("error: the {what} key does not belong to the {what} signet");
+            return Ok(ExitCode::from(2));
+        }
+    }
+    let parties = Parties {
+        author: &author,
+        origin: &origin,
+        destination: &destination,
+        recipient: &recipient,
+    };
+    let opts = SealOptions {
+        tree_signature: if args.libdime_tree {
+            TreeSignature::LibdimeCompat
+        } else {
+            TreeSignature::Spec
+        },
+        origin_signing_key: Some(origin_key.signing_key()),
+    };
+    match message::seal(input, &parties, author_key.signing_key(), &opts, rng) {
+        Ok(sealed) => {
+            out.write_all(&sealed)?;
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: cannot seal: {e}");
+            Ok(ExitCode::from(CHECK_FAILED))
+        }
+    }
+}
+
+/// `message open`: `input` is the D/MIME message; the rebuilt message (author, recipient), the
+/// envelope (origin, destination) or the JSON report goes to `out`, verdicts to stderr.
+pub fn message_open(
+    args: &OpenArgs,
+    input: &[u8],
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<ExitCode> {
+    use crate::dime::message::{self, Actor, Party};
+    let actor = match args.actor {
+        ActorArg::Author => Actor::Author,
+        ActorArg::Origin => Actor::Origin,
+        ActorArg::Destination => Actor::Destination,
+        ActorArg::Recipient => Actor::Recipient,
+    };
+    let key = load_key(&args.key)?;
+    let want = match actor {
+        Actor::Author | Actor::Recipient => KeyKind::User,
+        Actor::Origin | Actor::Destination => KeyKind::Org,
+    };
+    if key.kind() != want {
+        eprintln!("error: --as {actor} needs a {want:?} key");
+        return Ok(ExitCode::from(2));
+    }
+    let mut signets = Vec::new();
+    for p in &args.signets {
+        signets.push(Party::from_signet(&load_signet(p)?));
+    }
+    let report = match message::inspect(input, actor, key.encryption_secret(), &signets) {
+        Ok(r) => r,
+        Err(e) => {
+            if args.json {
+                let j = serde_json::json!({ "actor": actor.as_str(), "ok": false, "error": e.to_string() });
+                writeln!(out, "{}", serde_json::to_string_pretty(&j)?)?;
+            }
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(CHECK_FAILED));
+        }
+    };
+    let verdict = report.check();
+    if args.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&report_json(&report, &verdict))?
+        )?;
+    } else {
+        for c in &report.signatures {
+            eprintln!("{}: signed by {}: {:?}", c.chunk, c.signer, c.verdict);
+        }
+        match report.rfc5322() {
+            Some(m) => out.write_all(&m)?,
+            None => {
+                if let Some(e) = &report.origin_envelope {
+                    writeln!(
+                        out,
+                        "Author: <{}>\nAuthor-Signet: [{}]\nDestination: <{}>\nDestination-Signet: [{}]",
+                        e.author, e.author_fingerprint, e.destination, e.destination_fingerprint
+                    )?;
+                }
+                if let Some(e) = &report.destination_envelope {
+                    writeln!(
+                        out,
+                        "Recipient: <{}>\nRecipient-Signet: [{}]\nOrigin: <{}>\nOrigin-Signet: [{}]",
+                        e.recipient, e.recipient_fingerprint, e.origin, e.origin_fingerprint
+                    )?;
+                }
+            }
+        }
+        out.flush()?;
+    }
+    Ok(match verdict {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(CHECK_FAILED)
+        }
+    })
+}
+
+fn report_json(
+    report: &crate::dime::message::Report,
+    verdict: &Result<(), crate::dime::message::OpenError>,
+) -> serde_json::Value {
+    use crate::dime::message::{TreeSignature, Verdict};
+    let data = |d: &[u8]| match std::str::from_utf8(d) {
+        Ok(s) => serde_json::json!({ "text": s }),
+        Err(_) => serde_json::json!({ "base64": STANDARD_NO_PAD.encode(d) }),
+    };
+    let chunks: Vec<_> = report
+        .chunks
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "type": c.kind as u8,
+                "name": c.kind.to_string(),
+                "size": c.size,
+                "flags": c.flags,
+                "data": c.data.as_deref().map(data),
+            })
+        })
+        .collect();
+    let signatures: Vec<_> = report
+        .signatures
+        .iter()
+        .map(|c| {
+            let (v, fp) = match &c.verdict {
+                Verdict::Valid => ("valid", None),
+                Verdict::ValidLibdimeTree => ("valid-libdime-tree", None),
+                Verdict::Invalid => ("invalid", None),
+                Verdict::Placeholder => ("placeholder", None),
+                Verdict::SignetMissing { fingerprint } => ("signet-missing", Some(fingerprint)),
+                Verdict::NotDisclosed => ("not-disclosed", None),
+            };
+            serde_json::json!({
+                "chunk": c.chunk as u8,
+                "signer": c.signer.as_str(),
+                "verdict": v,
+                "fingerprint": fp,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "actor": report.actor.as_str(),
+        "ok": verdict.is_ok(),
+        "error": verdict.as_ref().err().map(ToString::to_string),
+        "tree_signature": report.tree_signature.map(|t| match t {
+            TreeSignature::Spec => "spec",
+            TreeSignature::LibdimeCompat => "libdime",
+        }),
+        "origin_envelope": report.origin_envelope.as_ref().map(|e| serde_json::json!({
+            "author": e.author, "author_fingerprint": e.author_fingerprint,
+            "destination": e.destination, "destination_fingerprint": e.destination_fingerprint,
+        })),
+        "destination_envelope": report.destination_envelope.as_ref().map(|e| serde_json::json!({
+            "recipient": e.recipient, "recipient_fingerprint": e.recipient_fingerprint,
+            "origin": e.origin, "origin_fingerprint": e.origin_fingerprint,
+        })),
+        "chunks": chunks,
+        "signatures": signatures,
+    })
 }
 
 /// Read a signet file (armored or binary).
@@ -383,6 +674,111 @@ fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     };
     println!("{}.{domain}. IN TXT {rdata}", dime::DX_PREFIX);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod message_tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn vec_path(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/dime-vectors/d1-libdime")
+            .join(name)
+    }
+
+    fn open_args(actor: ActorArg, key: &str, json: bool) -> OpenArgs {
+        OpenArgs {
+            actor,
+            key: vec_path(key),
+            signets: ["auth", "orig", "dest", "recp"]
+                .iter()
+                .map(|a| vec_path(&format!("{a}.signet")))
+                .collect(),
+            json,
+        }
+    }
+
+    const MAIL: &[u8] = b"Date: Thu, 26 Nov 2026 12:00:00 +0000\r\nTo: Bob <bob@b.example>\r\nFrom: Alice <alice@a.example>\r\nSubject: cli\r\n\r\nHi\r\n";
+
+    #[test]
+    fn seal_then_open_as_each_actor() {
+        let args = SealArgs {
+            author_key: vec_path("auth.keys"),
+            author_signet: vec_path("auth.signet"),
+            origin_key: vec_path("orig.keys"),
+            origin_signet: vec_path("orig.signet"),
+            destination_signet: vec_path("dest.signet"),
+            recipient_signet: vec_path("recp.signet"),
+            libdime_tree: false,
+        };
+        let mut sealed = Vec::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        assert_eq!(
+            message_seal(&args, MAIL, &mut sealed, &mut rng).unwrap(),
+            ExitCode::SUCCESS
+        );
+        let mut out = Vec::new();
+        let code = message_open(
+            &open_args(ActorArg::Recipient, "recp.keys", false),
+            &sealed,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(code, ExitCode::SUCCESS);
+        assert_eq!(out, MAIL);
+        for (actor, key) in [
+            (ActorArg::Origin, "orig.keys"),
+            (ActorArg::Destination, "dest.keys"),
+            (ActorArg::Author, "auth.keys"),
+        ] {
+            let mut out = Vec::new();
+            assert_eq!(
+                message_open(&open_args(actor, key, true), &sealed, &mut out).unwrap(),
+                ExitCode::SUCCESS,
+                "{actor:?}"
+            );
+            let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(j["ok"], true);
+        }
+        // One flipped byte: exit 1 and a report that says which chunk.
+        let mut bad = sealed.clone();
+        let at = bad.len() - 300;
+        bad[at] ^= 1;
+        let mut out = Vec::new();
+        let code = message_open(
+            &open_args(ActorArg::Recipient, "recp.keys", true),
+            &bad,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(code, ExitCode::from(1));
+        let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(j["ok"], false);
+        // A user key for the origin is a usage error.
+        let code = message_open(
+            &open_args(ActorArg::Origin, "recp.keys", false),
+            &sealed,
+            &mut Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(code, ExitCode::from(2));
+    }
+
+    #[test]
+    fn libdime_vector_opens_with_the_libdime_tree_reported() {
+        let msg = std::fs::read(vec_path("msg.from_destination.bin")).unwrap();
+        let mut out = Vec::new();
+        let code = message_open(
+            &open_args(ActorArg::Recipient, "recp.keys", true),
+            &msg,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(code, ExitCode::SUCCESS);
+        let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(j["tree_signature"], "libdime");
+    }
 }
 
 #[cfg(test)]

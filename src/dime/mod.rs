@@ -10,6 +10,8 @@
 //!   [`Signet::signing_key`], [`Signet::encryption_key`], [`Signet::crypto_fingerprint`],
 //!   [`Signet::validate`].
 //! * [`DxRecord`] for `_dx` TXT records and [`tls_signature`] for their certificate pins.
+//! * [`message`] for D/MIME messages: [`message::seal`], [`message::sign_as_origin`],
+//!   [`message::open`] / [`message::inspect`] as any of the four actors.
 //! * [`armor`] for the text forms, [`object`] for framing (including the `u32` message frame).
 //!
 //! ```
@@ -28,6 +30,7 @@ pub(crate) mod codec;
 mod error;
 mod fingerprint;
 mod keys;
+pub mod message;
 pub mod object;
 #[cfg(test)]
 mod proptests;

@@ -1,0 +1,306 @@
+//! Sealing as author (and, when the caller holds the origin's key, signing as origin in the same
+//! pass), and signing an author-sealed message as origin afterwards.
+
+use ed25519_dalek::{Signer, SigningKey};
+use k256::SecretKey;
+use k256::elliptic_curve::sec1::ToEncodedPoint;
+use rand::{CryptoRng, RngCore};
+use sha2::{Digest, Sha512};
+
+use super::chunk::{self, ChunkType, SIG_LEN};
+use super::crypto::{AesKeyIv, derive_kek, open_keyslot, seal_keyslot};
+use super::error::{OpenError, SealError};
+use super::payload::{self, FLAG_CONTINUED};
+use super::rfc5322;
+use super::{Actor, Parties, TreeSignature};
+
+/// Largest data a standard chunk carries here: the u24 payload length minus the 69-byte prefix
+/// and the most padding the algorithm can add, rounded down to whole KiB.
+pub(crate) const MAX_CHUNK_DATA: usize = 16 * 1024 * 1024 - 1024;
+
+/// Options for [`seal`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SealOptions<'a> {
+    /// Which tree-signature form to write (DIME.md §7.8).
+    pub tree_signature: TreeSignature,
+    /// The origin's message-signing key (POK or an SOK with the message permission). When set,
+    /// chunks 248/249/255 get the origin's signatures directly instead of zero placeholders.
+    pub origin_signing_key: Option<&'a SigningKey>,
+}
+
+/// Chunk area bounds of the chunks written so far, for the hashes and signature prefixes.
+struct Writer<'r, R> {
+    out: Vec<u8>,
+    /// (type, start, end) of each chunk, offsets in `out`.
+    spans: Vec<(ChunkType, usize, usize)>,
+    keks: [AesKeyIv; 4],
+    rng: &'r mut R,
+}
+
+impl<R: CryptoRng + RngCore> Writer<'_, R> {
+    /// Appends an encrypted chunk whose plaintext payload is `plain` (block-aligned).
+    fn encrypted(&mut self, kind: ChunkType, mut plain: Vec<u8>) {
+        let key = AesKeyIv::random(self.rng);
+        key.encrypt(&mut plain);
+        let start = self.out.len();
+        chunk::put_header(&mut self.out, kind, plain.len());
+        self.out.extend_from_slice(&plain);
+        for actor in kind.actors() {
+            let slot = seal_keyslot(&self.keks[*actor as usize], &key, self.rng);
+            self.out.extend_from_slice(&slot);
+        }
+        self.spans.push((kind, start, self.out.len()));
+    }
+
+    fn standard(&mut self, kind: ChunkType, data: &[u8], flags: u8, author: &SigningKey) {
+        let r = (self.rng.next_u32() & 0xff) as u8;
+        let mut plain = Vec::new();
+        payload::encode_into(&mut plain, data, flags, r, author);
+        self.encrypted(kind, plain);
+    }
+
+    /// Standard chunks of a repeatable type carrying `data`, cut into chunk-sized pieces.
+    fn spanning(&mut self, kind: ChunkType, data: &[u8], author: &SigningKey) {
+        let mut pieces = data.chunks(MAX_CHUNK_DATA).peekable();
+        if pieces.peek().is_none() {
+            self.standard(kind, &[], 0, author);
+        }
+        while let Some(piece) = pieces.next() {
+            let flags = if pieces.peek().is_some() {
+                FLAG_CONTINUED
+            } else {
+                0
+            };
+            self.standard(kind, piece, flags, author);
+        }
+    }
+
+    /// The message bytes from the first chunk to the end of the last chunk below `limit`.
+    fn prefix_below(&self, limit: u8) -> &[u8] {
+        let end = self
+            .spans
+            .iter()
+            .filter(|(k, _, _)| (*k as u8) < limit)
+            .map(|(_, _, e)| *e)
+            .max()
+            .unwrap_or(6);
+        &self.out[6..end]
+    }
+}
+
+/// The data the tree signature signs, computed over serialized chunks 2..131 (DIME.md §7.8).
+pub(crate) fn tree_data<'a>(
+    chunks: impl Iterator<Item = (ChunkType, &'a [u8])>,
+    form: TreeSignature,
+) -> Vec<u8> {
+    let mut data = Vec::new();
+    for (kind, bytes) in chunks.filter(|(k, _)| (*k as u8) < 192) {
+        // libdime writes the destination hash and then overwrites it with the next one.
+        if form == TreeSignature::LibdimeCompat && kind == ChunkType::Destination {
+            continue;
+        }
+        data.extend_from_slice(&Sha512::digest(bytes));
+    }
+    if form == TreeSignature::LibdimeCompat {
+        data.extend_from_slice(&[0u8; 64]);
+    }
+    data
+}
+
+fn envelope_line(out: &mut Vec<u8>, key: &str, open: char, value: &str, close: char) {
+    out.extend_from_slice(format!("{key}: {open}{value}{close}\r\n").as_bytes());
+}
+
+/// Seals `message` (RFC 5322) from `parties.author`, signed with `author_key`.
+///
+/// Without `options.origin_signing_key` the origin chunks 248/249/255 are zero placeholders for
+/// [`sign_as_origin`] to fill. Randomness (ephemeral key, chunk keys, IVs, keyslot salts, padding)
+/// comes from `rng` only.
+pub fn seal(
+    message: &[u8],
+    parties: &Parties<'_>,
+    author_key: &SigningKey,
+    options: &SealOptions<'_>,
+    rng: &mut (impl CryptoRng + RngCore),
+) -> Result<Vec<u8>, SealError> {
+    // Signet identifiers come from the network; one holding CRLF or a delimiter could forge
+    // envelope lines.
+    for actor in Actor::ALL {
+        let p = parties.get(actor);
+        let bad = |v: &str, delims: &[char]| {
+            v.is_empty() || v.chars().any(|c| c.is_control() || delims.contains(&c))
+        };
+        if bad(&p.name, &['<', '>']) || bad(&p.fingerprint, &['[', ']']) {
+            return Err(SealError::BadEnvelopeValue { actor });
+        }
+    }
+    let split = rfc5322::split(message)?;
+    for (what, len) in [
+        ("common headers", split.common.len()),
+        ("other headers", split.other.len()),
+    ] {
+        if len > MAX_CHUNK_DATA {
+            return Err(SealError::TooLarge {
+                what,
+                len,
+                max: MAX_CHUNK_DATA,
+            });
+        }
+    }
+    let ephemeral = SecretKey::random(rng);
+    let keks = Actor::ALL.map(|a| derive_kek(&ephemeral, &parties.get(a).encryption_key));
+    let body_len = split.body.map_or(0, <[u8]>::len);
+    let mut w = Writer {
+        out: Vec::with_capacity(2048 + body_len + body_len / 8),
+        spans: Vec::new(),
+        keks,
+        rng,
+    };
+    w.out.extend_from_slice(&chunk::MESSAGE_MAGIC.to_be_bytes());
+    w.out.extend_from_slice(&[0; 4]);
+
+    let eph = ephemeral.public_key().to_encoded_point(true);
+    chunk::put_header(&mut w.out, ChunkType::Ephemeral, eph.len());
+    w.out.extend_from_slice(eph.as_bytes());
+    w.spans.push((ChunkType::Ephemeral, 6, w.out.len()));
+
+    let mut origin_text = Vec::new();
+    envelope_line(&mut origin_text, "Author", '<', &parties.author.name, '>');
+    envelope_line(
+        &mut origin_text,
+        "Author-Signet",
+        '[',
+        &parties.author.fingerprint,
+        ']',
+    );
+    envelope_line(
+        &mut origin_text,
+        "Destination",
+        '<',
+        &parties.destination.name,
+        '>',
+    );
+    envelope_line(
+        &mut origin_text,
+        "Destination-Signet",
+        '[',
+        &parties.destination.fingerprint,
+        ']',
+    );
+    w.standard(ChunkType::Origin, &origin_text, 0, author_key);
+
+    let mut dest_text = Vec::new();
+    envelope_line(
+        &mut dest_text,
+        "Recipient",
+        '<',
+        &parties.recipient.name,
+        '>',
+    );
+    envelope_line(
+        &mut dest_text,
+        "Recipient-Signet",
+        '[',
+        &parties.recipient.fingerprint,
+        ']',
+    );
+    envelope_line(&mut dest_text, "Origin", '<', &parties.origin.name, '>');
+    envelope_line(
+        &mut dest_text,
+        "Origin-Signet",
+        '[',
+        &parties.origin.fingerprint,
+        ']',
+    );
+    w.standard(ChunkType::Destination, &dest_text, 0, author_key);
+
+    w.standard(ChunkType::Common, &split.common, 0, author_key);
+    if !split.other.is_empty() {
+        w.standard(ChunkType::Other, &split.other, 0, author_key);
+    }
+    if let Some(body) = split.body {
+        let first = split
+            .attachment_starts
+            .first()
+            .copied()
+            .unwrap_or(body.len());
+        w.spanning(ChunkType::Display, &body[..first], author_key);
+        let mut bounds = split.attachment_starts.clone();
+        bounds.push(body.len());
+        for pair in bounds.windows(2) {
+            w.spanning(ChunkType::Attachment, &body[pair[0]..pair[1]], author_key);
+        }
+    }
+
+    let tree = tree_data(
+        w.spans.iter().map(|(k, s, e)| (*k, &w.out[*s..*e])),
+        options.tree_signature,
+    );
+    let sig = author_key.sign(&tree).to_bytes();
+    w.encrypted(ChunkType::AuthorTree, sig.to_vec());
+    let sig = author_key.sign(w.prefix_below(226)).to_bytes();
+    w.encrypted(ChunkType::AuthorFull, sig.to_vec());
+
+    // Bounce signatures cover envelope + metadata (types below 64) and envelope + metadata +
+    // display (below 128); the full one everything before 255 (DIME.md §7.8).
+    for (kind, limit) in [
+        (ChunkType::OriginMetaBounce, 64),
+        (ChunkType::OriginDisplayBounce, 128),
+        (ChunkType::OriginFull, 255),
+    ] {
+        let sig = match options.origin_signing_key {
+            Some(k) => k.sign(w.prefix_below(limit)).to_bytes(),
+            None => [0u8; SIG_LEN],
+        };
+        w.encrypted(kind, sig.to_vec());
+    }
+
+    let len = w.out.len() - 6;
+    let len32 = u32::try_from(len).map_err(|_| SealError::TooLarge {
+        what: "message",
+        len,
+        max: u32::MAX as usize,
+    })?;
+    w.out[2..6].copy_from_slice(&len32.to_be_bytes());
+    Ok(w.out)
+}
+
+/// Fills the origin signatures 248, 249 and 255 of an author-sealed message, in place of whatever
+/// they hold, re-encrypting each under the key and IV of the origin's keyslot (DIME.md §7.8).
+///
+/// This checks framing only; open the message as origin first to check the author's signatures.
+pub fn sign_as_origin(
+    message: &[u8],
+    origin_encryption_key: &SecretKey,
+    origin_signing_key: &SigningKey,
+) -> Result<Vec<u8>, SealError> {
+    let raw = chunk::parse(message)?;
+    let eph = raw
+        .find(ChunkType::Ephemeral)
+        .and_then(|c| k256::PublicKey::from_sec1_bytes(c.payload).ok())
+        .ok_or(OpenError::BadEphemeralKey)?;
+    let kek = derive_kek(origin_encryption_key, &eph);
+    let base = raw.area_offset;
+    let mut jobs = Vec::new();
+    for (kind, limit) in [
+        (ChunkType::OriginMetaBounce, 64u8),
+        (ChunkType::OriginDisplayBounce, 128),
+        (ChunkType::OriginFull, 255),
+    ] {
+        if let Some(c) = raw.find(kind) {
+            let slot = c.slot(Actor::Origin).ok_or(OpenError::KeyslotMismatch {
+                chunk: kind,
+                actor: Actor::Origin,
+            })?;
+            let end = raw.prefix_below(limit).len();
+            jobs.push((open_keyslot(&kek, slot), base + c.start + 4, end));
+        }
+    }
+    let mut out = message.to_vec();
+    for (key, at, end) in jobs {
+        let mut sig = origin_signing_key.sign(&out[base..base + end]).to_bytes();
+        key.encrypt(&mut sig);
+        out[at..at + SIG_LEN].copy_from_slice(&sig);
+    }
+    Ok(out)
+}
