@@ -490,6 +490,18 @@ fn run_keys(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
         eprintln!("error: {name:?} cannot be used as a file name");
         return Ok(ExitCode::from(2));
     }
+    let out_dir = match &cmd {
+        KeysCommand::Org { out, .. } | KeysCommand::User { out, .. } => out,
+    };
+    // The directory holds private keys: create it for the owner only.
+    if !out_dir.exists() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(out_dir)
+            .with_context(|| format!("creating {}", out_dir.display()))?;
+    }
     match cmd {
         KeysCommand::Org { domain, out, force } => {
             let key = PrivateKey::generate(KeyKind::Org, &mut rng);
