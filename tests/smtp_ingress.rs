@@ -684,6 +684,45 @@ fn disk_full_answers_452_and_keeps_every_acknowledged_message() {
 }
 
 #[test]
+fn idle_client_is_dropped_with_421_and_repeated_errors_end_the_session() {
+    let port = free_port();
+    let gw = Gateway::start(&format!(
+        "[smtp]\nlisten = \"127.0.0.1:{port}\"\nidle_timeout = \"2s\"\nmax_errors = 3\n[[domain]]\nname = \"example.test\""
+    ));
+    let mut buf = [0u8; 1024];
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let n = idle.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"220 "));
+    let started = Instant::now();
+    let n = idle.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"421 4.4.2"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+
+    let mut noisy = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    noisy
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = noisy.read(&mut buf).unwrap();
+    noisy.write_all(b"FOO\r\nBAR\r\nBAZ\r\n").unwrap();
+    let mut transcript = Vec::new();
+    let _ = noisy.read_to_end(&mut transcript);
+    let text = String::from_utf8_lossy(&transcript);
+    assert!(text.contains("421 4.7.0"), "{text}");
+    let m = gw.metrics();
+    assert_eq!(
+        metric(&m, "dimegate_smtp_sessions_total{outcome=\"timeout\"}"),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+#[test]
 fn sigterm_stops_cleanly_and_restart_keeps_the_queue() {
     let mut gw = Gateway::start("");
     let (ok, t) = swaks(gw.smtp, &["--to", "bob@example.test"]);
