@@ -310,6 +310,7 @@ impl Scheduler {
             .collect();
         let mut actions = Vec::new();
         let mut reports = Vec::new();
+        let mut deferred_now: Vec<(usize, Diagnosis)> = Vec::new();
         for (recipient, outcome) in outcomes {
             let recipient = *recipient;
             let Some(status) = record.recipients.get(recipient) else {
@@ -335,12 +336,15 @@ impl Scheduler {
                 DeliveryOutcome::Deferred(diagnosis) => {
                     let attempts = status.attempts.saturating_add(1);
                     match self.policy.next_attempt(arrival, attempts, now, rng) {
-                        Decision::RetryAt(next_at) => actions.push(Action::Defer {
-                            queue_id,
-                            recipient,
-                            next_at,
-                            error: describe(diagnosis),
-                        }),
+                        Decision::RetryAt(next_at) => {
+                            actions.push(Action::Defer {
+                                queue_id,
+                                recipient,
+                                next_at,
+                                error: describe(diagnosis),
+                            });
+                            deferred_now.push((recipient, diagnosis.clone()));
+                        }
                         Decision::Expire => {
                             let mut diagnosis = diagnosis.clone();
                             if diagnosis.status.is_none()
@@ -395,6 +399,37 @@ impl Scheduler {
             }
         }
         actions.extend(send_dsn(record, reports));
+        // The delay warning, when an attempt has just been deferred past `delay_warning`: the
+        // runner only sees a message when its recipients are due, so this is where the warning
+        // goes out (at most one retry step late, as Postfix's delay_warning_time). It names every
+        // recipient still waiting, with this attempt's error for those tried just now.
+        if !message.delay_warned
+            && !deferred_now.is_empty()
+            && should_warn_delay(arrival, now, false, &self.policy)
+        {
+            let until = self.policy.expires_at(arrival);
+            let warnings = record
+                .recipients
+                .iter()
+                .enumerate()
+                .filter(|(recipient, _)| !finished[*recipient])
+                .map(|(recipient, status)| {
+                    let now_tried = deferred_now.iter().find(|(r, _)| *r == recipient);
+                    RecipientReport {
+                        recipient,
+                        outcome: ReportOutcome::Delayed {
+                            diagnosis: now_tried
+                                .map(|(_, d)| d.clone())
+                                .unwrap_or_else(|| diagnosis_from_store(status)),
+                            will_retry_until: until,
+                        },
+                        last_attempt: now_tried.map(|_| now),
+                    }
+                })
+                .collect();
+            actions.extend(send_dsn(record, warnings));
+            actions.push(Action::MarkDelayWarned { queue_id });
+        }
         if !finished.is_empty() && finished.iter().all(|&f| f) {
             actions.push(Action::Remove { queue_id });
         }
