@@ -877,3 +877,184 @@ fn hold_release_retry_and_bounce_through_the_cli() {
         "{metrics}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// More shapes of the same promises.
+
+/// One message, two routes: the backend takes its recipient at once; the smarthost defers the
+/// other. Retrying the deferred one must not send the backend's copy again.
+#[test]
+fn a_deferred_recipient_is_retried_without_redelivering_the_delivered_one() {
+    let backend = Sink::start(&[]);
+    let failing = Sink::start(&["-r", "RCPT"]);
+    let relay_addr = failing.addr;
+    let gw = gateway(
+        backend.addr,
+        r#"["1s", "2s"]"#,
+        "1h",
+        &format!("[relay]\nnetworks = [\"127.0.0.0/8\"]\nsmarthost = \"{relay_addr}\"\n"),
+    );
+    let id = send(
+        &gw,
+        "alice@example.test",
+        &["bob@example.test", "carol@remote.test"],
+        &message("split", "x\r\n"),
+    );
+    wait_dumps(&backend, 1, Duration::from_secs(10), &gw);
+    wait_until(
+        Duration::from_secs(15),
+        || {
+            recipients(&gw, &id)
+                .get(1)
+                .is_some_and(|r| r["attempts"].as_u64() >= Some(3))
+        },
+        || format!("{:#?}", gw.queue_json()),
+    );
+    let rs = recipients(&gw, &id);
+    assert_eq!(rs[0]["state"], "delivered", "{rs:#?}");
+    assert_eq!(rs[1]["state"], "deferred", "{rs:#?}");
+    drop(failing);
+    let relay = Sink::start_at(relay_addr, &[]);
+    wait_dumps(&relay, 1, Duration::from_secs(10), &gw);
+    wait_queue_empty(&gw, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    let b = backend.messages();
+    assert_eq!(b.len(), 1, "the backend's copy once: {b:#?}");
+    assert!(b[0].contains("X-Rcpt-Args: <bob@example.test>"));
+    assert!(!b[0].contains("carol"), "{}", b[0]);
+    let r = relay.messages();
+    assert_eq!(r.len(), 1);
+    assert!(r[0].contains("X-Rcpt-Args: <carol@remote.test>"));
+    assert!(!r[0].contains("X-Rcpt-Args: <bob@"), "{}", r[0]);
+}
+
+/// `[backend] lmtp = true` against smtp-sink -L: several recipients in one transaction, each
+/// with its own reply, each delivered once.
+#[test]
+fn lmtp_backend_gets_every_recipient_once() {
+    let sink = Sink::start(&["-L"]);
+    let gw = Gateway::start(&format!(
+        "[backend]\naddress = \"{}\"\nlmtp = true\n[queue]\nretry = [\"2s\"]\njitter_percent = 0\npoll_interval = \"100ms\"\n",
+        sink.addr
+    ));
+    let rcpts = ["a@example.test", "b@example.test", "c@localhost"];
+    for i in 0..5 {
+        send(
+            &gw,
+            "alice@example.test",
+            &rcpts,
+            &message(&format!("lmtp{i}"), "x\r\n"),
+        );
+    }
+    wait_queue_empty(&gw, Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(500));
+    let dumps = sink.messages();
+    assert_eq!(dumps.len(), 5, "one transaction per message");
+    for dump in &dumps {
+        assert!(
+            dump.contains("X-Client-Proto: LMTP") || dump.contains("LHLO"),
+            "{dump}"
+        );
+        for rcpt in rcpts {
+            assert_eq!(
+                dump.matches(&format!("X-Rcpt-Args: <{rcpt}>")).count(),
+                1,
+                "{dump}"
+            );
+        }
+    }
+    let metrics = gw.metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            "dimegate_deliveries_total{route=\"backend\",outcome=\"delivered\"}"
+        ),
+        Some(15.0),
+        "{metrics}"
+    );
+}
+
+/// A recipient deferred past `delay_warning` gets one delay DSN (Action: delayed, 4.x.x), and
+/// stays queued.
+#[test]
+fn a_long_deferral_sends_one_delay_warning() {
+    let backend = Sink::start(&[]);
+    let failing = Sink::start(&["-r", "RCPT"]);
+    let gw = Gateway::start(&format!(
+        "[backend]\naddress = \"{}\"\n\
+         [queue]\nretry = [\"1s\"]\njitter_percent = 0\nexpire = \"1h\"\n\
+         delay_warning = \"2s\"\npoll_interval = \"100ms\"\n\
+         [relay]\nnetworks = [\"127.0.0.0/8\"]\nsmarthost = \"{}\"\n",
+        backend.addr, failing.addr
+    ));
+    let id = send(
+        &gw,
+        "alice@example.test",
+        &["carol@remote.test"],
+        &message("delayed", "x\r\n"),
+    );
+    wait_dumps(&backend, 1, Duration::from_secs(15), &gw);
+    // Several more attempts: still one warning.
+    wait_until(
+        Duration::from_secs(15),
+        || {
+            recipients(&gw, &id)
+                .first()
+                .is_some_and(|r| r["attempts"].as_u64() >= Some(5))
+        },
+        || format!("{:#?}", gw.queue_json()),
+    );
+    let dumps = backend.messages();
+    assert_eq!(dumps.len(), 1, "one delay warning");
+    let dsn = parse_dsn(dumped_message(&dumps[0]));
+    assert_eq!(dsn["type"], "multipart/report", "{dsn:#}");
+    let block = dsn["blocks"][1].clone();
+    assert_eq!(block["Action"], "delayed", "{dsn:#}");
+    assert!(
+        block["Status"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("4.")),
+        "{dsn:#}"
+    );
+    assert!(block["Will-Retry-Until"].as_str().is_some(), "{dsn:#}");
+    assert_eq!(recipients(&gw, &id)[0]["state"], "deferred");
+    let metrics = gw.metrics();
+    assert_eq!(
+        metric(&metrics, "dimegate_dsns_total{kind=\"delay\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+/// A next hop that drops the connection: 421 at MAIL, silence after the end of data (the
+/// message may or may not have been taken: deliver again rather than lose it).
+#[test]
+fn dropped_connections_defer_and_the_message_is_delivered_later() {
+    for flags in [&["-Q", "MAIL"][..], &["-q", "."][..]] {
+        let failing = Sink::start(flags);
+        let addr = failing.addr;
+        let gw = gateway(addr, r#"["1s", "2s"]"#, "1h", "");
+        let id = send(
+            &gw,
+            "alice@example.test",
+            &["bob@example.test"],
+            &message("dropped", "x\r\n"),
+        );
+        wait_until(
+            Duration::from_secs(10),
+            || {
+                recipients(&gw, &id)
+                    .first()
+                    .is_some_and(|r| r["attempts"].as_u64() >= Some(1))
+            },
+            || format!("{:#?}", gw.queue_json()),
+        );
+        let r = &recipients(&gw, &id)[0];
+        assert_eq!(r["state"], "deferred", "{flags:?}: {r:#}");
+        drop(failing);
+        let sink = Sink::start_at(addr, &[]);
+        wait_dumps(&sink, 1, Duration::from_secs(10), &gw);
+        wait_queue_empty(&gw, Duration::from_secs(5));
+        assert_eq!(sink.messages().len(), 1, "{flags:?}");
+    }
+}
