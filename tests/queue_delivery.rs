@@ -566,6 +566,20 @@ fn messages_wait_for_a_backend_that_is_down_and_are_all_delivered_when_it_is_up(
         },
         || format!("{:#?}", gw.queue_json()),
     );
+    let metrics = gw.metrics();
+    assert_eq!(
+        metric(&metrics, "dimegate_queue_recipients{state=\"deferred\"}"),
+        Some(N as f64),
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "dimegate_deliveries_total{route=\"backend\",outcome=\"deferred\"}"
+        )
+        .is_some_and(|v| v >= N as f64),
+        "{metrics}"
+    );
     std::thread::sleep(Duration::from_secs(2));
     let sink = Sink::start_at(addr, &[]);
     let up = Instant::now();
@@ -636,10 +650,16 @@ fn a_real_postfix_backend_receives_every_message_into_its_maildir() {
         assert!(m.contains("from mx.example.test"), "{m}");
         assert!(m.contains("to postfix\n"), "{m}");
     }
+    let log = postfix.maillog();
+    assert_eq!(
+        log.matches("status=sent").count(),
+        N,
+        "each delivered once into the Maildir: {log}"
+    );
+    // dimegate used the STARTTLS Postfix offered (opportunistic, self-signed certificate).
     assert!(
-        postfix.maillog().contains("status=sent") || postfix.maillog().contains("delivered"),
-        "{}",
-        postfix.maillog()
+        log.contains("TLS connection established from"),
+        "the hop was encrypted: {log}"
     );
 }
 
@@ -1057,4 +1077,87 @@ fn dropped_connections_defer_and_the_message_is_delivered_later() {
         wait_queue_empty(&gw, Duration::from_secs(5));
         assert_eq!(sink.messages().len(), 1, "{flags:?}");
     }
+}
+
+/// SIGTERM while a delivery is in flight (the sink takes 3 s to answer the end of data): the
+/// gateway finishes it and exits cleanly; after a restart nothing is delivered twice.
+#[test]
+fn sigterm_during_a_delivery_finishes_it_and_exits_cleanly() {
+    let sink = Sink::start(&["-W", ".:3"]);
+    let mut gw = gateway(sink.addr, r#"["1s", "2s"]"#, "1h", "");
+    send(
+        &gw,
+        "alice@example.test",
+        &["bob@example.test"],
+        &message("slow", "x\r\n"),
+    );
+    wait_until(
+        Duration::from_secs(10),
+        || sink.count_in_log("DATA") >= 1,
+        || gw.log_text(),
+    );
+    let stopping = Instant::now();
+    let status = gw.stop();
+    eprintln!("stopped {:?} after SIGTERM", stopping.elapsed());
+    assert!(status.success(), "clean exit: {status}\n{}", gw.log_text());
+    gw.spawn();
+    wait_queue_empty(&gw, Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        sink.messages().len(),
+        1,
+        "delivered once\n{}",
+        gw.log_text()
+    );
+}
+
+/// `[[destination]] require_tls` for a domain whose MX offers no STARTTLS (smtp-sink): the mail
+/// waits in the queue, it is not sent in clear text; another domain on the same MX is delivered.
+#[test]
+fn require_tls_keeps_mail_queued_when_the_mx_has_no_starttls() {
+    let mut zone = test_zone();
+    zone.push_str("dest     IN MX   10 mx1\nsecure   IN MX   10 mx1\n");
+    let knot = Knot::start("example.test", &zone);
+    let mx_sink = Sink::start(&[]);
+    let gw = gateway(
+        closed_addr(),
+        r#"["2s", "3s"]"#,
+        "1h",
+        &format!(
+            "mx_port = {}\n[[destination]]\ndomain = \"secure.example.test\"\nrequire_tls = true\n\
+             [relay]\nnetworks = [\"127.0.0.0/8\"]\n\
+             [dns]\nservers = [\"{}\"]\ntimeout = \"2s\"\n",
+            mx_sink.addr.port(),
+            knot.addr
+        ),
+    );
+    let secure = send(
+        &gw,
+        "alice@example.test",
+        &["bob@secure.example.test"],
+        &message("secure", "secret\r\n"),
+    );
+    send(
+        &gw,
+        "alice@example.test",
+        &["bob@dest.example.test"],
+        &message("plain", "x\r\n"),
+    );
+    wait_dumps(&mx_sink, 1, Duration::from_secs(15), &gw);
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            recipients(&gw, &secure)
+                .first()
+                .is_some_and(|r| r["attempts"].as_u64() >= Some(1))
+        },
+        || format!("{:#?}\n{}", gw.queue_json(), gw.log_text()),
+    );
+    let r = &recipients(&gw, &secure)[0];
+    assert_eq!(r["state"], "deferred", "{r:#}");
+    eprintln!("require_tls: {}", r["last_error"]);
+    let dumps = mx_sink.messages();
+    assert_eq!(dumps.len(), 1, "{dumps:#?}");
+    assert!(dumps[0].contains("Subject: plain"));
+    assert!(!dumps.iter().any(|d| d.contains("secret")));
 }
