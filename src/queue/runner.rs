@@ -13,7 +13,7 @@ use super::{
     Action, DeliveryOutcome, Diagnosis, DsnInput, EnhancedStatus, QueuedMessage, ReportOutcome,
     Route, RouteSettings, Scheduler, ServedDomains, build_dsn, group_by_route,
 };
-use crate::deliver::{Deliverer, NextHop, Outcome as DeliverOutcome};
+use crate::deliver::{Deliverer, Handoff, NextHop, Outcome as DeliverOutcome};
 use crate::envelope::QueueId;
 use crate::metrics::{DeliveryLabel, Metrics, StatusClassLabel};
 use crate::store::{Lease, MessageRecord, Outcome, Settlement, Store, StoreError, UnixTime};
@@ -520,7 +520,11 @@ fn to_delivery_outcome(o: &DeliverOutcome) -> DeliveryOutcome {
             .map(|s| EnhancedStatus::new(s.class, s.subject, s.detail)),
     };
     match o {
-        DeliverOutcome::Delivered { .. } => DeliveryOutcome::Delivered(diagnosis),
+        DeliverOutcome::Delivered { handoff, .. } => match handoff {
+            Handoff::Delivered => DeliveryOutcome::Delivered(diagnosis),
+            Handoff::Relayed => DeliveryOutcome::Relayed(diagnosis),
+            Handoff::PassedOn => DeliveryOutcome::PassedOn(diagnosis),
+        },
         DeliverOutcome::Deferred { .. } => DeliveryOutcome::Deferred(diagnosis),
         DeliverOutcome::Failed { .. } => DeliveryOutcome::Failed(diagnosis),
     }

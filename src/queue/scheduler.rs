@@ -41,8 +41,15 @@ pub struct QueuedMessage<'a> {
 /// How one delivery attempt for one recipient ended, as `deliver` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryOutcome {
-    /// The next hop took responsibility (2xx after DATA).
+    /// The next hop took responsibility (2xx after DATA) and its acceptance is the final
+    /// delivery (LMTP without DSN): NOTIFY=SUCCESS gets `Action: delivered`.
     Delivered(Diagnosis),
+    /// An SMTP next hop without the DSN extension took responsibility: NOTIFY=SUCCESS gets
+    /// `Action: relayed` (RFC 3461 §5.2.3).
+    Relayed(Diagnosis),
+    /// A next hop with the DSN extension took responsibility, NOTIFY passed on: it reports
+    /// success itself (RFC 3461 §5.2.2), so no success DSN from here.
+    PassedOn(Diagnosis),
     /// A temporary failure (4xx, no connection, DNS SERVFAIL): try again later.
     Deferred(Diagnosis),
     /// A permanent failure (5xx, no such domain, unroutable): give up now.
@@ -320,17 +327,30 @@ impl Scheduler {
                 continue;
             }
             match outcome {
-                DeliveryOutcome::Delivered(diagnosis) => {
+                DeliveryOutcome::Delivered(diagnosis)
+                | DeliveryOutcome::Relayed(diagnosis)
+                | DeliveryOutcome::PassedOn(diagnosis) => {
                     actions.push(Action::Delivered {
                         queue_id,
                         recipient,
                         at: now,
                     });
-                    reports.push(RecipientReport {
-                        recipient,
-                        outcome: ReportOutcome::Delivered(diagnosis.clone()),
-                        last_attempt: Some(now),
-                    });
+                    let report = match outcome {
+                        DeliveryOutcome::Delivered(_) => {
+                            Some(ReportOutcome::Delivered(diagnosis.clone()))
+                        }
+                        DeliveryOutcome::Relayed(_) => {
+                            Some(ReportOutcome::Relayed(diagnosis.clone()))
+                        }
+                        _ => None,
+                    };
+                    if let Some(outcome) = report {
+                        reports.push(RecipientReport {
+                            recipient,
+                            outcome,
+                            last_attempt: Some(now),
+                        });
+                    }
                     finished[recipient] = true;
                 }
                 DeliveryOutcome::Deferred(diagnosis) => {

@@ -793,3 +793,52 @@ fn a_deferral_past_delay_warning_sends_the_warning_once() {
         "{actions:?}"
     );
 }
+
+/// NOTIFY=SUCCESS: a next hop that speaks DSN got the NOTIFY and reports success itself, so the
+/// queue sends nothing; one without DSN makes it send `relayed`; LMTP without DSN `delivered`.
+#[test]
+fn success_dsn_depends_on_what_the_next_hop_does_with_notify() {
+    let scheduler = Scheduler::new(exact_policy());
+    let mut rng = StdRng::seed_from_u64(3);
+    let ok = Diagnosis {
+        remote_mta: Some("mx.other.example".into()),
+        reply: Some("250 2.0.0 Ok".into()),
+        ..Diagnosis::default()
+    };
+    let rows: [(DeliveryOutcome, Option<&str>); 3] = [
+        (DeliveryOutcome::PassedOn(ok.clone()), None),
+        (DeliveryOutcome::Relayed(ok.clone()), Some("relayed")),
+        (DeliveryOutcome::Delivered(ok.clone()), Some("delivered")),
+    ];
+    for (outcome, want) in rows {
+        let mut r = record(&["bob@other.example"]);
+        r.envelope.recipients[0].notify = Some(Notify {
+            success: true,
+            failure: true,
+            ..Notify::default()
+        });
+        r.recipients[0].state = RecipientState::Leased { until: at(H) };
+        let view = QueuedMessage {
+            record: &r,
+            delay_warned: false,
+        };
+        let actions = scheduler.handle_outcomes(&view, &[(0, outcome.clone())], T0, &mut rng);
+        assert!(
+            matches!(actions.first(), Some(Action::Delivered { .. })),
+            "{actions:?}"
+        );
+        assert!(
+            matches!(actions.last(), Some(Action::Remove { .. })),
+            "{actions:?}"
+        );
+        let got = actions.iter().find_map(|a| match a {
+            Action::SendDsn { reports, .. } => Some(match reports[0].outcome {
+                ReportOutcome::Delivered(_) => "delivered",
+                ReportOutcome::Relayed(_) => "relayed",
+                _ => "other",
+            }),
+            _ => None,
+        });
+        assert_eq!(got, want, "{outcome:?}");
+    }
+}
