@@ -1161,3 +1161,111 @@ fn require_tls_keeps_mail_queued_when_the_mx_has_no_starttls() {
     assert!(dumps[0].contains("Subject: plain"));
     assert!(!dumps.iter().any(|d| d.contains("secret")));
 }
+
+/// NOTIFY=SUCCESS through the gateway into a real Postfix. While Postfix offers DSN, the NOTIFY
+/// goes along and Postfix alone reports the delivery; with DSN switched off at Postfix, the
+/// gateway reports `Action: relayed` itself (RFC 3461 §5.2.2, §5.2.3).
+#[test]
+fn notify_success_is_reported_once_by_whoever_knows() {
+    let postfix = Postfix::start_with_tls();
+    let gw = gateway(postfix.addr, r#"["2s", "3s"]"#, "1h", "");
+    // Waits for `count` messages, then gives stragglers (a second notice) a moment.
+    let maildir = |count| -> Vec<String> {
+        postfix.wait_for_messages(count);
+        std::thread::sleep(Duration::from_secs(2));
+        let new = postfix.dir.path().join("pf/mail/catchall/new");
+        std::fs::read_dir(new)
+            .unwrap()
+            .map(|e| {
+                String::from_utf8_lossy(&std::fs::read(e.unwrap().path()).unwrap()).into_owned()
+            })
+            .collect()
+    };
+    send(
+        &gw,
+        "alice@example.test",
+        &["bob@example.test NOTIFY=SUCCESS,FAILURE"],
+        &message("notify1", "x\r\n"),
+    );
+    // The message and Postfix's own success notice.
+    let got = maildir(2);
+    let reports: Vec<&String> = got
+        .iter()
+        .filter(|m| m.contains("report-type=delivery-status"))
+        .collect();
+    assert_eq!(
+        reports.len(),
+        1,
+        "one success notice, from Postfix: {got:#?}\n{}",
+        gw.log_text()
+    );
+    let dsn = parse_dsn(reports[0]);
+    assert_eq!(dsn["blocks"][1]["Action"], "delivered", "{dsn:#}");
+    assert!(
+        !dsn["blocks"][0]["Reporting-MTA"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("mx.example.test"),
+        "reported by Postfix, not the gateway: {dsn:#}"
+    );
+    let metrics = gw.metrics();
+    assert!(
+        metric(&metrics, "dimegate_dsns_total{kind=\"success\"}").is_none_or(|v| v == 0.0),
+        "{metrics}"
+    );
+
+    // Postfix without DSN: the gateway reports "relayed".
+    let etc = postfix.dir.path().join("pf/etc");
+    let ok = Command::new(tool("postconf"))
+        .arg("-c")
+        .arg(&etc)
+        .args(["-e", "smtpd_discard_ehlo_keywords = dsn"])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let ok = Command::new(tool("postfix"))
+        .arg("-c")
+        .arg(&etc)
+        .arg("reload")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::thread::sleep(Duration::from_secs(1));
+    send(
+        &gw,
+        "alice@example.test",
+        &["carol@example.test NOTIFY=SUCCESS,FAILURE"],
+        &message("notify2", "x\r\n"),
+    );
+    wait_queue_empty(&gw, Duration::from_secs(20));
+    let got = maildir(4);
+    assert_eq!(got.len(), 4, "{got:#?}");
+    let relayed: Vec<serde_json::Value> = got
+        .iter()
+        .filter(|m| m.contains("report-type=delivery-status"))
+        .map(|m| parse_dsn(m))
+        .filter(|d| d["blocks"][1]["Action"] == "relayed")
+        .collect();
+    assert_eq!(relayed.len(), 1, "{got:#?}");
+    let dsn = &relayed[0];
+    assert!(
+        dsn["blocks"][0]["Reporting-MTA"]
+            .as_str()
+            .is_some_and(|v| v.contains("mx.example.test")),
+        "{dsn:#}"
+    );
+    assert!(
+        dsn["blocks"][1]["Final-Recipient"]
+            .as_str()
+            .is_some_and(|v| v.contains("carol@example.test")),
+        "{dsn:#}"
+    );
+    assert!(
+        dsn["blocks"][1]["Status"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("2.")),
+        "{dsn:#}"
+    );
+}

@@ -266,7 +266,8 @@ pub fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// One SMTP transaction with a minimal client: EHLO, MAIL, RCPT for each of `rcpts`, DATA with
+/// One SMTP transaction with a minimal client: EHLO, MAIL, RCPT for each of `rcpts` (an entry
+/// may carry parameters after a space: `"bob@example.test NOTIFY=SUCCESS"`), DATA with
 /// `data` (CRLF line ends; dot-stuffed here). Returns the reply to the end of data, or the first
 /// reply that was not a success.
 pub fn smtp_send(
@@ -305,7 +306,12 @@ pub fn smtp_send(
     send(&format!("MAIL FROM:<{from}>\r\n"))?;
     expect(reply()?, '2')?;
     for rcpt in rcpts {
-        send(&format!("RCPT TO:<{rcpt}>\r\n"))?;
+        // "address PARAM=..." sends the parameters after the path.
+        let rcpt = match rcpt.split_once(' ') {
+            Some((address, params)) => format!("<{address}> {params}"),
+            None => format!("<{rcpt}>"),
+        };
+        send(&format!("RCPT TO:{rcpt}\r\n"))?;
         expect(reply()?, '2')?;
     }
     send("DATA\r\n")?;
