@@ -1269,3 +1269,42 @@ fn notify_success_is_reported_once_by_whoever_knows() {
         "{dsn:#}"
     );
 }
+
+/// Deliveries that queue up behind a busy next hop (one connection at a time, 1 s per
+/// message) wait longer than the lease. The lease must not lapse under a delivery that is
+/// merely waiting its turn: every message reaches the sink once.
+#[test]
+fn waiting_for_a_busy_hop_does_not_duplicate_deliveries() {
+    let sink = Sink::start(&["-W", ".:1"]);
+    let gw = Gateway::start(&format!(
+        "[backend]\naddress = \"{}\"\n\
+         [queue]\nretry = [\"1s\"]\njitter_percent = 0\nlease = \"3s\"\npoll_interval = \"100ms\"\n\
+         [delivery]\nmax_connections_per_hop = 1\n",
+        sink.addr
+    ));
+    const N: usize = 8;
+    for i in 0..N {
+        send(
+            &gw,
+            "alice@example.test",
+            &["bob@example.test"],
+            &message(&format!("busy{i}"), "x\r\n"),
+        );
+    }
+    wait_queue_empty(&gw, Duration::from_secs(40));
+    std::thread::sleep(Duration::from_secs(2));
+    let dumps = sink.messages();
+    let mut counts = HashMap::new();
+    for d in &dumps {
+        if let Some(l) = d.lines().find(|l| l.starts_with("Subject: ")) {
+            *counts.entry(l.to_owned()).or_insert(0usize) += 1;
+        }
+    }
+    assert_eq!(counts.len(), N, "{counts:?}");
+    assert_eq!(
+        dumps.len(),
+        N,
+        "no duplicates: {counts:?}\n{}",
+        gw.log_text()
+    );
+}
