@@ -1308,3 +1308,29 @@ fn waiting_for_a_busy_hop_does_not_duplicate_deliveries() {
         gw.log_text()
     );
 }
+
+/// `queue hold` while the message is in a delivery attempt cannot stop that attempt: the CLI
+/// says so instead of claiming it held the message.
+#[test]
+fn hold_during_an_attempt_says_the_recipient_was_left_alone() {
+    let sink = Sink::start(&["-W", ".:3"]);
+    let gw = gateway(sink.addr, r#"["1s", "2s"]"#, "1h", "");
+    let id = send(
+        &gw,
+        "alice@example.test",
+        &["bob@example.test"],
+        &message("inflight", "x\r\n"),
+    );
+    wait_until(
+        Duration::from_secs(10),
+        || sink.count_in_log("DATA") >= 1,
+        || gw.log_text(),
+    );
+    let out = admin(&gw, &["hold", &id]);
+    assert!(
+        out.contains("1 recipient(s) in a delivery attempt right now were left alone"),
+        "{out}"
+    );
+    wait_queue_empty(&gw, Duration::from_secs(10));
+    assert_eq!(sink.messages().len(), 1);
+}
