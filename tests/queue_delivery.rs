@@ -1168,7 +1168,13 @@ fn require_tls_keeps_mail_queued_when_the_mx_has_no_starttls() {
 #[test]
 fn notify_success_is_reported_once_by_whoever_knows() {
     let postfix = Postfix::start_with_tls();
-    let gw = gateway(postfix.addr, r#"["2s", "3s"]"#, "1h", "");
+    // Pooled connections idle out quickly: the second half needs a fresh EHLO.
+    let gw = gateway(
+        postfix.addr,
+        r#"["2s", "3s"]"#,
+        "1h",
+        "idle_timeout = \"500ms\"\n",
+    );
     // Waits for `count` messages, then gives stragglers (a second notice) a moment.
     let maildir = |count| -> Vec<String> {
         postfix.wait_for_messages(count);
@@ -1232,7 +1238,8 @@ fn notify_success_is_reported_once_by_whoever_knows() {
         .status()
         .unwrap();
     assert!(ok.success());
-    std::thread::sleep(Duration::from_secs(1));
+    // After the reload and after the gateway's idle connection (EHLO'd with DSN) has closed.
+    std::thread::sleep(Duration::from_secs(2));
     send(
         &gw,
         "alice@example.test",
