@@ -81,7 +81,7 @@ fn strings(list: &[&str]) -> Vec<String> {
 
 fn remote(outcome: &Outcome) -> &dimegate::deliver::RemoteReply {
     match outcome {
-        Outcome::Delivered { reply } => reply,
+        Outcome::Delivered { reply, .. } => reply,
         Outcome::Deferred {
             reason: Reason::Reply(reply),
             ..

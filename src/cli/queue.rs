@@ -273,6 +273,25 @@ pub(crate) fn run(config: &Config, command: QueueCommand) -> anyhow::Result<Exit
     }
 }
 
+/// What an operator must know after `hold` or `bounce`: recipients in flight (leased by a
+/// running delivery) were left alone, and may still be delivered.
+fn in_flight_note(action: &str, record: &MessageRecord) -> Option<String> {
+    if !matches!(action, "hold" | "bounce") {
+        return None;
+    }
+    let n = record
+        .recipients
+        .iter()
+        .filter(|r| matches!(r.state, crate::store::RecipientState::Leased { .. }))
+        .count();
+    (n > 0).then(|| {
+        format!(
+            "{n} recipient(s) in a delivery attempt right now were left alone; \
+             repeat the {action} after the attempt if it is still wanted"
+        )
+    })
+}
+
 /// Applies `action` (retry, hold, release, bounce) to each queue id.
 fn act_on(
     config: &Config,
@@ -286,7 +305,8 @@ fn act_on(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut missing = 0;
     for id in ids {
-        let found = match access {
+        // Some(record) when found; the record after the action when there is one.
+        let found: Option<Option<MessageRecord>> = match access {
             Access::Direct(store) => {
                 let now = crate::store::UnixTime::now();
                 match action {
@@ -302,8 +322,8 @@ fn act_on(
                             id,
                             "bounced by the administrator",
                         )) {
-                            Ok(_) => true,
-                            Err(StoreError::NoSuchMessage { .. }) => false,
+                            Ok(_) => Some(store.get(id)?),
+                            Err(StoreError::NoSuchMessage { .. }) => None,
                             Err(e) => return Err(e.into()),
                         }
                     }
@@ -313,21 +333,24 @@ fn act_on(
                             "hold" => AdminAction::Hold,
                             _ => AdminAction::Release,
                         };
-                        store.apply(id, &a, now)?.is_some()
+                        store.apply(id, &a, now)?.map(Some)
                     }
                 }
             }
             Access::Server(addr) => {
                 let (status, body) = http(*addr, "POST", &format!("/api/queue/{id}/{action}"))?;
                 match status {
-                    200 => true,
-                    404 => false,
+                    200 => Some(serde_json::from_str::<MessageRecord>(&body).ok()),
+                    404 => None,
                     _ => anyhow::bail!("server answered {status}: {}", body.trim()),
                 }
             }
         };
-        if found {
-            println!("{id}: {action}");
+        if let Some(after) = found {
+            match after.as_ref().and_then(|r| in_flight_note(action, r)) {
+                Some(note) => println!("{id}: {action} ({note})"),
+                None => println!("{id}: {action}"),
+            }
         } else {
             eprintln!("{id}: no such message");
             missing += 1;
@@ -503,6 +526,49 @@ mod tests {
         assert_eq!(format_utc(0), "1970-01-01 00:00:00");
         assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00");
         assert_eq!(format_utc(1_795_000_000), "2026-11-18 11:06:40");
+    }
+
+    #[test]
+    fn hold_and_bounce_say_when_recipients_in_flight_were_left_alone() {
+        use crate::store::{RecipientState, RecipientStatus, UnixTime};
+        let envelope = crate::envelope::Envelope {
+            sender: "a@x.example".into(),
+            recipients: ["b@y", "c@y"]
+                .iter()
+                .map(|a| crate::envelope::Recipient {
+                    address: (*a).into(),
+                    notify: None,
+                    orcpt: None,
+                })
+                .collect(),
+            dsn_ret: None,
+            dsn_envid: None,
+            body_8bit: false,
+            smtputf8: false,
+            helo: "client.example".into(),
+            client: SocketAddr::from(([192, 0, 2, 1], 25000)),
+            tls: None,
+            auth_user: None,
+            arrival_unix: 0,
+        };
+        let mut record = MessageRecord {
+            queue_id: QueueId(1),
+            envelope,
+            size: 1,
+            recipients: vec![RecipientStatus::new("b@y"), RecipientStatus::new("c@y")],
+            delay_warned: false,
+        };
+        record.recipients[0].state = RecipientState::Held;
+        assert_eq!(in_flight_note("hold", &record), None);
+        record.recipients[1].state = RecipientState::Leased { until: UnixTime(9) };
+        let note = in_flight_note("hold", &record).expect("a note");
+        assert!(
+            note.starts_with("1 recipient(s) in a delivery attempt"),
+            "{note}"
+        );
+        assert!(in_flight_note("bounce", &record).is_some());
+        assert_eq!(in_flight_note("retry", &record), None);
+        assert_eq!(in_flight_note("release", &record), None);
     }
 
     #[test]

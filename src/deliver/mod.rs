@@ -202,6 +202,21 @@ impl std::fmt::Display for Reason {
     }
 }
 
+/// Who tells the sender about a success the sender asked for with NOTIFY=SUCCESS (RFC 3461
+/// §5.2), once the next hop has accepted a recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handoff {
+    /// The next hop offers DSN and got the NOTIFY/ORCPT parameters: it reports success itself
+    /// (§5.2.2); a report from us as well would tell the sender twice.
+    PassedOn,
+    /// An SMTP next hop without DSN: we report `Action: relayed` (§5.2.3), since we cannot know
+    /// about the final delivery.
+    Relayed,
+    /// An LMTP next hop without DSN: its acceptance is the delivery into the mailbox, so we
+    /// report `Action: delivered` (§5.2.1).
+    Delivered,
+}
+
 /// What happened to one recipient in one delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -209,6 +224,8 @@ pub enum Outcome {
     Delivered {
         /// Its reply, usually with its own queue id.
         reply: RemoteReply,
+        /// Who owes the sender a success DSN, if one was asked for.
+        handoff: Handoff,
     },
     /// Try again later.
     Deferred {
@@ -231,7 +248,10 @@ impl Outcome {
     /// belongs) is a protocol error of the peer: deferred.
     fn from_reply(reply: RemoteReply) -> Outcome {
         match reply.code {
-            200..=299 => Outcome::Delivered { reply },
+            200..=299 => Outcome::Delivered {
+                reply,
+                handoff: Handoff::Relayed,
+            },
             500..=599 => Outcome::Failed {
                 status: Some(reply.status_or_default()),
                 reason: Reason::Reply(reply),
@@ -280,7 +300,7 @@ impl Outcome {
     /// The next hop that answered or was tried, for a DSN's `Remote-MTA: dns; ...`.
     pub fn remote_host(&self) -> Option<&str> {
         match self {
-            Outcome::Delivered { reply }
+            Outcome::Delivered { reply, .. }
             | Outcome::Deferred {
                 reason: Reason::Reply(reply),
                 ..
@@ -303,7 +323,7 @@ impl Outcome {
     /// The remote reply, code first, for a DSN's `Diagnostic-Code: smtp; ...`.
     pub fn reply_line(&self) -> Option<String> {
         match self {
-            Outcome::Delivered { reply }
+            Outcome::Delivered { reply, .. }
             | Outcome::Deferred {
                 reason: Reason::Reply(reply),
                 ..
@@ -331,6 +351,14 @@ impl Outcome {
         }
     }
 
+    /// For a delivered recipient, who owes the sender a success DSN; `None` otherwise.
+    pub fn handoff(&self) -> Option<Handoff> {
+        match self {
+            Outcome::Delivered { handoff, .. } => Some(*handoff),
+            _ => None,
+        }
+    }
+
     /// The queue's view of this outcome, for `Scheduler::handle_outcomes` and the DSN:
     /// `Remote-MTA` from the host, `Diagnostic-Code: smtp;` from the reply, our own reason
     /// otherwise, and the enhanced status.
@@ -343,7 +371,11 @@ impl Outcome {
             status: self.status(),
         };
         match self {
-            Outcome::Delivered { .. } => DeliveryOutcome::Delivered(diagnosis),
+            Outcome::Delivered { handoff, .. } => match handoff {
+                Handoff::Delivered => DeliveryOutcome::Delivered(diagnosis),
+                Handoff::Relayed => DeliveryOutcome::Relayed(diagnosis),
+                Handoff::PassedOn => DeliveryOutcome::PassedOn(diagnosis),
+            },
             Outcome::Deferred { .. } => DeliveryOutcome::Deferred(diagnosis),
             Outcome::Failed { .. } => DeliveryOutcome::Failed(diagnosis),
         }
@@ -352,7 +384,7 @@ impl Outcome {
     /// The enhanced status code: the remote one if given, else the one we chose.
     pub fn status(&self) -> Option<EnhancedStatus> {
         match self {
-            Outcome::Delivered { reply } => Some(reply.status_or_default()),
+            Outcome::Delivered { reply, .. } => Some(reply.status_or_default()),
             Outcome::Deferred { status, .. } | Outcome::Failed { status, .. } => *status,
         }
     }
@@ -361,7 +393,7 @@ impl Outcome {
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Outcome::Delivered { reply } => write!(f, "delivered: {reply}"),
+            Outcome::Delivered { reply, .. } => write!(f, "delivered: {reply}"),
             Outcome::Deferred { reason, .. } => write!(f, "deferred: {reason}"),
             Outcome::Failed { reason, .. } => write!(f, "failed: {reason}"),
         }

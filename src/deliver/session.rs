@@ -8,7 +8,7 @@
 //! transaction is written here, one command at a time, and each reply is read and kept.
 
 use super::wire::{self, Capabilities, Unsendable};
-use super::{EnhancedStatus, Outcome, Reason, RemoteReply, Stage, TlsPolicy};
+use super::{EnhancedStatus, Handoff, Outcome, Reason, RemoteReply, Stage, TlsPolicy};
 use crate::envelope::{Envelope, Recipient};
 use mail_send::SmtpClient;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -611,11 +611,21 @@ impl Connection {
                     if r.code == 421 {
                         reusable = false;
                     }
-                    Outcome::from_reply(RemoteReply::from_response(
+                    let mut outcome = Outcome::from_reply(RemoteReply::from_response(
                         &target,
                         Stage::EndOfData,
                         r.clone(),
-                    ))
+                    ));
+                    if let Outcome::Delivered { handoff, .. } = &mut outcome {
+                        *handoff = if self.caps.dsn {
+                            Handoff::PassedOn
+                        } else if self.target.lmtp {
+                            Handoff::Delivered
+                        } else {
+                            Handoff::Relayed
+                        };
+                    }
+                    outcome
                 }
                 None => Outcome::Deferred {
                     reason: Reason::Local {

@@ -132,8 +132,11 @@ pub enum ReportOutcome {
         /// When the queue gives up (`Will-Retry-Until`).
         will_retry_until: UnixTime,
     },
-    /// Accepted by the next hop, reported only on NOTIFY=SUCCESS: `Action: delivered`.
+    /// Delivered by the next hop (LMTP), reported only on NOTIFY=SUCCESS: `Action: delivered`.
     Delivered(Diagnosis),
+    /// Accepted by a next hop that does not speak DSN, reported only on NOTIFY=SUCCESS:
+    /// `Action: relayed` (RFC 3461 §5.2.3).
+    Relayed(Diagnosis),
 }
 
 impl ReportOutcome {
@@ -142,6 +145,7 @@ impl ReportOutcome {
             ReportOutcome::Failed(_) => "failed",
             ReportOutcome::Delayed { .. } => "delayed",
             ReportOutcome::Delivered(_) => "delivered",
+            ReportOutcome::Relayed(_) => "relayed",
         }
     }
 
@@ -149,7 +153,8 @@ impl ReportOutcome {
         match self {
             ReportOutcome::Failed(d)
             | ReportOutcome::Delayed { diagnosis: d, .. }
-            | ReportOutcome::Delivered(d) => d,
+            | ReportOutcome::Delivered(d)
+            | ReportOutcome::Relayed(d) => d,
         }
     }
 
@@ -164,7 +169,9 @@ impl ReportOutcome {
         let (fits, default): (&[u8], _) = match self {
             ReportOutcome::Failed(_) => (&[4, 5], EnhancedStatus::FAILED),
             ReportOutcome::Delayed { .. } => (&[4], EnhancedStatus::DELAYED),
-            ReportOutcome::Delivered(_) => (&[2], EnhancedStatus::DELIVERED),
+            ReportOutcome::Delivered(_) | ReportOutcome::Relayed(_) => {
+                (&[2], EnhancedStatus::DELIVERED)
+            }
         };
         given.filter(|s| fits.contains(&s.class)).unwrap_or(default)
     }
@@ -174,7 +181,10 @@ impl ReportOutcome {
     /// the latter, like Postfix and Sendmail).
     pub(super) fn wanted_by(&self, notify: Option<Notify>) -> bool {
         let Some(n) = notify else {
-            return !matches!(self, ReportOutcome::Delivered(_));
+            return !matches!(
+                self,
+                ReportOutcome::Delivered(_) | ReportOutcome::Relayed(_)
+            );
         };
         if n.never {
             return false;
@@ -182,7 +192,7 @@ impl ReportOutcome {
         match self {
             ReportOutcome::Failed(_) => n.failure,
             ReportOutcome::Delayed { .. } => n.delay,
-            ReportOutcome::Delivered(_) => n.success,
+            ReportOutcome::Delivered(_) | ReportOutcome::Relayed(_) => n.success,
         }
     }
 }
@@ -550,7 +560,11 @@ fn human_part(
             _ => None,
         })
         .collect();
-    let delivered = reported.len() - failed - delayed.len();
+    let relayed = reported
+        .iter()
+        .filter(|(r, _)| matches!(r.outcome, ReportOutcome::Relayed(_)))
+        .count();
+    let delivered = reported.len() - failed - delayed.len() - relayed;
     if failed > 0 {
         para(
             &mut text,
@@ -574,6 +588,14 @@ fn human_part(
             &mut text,
             "Your message was delivered to the recipients marked \"delivered\" below, as you \
              asked to be told.",
+        );
+    }
+    if relayed > 0 {
+        para(
+            &mut text,
+            "Your message was passed on to the recipients marked \"relayed\" below. The next \
+             mail system does not report deliveries, so you will not hear whether it reached \
+             the mailbox.",
         );
     }
     para(

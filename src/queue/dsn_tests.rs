@@ -740,3 +740,40 @@ mod properties {
         }
     }
 }
+
+/// A next hop without DSN took the message: NOTIFY=SUCCESS gets `Action: relayed` (RFC 3461
+/// §5.2.3), a 2.x.x status and a human part that does not claim delivery into the mailbox.
+#[test]
+fn relayed_is_reported_as_relayed_only_on_notify_success() {
+    let relayed = ReportOutcome::Relayed(Diagnosis {
+        remote_mta: Some("mx.other.example".into()),
+        reply: Some("250 2.0.0 Ok: queued as 1234".into()),
+        ..Diagnosis::default()
+    });
+    for (n, want) in [
+        (None, false),
+        (notify(true, false, false, false), false),
+        (notify(false, false, true, true), false),
+        (notify(false, true, false, false), true),
+    ] {
+        let env = envelope(vec![rcpt("bob@other.example", n)], None);
+        let got = build(&env, MESSAGE, &[report(0, relayed.clone())]);
+        assert_eq!(got.is_some(), want, "NOTIFY {n:?}");
+    }
+    let env = envelope(
+        vec![rcpt("bob@other.example", notify(false, true, false, false))],
+        None,
+    );
+    let dsn = text(&build(&env, MESSAGE, &[report(0, relayed.clone())]).unwrap());
+    let status = part(&dsn, "message/delivery-status").unwrap();
+    assert!(
+        status.contains(
+            "Final-Recipient: rfc822; bob@other.example\r\nAction: relayed\r\nStatus: 2.0.0\r\n"
+        ),
+        "{status}"
+    );
+    let human = part(&dsn, "text/plain").unwrap();
+    assert!(human.contains("marked \"relayed\""), "{human}");
+    assert!(!human.contains("marked \"delivered\""), "{human}");
+    assert_eq!(relayed.status().to_string(), "2.0.0");
+}

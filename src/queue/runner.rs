@@ -50,6 +50,12 @@ pub struct QueueRunner {
     in_flight: Arc<Semaphore>,
     settle_tx: mpsc::UnboundedSender<SettleRequest>,
     settle_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<SettleRequest>>>,
+    /// Recipients with an attempt running in this process, with their latest lease. A lease
+    /// can lapse under an attempt that is only waiting for a connection slot (a busy next hop,
+    /// `max_connections_per_hop`); `lease_due` then hands the recipient out again. Instead of a
+    /// second, concurrent attempt (a duplicate delivery), the running attempt gets the new
+    /// lease and settles its outcome against it.
+    active: std::sync::Mutex<std::collections::HashMap<(QueueId, usize), Lease>>,
 }
 
 type SettleRequest = (
@@ -90,7 +96,15 @@ impl QueueRunner {
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
             settle_tx,
             settle_rx: std::sync::Mutex::new(Some(settle_rx)),
+            active: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// The table of running attempts (see [`QueueRunner::active`]).
+    fn active(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(QueueId, usize), Lease>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs until `shutdown`; then stops leasing and waits for deliveries in flight (their
@@ -135,17 +149,40 @@ impl QueueRunner {
             };
             let full_batch = leases.len() >= budget;
             let mut by_message: BTreeMap<QueueId, Vec<Lease>> = BTreeMap::new();
-            for lease in leases {
-                by_message.entry(lease.queue_id).or_default().push(lease);
+            {
+                let mut active = self.active();
+                for lease in leases {
+                    let key = (lease.queue_id, lease.recipient);
+                    if let Some(running) = active.get_mut(&key) {
+                        // Lapsed under an attempt still running here: renew, do not repeat.
+                        *running = lease;
+                        continue;
+                    }
+                    active.insert(key, lease.clone());
+                    by_message.entry(lease.queue_id).or_default().push(lease);
+                }
             }
             for (queue_id, leases) in by_message {
+                let keys: Vec<(QueueId, usize)> =
+                    leases.iter().map(|l| (l.queue_id, l.recipient)).collect();
                 let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
+                    let mut active = self.active();
+                    for key in &keys {
+                        active.remove(key);
+                    }
                     break;
                 };
                 let this = Arc::clone(&self);
                 tracker.spawn(
                     async move {
                         this.attempt(queue_id, leases).await;
+                        // Whatever became of the attempt, a lease still in the store is for
+                        // the next one (after it lapses).
+                        let mut active = this.active();
+                        for key in &keys {
+                            active.remove(key);
+                        }
+                        drop(active);
                         drop(permit);
                     }
                     .instrument(info_span!("delivery", %queue_id)),
@@ -290,7 +327,13 @@ impl QueueRunner {
         actions: Vec<Action>,
         now: UnixTime,
     ) {
-        let lease_of = |recipient: usize| leases.iter().find(|l| l.recipient == recipient).cloned();
+        // The latest lease: renewed in `active` if the first one lapsed during the attempt.
+        let lease_of = |recipient: usize| {
+            self.active()
+                .get(&(record.queue_id, recipient))
+                .cloned()
+                .or_else(|| leases.iter().find(|l| l.recipient == recipient).cloned())
+        };
         let mut settlements = Vec::new();
         for action in actions {
             match action {

@@ -41,8 +41,15 @@ pub struct QueuedMessage<'a> {
 /// How one delivery attempt for one recipient ended, as `deliver` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryOutcome {
-    /// The next hop took responsibility (2xx after DATA).
+    /// The next hop took responsibility (2xx after DATA) and its acceptance is the final
+    /// delivery (LMTP without DSN): NOTIFY=SUCCESS gets `Action: delivered`.
     Delivered(Diagnosis),
+    /// An SMTP next hop without the DSN extension took responsibility: NOTIFY=SUCCESS gets
+    /// `Action: relayed` (RFC 3461 §5.2.3).
+    Relayed(Diagnosis),
+    /// A next hop with the DSN extension took responsibility, NOTIFY passed on: it reports
+    /// success itself (RFC 3461 §5.2.2), so no success DSN from here.
+    PassedOn(Diagnosis),
     /// A temporary failure (4xx, no connection, DNS SERVFAIL): try again later.
     Deferred(Diagnosis),
     /// A permanent failure (5xx, no such domain, unroutable): give up now.
@@ -310,6 +317,7 @@ impl Scheduler {
             .collect();
         let mut actions = Vec::new();
         let mut reports = Vec::new();
+        let mut deferred_now: Vec<(usize, Diagnosis)> = Vec::new();
         for (recipient, outcome) in outcomes {
             let recipient = *recipient;
             let Some(status) = record.recipients.get(recipient) else {
@@ -319,28 +327,44 @@ impl Scheduler {
                 continue;
             }
             match outcome {
-                DeliveryOutcome::Delivered(diagnosis) => {
+                DeliveryOutcome::Delivered(diagnosis)
+                | DeliveryOutcome::Relayed(diagnosis)
+                | DeliveryOutcome::PassedOn(diagnosis) => {
                     actions.push(Action::Delivered {
                         queue_id,
                         recipient,
                         at: now,
                     });
-                    reports.push(RecipientReport {
-                        recipient,
-                        outcome: ReportOutcome::Delivered(diagnosis.clone()),
-                        last_attempt: Some(now),
-                    });
+                    let report = match outcome {
+                        DeliveryOutcome::Delivered(_) => {
+                            Some(ReportOutcome::Delivered(diagnosis.clone()))
+                        }
+                        DeliveryOutcome::Relayed(_) => {
+                            Some(ReportOutcome::Relayed(diagnosis.clone()))
+                        }
+                        _ => None,
+                    };
+                    if let Some(outcome) = report {
+                        reports.push(RecipientReport {
+                            recipient,
+                            outcome,
+                            last_attempt: Some(now),
+                        });
+                    }
                     finished[recipient] = true;
                 }
                 DeliveryOutcome::Deferred(diagnosis) => {
                     let attempts = status.attempts.saturating_add(1);
                     match self.policy.next_attempt(arrival, attempts, now, rng) {
-                        Decision::RetryAt(next_at) => actions.push(Action::Defer {
-                            queue_id,
-                            recipient,
-                            next_at,
-                            error: describe(diagnosis),
-                        }),
+                        Decision::RetryAt(next_at) => {
+                            actions.push(Action::Defer {
+                                queue_id,
+                                recipient,
+                                next_at,
+                                error: describe(diagnosis),
+                            });
+                            deferred_now.push((recipient, diagnosis.clone()));
+                        }
                         Decision::Expire => {
                             let mut diagnosis = diagnosis.clone();
                             if diagnosis.status.is_none()
@@ -395,6 +419,37 @@ impl Scheduler {
             }
         }
         actions.extend(send_dsn(record, reports));
+        // The delay warning, when an attempt has just been deferred past `delay_warning`: the
+        // runner only sees a message when its recipients are due, so this is where the warning
+        // goes out (at most one retry step late, as Postfix's delay_warning_time). It names every
+        // recipient still waiting, with this attempt's error for those tried just now.
+        if !message.delay_warned
+            && !deferred_now.is_empty()
+            && should_warn_delay(arrival, now, false, &self.policy)
+        {
+            let until = self.policy.expires_at(arrival);
+            let warnings = record
+                .recipients
+                .iter()
+                .enumerate()
+                .filter(|(recipient, _)| !finished[*recipient])
+                .map(|(recipient, status)| {
+                    let now_tried = deferred_now.iter().find(|(r, _)| *r == recipient);
+                    RecipientReport {
+                        recipient,
+                        outcome: ReportOutcome::Delayed {
+                            diagnosis: now_tried
+                                .map(|(_, d)| d.clone())
+                                .unwrap_or_else(|| diagnosis_from_store(status)),
+                            will_retry_until: until,
+                        },
+                        last_attempt: now_tried.map(|_| now),
+                    }
+                })
+                .collect();
+            actions.extend(send_dsn(record, warnings));
+            actions.push(Action::MarkDelayWarned { queue_id });
+        }
         if !finished.is_empty() && finished.iter().all(|&f| f) {
             actions.push(Action::Remove { queue_id });
         }

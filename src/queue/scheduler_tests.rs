@@ -241,7 +241,17 @@ fn handle_outcome_table() {
         (0, 0, delivered(), vec!["delivered", "remove"]),
         (0, 0, deferred("451 busy"), vec!["defer@60"]),
         (3, 2 * H, deferred("451 busy"), vec!["defer@9000"]),
-        (22, 5 * D - 10, deferred("451 busy"), vec!["defer@432000"]),
+        // Never warned and long past delay_warning: the warning goes out with the deferral.
+        (
+            22,
+            5 * D - 10,
+            deferred("451 busy"),
+            vec![
+                "defer@432000",
+                "dsn",
+                "MarkDelayWarned { queue_id: QueueId(7) }",
+            ],
+        ),
         (
             22,
             5 * D,
@@ -682,5 +692,153 @@ fn jittered_retries_stay_within_the_policy() {
         };
         // The fifth step is 1h; ±10%.
         assert!((3240..=3960).contains(&(next_at.0 - T0.0)), "{next_at:?}");
+    }
+}
+
+/// The runner never calls `due` for a deferred message before it is due again, so the delay
+/// warning must come from `handle_outcomes`: the first deferral at or after `delay_warning`
+/// sends it (once), naming every recipient still waiting.
+#[test]
+fn a_deferral_past_delay_warning_sends_the_warning_once() {
+    let scheduler = Scheduler::new(exact_policy());
+    let mut rng = StdRng::seed_from_u64(1);
+    let mut r = record(&["a@x.example", "b@x.example", "c@x.example"]);
+    r.recipients[0].state = RecipientState::Leased { until: at(5 * H) };
+    r.recipients[1].state = RecipientState::Deferred { next_at: at(6 * H) };
+    r.recipients[1].last_error = Some("mx.x.example said: 452 4.2.2 full".into());
+    r.recipients[2].state = RecipientState::Delivered { at: T0 };
+
+    // Before the warning time: only the deferral.
+    let early = QueuedMessage {
+        record: &r,
+        delay_warned: false,
+    };
+    let actions =
+        scheduler.handle_outcomes(&early, &[(0, deferred("450 4.3.0 busy"))], at(H), &mut rng);
+    assert!(
+        matches!(actions.as_slice(), [Action::Defer { .. }]),
+        "{actions:?}"
+    );
+
+    // Past it (4h by default): the warning and the mark.
+    let actions = scheduler.handle_outcomes(
+        &early,
+        &[(0, deferred("450 4.3.0 busy"))],
+        at(4 * H + 1),
+        &mut rng,
+    );
+    let [
+        Action::Defer { .. },
+        Action::SendDsn { reports, .. },
+        Action::MarkDelayWarned { .. },
+    ] = actions.as_slice()
+    else {
+        panic!("{actions:?}");
+    };
+    let names: Vec<usize> = reports.iter().map(|r| r.recipient).collect();
+    assert_eq!(
+        names,
+        [0, 1],
+        "the waiting recipients, not the delivered one"
+    );
+    let ReportOutcome::Delayed {
+        diagnosis,
+        will_retry_until,
+    } = &reports[0].outcome
+    else {
+        panic!("{reports:?}");
+    };
+    assert_eq!(diagnosis.reply.as_deref(), Some("450 4.3.0 busy"));
+    assert_eq!(*will_retry_until, at(5 * D));
+    assert_eq!(reports[0].last_attempt, Some(at(4 * H + 1)));
+    let ReportOutcome::Delayed { diagnosis, .. } = &reports[1].outcome else {
+        panic!("{reports:?}");
+    };
+    assert_eq!(diagnosis.reply.as_deref(), Some("452 4.2.2 full"));
+    assert_eq!(reports[1].last_attempt, None);
+
+    // Already warned: never again.
+    let warned = QueuedMessage {
+        record: &r,
+        delay_warned: true,
+    };
+    let actions = scheduler.handle_outcomes(
+        &warned,
+        &[(0, deferred("450 4.3.0 busy"))],
+        at(5 * H),
+        &mut rng,
+    );
+    assert!(
+        matches!(actions.as_slice(), [Action::Defer { .. }]),
+        "{actions:?}"
+    );
+
+    // A null sender gets no DSN, but the warning is marked as done all the same.
+    r.envelope.sender.clear();
+    let null = QueuedMessage {
+        record: &r,
+        delay_warned: false,
+    };
+    let actions = scheduler.handle_outcomes(
+        &null,
+        &[(0, deferred("450 4.3.0 busy"))],
+        at(5 * H),
+        &mut rng,
+    );
+    assert!(
+        matches!(
+            actions.as_slice(),
+            [Action::Defer { .. }, Action::MarkDelayWarned { .. }]
+        ),
+        "{actions:?}"
+    );
+}
+
+/// NOTIFY=SUCCESS: a next hop that speaks DSN got the NOTIFY and reports success itself, so the
+/// queue sends nothing; one without DSN makes it send `relayed`; LMTP without DSN `delivered`.
+#[test]
+fn success_dsn_depends_on_what_the_next_hop_does_with_notify() {
+    let scheduler = Scheduler::new(exact_policy());
+    let mut rng = StdRng::seed_from_u64(3);
+    let ok = Diagnosis {
+        remote_mta: Some("mx.other.example".into()),
+        reply: Some("250 2.0.0 Ok".into()),
+        ..Diagnosis::default()
+    };
+    let rows: [(DeliveryOutcome, Option<&str>); 3] = [
+        (DeliveryOutcome::PassedOn(ok.clone()), None),
+        (DeliveryOutcome::Relayed(ok.clone()), Some("relayed")),
+        (DeliveryOutcome::Delivered(ok.clone()), Some("delivered")),
+    ];
+    for (outcome, want) in rows {
+        let mut r = record(&["bob@other.example"]);
+        r.envelope.recipients[0].notify = Some(Notify {
+            success: true,
+            failure: true,
+            ..Notify::default()
+        });
+        r.recipients[0].state = RecipientState::Leased { until: at(H) };
+        let view = QueuedMessage {
+            record: &r,
+            delay_warned: false,
+        };
+        let actions = scheduler.handle_outcomes(&view, &[(0, outcome.clone())], T0, &mut rng);
+        assert!(
+            matches!(actions.first(), Some(Action::Delivered { .. })),
+            "{actions:?}"
+        );
+        assert!(
+            matches!(actions.last(), Some(Action::Remove { .. })),
+            "{actions:?}"
+        );
+        let got = actions.iter().find_map(|a| match a {
+            Action::SendDsn { reports, .. } => Some(match reports[0].outcome {
+                ReportOutcome::Delivered(_) => "delivered",
+                ReportOutcome::Relayed(_) => "relayed",
+                _ => "other",
+            }),
+            _ => None,
+        });
+        assert_eq!(got, want, "{outcome:?}");
     }
 }

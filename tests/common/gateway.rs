@@ -267,3 +267,79 @@ pub fn script(name: &str) -> PathBuf {
         .join("tests/scripts")
         .join(name)
 }
+
+/// One SMTP transaction with a minimal client: EHLO, MAIL, RCPT for each of `rcpts` (an entry
+/// may carry parameters after a space: `"bob@example.test NOTIFY=SUCCESS"`), DATA with
+/// `data` (CRLF line ends; dot-stuffed here). Returns the reply to the end of data, or the first
+/// reply that was not a success.
+pub fn smtp_send(
+    addr: SocketAddr,
+    from: &str,
+    rcpts: &[&str],
+    data: &str,
+) -> Result<String, String> {
+    use std::io::BufRead;
+    let stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let mut reader = std::io::BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    let mut writer = stream;
+    let mut reply = move || -> Result<String, String> {
+        let mut last = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+                return Err(format!("connection closed after {last:?}"));
+            }
+            let done = line.as_bytes().get(3) != Some(&b'-');
+            last = line.trim_end().to_owned();
+            if done {
+                return Ok(last);
+            }
+        }
+    };
+    let expect = |r: String, class: char| if r.starts_with(class) { Ok(r) } else { Err(r) };
+    expect(reply()?, '2')?;
+    let mut send = |w: &str| writer.write_all(w.as_bytes()).map_err(|e| e.to_string());
+    send("EHLO client.test\r\n")?;
+    expect(reply()?, '2')?;
+    send(&format!("MAIL FROM:<{from}>\r\n"))?;
+    expect(reply()?, '2')?;
+    for rcpt in rcpts {
+        // "address PARAM=..." sends the parameters after the path.
+        let rcpt = match rcpt.split_once(' ') {
+            Some((address, params)) => format!("<{address}> {params}"),
+            None => format!("<{rcpt}>"),
+        };
+        send(&format!("RCPT TO:{rcpt}\r\n"))?;
+        expect(reply()?, '2')?;
+    }
+    send("DATA\r\n")?;
+    expect(reply()?, '3')?;
+    let mut stuffed = String::new();
+    for line in data.split_inclusive("\r\n") {
+        if line.starts_with('.') {
+            stuffed.push('.');
+        }
+        stuffed.push_str(line);
+    }
+    if !stuffed.ends_with("\r\n") {
+        stuffed.push_str("\r\n");
+    }
+    stuffed.push_str(".\r\n");
+    send(&stuffed)?;
+    let done = expect(reply()?, '2')?;
+    let _ = send("QUIT\r\n");
+    Ok(done)
+}
+
+/// Polls `check` every 100 ms until it returns true; panics with `what()` after `timeout`.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool, what: impl Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out: {}", what());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

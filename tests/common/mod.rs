@@ -151,6 +151,15 @@ impl Sink {
             .count()
     }
 
+    /// The dumped transactions that got as far as a message: smtp-sink also leaves an empty file
+    /// for a transaction whose recipients were all refused.
+    pub fn messages(&self) -> Vec<String> {
+        self.dumps()
+            .into_iter()
+            .filter(|d| d.contains("X-Rcpt-Args:") && d.contains("Received: from"))
+            .collect()
+    }
+
     /// The dumped transactions, oldest first (file names sort by time, then random).
     pub fn dumps(&self) -> Vec<String> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(self.dump.path())
@@ -437,4 +446,18 @@ impl Drop for Postfix {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// The message in an smtp-sink dump: what follows smtp-sink's own three-line `Received:` header.
+/// smtp-sink writes LF line ends and undoes dot-stuffing.
+pub fn dumped_message(dump: &str) -> &str {
+    let start = dump
+        .find("Received: from")
+        .expect("smtp-sink's Received header");
+    let after = &dump[start..];
+    let mut offset = 0;
+    for _ in 0..3 {
+        offset += after[offset..].find('\n').expect("line") + 1;
+    }
+    &after[offset..]
 }
