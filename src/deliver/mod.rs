@@ -1228,10 +1228,23 @@ mod tests {
                 status: Some(EnhancedStatus::new(4, 4, 1)),
             })
         );
+        // A 2xx is a relay unless the session learned more (DSN offered, or LMTP).
         assert!(matches!(
             Outcome::from_reply(reply(250, [2, 0, 0])).to_delivery_outcome(),
-            DeliveryOutcome::Delivered(_)
+            DeliveryOutcome::Relayed(_)
         ));
+        for (handoff, expect_delivered, expect_passed_on) in [
+            (Handoff::Delivered, true, false),
+            (Handoff::PassedOn, false, true),
+        ] {
+            let o = Outcome::Delivered {
+                reply: reply(250, [2, 0, 0]),
+                handoff,
+            }
+            .to_delivery_outcome();
+            assert_eq!(matches!(o, DeliveryOutcome::Delivered(_)), expect_delivered);
+            assert_eq!(matches!(o, DeliveryOutcome::PassedOn(_)), expect_passed_on);
+        }
     }
 
     #[test]
