@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    Gateway, Knot, Postfix, Sink, dumped_message, free_port, metric, queued_ids, require_tool,
-    script, smtp_send, test_zone, tool, wait_until,
+    Gateway, Knot, Postfix, Sink, dumped_message, free_port, metric, promtool_check, queued_ids,
+    require_tool, script, smtp_send, test_zone, tool, wait_until,
 };
 use std::collections::HashMap;
 use std::io::Write;
@@ -186,29 +186,6 @@ fn assert_failure_dsn(dsn: &serde_json::Value, rcpt: &str, class: &str) -> serde
         "{dsn:#}"
     );
     block
-}
-
-fn promtool_check(text: &str) {
-    let mut promtool = Command::new(tool("promtool"))
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 // ---------------------------------------------------------------------------------------------

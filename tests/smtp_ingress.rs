@@ -513,26 +513,7 @@ fn metrics_are_valid_for_promtool_and_count_what_happened() {
     assert!(ok, "{t}");
     let _ = swaks(gw.smtp, &["--to", "bob@elsewhere.example"]);
     let text = gw.metrics();
-    let mut promtool = Command::new(tool("promtool"))
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&text);
     assert_eq!(
         metric(&text, "dimegate_smtp_messages_accepted_total"),
         Some(1.0),

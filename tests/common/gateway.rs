@@ -343,3 +343,27 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool, what: impl
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `promtool check metrics` must accept the exposition (exit 0: valid and lint-clean).
+pub fn promtool_check(text: &str) {
+    let mut promtool = Command::new(tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
