@@ -181,12 +181,18 @@ async fn queue_flush(
         recipient_domain: q.domain.clone(),
         ..ListFilter::default()
     };
+    let domain = q.domain.clone();
     let flushed = tokio::task::spawn_blocking(move || {
         let now = crate::store::UnixTime::now();
         let mut n = 0u64;
         for m in store.list(&filter, None)? {
             if store
-                .apply(m.queue_id, &crate::store::AdminAction::Retry, now)?
+                .apply_to_domain(
+                    m.queue_id,
+                    &crate::store::AdminAction::Retry,
+                    now,
+                    domain.as_deref(),
+                )?
                 .is_some()
             {
                 n += 1;

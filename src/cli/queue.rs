@@ -203,7 +203,15 @@ pub(crate) fn run(config: &Config, command: QueueCommand) -> anyhow::Result<Exit
                         let now = crate::store::UnixTime::now();
                         let mut n = 0;
                         for m in store.list(&filter, None)? {
-                            if store.apply(m.queue_id, &AdminAction::Retry, now)?.is_some() {
+                            if store
+                                .apply_to_domain(
+                                    m.queue_id,
+                                    &AdminAction::Retry,
+                                    now,
+                                    Some(&domain),
+                                )?
+                                .is_some()
+                            {
                                 n += 1;
                             }
                         }

@@ -320,7 +320,28 @@ impl Store {
         action: &AdminAction,
         now: UnixTime,
     ) -> Result<Option<MessageRecord>, StoreError> {
+        self.apply_to_domain(queue_id, action, now, None)
+    }
+
+    /// [`Store::apply`] limited to the recipients in `domain` (case-insensitive) when given:
+    /// flushing one destination must not hurry the message's other recipients.
+    pub fn apply_to_domain(
+        &self,
+        queue_id: QueueId,
+        action: &AdminAction,
+        now: UnixTime,
+        domain: Option<&str>,
+    ) -> Result<Option<MessageRecord>, StoreError> {
         self.update(queue_id, None, |_, r| {
+            if let Some(domain) = domain {
+                let in_domain = r
+                    .address
+                    .rsplit_once('@')
+                    .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain));
+                if !in_domain {
+                    return Ok(r);
+                }
+            }
             let step = match action {
                 AdminAction::Retry => r.clone().retry(),
                 AdminAction::Hold => r.clone().hold(),

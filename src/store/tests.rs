@@ -467,3 +467,92 @@ async fn reads_run_while_the_committer_writes() {
     }
     reader.join().unwrap();
 }
+
+#[tokio::test]
+async fn settle_records_outcomes_and_removals_in_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let now = UnixTime(2_000_000_000);
+    let a = store
+        .append(envelope("s@x.org", &["a@y.org", "b@z.org"], 1), vec![1])
+        .await
+        .unwrap();
+    let b = store
+        .append(envelope("s@x.org", &["c@y.org"], 2), vec![2])
+        .await
+        .unwrap();
+    let leases = store.lease_due(now, 10 * MIN, 10).unwrap();
+    assert_eq!(leases.len(), 3);
+    let stale = Lease {
+        until: now.plus(MIN),
+        ..leases[1].clone()
+    };
+    let answers = store
+        .settle(
+            now,
+            &[
+                Settlement::Complete {
+                    lease: leases[0].clone(),
+                    outcome: Outcome::Delivered,
+                },
+                Settlement::Complete {
+                    lease: stale,
+                    outcome: Outcome::Delivered,
+                },
+                Settlement::Complete {
+                    lease: leases[2].clone(),
+                    outcome: Outcome::Delivered,
+                },
+                Settlement::MarkDelayWarned { queue_id: a },
+                Settlement::Remove { queue_id: b },
+            ],
+        )
+        .unwrap();
+    assert!(answers[0].is_ok());
+    assert!(
+        matches!(answers[1], Err(StoreError::Transition(_))),
+        "a stale lease is refused alone: {:?}",
+        answers[1]
+    );
+    assert!(answers[2].is_ok() && answers[3].is_ok() && answers[4].is_ok());
+    let rec = store.get(a).unwrap().unwrap();
+    assert_eq!(rec.recipients[0].state, RecipientState::Delivered { at: now });
+    assert!(matches!(rec.recipients[1].state, RecipientState::Leased { .. }));
+    assert!(rec.delay_warned);
+    assert!(store.get(b).unwrap().is_none());
+    assert!(store.body(b).unwrap().is_none());
+    assert_eq!(store.count().unwrap(), 1);
+}
+
+#[tokio::test]
+async fn retry_for_a_domain_leaves_other_recipients_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let now = UnixTime(2_000_000_000);
+    let id = store
+        .append(envelope("s@x.org", &["a@y.org", "b@Z.org"], 1), vec![])
+        .await
+        .unwrap();
+    let later = now.plus(60 * MIN);
+    for lease in store.lease_due(now, 10 * MIN, 10).unwrap() {
+        store
+            .complete(
+                &lease,
+                now,
+                Outcome::Deferred {
+                    next_at: later,
+                    error: "451 try later".into(),
+                },
+            )
+            .unwrap();
+    }
+    store
+        .apply_to_domain(id, &AdminAction::Retry, now, Some("z.org"))
+        .unwrap();
+    let due = store.lease_due(now, 10 * MIN, 10).unwrap();
+    assert_eq!(
+        due.iter().map(|l| l.address.as_str()).collect::<Vec<_>>(),
+        ["b@Z.org"],
+        "only the flushed domain is due now"
+    );
+}
