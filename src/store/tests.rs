@@ -516,8 +516,14 @@ async fn settle_records_outcomes_and_removals_in_one_transaction() {
     );
     assert!(answers[2].is_ok() && answers[3].is_ok() && answers[4].is_ok());
     let rec = store.get(a).unwrap().unwrap();
-    assert_eq!(rec.recipients[0].state, RecipientState::Delivered { at: now });
-    assert!(matches!(rec.recipients[1].state, RecipientState::Leased { .. }));
+    assert_eq!(
+        rec.recipients[0].state,
+        RecipientState::Delivered { at: now }
+    );
+    assert!(matches!(
+        rec.recipients[1].state,
+        RecipientState::Leased { .. }
+    ));
     assert!(rec.delay_warned);
     assert!(store.get(b).unwrap().is_none());
     assert!(store.body(b).unwrap().is_none());
