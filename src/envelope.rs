@@ -65,6 +65,34 @@ pub struct Envelope {
     pub arrival_unix: u64,
 }
 
+#[cfg(test)]
+impl Envelope {
+    /// A plain envelope for unit tests: no DSN parameters, 7-bit, no TLS or AUTH, from
+    /// `client.example` at 192.0.2.1:25000. Tests override what they care about.
+    pub(crate) fn for_test(sender: &str, recipients: &[&str], arrival_unix: u64) -> Envelope {
+        Envelope {
+            sender: sender.into(),
+            recipients: recipients
+                .iter()
+                .map(|a| Recipient {
+                    address: (*a).into(),
+                    notify: None,
+                    orcpt: None,
+                })
+                .collect(),
+            dsn_ret: None,
+            dsn_envid: None,
+            body_8bit: false,
+            smtputf8: false,
+            helo: "client.example".into(),
+            client: SocketAddr::from(([192, 0, 2, 1], 25000)),
+            tls: None,
+            auth_user: None,
+            arrival_unix,
+        }
+    }
+}
+
 /// The name of one queued message everywhere: SMTP replies, logs, the admin API and the CLI.
 ///
 /// Sixteen upper-case hex digits: the arrival time in microseconds in the high bits, so ids sort by

@@ -6,6 +6,7 @@
 use super::Exit;
 use crate::config::{Config, Scalar, parse_duration};
 use crate::envelope::QueueId;
+use crate::queue::utc_timestamp;
 use crate::store::{
     AdminAction, ListFilter, MessageRecord, MessageSummary, StateKind, Store, StoreError,
 };
@@ -454,28 +455,6 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
-/// `YYYY-MM-DD HH:MM:SS` in UTC.
-pub(crate) fn format_utc(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let secs = unix % 86_400;
-    // Civil-from-days (proleptic Gregorian), as in Howard Hinnant's date algorithms.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
-
 fn print_list(list: &[MessageSummary]) {
     println!(
         "{:<16}  {:<19}  {:>9}  SENDER",
@@ -485,7 +464,7 @@ fn print_list(list: &[MessageSummary]) {
         println!(
             "{:<16}  {}  {:>9}  <{}>",
             m.queue_id,
-            format_utc(m.arrival.0),
+            utc_timestamp(m.arrival),
             m.size,
             m.sender
         );
@@ -495,7 +474,7 @@ fn print_list(list: &[MessageSummary]) {
                 line.push_str(&format!("  attempts={}", r.attempts));
             }
             if let Some(next) = r.next_attempt {
-                line.push_str(&format!("  next={}", format_utc(next.0)));
+                line.push_str(&format!("  next={}", utc_timestamp(next)));
             }
             if let Some(e) = &r.last_error {
                 line.push_str(&format!("  last_error={e:?}"));
@@ -510,7 +489,10 @@ fn print_list(list: &[MessageSummary]) {
 fn print_record(r: &MessageRecord) {
     let e = &r.envelope;
     println!("queue id:  {}", r.queue_id);
-    println!("arrival:   {} UTC", format_utc(e.arrival_unix));
+    println!(
+        "arrival:   {} UTC",
+        utc_timestamp(crate::store::UnixTime(e.arrival_unix))
+    );
     println!("size:      {}", r.size);
     println!("sender:    <{}>", e.sender);
     println!("client:    {} (helo {})", e.client, e.helo);
@@ -530,35 +512,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn utc_formatting() {
-        assert_eq!(format_utc(0), "1970-01-01 00:00:00");
-        assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00");
-        assert_eq!(format_utc(1_795_000_000), "2026-11-18 11:06:40");
-    }
-
-    #[test]
     fn hold_and_bounce_say_when_recipients_in_flight_were_left_alone() {
         use crate::store::{RecipientState, RecipientStatus, UnixTime};
-        let envelope = crate::envelope::Envelope {
-            sender: "a@x.example".into(),
-            recipients: ["b@y", "c@y"]
-                .iter()
-                .map(|a| crate::envelope::Recipient {
-                    address: (*a).into(),
-                    notify: None,
-                    orcpt: None,
-                })
-                .collect(),
-            dsn_ret: None,
-            dsn_envid: None,
-            body_8bit: false,
-            smtputf8: false,
-            helo: "client.example".into(),
-            client: SocketAddr::from(([192, 0, 2, 1], 25000)),
-            tls: None,
-            auth_user: None,
-            arrival_unix: 0,
-        };
+        let envelope = crate::envelope::Envelope::for_test("a@x.example", &["b@y", "c@y"], 0);
         let mut record = MessageRecord {
             queue_id: QueueId(1),
             envelope,

@@ -95,17 +95,10 @@ mod tests {
 
     fn envelope() -> Envelope {
         Envelope {
-            sender: "a@example.org".into(),
-            recipients: Vec::new(),
-            dsn_ret: None,
-            dsn_envid: None,
-            body_8bit: false,
-            smtputf8: false,
             helo: "client.example.org".into(),
             client: "192.0.2.7:40000".parse().unwrap(),
-            tls: None,
-            auth_user: None,
-            arrival_unix: 1_795_729_248, // 2026-11-26 21:40:48 UTC
+            // 2026-11-26 21:40:48 UTC
+            ..Envelope::for_test("a@example.org", &[], 1_795_729_248)
         }
     }
 

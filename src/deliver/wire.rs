@@ -217,17 +217,9 @@ mod tests {
 
     fn envelope() -> Envelope {
         Envelope {
-            sender: "a@example.org".into(),
-            recipients: Vec::new(),
-            dsn_ret: None,
-            dsn_envid: None,
-            body_8bit: false,
-            smtputf8: false,
             helo: "h".into(),
             client: "192.0.2.7:40000".parse().unwrap(),
-            tls: None,
-            auth_user: None,
-            arrival_unix: 0,
+            ..Envelope::for_test("a@example.org", &[], 0)
         }
     }
 

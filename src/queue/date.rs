@@ -25,6 +25,18 @@ pub fn rfc5322_date(t: UnixTime) -> String {
     )
 }
 
+/// `t` as `YYYY-MM-DD HH:MM:SS` in UTC, for people reading `queue list`.
+pub fn utc_timestamp(t: UnixTime) -> String {
+    let secs = t.0 % 86_400;
+    let (year, month, day) = civil_from_days(t.0 / 86_400);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
 /// The proleptic Gregorian (year, month 1..=12, day 1..=31) of a day count since 1970-01-01.
 ///
 /// Counts in 400-year eras (146 097 days each, the Gregorian cycle) of years that start on
@@ -53,6 +65,16 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_timestamps() {
+        assert_eq!(utc_timestamp(UnixTime(0)), "1970-01-01 00:00:00");
+        assert_eq!(utc_timestamp(UnixTime(951_782_400)), "2000-02-29 00:00:00");
+        assert_eq!(
+            utc_timestamp(UnixTime(1_795_000_000)),
+            "2026-11-18 11:06:40"
+        );
+    }
 
     #[test]
     fn known_dates() {

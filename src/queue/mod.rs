@@ -37,7 +37,7 @@ mod route;
 mod runner;
 mod scheduler;
 
-pub use date::rfc5322_date;
+pub use date::{rfc5322_date, utc_timestamp};
 pub use dsn::{
     Diagnosis, Dsn, DsnInput, EnhancedStatus, RecipientReport, ReportOutcome, build_dsn,
 };

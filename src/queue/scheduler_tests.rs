@@ -2,7 +2,7 @@
 //! (`RecipientStatus::lease`, `defer`, ...), so a decision the store would refuse fails the test.
 
 use super::*;
-use crate::envelope::{Envelope, Notify, Recipient};
+use crate::envelope::{Envelope, Notify};
 use crate::queue::Jitter;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -26,24 +26,8 @@ fn exact_policy() -> Policy {
 
 fn record(addresses: &[&str]) -> MessageRecord {
     let envelope = Envelope {
-        sender: "alice@example.org".into(),
-        recipients: addresses
-            .iter()
-            .map(|a| Recipient {
-                address: (*a).into(),
-                notify: None,
-                orcpt: None,
-            })
-            .collect(),
-        dsn_ret: None,
-        dsn_envid: None,
-        body_8bit: false,
-        smtputf8: false,
-        helo: "client.example".into(),
         client: SocketAddr::from(([192, 0, 2, 1], 1025)),
-        tls: None,
-        auth_user: None,
-        arrival_unix: T0.0,
+        ..Envelope::for_test("alice@example.org", addresses, T0.0)
     };
     MessageRecord {
         queue_id: QueueId(7),

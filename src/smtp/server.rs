@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, sleep_until, timeout};
@@ -273,13 +273,6 @@ fn tls_description(s: &tokio_rustls::server::TlsStream<TcpStream>) -> String {
     format!("{version} with cipher {cipher}")
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Runs one SMTP session to its end and says how it ended.
 ///
 /// Not cancel-safe as a whole (it awaits writes and store commits); it watches `shutdown` itself.
@@ -316,7 +309,12 @@ async fn serve_connection(
         tls_available: ingress.tls.is_some(),
         auth_available: !ingress.credentials.is_empty(),
     };
-    let mut session = Session::new(policy, ingress.limits.clone(), peer, now_unix());
+    let mut session = Session::new(
+        policy,
+        ingress.limits.clone(),
+        peer,
+        crate::store::UnixTime::now().0,
+    );
     if let Some(info) = tls_info {
         // Before any input this marks the session encrypted from the start (RFC 8314).
         session.handle_tls_established(info);
@@ -422,7 +420,7 @@ async fn serve_connection(
             read = conn.read(&mut buf) => match read {
                 Ok(0) => return if shutting_down { "shutdown" } else { "peer_closed" },
                 Ok(n) => {
-                    session.set_now_unix(now_unix());
+                    session.set_now_unix(crate::store::UnixTime::now().0);
                     session.handle_input(&buf[..n]);
                 }
                 Err(_) => return "io_error",

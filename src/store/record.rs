@@ -217,30 +217,10 @@ impl ListFilter {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::envelope::Recipient;
     use crate::store::state::RecipientState;
 
     pub(crate) fn envelope(sender: &str, rcpts: &[&str], arrival_unix: u64) -> Envelope {
-        Envelope {
-            sender: sender.into(),
-            recipients: rcpts
-                .iter()
-                .map(|a| Recipient {
-                    address: (*a).into(),
-                    notify: None,
-                    orcpt: None,
-                })
-                .collect(),
-            dsn_ret: None,
-            dsn_envid: None,
-            body_8bit: false,
-            smtputf8: false,
-            helo: "client.example".into(),
-            client: SocketAddr::from(([192, 0, 2, 1], 25000)),
-            tls: None,
-            auth_user: None,
-            arrival_unix,
-        }
+        Envelope::for_test(sender, rcpts, arrival_unix)
     }
 
     #[test]
