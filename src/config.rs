@@ -59,6 +59,23 @@ pub struct Config {
     pub queue: crate::queue::Policy,
     /// How often the scheduler looks for due work when nothing wakes it earlier.
     pub queue_poll_interval: Duration,
+    /// Org key and signet files kept outside the data directory, by domain (`[[domain]]
+    /// org_key`, `org_signet`); other domains' identities live under `data_dir/dime`.
+    pub org_key_files: std::collections::BTreeMap<String, crate::identity::OrgKeyFiles>,
+    /// `[dmtp]`: the DMTP listener and what `_dx` records publish.
+    pub dmtp: DmtpConfig,
+}
+
+/// `[dmtp]`.
+#[derive(Debug, Clone)]
+pub struct DmtpConfig {
+    /// DMTP listeners (TLS from the first byte; port 26 in production).
+    pub listen: Vec<SocketAddr>,
+    /// The DX host names that `dimegate record` publishes as `dx=` (default: `smtp.hostname`).
+    pub dx: Vec<String>,
+    /// The DMTP certificate (RSA, for TLS 1.2 ECDHE-RSA-AES256-GCM-SHA384); `None`: generated
+    /// on first start under `data_dir/dmtp-tls`.
+    pub tls: Option<TlsFiles>,
 }
 
 /// `[backend]`.
@@ -217,6 +234,7 @@ impl Config {
         };
 
         let mut domains: Vec<String> = Vec::new();
+        let mut org_key_files = std::collections::BTreeMap::new();
         for (i, d) in raw.domain.iter().enumerate() {
             let path = format!("domain[{i}].name");
             let name = d.name.trim_end_matches('.').to_ascii_lowercase();
@@ -229,8 +247,69 @@ impl Config {
             if domains.contains(&name) {
                 return Err(ConfigError::new(path, format!("{name} is listed twice")));
             }
+            match (&d.org_key, &d.org_signet) {
+                (Some(key), Some(signet)) => {
+                    org_key_files.insert(
+                        name.clone(),
+                        crate::identity::OrgKeyFiles {
+                            key: key.clone(),
+                            signet: signet.clone(),
+                        },
+                    );
+                }
+                (None, None) => {}
+                (Some(_), None) => {
+                    return Err(ConfigError::new(
+                        format!("domain[{i}].org_signet"),
+                        "org_key is set but org_signet is not",
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::new(
+                        format!("domain[{i}].org_key"),
+                        "org_signet is set but org_key is not",
+                    ));
+                }
+            }
             domains.push(name);
         }
+
+        let dmtp = DmtpConfig {
+            listen: parse_addrs("dmtp.listen", &raw.dmtp.listen)?,
+            dx: match &raw.dmtp.dx {
+                None => vec![smtp.hostname.clone()],
+                Some(hosts) => {
+                    let mut out = Vec::new();
+                    for (i, h) in hosts.iter().enumerate() {
+                        let h = h.trim_end_matches('.').to_ascii_lowercase();
+                        if h.is_empty() || !h.bytes().all(is_hostname_byte) {
+                            return Err(ConfigError::new(
+                                format!("dmtp.dx[{i}]"),
+                                format!("not a host name: {h:?}"),
+                            ));
+                        }
+                        out.push(h);
+                    }
+                    out
+                }
+            },
+            tls: match (raw.dmtp.cert, raw.dmtp.key) {
+                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(ConfigError::new(
+                        "dmtp.key",
+                        "dmtp.cert is set but dmtp.key is not",
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::new(
+                        "dmtp.cert",
+                        "dmtp.key is set but dmtp.cert is not",
+                    ));
+                }
+            },
+        };
 
         let mut relay_networks = Vec::new();
         for (i, n) in raw.relay.networks.iter().enumerate() {
@@ -385,6 +464,8 @@ impl Config {
             domains,
             relay_networks,
             users,
+            org_key_files,
+            dmtp,
         })
     }
 
@@ -498,6 +579,7 @@ pub struct RawConfig {
     destination: Vec<RawDestination>,
     dns: RawDns,
     queue: RawQueue,
+    dmtp: RawDmtp,
 }
 
 impl Default for RawConfig {
@@ -509,6 +591,8 @@ impl Default for RawConfig {
             admin: RawAdmin::default(),
             domain: vec![RawDomain {
                 name: "localhost".into(),
+                org_key: None,
+                org_signet: None,
             }],
             relay: RawRelay::default(),
             user: Vec::new(),
@@ -517,6 +601,7 @@ impl Default for RawConfig {
             destination: Vec::new(),
             dns: RawDns::default(),
             queue: RawQueue::default(),
+            dmtp: RawDmtp::default(),
         }
     }
 }
@@ -599,6 +684,28 @@ impl Default for RawAdmin {
 #[serde(deny_unknown_fields)]
 struct RawDomain {
     name: String,
+    org_key: Option<PathBuf>,
+    org_signet: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDmtp {
+    listen: OneOrMany,
+    dx: Option<Vec<String>>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+impl Default for RawDmtp {
+    fn default() -> Self {
+        RawDmtp {
+            listen: OneOrMany::One("127.0.0.1:2626".into()),
+            dx: None,
+            cert: None,
+            key: None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

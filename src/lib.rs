@@ -11,6 +11,7 @@ pub mod config;
 pub mod deliver;
 pub mod dime;
 pub mod envelope;
+pub mod identity;
 pub mod metrics;
 pub mod queue;
 pub mod resolve;

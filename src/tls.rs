@@ -32,6 +32,12 @@ pub enum TlsError {
     /// The self-signed certificate could not be generated.
     #[error("generating a self-signed certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    /// The RSA key for the DMTP certificate could not be generated.
+    #[error("generating an RSA key: {0}")]
+    Rsa(String),
+    /// DMTP needs an RSA certificate (DIME.md §10.1: ECDHE-RSA-AES256-GCM-SHA384 under TLS 1.2).
+    #[error("{0}: the DMTP certificate's key is not an RSA key")]
+    NotRsa(PathBuf),
 }
 
 /// Where a generated certificate and key live under the data directory.
@@ -61,6 +67,72 @@ pub fn ensure_self_signed(data_dir: &Path, hostname: &str) -> Result<bool, TlsEr
     write_private(&key_path, ck.signing_key.serialize_pem().as_bytes()).map_err(io(&key_path))?;
     std::fs::write(&cert_path, ck.cert.pem()).map_err(io(&cert_path))?;
     Ok(true)
+}
+
+/// Where the generated DMTP certificate and key live under the data directory.
+pub fn dmtp_generated_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
+    let dir = data_dir.join("dmtp-tls");
+    (dir.join("cert.pem"), dir.join("key.pem"))
+}
+
+/// Writes a self-signed RSA certificate for the DMTP listener, valid for `names`, unless one is
+/// there already. Returns whether it generated one.
+///
+/// RSA because DMTP peers speak TLS 1.2 with ECDHE-RSA-AES256-GCM-SHA384 only (DIME.md §10.1);
+/// ring signs with RSA but cannot generate RSA keys, so the `rsa` crate makes the key (only
+/// generation: its decryption timing issue, RUSTSEC-2023-0071, does not apply) and ring signs.
+pub fn ensure_dmtp_certificate(data_dir: &Path, names: &[String]) -> Result<bool, TlsError> {
+    use rsa::pkcs8::EncodePrivateKey;
+    let (cert_path, key_path) = dmtp_generated_paths(data_dir);
+    if cert_path.exists() && key_path.exists() {
+        return Ok(false);
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TlsError::Io { path, source }
+    };
+    let dir = data_dir.join("dmtp-tls");
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let rsa_key = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048)
+        .map_err(|e| TlsError::Rsa(e.to_string()))?;
+    let der = zeroize::Zeroizing::new(
+        rsa_key
+            .to_pkcs8_der()
+            .map_err(|e| TlsError::Rsa(e.to_string()))?
+            .as_bytes()
+            .to_vec(),
+    );
+    let pkcs8 = rustls_pki_types::PrivatePkcs8KeyDer::from(der.as_slice());
+    let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_RSA_SHA256)?;
+    let params = rcgen::CertificateParams::new(names.to_vec())?;
+    let cert = params.self_signed(&key_pair)?;
+    write_private(&key_path, key_pair.serialize_pem().as_bytes()).map_err(io(&key_path))?;
+    std::fs::write(&cert_path, cert.pem()).map_err(io(&cert_path))?;
+    Ok(true)
+}
+
+/// The rustls configuration of the DMTP listener: TLS 1.3, and TLS 1.2 with
+/// ECDHE-RSA-AES256-GCM-SHA384 (the suite libdime and magma peers use) among the safe defaults.
+/// The certificate must have an RSA key, so that suite can be negotiated.
+pub fn dmtp_server_config(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| TlsError::Pem {
+        path: key_path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let is_rsa = match &key {
+        PrivateKeyDer::Pkcs1(_) => true,
+        PrivateKeyDer::Pkcs8(k) => {
+            rcgen::KeyPair::from_pkcs8_der_and_sign_algo(k, &rcgen::PKCS_RSA_SHA256).is_ok()
+        }
+        _ => false,
+    };
+    if !is_rsa {
+        return Err(TlsError::NotRsa(key_path.to_path_buf()));
+    }
+    server_config(cert_path, key_path)
 }
 
 /// Writes a file readable by its owner only (private keys).
@@ -125,6 +197,30 @@ mod tests {
             std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
             0o600
         );
+    }
+
+    #[test]
+    fn dmtp_certificate_is_rsa_and_offers_the_dmtp_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = vec!["dx.example.org".to_owned()];
+        assert!(ensure_dmtp_certificate(dir.path(), &names).unwrap());
+        assert!(!ensure_dmtp_certificate(dir.path(), &names).unwrap());
+        let (c, k) = dmtp_generated_paths(dir.path());
+        let config = dmtp_server_config(&c, &k).unwrap();
+        assert!(
+            config
+                .crypto_provider()
+                .cipher_suites
+                .iter()
+                .any(|s| s.suite() == rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384)
+        );
+        // The STARTTLS certificate (ECDSA) is refused for DMTP.
+        assert!(ensure_self_signed(dir.path(), "mx.example.org").unwrap());
+        let (c, k) = generated_paths(dir.path());
+        assert!(matches!(
+            dmtp_server_config(&c, &k),
+            Err(TlsError::NotRsa(_))
+        ));
     }
 
     #[test]
