@@ -41,6 +41,9 @@ pub enum ServeError {
     /// Outbound delivery could not be set up.
     #[error("delivery: {0}")]
     Deliver(#[from] crate::deliver::DeliverError),
+    /// A served domain's DIME identity could not be loaded or created.
+    #[error("DIME identity: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -55,6 +58,43 @@ pub enum ServeError {
 
 /// How long shutdown waits for sessions and the admin server.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
+
+/// The DMTP certificate and key: the configured pair, or one generated (RSA, self-signed for the
+/// `[dmtp] dx` names) under the data directory on first use.
+pub fn dmtp_certificate(config: &Config) -> Result<(PathBuf, PathBuf), crate::tls::TlsError> {
+    match &config.dmtp.tls {
+        Some(files) => Ok((files.cert.clone(), files.key.clone())),
+        None => {
+            if crate::tls::ensure_dmtp_certificate(&config.data_dir, &config.dmtp.dx)? {
+                info!(dir = %config.data_dir.join("dmtp-tls").display(), "generated a self-signed DMTP certificate (RSA)");
+            }
+            Ok(crate::tls::dmtp_generated_paths(&config.data_dir))
+        }
+    }
+}
+
+/// Every served domain as a DIME organization: loaded, or created on first start.
+pub fn load_identities(
+    config: &Config,
+) -> Result<Vec<crate::identity::OrgIdentity>, crate::identity::IdentityError> {
+    let keystore = crate::identity::Keystore::new(&config.data_dir, &config.domains);
+    let mut orgs = Vec::new();
+    for domain in &config.domains {
+        let (org, created) = keystore.ensure_org(
+            domain,
+            config.org_key_files.get(domain),
+            &mut rand::rngs::OsRng,
+        )?;
+        info!(
+            %domain,
+            created,
+            fingerprint = %org.signet.crypto_fingerprint(),
+            "DIME organization"
+        );
+        orgs.push(org);
+    }
+    Ok(orgs)
+}
 
 /// Runs the gateway until `shutdown` completes.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
@@ -74,6 +114,11 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         }
     };
     let tls = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&cert, &key)?);
+    // Identities and the DMTP TLS configuration are checked at start: a key file others can
+    // read or a certificate DMTP peers cannot use fails the start, not the first peer.
+    let _orgs = load_identities(&config)?;
+    let (dmtp_cert, dmtp_key) = dmtp_certificate(&config)?;
+    let _dmtp_tls = crate::tls::dmtp_server_config(&dmtp_cert, &dmtp_key)?;
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);

@@ -156,16 +156,20 @@ pub enum SignetCommand {
     },
 }
 
-/// `dimegate record DOMAIN …`
+/// `dimegate record DOMAIN …`: from the running configuration (the served domain's org signet,
+/// `[dmtp] dx` and the DMTP certificate), or from files given with `--org-signet`.
 #[derive(Debug, Args)]
 pub struct RecordArgs {
     /// The domain (the record goes at `_dx.DOMAIN`).
     pub domain: String,
-    /// The domain's org signet (armored or binary).
+    /// The configuration the gateway runs with (embedded defaults without it).
+    #[arg(long, short, conflicts_with = "org_signet")]
+    pub config: Option<PathBuf>,
+    /// Offline: the domain's org signet (armored or binary) instead of the configuration.
     #[arg(long)]
-    pub org_signet: PathBuf,
-    /// DIME delivery host; repeat for several, tried in order.
-    #[arg(long = "dx")]
+    pub org_signet: Option<PathBuf>,
+    /// DIME delivery host; repeat for several, tried in order (with --org-signet).
+    #[arg(long = "dx", requires = "org_signet")]
     pub dx: Vec<String>,
     /// PEM certificate of the DX host to pin with `tls=` (needs --org-key).
     #[arg(long, requires = "org_key")]
@@ -633,21 +637,63 @@ fn signet_show(file: &Path, org: Option<&Path>, json: bool) -> anyhow::Result<Ex
     })
 }
 
+/// `record DOMAIN` from the configuration: the org identity (created on first use, as `serve`
+/// would), the `dx=` hosts of `[dmtp] dx`, and a `tls=` pin of the DMTP certificate signed by
+/// the org key.
+pub fn record_from_config(
+    config: &crate::config::Config,
+    domain: &str,
+) -> anyhow::Result<ExitCode> {
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    if !config.domains.contains(&domain) {
+        eprintln!("error: {domain} is not a served domain ([[domain]] in the configuration)");
+        return Ok(ExitCode::from(2));
+    }
+    let ks = crate::identity::Keystore::new(&config.data_dir, &config.domains);
+    let (org, _) = ks.ensure_org(
+        &domain,
+        config.org_key_files.get(&domain),
+        &mut rand::rngs::OsRng,
+    )?;
+    let cert_path = crate::serve::dmtp_certificate(config)?.0;
+    use rustls_pki_types::pem::PemObject;
+    let cert = rustls_pki_types::CertificateDer::from_pem_file(&cert_path)
+        .with_context(|| format!("reading certificate {}", cert_path.display()))?;
+    let rec = DxRecord {
+        poks: vec![*org.signet.signing_key()],
+        dx: config.dmtp.dx.clone(),
+        tls: vec![dime::tls_signature(org.key.signing_key(), &cert)],
+        ..Default::default()
+    };
+    if !matches!(rec.check_tls(&cert), TlsPin::Verified { .. }) {
+        bail!("tls= pin does not verify");
+    }
+    println!(
+        "{}.{domain}. IN TXT {}",
+        dime::DX_PREFIX,
+        rec.to_zone_rdata()?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {
-    let signet = match read_signet(&args.org_signet)? {
+    let Some(org_signet) = &args.org_signet else {
+        bail!("record needs --org-signet or the configuration");
+    };
+    let signet = match read_signet(org_signet)? {
         Ok(s) => s,
         Err(code) => return Ok(code),
     };
     if signet.kind() != SignetKind::Org {
         eprintln!(
             "error: {} is a {}, not an org signet",
-            args.org_signet.display(),
+            org_signet.display(),
             signet.kind().name()
         );
         return Ok(ExitCode::from(2));
     }
     if let Err(e) = signet.validate(None) {
-        eprintln!("{}: invalid: {e}", args.org_signet.display());
+        eprintln!("{}: invalid: {e}", org_signet.display());
         return Ok(ExitCode::from(CHECK_FAILED));
     }
     let domain = args.domain.trim_end_matches('.');

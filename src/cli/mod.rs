@@ -5,6 +5,7 @@
 
 pub mod dime;
 mod queue;
+mod users;
 
 use crate::config::Config;
 use anyhow::Context;
@@ -47,6 +48,16 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         command: queue::QueueCommand,
+    },
+    /// Hosted DIME users: add, list, show, rotate, remove, import-signet (works while the
+    /// server runs).
+    Users {
+        /// Configuration file, to find the data directory and the served domains.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// What to do.
+        #[command(subcommand)]
+        command: users::UsersCommand,
     },
     /// Hash a password read from standard input, for `[[user]] password_hash`.
     Passwd,
@@ -113,6 +124,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue { config, command } => {
             let config = load_config(config.as_ref())?;
             queue::run(&config, command)
+        }
+        Command::Users { config, command } => {
+            let config = load_config(config.as_ref())?;
+            users::run(&config, command)
+        }
+        Command::Dime(dime::DimeCommand::Record(args)) if args.org_signet.is_none() => {
+            let config = load_config(args.config.as_ref())?;
+            dime::record_from_config(&config, &args.domain)
         }
         Command::Dime(cmd) => dime::run(cmd),
         Command::Passwd => {
