@@ -1,0 +1,3 @@
+//! DMTP (DIME.md §10).
+
+pub mod trust;
