@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod deliver;
 pub mod dime;
+pub mod dmtp;
 pub mod envelope;
 pub mod metrics;
 pub mod queue;
