@@ -5,6 +5,8 @@ pub mod codec;
 #[cfg(test)]
 mod pair_tests;
 pub mod server;
+#[cfg(test)]
+mod test_signets;
 
 pub use client::ClientSession;
 pub use server::ServerSession;

@@ -368,8 +368,9 @@ impl ServerSession {
             };
             self.reply(Reply::new(ReplyCode::Terminating, text));
             self.close();
+            self.finish_step();
         }
-        self.finish_step();
+        // A check before the deadline changes nothing: the timer runs from the last input.
     }
 
     /// The answer to [`Output::LookupSignet`]: every signet of the name, oldest first (the
