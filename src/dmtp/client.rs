@@ -15,6 +15,9 @@
 //! reported as delivered even when its transaction id is unreadable, so that a message a server
 //! accepted is never sent twice.
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::mem;
