@@ -265,16 +265,21 @@ pub fn check(
 }
 
 /// The bytes a selector picks from a certificate.
-fn selected(selector: Selector, cert: &CertificateDer<'_>, depth: usize) -> Result<Vec<u8>, Mismatch> {
+fn selected(
+    selector: Selector,
+    cert: &CertificateDer<'_>,
+    depth: usize,
+) -> Result<Vec<u8>, Mismatch> {
     match selector {
         Selector::FullCertificate => Ok(cert.as_ref().to_vec()),
         Selector::Spki => {
             // The trust-anchor parser accepts CA and leaf certificates alike and tolerates
             // unknown critical extensions: only the SPKI is wanted here, not a judgement.
-            let anchor = webpki::anchor_from_trusted_cert(cert).map_err(|e| Mismatch::Unparsable {
-                depth,
-                reason: e.to_string(),
-            })?;
+            let anchor =
+                webpki::anchor_from_trusted_cert(cert).map_err(|e| Mismatch::Unparsable {
+                    depth,
+                    reason: e.to_string(),
+                })?;
             Ok(webpki::spki_for_anchor(&anchor).as_ref().to_vec())
         }
     }

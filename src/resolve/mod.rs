@@ -27,6 +27,7 @@ use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+use hickory_resolver::proto::serialize::txt::ParseError;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -648,9 +649,16 @@ fn load_trust_anchor(path: &std::path::Path) -> Result<TrustAnchors, ResolveErro
         path: path.to_owned(),
         reason,
     };
-    let anchors = TrustAnchors::from_file(path).map_err(|e| error(e.to_string()))?;
-    if anchors.is_empty() {
-        // An empty set would make every answer bogus: say so at start, not at the first lookup.
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    let anchors: TrustAnchors = text.parse().map_err(|e: ParseError| error(e.to_string()))?;
+    // An empty set would make every answer bogus: say so at start, not at the first lookup.
+    // (hickory's `is_empty` counts root keys only, so look at the text.)
+    let has_key = text.lines().any(|line| {
+        let line = line.split(';').next().unwrap_or_default();
+        line.split_ascii_whitespace()
+            .any(|t| t.eq_ignore_ascii_case("DNSKEY"))
+    });
+    if !has_key {
         return Err(error("no DNSKEY record in the file".to_owned()));
     }
     Ok(anchors)
