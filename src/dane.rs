@@ -371,12 +371,24 @@ pub enum DaneError {
 
 /// The TLSA set did not authenticate the server; carried inside the rustls error of a failed
 /// handshake (`rustls::Error::InvalidCertificate(CertificateError::Other(..))`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("DANE authentication failed: {reasons:?}")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaneMismatch {
     /// Each usable record's index and why it did not match.
     pub reasons: Vec<(usize, Mismatch)>,
 }
+
+impl std::fmt::Display for DaneMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DANE authentication failed")?;
+        for (i, (index, reason)) in self.reasons.iter().enumerate() {
+            let sep = if i == 0 { ": " } else { "; " };
+            write!(f, "{sep}TLSA record {index}: {reason}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for DaneMismatch {}
 
 /// A rustls certificate verifier that authenticates the server by a TLSA set (RFC 7672) and
 /// nothing else: no WebPKI roots, no OCSP. Handshake signatures are checked by the crypto
@@ -490,4 +502,484 @@ pub fn client_config(records: Vec<Tlsa>, names: &[&str]) -> Result<ClientConfig,
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        PublicKeyData, date_time_ymd,
+    };
+    use std::time::Duration;
+
+    /// 2026-12-01T00:00:00Z.
+    fn now() -> UnixTime {
+        UnixTime::since_unix_epoch(Duration::from_secs(1_796_083_200))
+    }
+
+    fn provider() -> CryptoProvider {
+        rustls::crypto::ring::default_provider()
+    }
+
+    struct Made {
+        der: CertificateDer<'static>,
+        spki: Vec<u8>,
+        key: KeyPair,
+        params: CertificateParams,
+    }
+
+    fn params(names: &[&str], valid: (i32, i32)) -> CertificateParams {
+        let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        p.not_before = date_time_ymd(valid.0, 1, 1);
+        p.not_after = date_time_ymd(valid.1, 1, 1);
+        p
+    }
+
+    fn ca(name: &str) -> Made {
+        let mut p = params(&[], (2020, 2040));
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().unwrap();
+        let der = p.self_signed(&key).unwrap().der().clone();
+        Made {
+            der,
+            spki: key.subject_public_key_info(),
+            key,
+            params: p,
+        }
+    }
+
+    /// A certificate for `names` signed by `issuer` (or self-signed), valid in the given years.
+    fn leaf(names: &[&str], issuer: Option<&Made>, valid: (i32, i32)) -> Made {
+        let p = params(names, valid);
+        let key = KeyPair::generate().unwrap();
+        let der = match issuer {
+            Some(ca) => {
+                let issuer = Issuer::from_params(&ca.params, &ca.key);
+                p.signed_by(&key, &issuer).unwrap().der().clone()
+            }
+            None => p.self_signed(&key).unwrap().der().clone(),
+        };
+        Made {
+            der,
+            spki: key.subject_public_key_info(),
+            key,
+            params: p,
+        }
+    }
+
+    /// An intermediate CA signed by `issuer`.
+    fn intermediate(name: &str, issuer: &Made) -> Made {
+        let mut p = params(&[], (2020, 2040));
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let key = KeyPair::generate().unwrap();
+        let der = p
+            .signed_by(&key, &Issuer::from_params(&issuer.params, &issuer.key))
+            .unwrap()
+            .der()
+            .clone();
+        Made {
+            der,
+            spki: key.subject_public_key_info(),
+            key,
+            params: p,
+        }
+    }
+
+    fn tlsa(usage: u8, selector: u8, matching: u8, selected: &[u8]) -> Tlsa {
+        let data = match matching {
+            0 => selected.to_vec(),
+            1 => Sha256::digest(selected).to_vec(),
+            2 => Sha512::digest(selected).to_vec(),
+            _ => selected.to_vec(),
+        };
+        Tlsa {
+            usage,
+            selector,
+            matching,
+            data,
+        }
+    }
+
+    fn names(list: &[&'static str]) -> Vec<ServerName<'static>> {
+        list.iter()
+            .map(|n| ServerName::try_from(*n).unwrap())
+            .collect()
+    }
+
+    fn run(records: &[Tlsa], chain: &[&Made], reference: &[&'static str]) -> DaneOutcome {
+        let chain: Vec<CertificateDer<'_>> = chain.iter().map(|m| m.der.clone()).collect();
+        check(records, &chain, &names(reference), now(), &provider())
+    }
+
+    fn matched(index: usize, usage: Usage) -> DaneOutcome {
+        DaneOutcome::Matched { index, usage }
+    }
+
+    fn mismatch(reasons: Vec<(usize, Mismatch)>) -> DaneOutcome {
+        DaneOutcome::Mismatch { reasons }
+    }
+
+    #[test]
+    fn usability_table() {
+        let d32 = vec![7u8; 32];
+        let d64 = vec![7u8; 64];
+        let rows: &[(u8, u8, u8, &[u8], Result<(), Unusable>)] = &[
+            (3, 1, 1, &d32, Ok(())),
+            (3, 0, 2, &d64, Ok(())),
+            (2, 1, 0, b"spki", Ok(())),
+            (2, 0, 1, &d32, Ok(())),
+            (0, 0, 1, &d32, Err(Unusable::PkixUsage(0))),
+            (1, 1, 1, &d32, Err(Unusable::PkixUsage(1))),
+            (4, 1, 1, &d32, Err(Unusable::UnknownUsage(4))),
+            (255, 1, 1, &d32, Err(Unusable::UnknownUsage(255))),
+            (3, 2, 1, &d32, Err(Unusable::UnknownSelector(2))),
+            (3, 255, 1, &d32, Err(Unusable::UnknownSelector(255))),
+            (3, 1, 3, &d32, Err(Unusable::UnknownMatching(3))),
+            (3, 1, 255, &d32, Err(Unusable::UnknownMatching(255))),
+            (
+                3,
+                1,
+                1,
+                &d64,
+                Err(Unusable::BadLength {
+                    matching: 1,
+                    got: 64,
+                }),
+            ),
+            (
+                3,
+                1,
+                2,
+                &d32,
+                Err(Unusable::BadLength {
+                    matching: 2,
+                    got: 32,
+                }),
+            ),
+            (
+                3,
+                0,
+                0,
+                b"",
+                Err(Unusable::BadLength {
+                    matching: 0,
+                    got: 0,
+                }),
+            ),
+        ];
+        for (usage, selector, matching, data, want) in rows {
+            let record = Tlsa {
+                usage: *usage,
+                selector: *selector,
+                matching: *matching,
+                data: data.to_vec(),
+            };
+            assert_eq!(
+                record.usable().map(|_| ()),
+                *want,
+                "{usage} {selector} {matching}"
+            );
+        }
+    }
+
+    #[test]
+    fn dane_ee_every_selector_and_matching_type() {
+        let cert = leaf(&["mx.example.test"], None, (2020, 2040));
+        for selector in [0u8, 1] {
+            let selected: &[u8] = if selector == 0 {
+                cert.der.as_ref()
+            } else {
+                &cert.spki
+            };
+            for matching in [0u8, 1, 2] {
+                let records = [tlsa(3, selector, matching, selected)];
+                assert_eq!(
+                    run(&records, &[&cert], &["mx.example.test"]),
+                    matched(0, Usage::DaneEe),
+                    "3 {selector} {matching}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn dane_ee_ignores_names_and_expiry() {
+        // RFC 7672 §3.1.1: neither the name nor the validity period of a DANE-EE match matters.
+        let expired = leaf(&["somewhere.else"], None, (2000, 2001));
+        let records = [tlsa(3, 1, 1, &expired.spki)];
+        assert_eq!(
+            run(&records, &[&expired], &["mx.example.test"]),
+            matched(0, Usage::DaneEe)
+        );
+        let not_yet = leaf(&["somewhere.else"], None, (2030, 2031));
+        let records = [tlsa(3, 0, 2, not_yet.der.as_ref())];
+        assert_eq!(
+            run(&records, &[&not_yet], &["mx.example.test"]),
+            matched(0, Usage::DaneEe)
+        );
+    }
+
+    #[test]
+    fn dane_ee_mismatch_and_other_keys() {
+        let cert = leaf(&["mx.example.test"], None, (2020, 2040));
+        let other = leaf(&["mx.example.test"], None, (2020, 2040));
+        let records = [
+            tlsa(3, 1, 1, &other.spki),
+            tlsa(3, 0, 1, other.der.as_ref()),
+        ];
+        assert_eq!(
+            run(&records, &[&cert], &["mx.example.test"]),
+            mismatch(vec![(0, Mismatch::LeafDiffers), (1, Mismatch::LeafDiffers)])
+        );
+        // One matching record among several is enough, whatever its position.
+        let records = [
+            tlsa(3, 1, 1, &other.spki),
+            tlsa(0, 0, 1, cert.der.as_ref()),
+            tlsa(3, 1, 2, &cert.spki),
+        ];
+        assert_eq!(
+            run(&records, &[&cert], &["mx.example.test"]),
+            matched(2, Usage::DaneEe)
+        );
+        // A DANE-EE record is about the leaf only, never an issuer in the chain.
+        let ca = ca("Test CA");
+        let issued = leaf(&["mx.example.test"], Some(&ca), (2020, 2040));
+        let records = [tlsa(3, 1, 1, &ca.spki)];
+        assert_eq!(
+            run(&records, &[&issued, &ca], &["mx.example.test"]),
+            mismatch(vec![(0, Mismatch::LeafDiffers)])
+        );
+    }
+
+    #[test]
+    fn dane_ta_full_certificate_and_spki() {
+        let ca = ca("Test CA");
+        let cert = leaf(&["mx.example.test"], Some(&ca), (2020, 2040));
+        for (selector, selected) in [(0u8, ca.der.as_ref()), (1, ca.spki.as_slice())] {
+            for matching in [0u8, 1, 2] {
+                let records = [tlsa(2, selector, matching, selected)];
+                assert_eq!(
+                    run(&records, &[&cert, &ca], &["mx.example.test"]),
+                    matched(0, Usage::DaneTa),
+                    "2 {selector} {matching}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn dane_ta_names_tlsa_base_or_mx_host() {
+        let ca = ca("Test CA");
+        let cert = leaf(&["mx.example.test"], Some(&ca), (2020, 2040));
+        let wildcard = leaf(&["*.example.test"], Some(&ca), (2020, 2040));
+        let records = [tlsa(2, 0, 1, ca.der.as_ref())];
+        // Either reference identifier will do: TLSA base domain first, MX host name second.
+        assert_eq!(
+            run(
+                &records,
+                &[&cert, &ca],
+                &["mx.cname-target.test", "mx.example.test"]
+            ),
+            matched(0, Usage::DaneTa)
+        );
+        assert_eq!(
+            run(&records, &[&wildcard, &ca], &["mx.example.test"]),
+            matched(0, Usage::DaneTa)
+        );
+        assert_eq!(
+            run(&records, &[&cert, &ca], &["mx.other.test"]),
+            mismatch(vec![(
+                0,
+                Mismatch::NameMismatch {
+                    names: vec!["mx.other.test".into()]
+                }
+            )])
+        );
+    }
+
+    #[test]
+    fn dane_ta_chain_must_verify() {
+        let ca = ca("Test CA");
+        let impostor = ca_named_like(&ca);
+        // Signed by another key under the same name: the presented CA matches the record, but
+        // the leaf does not chain to it.
+        let forged = leaf(&["mx.example.test"], Some(&impostor), (2020, 2040));
+        let records = [tlsa(2, 1, 1, &ca.spki)];
+        let outcome = run(&records, &[&forged, &ca], &["mx.example.test"]);
+        assert!(
+            matches!(&outcome, DaneOutcome::Mismatch { reasons } if matches!(reasons[..], [(0, Mismatch::ChainInvalid { depth: 1, .. })])),
+            "{outcome:?}"
+        );
+        // Under DANE-TA the validity period is checked (RFC 7672 §3.1.2 relaxes it only for EE).
+        let expired = leaf(&["mx.example.test"], Some(&ca), (2000, 2001));
+        let outcome = run(&records, &[&expired, &ca], &["mx.example.test"]);
+        assert!(
+            matches!(&outcome, DaneOutcome::Mismatch { reasons } if matches!(&reasons[0].1, Mismatch::ChainInvalid { reason, .. } if reason.contains("Expired"))),
+            "{outcome:?}"
+        );
+    }
+
+    /// A different key under the same distinguished name as `ca`.
+    fn ca_named_like(ca_cert: &Made) -> Made {
+        let mut twin = ca("Test CA");
+        twin.params.distinguished_name = ca_cert.params.distinguished_name.clone();
+        twin
+    }
+
+    #[test]
+    fn dane_ta_must_be_presented_above_the_leaf() {
+        let ca = ca("Test CA");
+        let cert = leaf(&["mx.example.test"], Some(&ca), (2020, 2040));
+        let records = [tlsa(2, 0, 1, ca.der.as_ref())];
+        // The server left its trust anchor out of the chain.
+        assert_eq!(
+            run(&records, &[&cert], &["mx.example.test"]),
+            mismatch(vec![(0, Mismatch::AnchorNotInChain)])
+        );
+        // A TA record that matches only the leaf is not a trust anchor.
+        let self_signed = leaf(&["mx.example.test"], None, (2020, 2040));
+        let records = [tlsa(2, 0, 1, self_signed.der.as_ref())];
+        assert_eq!(
+            run(&records, &[&self_signed], &["mx.example.test"]),
+            mismatch(vec![(0, Mismatch::AnchorNotInChain)])
+        );
+    }
+
+    #[test]
+    fn dane_ta_through_an_intermediate() {
+        let root = ca("Root");
+        let inter = intermediate("Intermediate", &root);
+        let cert = leaf(&["mx.example.test"], Some(&inter), (2020, 2040));
+        let chain = [&cert, &inter, &root];
+        for anchor in [&root, &inter] {
+            let records = [tlsa(2, 1, 2, &anchor.spki)];
+            assert_eq!(
+                run(&records, &chain, &["mx.example.test"]),
+                matched(0, Usage::DaneTa)
+            );
+        }
+        // Root as anchor, intermediate missing: no path.
+        let records = [tlsa(2, 1, 1, &root.spki)];
+        let outcome = run(&records, &[&cert, &root], &["mx.example.test"]);
+        assert!(
+            matches!(&outcome, DaneOutcome::Mismatch { reasons } if matches!(reasons[..], [(0, Mismatch::ChainInvalid { .. })])),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn unusable_sets_and_empty_chains() {
+        let cert = leaf(&["mx.example.test"], None, (2020, 2040));
+        // Only PKIX and unknown parameters: nothing to authenticate with, even if they "match".
+        let records = [
+            tlsa(1, 1, 1, &cert.spki),
+            tlsa(0, 0, 1, cert.der.as_ref()),
+            tlsa(3, 2, 1, &cert.spki),
+            tlsa(3, 1, 9, &cert.spki),
+        ];
+        assert_eq!(
+            run(&records, &[&cert], &["mx.example.test"]),
+            DaneOutcome::NoUsableRecords
+        );
+        assert_eq!(
+            run(&[], &[&cert], &["mx.example.test"]),
+            DaneOutcome::NoUsableRecords
+        );
+        // Unusable records next to usable ones are ignored; only the usable are reported.
+        let other = leaf(&["mx.example.test"], None, (2020, 2040));
+        let records = [tlsa(1, 1, 1, &cert.spki), tlsa(3, 1, 1, &other.spki)];
+        assert_eq!(
+            run(&records, &[&cert], &["mx.example.test"]),
+            mismatch(vec![(1, Mismatch::LeafDiffers)])
+        );
+        assert_eq!(
+            run(&records, &[], &["mx.example.test"]),
+            mismatch(vec![(1, Mismatch::NoCertificate)])
+        );
+    }
+
+    #[test]
+    fn garbage_certificates_do_not_match_and_do_not_panic() {
+        let junk = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
+        let records = [
+            tlsa(3, 1, 1, &[0u8; 32]),
+            tlsa(3, 0, 0, junk.as_ref()),
+            tlsa(2, 1, 1, &[0u8; 32]),
+        ];
+        let outcome = check(
+            &records,
+            &[junk.clone(), junk.clone()],
+            &names(&["mx.example.test"]),
+            now(),
+            &provider(),
+        );
+        // The exact full-certificate record matches the bytes it was given: DANE-EE 3 0 0 is
+        // byte equality, whatever the bytes are.
+        assert_eq!(outcome, matched(1, Usage::DaneEe));
+        let outcome = check(
+            &records[..1],
+            &[junk],
+            &names(&["mx.example.test"]),
+            now(),
+            &provider(),
+        );
+        assert!(
+            matches!(&outcome, DaneOutcome::Mismatch { reasons } if matches!(reasons[..], [(0, Mismatch::Unparsable { depth: 0, .. })])),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn verifier_refuses_sets_without_usable_records() {
+        let provider = Arc::new(provider());
+        let pkix_only = vec![tlsa(1, 1, 1, &[1u8; 32])];
+        assert!(matches!(
+            DaneVerifier::new(pkix_only, &["mx.example.test"], provider.clone()),
+            Err(DaneError::NoUsableRecords)
+        ));
+        assert!(matches!(
+            DaneVerifier::new(vec![tlsa(3, 1, 1, &[1u8; 32])], &["bad name!"], provider),
+            Err(DaneError::InvalidName(_))
+        ));
+        assert!(client_config(vec![tlsa(3, 1, 1, &[1u8; 32])], &["mx.example.test."]).is_ok());
+    }
+
+    #[test]
+    fn verifier_maps_outcomes_to_rustls() {
+        let cert = leaf(&["mx.example.test"], None, (2020, 2040));
+        let other = leaf(&["mx.example.test"], None, (2020, 2040));
+        let provider = Arc::new(provider());
+        let sni = ServerName::try_from("mx.example.test").unwrap();
+        let good = DaneVerifier::new(
+            vec![tlsa(3, 1, 1, &cert.spki)],
+            &["mx.example.test"],
+            provider.clone(),
+        )
+        .unwrap();
+        assert!(
+            good.verify_server_cert(&cert.der, &[], &sni, &[], now())
+                .is_ok()
+        );
+        let bad = DaneVerifier::new(
+            vec![tlsa(3, 1, 1, &other.spki)],
+            &["mx.example.test"],
+            provider,
+        )
+        .unwrap();
+        match bad.verify_server_cert(&cert.der, &[], &sni, &[], now()) {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
+                assert!(
+                    other.to_string().contains("DANE-EE record does not match"),
+                    "{other}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
