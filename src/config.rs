@@ -416,6 +416,8 @@ impl Config {
         let mut dns = crate::resolve::ResolverSettings::default();
         dns.servers = parse_addrs("dns.servers", &raw.dns.servers)?;
         dns.timeout = parse_duration("dns.timeout", &raw.dns.timeout)?;
+        // Read when the resolver is built at start: a bad file fails `serve`, not a lookup.
+        dns.trust_anchor = raw.dns.trust_anchor;
 
         let q = raw.queue;
         let mut queue = crate::queue::Policy::default();
@@ -786,6 +788,7 @@ struct RawDestination {
 struct RawDns {
     servers: OneOrMany,
     timeout: Scalar,
+    trust_anchor: Option<PathBuf>,
 }
 
 impl Default for RawDns {
@@ -793,6 +796,7 @@ impl Default for RawDns {
         RawDns {
             servers: OneOrMany::Many(Vec::new()),
             timeout: Scalar::Text("5s".into()),
+            trust_anchor: None,
         }
     }
 }
@@ -935,6 +939,16 @@ mod tests {
             assert_eq!(&err.path, path, "{text:?} gave {err}");
             assert!(!err.reason.is_empty());
         }
+    }
+
+    #[test]
+    fn dns_trust_anchor_is_optional() {
+        assert_eq!(Config::parse("").unwrap().dns.trust_anchor, None);
+        let c = Config::parse("[dns]\ntrust_anchor = \"/etc/dimegate/anchor.keys\"").unwrap();
+        assert_eq!(
+            c.dns.trust_anchor,
+            Some(PathBuf::from("/etc/dimegate/anchor.keys"))
+        );
     }
 
     #[test]

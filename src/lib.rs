@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod dane;
 pub mod deliver;
 pub mod dime;
 pub mod dmtp;

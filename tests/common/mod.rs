@@ -52,7 +52,13 @@ pub fn free_port() -> u16 {
 
 /// The shared test bed scripts.
 pub fn testbed() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testbed")
+    // `shared/` is beside the repository in /work/main, one level up from a worktree in /work/wt.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    ["../shared/testbed", "../../shared/testbed"]
+        .iter()
+        .map(|p| root.join(p))
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| root.join("../shared/testbed"))
 }
 
 /// Kills the child on drop.
@@ -233,6 +239,67 @@ impl Knot {
             std::thread::sleep(Duration::from_millis(200));
         }
         Knot { addr, dir, process }
+    }
+}
+
+/// One knotd serving the signed `test.` tree of TESTBED.md §3.7 (mk-knot-tree.sh): `secure.test`
+/// and `other.test` (secure), `plain.test` (insecure), `bogus.test` (wrong DS), with `records`
+/// (mk-knot-tree.sh's RECORDS_FILE lines) added before signing. Killed by its PID on drop.
+pub struct KnotTree {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pid: i32,
+}
+
+impl KnotTree {
+    pub fn start(records: &str) -> KnotTree {
+        require_tool("knotd", "knot");
+        require_tool("knotc", "knot");
+        require_tool("keymgr", "knot");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let records_file = dir.path().join("records.txt");
+        std::fs::write(&records_file, records).expect("write records");
+        let tree = dir.path().join("tree");
+        // A port taken between free_port() and knotd's bind makes the script fail: try again.
+        for _ in 0..5 {
+            let port = free_port();
+            let out = Command::new("bash")
+                .arg(testbed().join("mk-knot-tree.sh"))
+                .arg(&tree)
+                .arg(port.to_string())
+                .arg(&records_file)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run mk-knot-tree.sh");
+            if out.status.success() {
+                let pid = std::fs::read_to_string(tree.join("knotd.pid"))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .expect("knotd.pid");
+                let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+                return KnotTree { addr, dir, pid };
+            }
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("address already in use"),
+                "mk-knot-tree.sh failed: {stderr}"
+            );
+        }
+        panic!("mk-knot-tree.sh found no free port in five tries");
+    }
+
+    /// All DNSKEYs of `test.`, for hickory's trust anchor.
+    pub fn trust_anchor(&self) -> PathBuf {
+        self.dir.path().join("tree/trust-anchor.keys")
+    }
+}
+
+impl Drop for KnotTree {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) with the PID mk-knot-tree.sh wrote for the knotd it started.
+        unsafe {
+            libc::kill(self.pid, libc::SIGTERM);
+        }
     }
 }
 
