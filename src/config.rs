@@ -76,6 +76,15 @@ pub struct DmtpConfig {
     /// The DMTP certificate (RSA, for TLS 1.2 ECDHE-RSA-AES256-GCM-SHA384); `None`: generated
     /// on first start under `data_dir/dmtp-tls`.
     pub tls: Option<TlsFiles>,
+    /// The port other DX hosts are reached on with TLS from the first byte (26; tests move it).
+    pub connect_port: u16,
+    /// The SMTP port MX hosts are tried on in dual mode (25; tests move it).
+    pub dual_mode_port: u16,
+    /// Extra roots for DX certificates that are not pinned under DNSSEC.
+    pub ca_file: Option<PathBuf>,
+    /// Largest D/MIME message accepted over DMTP (default: `smtp.max_message_size` plus the
+    /// sealing overhead).
+    pub max_message_size: u64,
 }
 
 /// `[backend]`.
@@ -293,6 +302,16 @@ impl Config {
                     out
                 }
             },
+            connect_port: port("dmtp.connect_port", raw.dmtp.connect_port)?,
+            dual_mode_port: port("dmtp.dual_mode_port", raw.dmtp.dual_mode_port)?,
+            ca_file: raw.dmtp.ca_file,
+            max_message_size: match &raw.dmtp.max_message_size {
+                Some(v) => parse_size("dmtp.max_message_size", v)?,
+                // Sealing adds keyslots, signatures and padding: a quarter is ample.
+                None => smtp
+                    .max_message_size
+                    .saturating_add(smtp.max_message_size / 4),
+            },
             tls: match (raw.dmtp.cert, raw.dmtp.key) {
                 (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
                 (None, None) => None,
@@ -485,6 +504,13 @@ pub fn networks_contain(networks: &[IpNet], ip: IpAddr) -> bool {
         v4 => v4,
     };
     networks.iter().any(|n| n.contains(&ip))
+}
+
+fn port(path: &str, v: u32) -> Result<u16, ConfigError> {
+    match u16::try_from(v) {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(ConfigError::new(path, format!("not a port number: {v}"))),
+    }
 }
 
 fn is_hostname_byte(b: u8) -> bool {
@@ -697,6 +723,10 @@ struct RawDmtp {
     dx: Option<Vec<String>>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
+    connect_port: u32,
+    dual_mode_port: u32,
+    ca_file: Option<PathBuf>,
+    max_message_size: Option<Scalar>,
 }
 
 impl Default for RawDmtp {
@@ -706,6 +736,10 @@ impl Default for RawDmtp {
             dx: None,
             cert: None,
             key: None,
+            connect_port: 26,
+            dual_mode_port: 25,
+            ca_file: None,
+            max_message_size: None,
         }
     }
 }

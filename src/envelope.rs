@@ -63,6 +63,20 @@ pub struct Envelope {
     pub auth_user: Option<String>,
     /// Arrival time, seconds since the Unix epoch.
     pub arrival_unix: u64,
+    /// Set when the message arrived over DMTP: the body is then a D/MIME message, not RFC 5322.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dime: Option<DimeArrival>,
+}
+
+/// How a D/MIME message arrived over DMTP, as the destination saw it (DIME.md §7.7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DimeArrival {
+    /// The origin organization (`MAIL FROM`), whose signatures verified.
+    pub origin: String,
+    /// The crypto fingerprint of the origin's org signet.
+    pub origin_fingerprint: String,
+    /// The crypto fingerprint of the recipient's signet named in the destination chunk.
+    pub recipient_fingerprint: String,
 }
 
 #[cfg(test)]
@@ -89,6 +103,7 @@ impl Envelope {
             tls: None,
             auth_user: None,
             arrival_unix,
+            dime: None,
         }
     }
 }

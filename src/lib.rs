@@ -11,6 +11,7 @@ pub mod config;
 pub mod dane;
 pub mod deliver;
 pub mod dime;
+pub mod discovery;
 pub mod dmtp;
 pub mod envelope;
 pub mod identity;

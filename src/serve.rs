@@ -44,6 +44,9 @@ pub enum ServeError {
     /// A served domain's DIME identity could not be loaded or created.
     #[error("DIME identity: {0}")]
     Identity(#[from] crate::identity::IdentityError),
+    /// `[dmtp] ca_file` could not be read.
+    #[error("dmtp.ca_file: {0}")]
+    DmtpCa(String),
     /// A listener could not be bound.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -71,6 +74,43 @@ pub fn dmtp_certificate(config: &Config) -> Result<(PathBuf, PathBuf), crate::tl
             Ok(crate::tls::dmtp_generated_paths(&config.data_dir))
         }
     }
+}
+
+/// What the DMTP listener needs: identities, the signet resolver, the store, limits.
+fn dmtp_context(
+    config: &Config,
+    orgs: Vec<crate::identity::OrgIdentity>,
+    resolver: &crate::resolve::Resolver,
+    store: Store,
+    registry: &mut Registry,
+) -> Result<crate::dmtp::listener::DmtpContext, ServeError> {
+    let roots = crate::dmtp::trust::root_store(config.dmtp.ca_file.as_deref())
+        .map_err(ServeError::DmtpCa)?;
+    let mut settings = crate::discovery::DiscoverySettings::new(Arc::new(roots));
+    settings.connect_port = config.dmtp.connect_port;
+    settings.dual_mode_port = config.dmtp.dual_mode_port;
+    let ehlo = config
+        .domains
+        .first()
+        .and_then(|d| crate::dmtp::codec::Domain::parse(d).ok())
+        .ok_or_else(|| ServeError::DmtpCa("no served domain to name in EHLO".into()))?;
+    let discovery = crate::discovery::Discovery::new(
+        resolver.clone(),
+        settings,
+        ehlo,
+        crate::discovery::DiscoveryMetrics::register(registry),
+    );
+    Ok(crate::dmtp::listener::DmtpContext {
+        orgs,
+        keystore: crate::identity::Keystore::new(&config.data_dir, &config.domains),
+        discovery: Arc::new(discovery),
+        store,
+        hostname: config.smtp.hostname.clone(),
+        limits: crate::dmtp::server::Limits {
+            max_message_size: config.dmtp.max_message_size,
+            ..crate::dmtp::server::Limits::default()
+        },
+    })
 }
 
 /// Every served domain as a DIME organization: loaded, or created on first start.
@@ -116,9 +156,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let tls = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&cert, &key)?);
     // Identities and the DMTP TLS configuration are checked at start: a key file others can
     // read or a certificate DMTP peers cannot use fails the start, not the first peer.
-    let _orgs = load_identities(&config)?;
+    let orgs = load_identities(&config)?;
     let (dmtp_cert, dmtp_key) = dmtp_certificate(&config)?;
-    let _dmtp_tls = crate::tls::dmtp_server_config(&dmtp_cert, &dmtp_key)?;
+    let dmtp_tls =
+        tokio_rustls::TlsAcceptor::from(crate::tls::dmtp_server_config(&dmtp_cert, &dmtp_key)?);
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
@@ -153,6 +194,18 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             })?;
         listeners.push((l, true));
     }
+    let mut dmtp_listeners = Vec::new();
+    for &addr in &config.dmtp.listen {
+        dmtp_listeners.push(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr,
+                    what: "dmtp",
+                    source,
+                })?,
+        );
+    }
     let admin_listener = TcpListener::bind(config.admin.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -170,6 +223,13 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         Arc::clone(&queued),
     ));
     let resolver = crate::resolve::Resolver::new(&config.dns)?;
+    let dmtp = Arc::new(dmtp_context(
+        &config,
+        orgs,
+        &resolver,
+        store.clone(),
+        &mut registry,
+    )?);
     let deliverer = crate::deliver::Deliverer::new(config.delivery.clone(), resolver)?;
     deliverer.register_metrics(&mut registry);
     let runner = Arc::new(crate::queue::QueueRunner::new(
@@ -210,6 +270,19 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             l,
             implicit_tls,
             Arc::clone(&ingress),
+            token.clone(),
+            tracker.clone(),
+        ));
+    }
+
+    for l in dmtp_listeners {
+        if let Ok(addr) = l.local_addr() {
+            info!(%addr, "DMTP listening (TLS)");
+        }
+        tracker.spawn(crate::dmtp::listener::run_listener(
+            l,
+            dmtp_tls.clone(),
+            Arc::clone(&dmtp),
             token.clone(),
             tracker.clone(),
         ));

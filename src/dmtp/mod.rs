@@ -2,12 +2,13 @@
 
 pub mod client;
 pub mod codec;
+pub mod listener;
 #[cfg(test)]
 mod pair_tests;
 pub mod server;
-pub mod trust;
 #[cfg(test)]
 mod test_signets;
+pub mod trust;
 
 pub use client::ClientSession;
 pub use server::ServerSession;

@@ -17,21 +17,13 @@
 //! made (rustls has no OCSP fetching; stapled responses are passed to the WebPKI verifier).
 
 use crate::dime::{DxRecord, TlsPin};
+use crate::resolve::Verdict as RecordSecurity;
 use ed25519_dalek::VerifyingKey;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::sync::{Arc, Mutex};
-
-/// How the `_dx` record was answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecordSecurity {
-    /// DNSSEC-validated.
-    Secure,
-    /// Unsigned zone (or no validation configured).
-    Insecure,
-}
 
 /// Why a certificate is trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1029,6 +1029,7 @@ impl Session {
             tls: self.tls.clone(),
             auth_user: self.auth_user.clone(),
             arrival_unix: self.now_unix,
+            dime: None,
         };
         // No reply now: the 250 waits for handle_stored, after the glue's fsync.
         self.state = State::Storing;

@@ -74,6 +74,12 @@ impl Gateway {
         } else {
             text
         };
+        // Every gateway gets its own DMTP port unless the test places it.
+        let text = if extra.contains("[dmtp]") {
+            text
+        } else {
+            format!("{text}[dmtp]\nlisten = \"127.0.0.1:{}\"\n", free_port())
+        };
         // Without a [dns] of its own, the test's outbound mail must not wander off to the
         // system resolver: a dead server makes every MX lookup fail temporarily, so relayed
         // mail stays deferred in the queue where the test can look at it.

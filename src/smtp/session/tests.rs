@@ -1155,6 +1155,7 @@ fn envelope_fields() {
             tls: Some("TLSv1.2 ECDHE-RSA-AES256-GCM-SHA384".to_owned()),
             auth_user: Some("alice".to_owned()),
             arrival_unix: 1234,
+            dime: None,
         }
     );
 }

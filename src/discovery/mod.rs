@@ -1,0 +1,717 @@
+//! Finding and reaching other DIME organizations, and their signets (DIME.md §9, §10.4).
+//!
+//! `_dx.<domain>` comes from the validating resolver with its DNSSEC verdict (a bogus answer is
+//! an error that is never read as "no DIME"). The DX hosts are tried in the order
+//! [`targets`] gives: the record's `dx=` hosts with TLS from the first byte on port 26, then the
+//! domain's MX hosts in dual mode on port 25, then the domain itself on 26 (`[dmtp]
+//! connect_port` and `dual_mode_port` move those ports for tests). Each connection checks the
+//! certificate by [`crate::dmtp::trust`] and runs a [`ClientSession`] through
+//! [`connection::run`].
+//!
+//! The signet resolver: an org signet is fetched with `SGNT <domain>` from the domain's DX and
+//! must validate to at least the full level under a POK of the record (§9.5); a user signet with
+//! `SGNT <mailbox>` from the same DX must validate under that org signet. Both are cached
+//! ([`cache`]): fresh entries answer from memory, stale ones are re-checked with `VRFY`, failures
+//! back off exponentially. The cache is in memory: a restart starts it empty.
+
+pub mod cache;
+pub mod connection;
+
+use crate::dime::{DxRecord, Fingerprint, Level, Signet, SignetKind};
+use crate::dmtp::client::{ClientConfig, ClientError, ClientEvent, ClientSession, Job, Lookup};
+use crate::dmtp::codec::{Domain, SignetName};
+use crate::dmtp::trust::{DxCertVerifier, Refusal, Trust};
+use crate::resolve::{ResolveError, Resolver, Verdict};
+use cache::{CacheAnswer, CachePolicy, SignetCache};
+use connection::{ConnectError, Transport};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use rustls::RootCertStore;
+use rustls::pki_types::ServerName;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How discovery connects.
+#[derive(Debug, Clone)]
+pub struct DiscoverySettings {
+    /// DMTP with TLS from the first byte (26).
+    pub connect_port: u16,
+    /// Dual mode on an SMTP port (25).
+    pub dual_mode_port: u16,
+    /// Roots for DX certificates that are not pinned under DNSSEC (Web roots + `ca_file`).
+    pub roots: Arc<RootCertStore>,
+    /// TCP connect and TLS handshake limit.
+    pub connect_timeout: Duration,
+    /// Reply limit in DMTP sessions.
+    pub reply_timeout: Duration,
+    /// Signet cache lifetimes.
+    pub cache: CachePolicy,
+}
+
+impl DiscoverySettings {
+    /// Ports 26/25, the Web roots, 30 s to connect, 2 min per reply.
+    pub fn new(roots: Arc<RootCertStore>) -> DiscoverySettings {
+        DiscoverySettings {
+            connect_port: 26,
+            dual_mode_port: 25,
+            roots,
+            connect_timeout: Duration::from_secs(30),
+            reply_timeout: Duration::from_secs(120),
+            cache: CachePolicy::default(),
+        }
+    }
+}
+
+/// One place to try.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The host name (certificate name).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// TLS from the first byte, or dual mode.
+    pub transport: Transport,
+}
+
+/// DIME.md §9.3 as the issue orders it: `dx=` hosts on the DMTP port, then the MX hosts in dual
+/// mode, then the domain itself on the DMTP port; each place once.
+pub fn targets(
+    domain: &str,
+    record: &DxRecord,
+    mx_hosts: &[String],
+    settings: &DiscoverySettings,
+) -> Vec<Target> {
+    let mut out: Vec<Target> = Vec::new();
+    let mut push = |host: &str, port, transport| {
+        let t = Target {
+            host: host.to_ascii_lowercase(),
+            port,
+            transport,
+        };
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    };
+    for h in &record.dx {
+        push(h, settings.connect_port, Transport::Tls);
+    }
+    for h in mx_hosts.iter().take(3) {
+        push(h, settings.dual_mode_port, Transport::DualMode);
+    }
+    push(domain, settings.connect_port, Transport::Tls);
+    out
+}
+
+/// Why discovery failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DiscoveryError {
+    /// The domain publishes no `_dx` record: it does not speak DIME.
+    #[error("{domain} publishes no _dx record")]
+    NoRecord {
+        /// The domain.
+        domain: String,
+    },
+    /// DNS failed (temporary, permanent or bogus: see [`ResolveError`]).
+    #[error("{0}")]
+    Dns(Arc<ResolveError>),
+    /// No DX host could be reached or trusted.
+    #[error("no DX host of {domain} could be used: {}", attempts.join("; "))]
+    Unreachable {
+        /// The domain.
+        domain: String,
+        /// One line per place tried.
+        attempts: Vec<String>,
+    },
+    /// The DX answered, and refused.
+    #[error("{host}: {error}")]
+    Refused {
+        /// The DX host.
+        host: String,
+        /// The refusal.
+        error: ClientError,
+    },
+    /// The signet the DX served does not validate as required.
+    #[error("{name}: signet refused: {reason}")]
+    InvalidSignet {
+        /// Whose.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A recent look-up of this name failed; not asked again yet.
+    #[error("{name}: {error} (cached; next try in {retry_in_secs}s)")]
+    Backoff {
+        /// Whose.
+        name: String,
+        /// The failure remembered.
+        error: String,
+        /// Seconds until the next try.
+        retry_in_secs: u64,
+        /// Whether that failure was permanent.
+        permanent: bool,
+    },
+}
+
+impl DiscoveryError {
+    /// `true` when trying again later cannot help.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            DiscoveryError::NoRecord { .. } | DiscoveryError::InvalidSignet { .. } => true,
+            DiscoveryError::Dns(e) => e.is_permanent(),
+            DiscoveryError::Refused { error, .. } => error.is_permanent(),
+            DiscoveryError::Backoff { permanent, .. } => *permanent,
+            DiscoveryError::Unreachable { .. } => false,
+        }
+    }
+
+    /// `true` for a DNSSEC-bogus answer.
+    pub fn is_bogus(&self) -> bool {
+        matches!(self, DiscoveryError::Dns(e) if e.is_bogus())
+    }
+
+    /// The metric label of this failure.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DiscoveryError::NoRecord { .. } => "no_record",
+            DiscoveryError::Dns(e) if e.is_bogus() => "bogus",
+            DiscoveryError::Dns(_) => "dns",
+            DiscoveryError::Unreachable { .. } => "unreachable",
+            DiscoveryError::Refused { .. } => "refused",
+            DiscoveryError::InvalidSignet { .. } => "invalid_signet",
+            DiscoveryError::Backoff { .. } => "backoff",
+        }
+    }
+}
+
+/// Where a session ran and why its certificate was trusted.
+#[derive(Debug, Clone)]
+pub struct Contact {
+    /// The DX host name.
+    pub host: String,
+    /// The address connected to.
+    pub addr: SocketAddr,
+    /// TLS from the first byte or dual mode.
+    pub transport: Transport,
+    /// The certificate verdict.
+    pub trust: Trust,
+    /// The `_dx` record's DNSSEC verdict.
+    pub record_verdict: Verdict,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    kind: &'static str,
+    result: &'static str,
+}
+
+/// Discovery metrics.
+#[derive(Debug, Clone)]
+pub struct DiscoveryMetrics {
+    lookups: Family<ResultLabel, Counter>,
+    cache_hits: Counter,
+    latency: Family<ResultLabel, Histogram, fn() -> Histogram>,
+}
+
+impl DiscoveryMetrics {
+    /// Registers `dimegate_signet_lookups_total{kind,result}`,
+    /// `dimegate_signet_cache_hits_total` and `dimegate_signet_lookup_seconds{kind,result}`.
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> DiscoveryMetrics {
+        let m = DiscoveryMetrics::unregistered();
+        registry.register(
+            "dimegate_signet_lookups",
+            "Signet look-ups that went to the network, by signet kind and result",
+            m.lookups.clone(),
+        );
+        registry.register(
+            "dimegate_signet_cache_hits",
+            "Signet look-ups answered from the cache",
+            m.cache_hits.clone(),
+        );
+        registry.register(
+            "dimegate_signet_lookup_seconds",
+            "Time of signet look-ups that went to the network",
+            m.latency.clone(),
+        );
+        m
+    }
+}
+
+impl DiscoveryMetrics {
+    /// Metrics that no registry reads (command-line tools).
+    pub fn unregistered() -> DiscoveryMetrics {
+        DiscoveryMetrics {
+            lookups: Family::default(),
+            cache_hits: Counter::default(),
+            latency: Family::new_with_constructor(|| {
+                Histogram::new([0.005, 0.02, 0.1, 0.5, 2.0, 10.0, 30.0])
+            }),
+        }
+    }
+}
+
+/// The DX finder and signet resolver.
+pub struct Discovery {
+    resolver: Resolver,
+    settings: DiscoverySettings,
+    ehlo: Domain,
+    cache: Mutex<SignetCache>,
+    metrics: DiscoveryMetrics,
+}
+
+impl std::fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovery")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A signet and how it was found.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// The validated signet.
+    pub signet: Signet,
+    /// The session that served it; `None` when it came from the cache.
+    pub contact: Option<Contact>,
+}
+
+impl Discovery {
+    /// A resolver for our organization `ehlo` (the name sent in `EHLO`).
+    pub fn new(
+        resolver: Resolver,
+        settings: DiscoverySettings,
+        ehlo: Domain,
+        metrics: DiscoveryMetrics,
+    ) -> Discovery {
+        Discovery {
+            resolver,
+            cache: Mutex::new(SignetCache::new(settings.cache)),
+            settings,
+            ehlo,
+            metrics,
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, SignetCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The `_dx` record of `domain` with its verdict; no record is [`DiscoveryError::NoRecord`].
+    pub async fn record(&self, domain: &str) -> Result<(DxRecord, Verdict), DiscoveryError> {
+        match self.resolver.dx(domain).await {
+            Ok(Some(found)) => Ok(found),
+            Ok(None) => Err(DiscoveryError::NoRecord {
+                domain: domain.to_owned(),
+            }),
+            Err(e) => Err(DiscoveryError::Dns(Arc::new(e))),
+        }
+    }
+
+    /// Runs `jobs` in one session with the first DX of `domain` that can be reached and trusted,
+    /// and returns their events and where they ran.
+    pub async fn run(
+        &self,
+        domain: &str,
+        record: &DxRecord,
+        verdict: Verdict,
+        jobs: Vec<Job>,
+    ) -> Result<(Vec<ClientEvent>, Contact), DiscoveryError> {
+        // MX hosts only matter when the record names no DX; a failing MX look-up is one
+        // attempt less, not a failure of the whole look-up.
+        let mx: Vec<String> = match self.resolver.mx(domain).await {
+            Ok((answer, _)) => answer.hosts().iter().map(|h| h.host.clone()).collect(),
+            Err(e) if e.is_bogus() => return Err(DiscoveryError::Dns(Arc::new(e))),
+            Err(_) => Vec::new(),
+        };
+        let mut attempts = Vec::new();
+        for target in targets(domain, record, &mx, &self.settings) {
+            let addrs = match self.resolver.addresses(&target.host).await {
+                Ok(a) => a,
+                Err(e) if e.is_bogus() => return Err(DiscoveryError::Dns(Arc::new(e))),
+                Err(e) => {
+                    attempts.push(format!("{}: {e}", target.host));
+                    continue;
+                }
+            };
+            for ip in addrs {
+                let addr = SocketAddr::new(ip, target.port);
+                let Ok(name) = ServerName::try_from(target.host.clone()) else {
+                    attempts.push(format!("{}: not a TLS server name", target.host));
+                    break;
+                };
+                let verifier =
+                    match DxCertVerifier::new(record.clone(), verdict, self.settings.roots.clone())
+                    {
+                        Ok(v) => Arc::new(v),
+                        Err(e) => {
+                            attempts.push(format!("{addr}: {e}"));
+                            continue;
+                        }
+                    };
+                let connector = match connection::connector(verifier.clone()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        attempts.push(format!("{addr}: {e}"));
+                        continue;
+                    }
+                };
+                let mut config = ClientConfig::new(self.ehlo.clone());
+                config.reply_timeout = self.settings.reply_timeout;
+                let now = Instant::now();
+                let session = match target.transport {
+                    Transport::Tls => ClientSession::new(config, now),
+                    Transport::DualMode => match Domain::parse(&target.host) {
+                        Ok(host) => ClientSession::new_dual_mode(config, host, now),
+                        Err(_) => break,
+                    },
+                };
+                let result = connection::run(
+                    addr,
+                    target.transport,
+                    name,
+                    connector,
+                    session,
+                    jobs.clone(),
+                    self.settings.connect_timeout,
+                )
+                .await;
+                let refusal: Option<Refusal> = verifier.verdict().and_then(Result::err);
+                match result {
+                    Ok(events) => {
+                        // A session that failed before any job ran (banner, EHLO) is a place
+                        // that did not work: try the next.
+                        if let Some(ClientEvent::Failed { job: None, error }) = events
+                            .iter()
+                            .find(|e| matches!(e, ClientEvent::Failed { job: None, .. }))
+                            && !events.iter().any(|e| {
+                                matches!(
+                                    e,
+                                    ClientEvent::Signet { .. }
+                                        | ClientEvent::Verified { .. }
+                                        | ClientEvent::History { .. }
+                                        | ClientEvent::Delivered { .. }
+                                )
+                            })
+                            && !error.is_permanent()
+                        {
+                            attempts.push(format!("{addr} ({}): {error}", target.host));
+                            continue;
+                        }
+                        let trust = match verifier.verdict() {
+                            Some(Ok(t)) => t,
+                            _ => {
+                                attempts.push(format!("{addr}: no certificate verdict"));
+                                continue;
+                            }
+                        };
+                        return Ok((
+                            events,
+                            Contact {
+                                host: target.host.clone(),
+                                addr,
+                                transport: target.transport,
+                                trust,
+                                record_verdict: verdict,
+                            },
+                        ));
+                    }
+                    Err(e) => {
+                        let why = match (&e, refusal) {
+                            (ConnectError::Tls { .. }, Some(r)) => r.to_string(),
+                            _ => e.to_string(),
+                        };
+                        tracing::info!(%domain, host = %target.host, %addr, reason = %why, "DX not usable");
+                        attempts.push(format!("{addr} ({}): {why}", target.host));
+                    }
+                }
+            }
+        }
+        Err(DiscoveryError::Unreachable {
+            domain: domain.to_owned(),
+            attempts,
+        })
+    }
+
+    /// The org signet of `domain`, valid to at least the full level under a POK of its record.
+    pub async fn org_signet(&self, domain: &str) -> Result<Found, DiscoveryError> {
+        self.cached_lookup(domain, SignetKind::Org, |record, signet| {
+            let v = record
+                .validate_org_signet(signet)
+                .map_err(|e| e.to_string())?;
+            if v.level < Level::Full {
+                return Err(format!("validates only to the {} level", v.level));
+            }
+            if signet
+                .identifier()
+                .is_some_and(|id| !id.eq_ignore_ascii_case(domain))
+            {
+                return Err(format!("names {:?}", signet.identifier()));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The user signet of `address`, valid to at least the full level under its org signet.
+    pub async fn user_signet(&self, address: &str) -> Result<Found, DiscoveryError> {
+        let domain = address
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_ascii_lowercase())
+            .ok_or_else(|| DiscoveryError::InvalidSignet {
+                name: address.to_owned(),
+                reason: "not an address".into(),
+            })?;
+        let org = self.org_signet(&domain).await?.signet;
+        self.cached_lookup(address, SignetKind::User, |_, signet| {
+            let v = signet.validate(Some(&org)).map_err(|e| e.to_string())?;
+            if v.level < Level::Full {
+                return Err(format!("validates only to the {} level", v.level));
+            }
+            if signet
+                .identifier()
+                .is_some_and(|id| !id.eq_ignore_ascii_case(address))
+            {
+                return Err(format!("names {:?}", signet.identifier()));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn cached_lookup(
+        &self,
+        name: &str,
+        kind: SignetKind,
+        check: impl Fn(&DxRecord, &Signet) -> Result<(), String>,
+    ) -> Result<Found, DiscoveryError> {
+        let key = name.to_ascii_lowercase();
+        let kind_label = if kind == SignetKind::Org {
+            "org"
+        } else {
+            "user"
+        };
+        let now = Instant::now();
+        let held = match self.cache().get(&key, now) {
+            CacheAnswer::Hit(signet) => {
+                self.metrics.cache_hits.inc();
+                return Ok(Found {
+                    signet,
+                    contact: None,
+                });
+            }
+            CacheAnswer::Backoff {
+                retry_at,
+                error,
+                permanent,
+            } => {
+                self.metrics.cache_hits.inc();
+                return Err(DiscoveryError::Backoff {
+                    name: key,
+                    error,
+                    retry_in_secs: retry_at.saturating_duration_since(now).as_secs(),
+                    permanent,
+                });
+            }
+            CacheAnswer::Stale(signet) => Some(signet),
+            CacheAnswer::Miss => None,
+        };
+        let started = Instant::now();
+        let result = self.network_lookup(&key, held, &check).await;
+        let label = ResultLabel {
+            kind: kind_label,
+            result: match &result {
+                Ok(_) => "found",
+                Err(e) => e.kind(),
+            },
+        };
+        self.metrics.lookups.get_or_create(&label).inc();
+        self.metrics
+            .latency
+            .get_or_create(&label)
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(found) => self
+                .cache()
+                .found(&key, found.signet.clone(), Instant::now()),
+            Err(e) => {
+                self.cache()
+                    .failed(&key, e.to_string(), e.is_permanent(), Instant::now());
+            }
+        }
+        result
+    }
+
+    async fn network_lookup(
+        &self,
+        name: &str,
+        held: Option<Signet>,
+        check: &impl Fn(&DxRecord, &Signet) -> Result<(), String>,
+    ) -> Result<Found, DiscoveryError> {
+        let signet_name = SignetName::parse(name).map_err(|e| DiscoveryError::InvalidSignet {
+            name: name.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let domain = signet_name.domain().as_str().to_owned();
+        let (record, verdict) = self.record(&domain).await?;
+        // A stale signet is re-checked with VRFY; the current one is fetched when it changed.
+        let lookup = match &held {
+            Some(s) => Lookup::Vrfy {
+                name: signet_name.clone(),
+                fingerprint: s.crypto_fingerprint(),
+            },
+            None => Lookup::Sgnt {
+                name: signet_name.clone(),
+                fingerprint: None,
+            },
+        };
+        let (events, contact) = self
+            .run(&domain, &record, verdict, vec![Job::Lookup(lookup)])
+            .await?;
+        let bytes = match first_result(events, &contact)? {
+            LookupResult::Signet(b) => b,
+            LookupResult::Current => {
+                let signet = held.ok_or_else(|| DiscoveryError::InvalidSignet {
+                    name: name.to_owned(),
+                    reason: "VRFY without a signet".into(),
+                })?;
+                return Ok(Found {
+                    signet,
+                    contact: Some(contact),
+                });
+            }
+            LookupResult::Update(fp) => {
+                let (events, contact) = self
+                    .run(
+                        &domain,
+                        &record,
+                        verdict,
+                        vec![Job::Lookup(Lookup::Sgnt {
+                            name: signet_name,
+                            fingerprint: Some(fp),
+                        })],
+                    )
+                    .await?;
+                match first_result(events, &contact)? {
+                    LookupResult::Signet(b) => b,
+                    _ => {
+                        return Err(DiscoveryError::InvalidSignet {
+                            name: name.to_owned(),
+                            reason: "SGNT answered without a signet".into(),
+                        });
+                    }
+                }
+            }
+        };
+        let signet = Signet::parse(&bytes).map_err(|e| DiscoveryError::InvalidSignet {
+            name: name.to_owned(),
+            reason: e.to_string(),
+        })?;
+        check(&record, &signet).map_err(|reason| DiscoveryError::InvalidSignet {
+            name: name.to_owned(),
+            reason,
+        })?;
+        Ok(Found {
+            signet,
+            contact: Some(contact),
+        })
+    }
+}
+
+enum LookupResult {
+    Signet(Vec<u8>),
+    Current,
+    Update(Fingerprint),
+}
+
+fn first_result(
+    events: Vec<ClientEvent>,
+    contact: &Contact,
+) -> Result<LookupResult, DiscoveryError> {
+    use crate::dmtp::client::VrfyStatus;
+    for e in events {
+        match e {
+            ClientEvent::Signet { signet, .. } => return Ok(LookupResult::Signet(signet)),
+            ClientEvent::Verified { status, .. } => {
+                return Ok(match status {
+                    VrfyStatus::Current => LookupResult::Current,
+                    VrfyStatus::Update(fp) => LookupResult::Update(fp),
+                });
+            }
+            ClientEvent::Failed { error, .. } => {
+                return Err(DiscoveryError::Refused {
+                    host: contact.host.clone(),
+                    error,
+                });
+            }
+            _ => {}
+        }
+    }
+    Err(DiscoveryError::Refused {
+        host: contact.host.clone(),
+        error: ClientError::SessionEnded,
+    })
+}
+
+/// The mailbox form the DMTP codec wants, for callers that hold a plain address.
+pub fn signet_name(name: &str) -> Option<SignetName> {
+    SignetName::parse(name).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_follow_the_dx_then_mx_then_domain_order() {
+        let settings = DiscoverySettings::new(Arc::new(RootCertStore::empty()));
+        let record = DxRecord {
+            dx: vec!["dx1.b.test".into(), "DX2.b.test".into()],
+            ..Default::default()
+        };
+        let mx: Vec<String> = ["mx1.b.test", "mx2.b.test", "mx3.b.test", "mx4.b.test"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let got: Vec<(String, u16, Transport)> = targets("b.test", &record, &mx, &settings)
+            .into_iter()
+            .map(|t| (t.host, t.port, t.transport))
+            .collect();
+        let want: Vec<(String, u16, Transport)> = vec![
+            ("dx1.b.test".into(), 26, Transport::Tls),
+            ("dx2.b.test".into(), 26, Transport::Tls),
+            ("mx1.b.test".into(), 25, Transport::DualMode),
+            ("mx2.b.test".into(), 25, Transport::DualMode),
+            ("mx3.b.test".into(), 25, Transport::DualMode),
+            ("b.test".into(), 26, Transport::Tls),
+        ];
+        assert_eq!(got, want);
+        // No dx=, the domain is also its MX: each place once.
+        let got = targets(
+            "b.test",
+            &DxRecord::default(),
+            &["b.test".into()],
+            &settings,
+        );
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].transport, Transport::DualMode);
+        assert_eq!(got[1].transport, Transport::Tls);
+    }
+
+    #[test]
+    fn permanence_and_labels() {
+        let e = DiscoveryError::NoRecord {
+            domain: "x.test".into(),
+        };
+        assert!(e.is_permanent());
+        assert_eq!(e.kind(), "no_record");
+        let e = DiscoveryError::Unreachable {
+            domain: "x.test".into(),
+            attempts: vec![],
+        };
+        assert!(!e.is_permanent());
+        assert!(!e.is_bogus());
+    }
+}

@@ -1,0 +1,316 @@
+//! Tokio glue for the DMTP listener (port 26, TLS from the first byte): it moves bytes between
+//! a TLS stream and a [`ServerSession`] and performs what the session asks for, from the served
+//! identities ([`crate::identity`]), the signet resolver ([`crate::discovery`]) and the queue
+//! store. Every protocol decision is the session's.
+//!
+//! Before a transfer gets its `2xx OK [txid]`, [`verify_and_store`] checks, in this order: the
+//! origin's org signet is found and validated through its `_dx` record and its fingerprint is
+//! MAIL's (575, or 470/570 when it cannot be had); the message parses and our destination keyslot
+//! opens with the destination org key (451 / 576); the destination chunk names MAIL's origin
+//! and fingerprint and the origin's signatures verify (578); the recipient is hosted here (510);
+//! then the message is appended to the queue with its fsync (452/451 on failure). A refused or
+//! interrupted transfer leaves nothing behind: the store is written only at the end, in one
+//! commit.
+
+use super::codec::{SignetName, TxId};
+use super::server::{
+    Limits, LookupFailure, Output, Policy, ServedDomain, ServerSession, SignetLookup, Transfer,
+    TransferRefusal,
+};
+use crate::dime::Signet;
+use crate::dime::message::{self, Actor, OpenError, Party};
+use crate::discovery::Discovery;
+use crate::envelope::{DimeArrival, Envelope, Recipient};
+use crate::identity::{IdentityError, Keystore, OrgIdentity};
+use crate::store::Store;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+/// What DMTP sessions need.
+pub struct DmtpContext {
+    /// Our organizations.
+    pub orgs: Vec<OrgIdentity>,
+    /// Hosted users.
+    pub keystore: Keystore,
+    /// Finds origin org signets.
+    pub discovery: Arc<Discovery>,
+    /// The queue.
+    pub store: Store,
+    /// Banner and EHLO name.
+    pub hostname: String,
+    /// Session limits.
+    pub limits: Limits,
+}
+
+impl DmtpContext {
+    fn policy(&self) -> Policy {
+        Policy {
+            hostname: self.hostname.clone(),
+            served: self
+                .orgs
+                .iter()
+                .filter_map(|o| {
+                    Some(ServedDomain {
+                        domain: super::codec::Domain::parse(&o.domain).ok()?,
+                        org_fingerprints: vec![o.signet.crypto_fingerprint()],
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    fn org(&self, domain: &str) -> Option<&OrgIdentity> {
+        self.orgs.iter().find(|o| o.domain == domain)
+    }
+
+    /// Every signet of `name`, oldest first: an org's signet, or a hosted user's generations.
+    fn signets(&self, lookup: &SignetLookup) -> Result<Vec<Signet>, LookupFailure> {
+        match &lookup.name {
+            SignetName::Org(d) => self
+                .org(d.as_str())
+                .map(|o| vec![o.signet.clone()])
+                .ok_or(LookupFailure::UnknownName),
+            SignetName::User(m) => match self.keystore.user(&m.to_string()) {
+                Ok(u) => Ok(u.generations.into_iter().map(|g| g.signet).collect()),
+                Err(IdentityError::UnknownUser(_) | IdentityError::NotServed(_)) => {
+                    Err(LookupFailure::UnknownName)
+                }
+                Err(e) => {
+                    warn!(error = %e, "DMTP signet look-up failed");
+                    Err(LookupFailure::Unavailable)
+                }
+            },
+        }
+    }
+}
+
+/// Accepts DMTP connections until `shutdown`; each session runs on `tracker`.
+pub async fn run_listener(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    ctx: Arc<DmtpContext>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = shutdown.cancelled() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "DMTP accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (tls, ctx, shutdown) = (tls.clone(), ctx.clone(), shutdown.clone());
+        tracker.spawn(
+            async move {
+                if let Err(e) = serve_connection(tcp, tls, ctx, shutdown).await {
+                    info!(error = %e, "DMTP session ended");
+                }
+            }
+            .instrument(info_span!("dmtp", %peer)),
+        );
+    }
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    tls: TlsAcceptor,
+    ctx: Arc<DmtpContext>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let peer = tcp.peer_addr()?;
+    let handshake = tokio::time::timeout(ctx.limits.command_timeout, tls.accept(tcp));
+    let mut stream = match handshake.await {
+        Ok(s) => s?,
+        Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+    };
+    let mut session = ServerSession::new(ctx.policy(), ctx.limits.clone(), Instant::now());
+    drive(&mut stream, &mut session, &ctx, peer, shutdown).await
+}
+
+/// Runs `session` on an established TLS stream (port 26, or an SMTP connection after the
+/// dual-mode upgrade). Cancel-safe only at the granularity of the whole session.
+pub async fn drive<S>(
+    stream: &mut S,
+    session: &mut ServerSession,
+    ctx: &DmtpContext,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut shutting_down = false;
+    loop {
+        while let Some(out) = session.poll_output() {
+            match out {
+                Output::Reply(bytes) => stream.write_all(&bytes).await?,
+                Output::LookupSignet(lookup) => session.handle_signet_answer(ctx.signets(&lookup)),
+                Output::VerifyAndStore(transfer) => {
+                    stream.flush().await?;
+                    // Not raced against shutdown: the store commit must finish or not start.
+                    let result = verify_and_store(ctx, transfer, peer).await;
+                    session.handle_stored(result);
+                }
+                Output::Close => {
+                    stream.flush().await?;
+                    let _ = stream.shutdown().await;
+                    return Ok(());
+                }
+            }
+        }
+        stream.flush().await?;
+        if session.is_closed() {
+            return Ok(());
+        }
+        let deadline = session.poll_timeout();
+        let woke = tokio::select! {
+            r = stream.read(&mut buf) => Wake::Read(r),
+            () = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => Wake::Timeout,
+            () = shutdown.cancelled(), if !shutting_down => Wake::Shutdown,
+        };
+        match woke {
+            Wake::Read(Ok(0)) => return Ok(()),
+            Wake::Read(Ok(n)) => session.handle_input(Instant::now(), &buf[..n]),
+            Wake::Read(Err(e)) => return Err(e),
+            Wake::Timeout => session.handle_timeout(Instant::now()),
+            Wake::Shutdown => {
+                shutting_down = true;
+                session.handle_shutdown();
+            }
+        }
+    }
+}
+
+enum Wake {
+    Read(std::io::Result<usize>),
+    Timeout,
+    Shutdown,
+}
+
+/// The checks of the module documentation, then the durable append.
+pub async fn verify_and_store(
+    ctx: &DmtpContext,
+    t: Transfer,
+    peer: SocketAddr,
+) -> Result<TxId, TransferRefusal> {
+    let origin_name = t.origin.as_str().to_owned();
+    let org = ctx
+        .org(t.destination.as_str())
+        .ok_or(TransferRefusal::WrongDestinationSignet)?;
+    let origin = match ctx.discovery.org_signet(&origin_name).await {
+        Ok(found) => found.signet,
+        Err(e) => {
+            warn!(origin = %origin_name, error = %e, "origin org signet not available");
+            return Err(match &e {
+                crate::discovery::DiscoveryError::NoRecord { .. } => {
+                    TransferRefusal::OriginSignetMissing
+                }
+                crate::discovery::DiscoveryError::InvalidSignet { .. } => {
+                    TransferRefusal::InvalidOriginSignet
+                }
+                _ if e.is_permanent() && !e.is_bogus() => TransferRefusal::OriginSignetMissing,
+                _ => TransferRefusal::OriginSignetUnavailable,
+            });
+        }
+    };
+    if origin.crypto_fingerprint() != t.origin_fingerprint {
+        warn!(origin = %origin_name, "origin signet fingerprint differs from MAIL's");
+        return Err(TransferRefusal::InvalidOriginSignet);
+    }
+    let mut origin_party = Party::from_signet(&origin);
+    origin_party.name = origin_name.clone();
+    let report = message::inspect(
+        &t.body,
+        Actor::Destination,
+        org.key.encryption_secret(),
+        std::slice::from_ref(&origin_party),
+    )
+    .map_err(|e| match e {
+        OpenError::KeyslotMismatch { .. } | OpenError::BadPadding { .. } => {
+            TransferRefusal::WrongDestinationSignet
+        }
+        _ => TransferRefusal::Corrupted,
+    })?;
+    let envelope = report
+        .destination_envelope
+        .clone()
+        .ok_or(TransferRefusal::WrongDestinationSignet)?;
+    if !envelope.origin.eq_ignore_ascii_case(&origin_name)
+        || envelope.origin_fingerprint != origin_party.fingerprint
+    {
+        return Err(TransferRefusal::InvalidOriginSignature);
+    }
+    if let Err(e) = report.check() {
+        warn!(origin = %origin_name, error = %e, "origin signature refused");
+        return Err(TransferRefusal::InvalidOriginSignature);
+    }
+    let recipient = envelope.recipient.to_ascii_lowercase();
+    match ctx.keystore.user(&recipient) {
+        Ok(_) => {}
+        Err(IdentityError::UnknownUser(_) | IdentityError::NotServed(_)) => {
+            return Err(TransferRefusal::InvalidRecipient);
+        }
+        Err(IdentityError::BadAddress(_)) => return Err(TransferRefusal::InvalidRecipient),
+        Err(e) => {
+            warn!(error = %e, "hosted-user look-up failed");
+            return Err(TransferRefusal::StoreFailed);
+        }
+    }
+    let arrival_unix = crate::store::UnixTime::now().0;
+    let env = Envelope {
+        // DSNs for DIME arrivals go back sealed to the author (the bridge's work); the null
+        // sender keeps the SMTP DSN path from mailing the origin domain in the clear.
+        sender: String::new(),
+        recipients: vec![Recipient {
+            address: recipient.clone(),
+            notify: None,
+            orcpt: None,
+        }],
+        dsn_ret: None,
+        dsn_envid: None,
+        body_8bit: true,
+        smtputf8: false,
+        helo: origin_name.clone(),
+        client: peer,
+        tls: Some("DMTPv1".into()),
+        auth_user: None,
+        arrival_unix,
+        dime: Some(DimeArrival {
+            origin: origin_name.clone(),
+            origin_fingerprint: origin_party.fingerprint.clone(),
+            recipient_fingerprint: envelope.recipient_fingerprint.clone(),
+        }),
+    };
+    // fsync before 2xx: after this the origin may drop its copy.
+    match ctx.store.append(env, t.body).await {
+        Ok(queue_id) => {
+            info!(%queue_id, origin = %origin_name, recipient = %recipient, "DMTP message stored");
+            // The queue id is the transaction id the sender logs: one name on both sides.
+            TxId::parse(&queue_id.to_string()).map_err(|_| TransferRefusal::StoreFailed)
+        }
+        Err(e) if e.is_full() => Err(TransferRefusal::StoreFull),
+        Err(e) => {
+            warn!(error = %e, "DMTP store failed");
+            Err(TransferRefusal::StoreFailed)
+        }
+    }
+}
