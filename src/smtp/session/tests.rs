@@ -2,6 +2,7 @@
 //! included), as smtp-proto's own tests do.
 
 use super::*;
+use crate::queue::Pressure;
 use std::net::{IpAddr, Ipv4Addr};
 
 const CLIENT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)), 40000);
@@ -25,6 +26,10 @@ fn limits() -> Limits {
         max_recipients: 3,
         max_errors: 10,
         max_line: 512,
+        recipient_overshoot: 1000,
+        idle_timeout: Duration::from_secs(300),
+        session_timeout: Duration::from_secs(1800),
+        shutdown_grace: Duration::from_secs(10),
     }
 }
 
@@ -39,15 +44,24 @@ enum Act {
     Full,
     Failed,
     Shutdown,
+    /// The AUTH back-off answer.
+    AuthThrottled,
+    /// The glue's back-pressure gauge, told before the next input.
+    Pressed(Option<Pressure>),
+    /// This many seconds pass on the fake clock, then the glue calls `handle_timeout`.
+    Wait(u64),
 }
 use Act::*;
 
 /// What a replay produced: the transcript (replies with CRLF shown as `\n`, events in brackets),
 /// the messages handed to the glue, and the raw `Send` batches.
+#[derive(Default)]
 struct Replay {
     transcript: String,
     messages: Vec<(Envelope, Vec<u8>)>,
     sends: Vec<Vec<u8>>,
+    /// Every `Close` reason, in order.
+    closes: Vec<CloseReason>,
 }
 
 fn drain(session: &mut Session, replay: &mut Replay) {
@@ -81,18 +95,18 @@ fn drain(session: &mut Session, replay: &mut Replay) {
                 ));
                 replay.messages.push((envelope, body));
             }
-            Output::Close => replay.transcript.push_str("[CLOSE]\n"),
+            Output::Close(reason) => {
+                replay.closes.push(reason);
+                replay.transcript.push_str("[CLOSE]\n");
+            }
         }
     }
 }
 
 fn replay_with(policy: Policy, limits: Limits, acts: &[Act], split: usize) -> Replay {
-    let mut session = Session::new(policy, limits, CLIENT, 1_700_000_000);
-    let mut replay = Replay {
-        transcript: String::new(),
-        messages: Vec::new(),
-        sends: Vec::new(),
-    };
+    let mut now = Instant::now();
+    let mut session = Session::new(policy, limits, CLIENT, now, 1_700_000_000);
+    let mut replay = Replay::default();
     drain(&mut session, &mut replay);
     assert_eq!(replay.transcript, GREETING);
     replay.transcript.clear();
@@ -101,17 +115,29 @@ fn replay_with(policy: Policy, limits: Limits, acts: &[Act], split: usize) -> Re
         match *act {
             In(bytes) => {
                 for chunk in bytes.chunks(split.min(bytes.len()).max(1)) {
-                    session.handle_input(chunk);
+                    session.handle_input(now, chunk);
                     drain(&mut session, &mut replay);
                 }
             }
-            Tls => session.handle_tls_established("TLSv1.3 TLS_AES_256_GCM_SHA384".to_owned()),
-            AuthOk(user) => session.handle_auth_result(Some(user.to_owned())),
-            AuthFail => session.handle_auth_result(None),
-            Stored(id) => session.handle_stored(Ok(QueueId(id))),
-            Full => session.handle_stored(Err(StoreFailure::Full)),
-            Failed => session.handle_stored(Err(StoreFailure::Failed)),
-            Shutdown => session.handle_shutdown(),
+            Tls => session
+                .handle_tls_established(now, "TLSv1.3 TLS_AES_256_GCM_SHA384".to_owned()),
+            AuthOk(user) => {
+                session.handle_auth_result(now, AuthResult::Authenticated(user.to_owned()))
+            }
+            AuthFail => session.handle_auth_result(now, AuthResult::Invalid),
+            AuthThrottled => session.handle_auth_result(now, AuthResult::Throttled),
+            Stored(id) => session.handle_stored(now, Ok(QueueId(id))),
+            Full => session.handle_stored(now, Err(StoreFailure::Full)),
+            Failed => session.handle_stored(now, Err(StoreFailure::Failed)),
+            Shutdown => session.handle_shutdown(now),
+            Pressed(pressure) => session.handle_pressure(pressure),
+            Wait(secs) => {
+                now += Duration::from_secs(secs);
+                // As the glue does: it wakes at the deadline, never before.
+                if session.poll_timeout().is_some_and(|d| d <= now) {
+                    session.handle_timeout(now);
+                }
+            }
         }
         drain(&mut session, &mut replay);
         assert!(session.buffered_len() <= 200 + 2 + AUTH_LINE_MAX + HELD_INPUT_MAX);
@@ -144,7 +170,7 @@ fn check(name: &str, acts: &[Act], expected: &str) -> Replay {
 const EHLO_PLAIN: &str = "250-mx.example.org\n250-PIPELINING\n250-SIZE 200\n250-8BITMIME\n\
 250-SMTPUTF8\n250-ENHANCEDSTATUSCODES\n250-STARTTLS\n250-CHUNKING\n250 DSN\n";
 const EHLO_TLS: &str = "250-mx.example.org\n250-PIPELINING\n250-SIZE 200\n250-8BITMIME\n\
-250-SMTPUTF8\n250-ENHANCEDSTATUSCODES\n250-AUTH PLAIN LOGIN\n250-CHUNKING\n250 DSN\n";
+250-SMTPUTF8\n250-ENHANCEDSTATUSCODES\n250-AUTH PLAIN LOGIN\n250-REQUIRETLS\n250-CHUNKING\n250 DSN\n";
 const HELO: &str = "250 mx.example.org\n";
 const TLS_READY: &str = "220 2.0.0 Ready to start TLS\n[STARTTLS]\n";
 const QUEUED_1: &str = "250 2.0.0 Ok: queued as 0000000000000001\n";
@@ -427,16 +453,12 @@ fn a_message_is_acknowledged_only_after_storage() {
 #[test]
 fn no_250_before_handle_stored() {
     for &split in SPLITS {
-        let mut session = Session::new(policy(), limits(), CLIENT, 0);
-        let mut replay = Replay {
-            transcript: String::new(),
-            messages: Vec::new(),
-            sends: Vec::new(),
-        };
+        let mut session = Session::new(policy(), limits(), CLIENT, Instant::now(), 0);
+        let mut replay = Replay::default();
         let input = b"HELO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n\
             hello\r\n.\r\nMAIL FROM:<x@remote.test>\r\nNOOP\r\nQUIT\r\n";
         for chunk in input.chunks(split.min(input.len())) {
-            session.handle_input(chunk);
+            session.handle_input(Instant::now(), chunk);
             drain(&mut session, &mut replay);
         }
         let (before, after) = replay
@@ -447,9 +469,9 @@ fn no_250_before_handle_stored() {
         assert!(after.ends_with("7]\n"), "nothing after Enqueue: {after:?}");
         assert!(!session.wants_input());
         // A confused glue that keeps feeding: still held, still silent.
-        session.handle_input(b"NOOP\r\n");
+        session.handle_input(Instant::now(), b"NOOP\r\n");
         assert_eq!(session.poll_output(), None);
-        session.handle_stored(Ok(QueueId(9)));
+        session.handle_stored(Instant::now(), Ok(QueueId(9)));
         drain(&mut session, &mut replay);
         assert!(
             replay.transcript.ends_with(
@@ -787,12 +809,17 @@ fn data_content_rules() {
         input.extend_from_slice(data);
         check(name, &[In(input.leak())], &format!("{intro}{expected}"));
     }
+    // Issue 11: BINARYMIME is not advertised, so it is refused at MAIL (RFC 3030 §3), and the
+    // transaction never starts.
     check(
-        "BODY=BINARYMIME refuses DATA",
+        "BODY=BINARYMIME is refused at MAIL",
         &[In(
             b"HELO c\r\nMAIL FROM:<> BODY=BINARYMIME\r\nRCPT TO:<b@example.org>\r\nDATA\r\n",
         )],
-        &format!("{HELO}250 2.1.0 Ok\n250 2.1.5 Ok\n503 5.5.1 BODY=BINARYMIME requires BDAT\n"),
+        &format!(
+            "{HELO}555 5.5.4 BODY=BINARYMIME is not supported\n\
+             503 5.5.1 Need MAIL before RCPT\n503 5.5.1 Need MAIL before DATA\n"
+        ),
     );
 }
 
@@ -874,10 +901,19 @@ fn bdat() {
         &[In(head), In(b"BDAT 4 LAST\r\na\nb\n")],
         &format!("{intro}550 5.6.0 Message contains bare LF; lines must end with CRLF\n"),
     );
+    // Issue 11: without BINARYMIME, BDAT carries text like DATA: NUL and bare LF are refused,
+    // and a BINARYMIME transaction never starts (its chunk is consumed, not executed).
     check(
-        "BINARYMIME over BDAT may carry NUL and bare LF",
-        &[In(b"HELO c\r\nMAIL FROM:<> BODY=BINARYMIME\r\nRCPT TO:<b@example.org>\r\nBDAT 4 LAST\r\n\0\n\r\0")],
-        &format!("{HELO}250 2.1.0 Ok\n250 2.1.5 Ok\n[ENQUEUE <> b@example.org 4]\n"),
+        "NUL and bare LF over BDAT are refused; BINARYMIME is not offered",
+        &[
+            In(b"HELO c\r\nMAIL FROM:<> BODY=BINARYMIME\r\nRCPT TO:<b@example.org>\r\nBDAT 4 LAST\r\n\0\n\r\0"),
+            In(b"MAIL FROM:<>\r\nRCPT TO:<b@example.org>\r\nBDAT 4 LAST\r\n\0\n\r\0"),
+        ],
+        &format!(
+            "{HELO}555 5.5.4 BODY=BINARYMIME is not supported\n503 5.5.1 Need MAIL before RCPT\n\
+             503 5.5.1 Need MAIL before BDAT\n250 2.1.0 Ok\n250 2.1.5 Ok\n\
+             550 5.6.0 Message contains NUL characters\n"
+        ),
     );
 }
 
@@ -1042,8 +1078,8 @@ fn auth() {
         |p, _| p.auth_available = false,
         &[In(b"STARTTLS\r\n"), Tls, In(b"EHLO c\r\nAUTH LOGIN\r\n")],
         "220 2.0.0 Ready to start TLS\n[STARTTLS]\n250-mx.example.org\n250-PIPELINING\n\
-         250-SIZE 200\n250-8BITMIME\n250-SMTPUTF8\n250-ENHANCEDSTATUSCODES\n250-CHUNKING\n\
-         250 DSN\n503 5.5.1 Authentication not available\n",
+         250-SIZE 200\n250-8BITMIME\n250-SMTPUTF8\n250-ENHANCEDSTATUSCODES\n250-REQUIRETLS\n\
+         250-CHUNKING\n250 DSN\n503 5.5.1 Authentication not available\n",
     );
 }
 
@@ -1099,13 +1135,15 @@ fn shutdown() {
 
 #[test]
 fn envelope_fields() {
-    let mut session = Session::new(policy(), limits(), CLIENT, 100);
-    session.handle_input(b"EHLO client.test\r\nSTARTTLS\r\n");
-    session.handle_tls_established("TLSv1.2 ECDHE-RSA-AES256-GCM-SHA384".to_owned());
-    session.handle_input(b"EHLO client.test\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
-    session.handle_auth_result(Some("alice".to_owned()));
+    let now = Instant::now();
+    let mut session = Session::new(policy(), limits(), CLIENT, now, 100);
+    session.handle_input(now, b"EHLO client.test\r\nSTARTTLS\r\n");
+    session.handle_tls_established(now, "TLSv1.2 ECDHE-RSA-AES256-GCM-SHA384".to_owned());
+    session.handle_input(now, b"EHLO client.test\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
+    session.handle_auth_result(now, AuthResult::Authenticated("alice".to_owned()));
     session.set_now_unix(1234);
     session.handle_input(
+        now,
         b"MAIL FROM:<alice@example.org> RET=HDRS ENVID=q+2B1 BODY=8BITMIME SMTPUTF8 SIZE=10\r\n\
           RCPT TO:<b@remote.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+40remote+2Etest\r\n\
           RCPT TO:<c@example.org> NOTIFY=NEVER\r\nRCPT TO:<d@example.org>\r\nDATA\r\nx\r\n.\r\n",
@@ -1155,20 +1193,24 @@ fn envelope_fields() {
             tls: Some("TLSv1.2 ECDHE-RSA-AES256-GCM-SHA384".to_owned()),
             auth_user: Some("alice".to_owned()),
             arrival_unix: 1234,
+            require_tls: false,
         }
     );
 }
 
 #[test]
 fn held_input_is_bounded() {
-    let mut session = Session::new(policy(), limits(), CLIENT, 0);
-    session
-        .handle_input(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nx\r\n.\r\n");
+    let now = Instant::now();
+    let mut session = Session::new(policy(), limits(), CLIENT, now, 0);
+    session.handle_input(
+        now,
+        b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nx\r\n.\r\n",
+    );
     let flood = vec![b'N'; HELD_INPUT_MAX + 1];
-    session.handle_input(&flood);
+    session.handle_input(now, &flood);
     assert!(session.buffered_len() <= HELD_INPUT_MAX);
     while session.poll_output().is_some() {}
-    session.handle_stored(Ok(QueueId(1)));
+    session.handle_stored(now, Ok(QueueId(1)));
     let mut transcript = Vec::new();
     while let Some(output) = session.poll_output() {
         transcript.push(output);
@@ -1180,7 +1222,7 @@ fn held_input_is_bounded() {
                 b"250 2.0.0 Ok: queued as 0000000000000001\r\n421 4.7.0 Too much pipelined input\r\n"
                     .to_vec()
             ),
-            Output::Close
+            Output::Close(CloseReason::TooMuchPipelinedInput)
         ]
     );
     assert!(session.is_closed());
@@ -1188,30 +1230,28 @@ fn held_input_is_bounded() {
 
 #[test]
 fn implicit_tls_before_any_input() {
-    let mut session = Session::new(policy(), limits(), CLIENT, 0);
-    session.handle_tls_established("TLSv1.3".to_owned());
-    session.handle_input(b"EHLO c\r\n");
-    let mut replay = Replay {
-        transcript: String::new(),
-        messages: Vec::new(),
-        sends: Vec::new(),
-    };
+    let now = Instant::now();
+    let mut session = Session::new(policy(), limits(), CLIENT, now, 0);
+    session.handle_tls_established(now, "TLSv1.3".to_owned());
+    session.handle_input(now, b"EHLO c\r\n");
+    let mut replay = Replay::default();
     drain(&mut session, &mut replay);
     assert_eq!(replay.transcript, format!("{GREETING}{EHLO_TLS}"));
 }
 
 #[test]
 fn answers_nobody_asked_for_are_ignored() {
-    let mut session = Session::new(policy(), limits(), CLIENT, 0);
+    let now = Instant::now();
+    let mut session = Session::new(policy(), limits(), CLIENT, now, 0);
     while session.poll_output().is_some() {}
-    session.handle_input(b"NOOP\r\n");
+    session.handle_input(now, b"NOOP\r\n");
     while session.poll_output().is_some() {}
-    session.handle_stored(Ok(QueueId(1)));
-    session.handle_auth_result(Some("mallory".to_owned()));
+    session.handle_stored(now, Ok(QueueId(1)));
+    session.handle_auth_result(now, AuthResult::Authenticated("mallory".to_owned()));
     // After plaintext input, a late "TLS established" must not mark the session encrypted.
-    session.handle_tls_established("fake".to_owned());
+    session.handle_tls_established(now, "fake".to_owned());
     assert_eq!(session.poll_output(), None);
-    session.handle_input(b"EHLO c\r\n");
+    session.handle_input(now, b"EHLO c\r\n");
     // Still not authenticated and not in TLS: STARTTLS offered, AUTH not.
     assert_eq!(
         session.poll_output(),
