@@ -220,12 +220,7 @@ impl Config {
             max_recipients: count_in("smtp.max_recipients", s.max_recipients, 1, 100_000)?,
             max_errors: count_in("smtp.max_errors", s.max_errors, 1, 1000)?,
             idle_timeout: duration_in("smtp.idle_timeout", &s.idle_timeout, SECOND, HOUR)?,
-            session_timeout: duration_in(
-                "smtp.session_timeout",
-                &s.session_timeout,
-                SECOND,
-                DAY,
-            )?,
+            session_timeout: duration_in("smtp.session_timeout", &s.session_timeout, SECOND, DAY)?,
             max_connections: positive("smtp.max_connections", s.max_connections)?,
             max_connections_per_ip: positive(
                 "smtp.max_connections_per_ip",
@@ -416,12 +411,7 @@ impl Config {
         queue.expire = duration_in("queue.expire", &q.expire, SECOND, 365 * DAY)?;
         queue.delay_warning = match &q.delay_warning {
             Some(Scalar::Text(t)) if t == "off" => None,
-            Some(v) => Some(duration_in(
-                "queue.delay_warning",
-                v,
-                SECOND,
-                365 * DAY,
-            )?),
+            Some(v) => Some(duration_in("queue.delay_warning", v, SECOND, 365 * DAY)?),
             // The default warning only makes sense before expiry: with a shorter `expire` the
             // message bounces before it would be late, so there is nothing to warn about.
             None => Some(DEFAULT_DELAY_WARNING).filter(|w| *w < queue.expire),
@@ -430,7 +420,8 @@ impl Config {
         queue.max_messages = count_in("queue.max_messages", q.max_messages, 1, 1_000_000_000)?;
         queue.min_free_disk_bytes =
             parse_size_in("queue.min_free_disk", &q.min_free_disk, 0, 1 << 50)?;
-        queue.dsn_max_full_bytes = parse_size_in("queue.dsn_max_full", &q.dsn_max_full, 0, 1 << 30)?;
+        queue.dsn_max_full_bytes =
+            parse_size_in("queue.dsn_max_full", &q.dsn_max_full, 0, 1 << 30)?;
         queue.validate().map_err(|e| {
             // Name the key the user can change: the one that conflicts with `expire`.
             let path = match e {
@@ -500,7 +491,10 @@ fn located(text: &str, e: &toml::de::Error) -> String {
         .iter()
         .rposition(|&b| b == b'\n')
         .map_or(0, |i| i + 1);
-    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
     format!("line {line}, column {column}: {message}")
 }
 
@@ -571,7 +565,12 @@ fn show_value(v: &Scalar) -> String {
 /// `90s`, `5m`, `4h`, `2d`, `250ms`: the largest unit that divides the duration.
 fn show_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
         if ms >= size && ms % size == 0 {
             return format!("{}{unit}", ms / size);
         }
@@ -580,7 +579,13 @@ fn show_duration(d: Duration) -> String {
 }
 
 fn show_size(n: u64) -> String {
-    for (unit, shift) in [("PiB", 50), ("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+    for (unit, shift) in [
+        ("PiB", 50),
+        ("TiB", 40),
+        ("GiB", 30),
+        ("MiB", 20),
+        ("KiB", 10),
+    ] {
         if n >= 1 << shift && n % (1 << shift) == 0 {
             return format!("{}{unit}", n >> shift);
         }

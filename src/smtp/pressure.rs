@@ -126,7 +126,11 @@ mod tests {
             min_free_disk_bytes: 1000,
             ..Policy::default()
         });
-        assert_eq!(gauge.current(), None, "no pressure before the first refresh");
+        assert_eq!(
+            gauge.current(),
+            None,
+            "no pressure before the first refresh"
+        );
         gauge.set(1, 5000);
         assert_eq!(gauge.current(), None);
         gauge.note_stored(100);
@@ -148,13 +152,19 @@ mod tests {
         );
         gauge.set(0, 10);
         gauge.note_stored(u64::MAX);
-        assert!(matches!(gauge.current(), Some(Pressure::DiskLow { free_bytes: 0, .. })));
+        assert!(matches!(
+            gauge.current(),
+            Some(Pressure::DiskLow { free_bytes: 0, .. })
+        ));
     }
 
     #[test]
     fn statvfs_of_a_real_directory() {
         let free = free_disk_bytes(std::path::Path::new("/")).expect("statvfs /");
         assert!(free > 0);
-        assert_eq!(free_disk_bytes(std::path::Path::new("/nonexistent/x")), None);
+        assert_eq!(
+            free_disk_bytes(std::path::Path::new("/nonexistent/x")),
+            None
+        );
     }
 }

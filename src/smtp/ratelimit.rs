@@ -313,7 +313,11 @@ mod tests {
         let mut blocked = false;
         for (i, &(at, backoff)) in table.iter().enumerate() {
             let just_before = s(at) - Duration::from_millis(1);
-            assert_eq!(auth.allows(a, just_before), !blocked, "row {i}: before {at}s");
+            assert_eq!(
+                auth.allows(a, just_before),
+                !blocked,
+                "row {i}: before {at}s"
+            );
             assert!(auth.allows(a, s(at)), "row {i}: allowed at {at}s");
             assert_eq!(
                 auth.record_failure(a, s(at)),

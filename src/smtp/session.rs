@@ -433,7 +433,10 @@ impl Session {
             self.reply(&reply);
             self.close(CloseReason::SessionTimeout);
         } else if reached(self.idle_since.checked_add(self.limits.idle_timeout)) {
-            let reply = format!("421 4.4.2 {} Timeout, closing connection", self.policy.hostname);
+            let reply = format!(
+                "421 4.4.2 {} Timeout, closing connection",
+                self.policy.hostname
+            );
             self.reply(&reply);
             self.close(CloseReason::IdleTimeout);
         }
@@ -523,11 +526,8 @@ impl Session {
         self.tick(now);
         if !self.shutdown {
             self.shutdown = true;
-            self.shutdown_deadline = Some(
-                self.now
-                    .checked_add(self.limits.shutdown_grace)
-                    .unwrap_or(self.now),
-            );
+            // A grace too long for the clock means none: the server's own wait still ends it.
+            self.shutdown_deadline = self.now.checked_add(self.limits.shutdown_grace);
         }
         self.process(&[]);
         self.flush_replies();
