@@ -1066,4 +1066,153 @@ mod tests {
         assert!(z("25 MiBs").is_err());
         assert!(z("99999999999999GiB").is_err());
     }
+
+    #[test]
+    fn every_duration_size_and_count_is_bounded_and_the_error_names_the_key() {
+        // Issue 7: this value passed `config check` and panicked at the first connection.
+        let huge = "9223372036854775807";
+        let keys: &[(&str, &str)] = &[
+            ("smtp", "idle_timeout"),
+            ("smtp", "session_timeout"),
+            ("smtp", "shutdown_grace"),
+            ("smtp", "auth_backoff"),
+            ("smtp", "auth_backoff_max"),
+            ("smtp", "max_message_size"),
+            ("smtp", "max_recipients"),
+            ("smtp", "max_errors"),
+            ("smtp", "max_connections"),
+            ("smtp", "max_recipient_overshoot"),
+            ("delivery", "connect_timeout"),
+            ("delivery", "command_timeout"),
+            ("delivery", "data_timeout"),
+            ("delivery", "idle_timeout"),
+            ("delivery", "max_connections"),
+            ("dns", "timeout"),
+            ("queue", "expire"),
+            ("queue", "delay_warning"),
+            ("queue", "lease"),
+            ("queue", "poll_interval"),
+            ("queue", "max_messages"),
+            ("queue", "min_free_disk"),
+            ("queue", "dsn_max_full"),
+        ];
+        for (table, key) in keys {
+            for value in [
+                huge.to_owned(),
+                format!("\"{huge}d\""),
+                "\"99999d\"".to_owned(),
+            ] {
+                let text = format!("[{table}]\n{key} = {value}\n");
+                let err = Config::parse(&text).expect_err(&text);
+                assert_eq!(err.path, format!("{table}.{key}"), "{text:?} gave {err}");
+            }
+        }
+        let err = Config::parse("[queue]\nretry = [\"1m\", \"999d\"]").unwrap_err();
+        assert_eq!(err.path, "queue.retry[1]");
+        assert!(err.reason.contains("between 1s and 30d"), "{err}");
+        let err = Config::parse(&format!("[smtp]\nidle_timeout = {huge}")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "smtp.idle_timeout: 9223372036854775807 is out of range: must be between 1s and 1h"
+        );
+        let err = Config::parse("[smtp]\nmax_message_size = \"2GiB\"").unwrap_err();
+        assert!(err.reason.contains("between 1KiB and 1GiB"), "{err}");
+        let err = Config::parse("[smtp]\nmax_message_size = 100").unwrap_err();
+        assert_eq!(err.path, "smtp.max_message_size");
+        let err =
+            Config::parse("[smtp]\nauth_backoff = \"1h\"\nauth_backoff_max = \"1m\"").unwrap_err();
+        assert_eq!(err.path, "smtp.auth_backoff_max");
+        // The bounds themselves are accepted.
+        let c = Config::parse(
+            "[smtp]\nidle_timeout = \"1h\"\nsession_timeout = \"1d\"\nshutdown_grace = 0\n\
+             [queue]\nexpire = \"365d\"\npoll_interval = \"10ms\"",
+        )
+        .unwrap();
+        assert_eq!(c.smtp.idle_timeout, Duration::from_secs(3600));
+        assert_eq!(c.smtp.shutdown_grace, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_default_yields_to_what_the_user_set() {
+        // Issue 11: `expire = "10m"` alone was refused because of the default delay_warning.
+        let c = Config::parse("[queue]\nexpire = \"10m\"").unwrap();
+        assert_eq!(c.queue.expire, Duration::from_secs(600));
+        assert_eq!(
+            c.queue.delay_warning, None,
+            "expiry comes first: no warning"
+        );
+        let c = Config::parse("[queue]\nexpire = \"5h\"").unwrap();
+        assert_eq!(c.queue.delay_warning, Some(Duration::from_secs(4 * 3600)));
+        let c = Config::parse("[queue]\nexpire = \"10m\"\ndelay_warning = \"5m\"").unwrap();
+        assert_eq!(c.queue.delay_warning, Some(Duration::from_secs(300)));
+        // Two explicit settings that conflict: an error naming the one to change.
+        let err = Config::parse("[queue]\nexpire = \"10m\"\ndelay_warning = \"4h\"").unwrap_err();
+        assert_eq!(err.path, "queue.delay_warning");
+        assert!(err.reason.contains("not shorter than expire"), "{err}");
+        assert_eq!(
+            Config::default().queue.delay_warning,
+            Some(Duration::from_secs(14_400))
+        );
+    }
+
+    #[test]
+    fn toml_syntax_errors_name_line_and_column() {
+        let cases: &[(&str, &str)] = &[
+            ("[smtp]\nlisten = \n", "line 2, column 10"),
+            ("data_dir = \"x\"\n[smtp\n", "line 2, column 6"),
+            (
+                "# comment\n\n[queue]\nexpire = \"5d\" oops\n",
+                "line 4, column 15",
+            ),
+            ("[smtp]\nmax_recipients = \"many\"\n", "line 2, column 18"),
+            // Columns count characters, not bytes.
+            ("# é\n[smtp]\nhostname = \"é\" x\n", "line 3, column 16"),
+        ];
+        for (text, at) in cases {
+            let err = Config::parse(text).expect_err(text);
+            assert!(err.reason.starts_with(at), "{text:?}: {err}");
+        }
+        let err = Config::parse("[smtp]\nmax_recipients = \"many\"\n").unwrap_err();
+        assert_eq!(err.path, "smtp.max_recipients");
+    }
+
+    #[test]
+    fn rate_limits_from_smtp() {
+        let c = Config::default();
+        assert_eq!(
+            c.smtp.rate_limits,
+            crate::smtp::ratelimit::RateLimits::default()
+        );
+        let c = Config::parse(
+            "[smtp]\nconnection_rate_per_ip = 3\nauth_failures_per_ip = 2\nauth_backoff = \"5s\"\n\
+             auth_backoff_max = \"1m\"\nrate_limit_exempt = [\"192.0.2.0/24\"]",
+        )
+        .unwrap();
+        let r = &c.smtp.rate_limits;
+        assert_eq!((r.connections_per_second, r.auth_failures), (3, 2));
+        assert_eq!(r.auth_backoff, Duration::from_secs(5));
+        assert_eq!(r.exempt, vec!["192.0.2.0/24".parse::<IpNet>().unwrap()]);
+        let err = Config::parse("[smtp]\nrate_limit_exempt = [\"nope\"]").unwrap_err();
+        assert_eq!(err.path, "smtp.rate_limit_exempt[0]");
+    }
+
+    /// Issue 7: the README's example declared `[relay]` twice. Every TOML block in the README
+    /// goes through the real loader, as `config check` runs it.
+    #[test]
+    fn every_toml_block_in_the_readme_is_a_valid_configuration() {
+        let readme = include_str!("../README.md");
+        let mut blocks = 0;
+        let mut rest = readme;
+        while let Some(start) = rest.find("```toml\n") {
+            let body = &rest[start + "```toml\n".len()..];
+            let end = body.find("\n```").expect("every ```toml block is closed");
+            let block = &body[..end];
+            if let Err(e) = Config::parse(block) {
+                panic!("README toml block {blocks} is not a valid configuration: {e}\n{block}");
+            }
+            blocks += 1;
+            rest = &body[end..];
+        }
+        assert!(blocks >= 1, "the README has a configuration example");
+    }
 }
