@@ -88,7 +88,7 @@ impl PressureProbe {
         }
     }
 
-    /// Refreshes `gauge` every [`REFRESH_INTERVAL`] until `stop` is cancelled.
+    /// Refreshes `gauge` every [`REFRESH_INTERVAL`] until `stop` is cancelled. Cancel-safe.
     pub async fn run(self, gauge: Arc<PressureGauge>, stop: CancellationToken) {
         loop {
             tokio::select! {

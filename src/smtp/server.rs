@@ -118,6 +118,8 @@ impl Ingress {
     }
 
     /// Checks credentials unless the client is backing off, and keeps its failure count.
+    /// Not cancel-safe in the sense that a dropped future may leave a failure uncounted; it is
+    /// never put in a `select!` branch.
     async fn authenticate(&self, ip: IpAddr, username: String, password: String) -> AuthResult {
         let allowed = {
             let failures = self.auth_failures.lock().unwrap_or_else(|p| p.into_inner());
