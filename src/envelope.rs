@@ -63,6 +63,10 @@ pub struct Envelope {
     pub auth_user: Option<String>,
     /// Arrival time, seconds since the Unix epoch.
     pub arrival_unix: u64,
+    /// `REQUIRETLS` was given on MAIL FROM (RFC 8689): every onward hop must use verified TLS
+    /// and take REQUIRETLS, or the message bounces. Absent in records written before it existed.
+    #[serde(default)]
+    pub require_tls: bool,
     /// Set when the message arrived over DMTP: the body is then a D/MIME message, not RFC 5322.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dime: Option<DimeArrival>,
@@ -103,6 +107,7 @@ impl Envelope {
             tls: None,
             auth_user: None,
             arrival_unix,
+            require_tls: false,
             dime: None,
         }
     }

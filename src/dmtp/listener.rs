@@ -294,6 +294,7 @@ pub async fn verify_and_store(
         tls: Some("DMTPv1".into()),
         auth_user: None,
         arrival_unix,
+        require_tls: false,
         dime: Some(DimeArrival {
             origin: origin_name.clone(),
             origin_fingerprint: origin_party.fingerprint.clone(),
