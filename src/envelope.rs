@@ -69,7 +69,7 @@ pub struct Envelope {
     pub require_tls: bool,
     /// Set when the message arrived over DMTP: the body is then a D/MIME message, not RFC 5322.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dime: Option<DimeArrival>,
+    pub dime: Option<Box<DimeArrival>>,
 }
 
 /// How a D/MIME message arrived over DMTP, as the destination saw it (DIME.md §7.7).

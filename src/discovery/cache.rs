@@ -33,7 +33,7 @@ impl Default for CachePolicy {
 #[derive(Debug, Clone)]
 enum Entry {
     Found {
-        signet: Signet,
+        signet: Box<Signet>,
         checked: Instant,
     },
     Failed {
@@ -86,9 +86,9 @@ impl SignetCache {
             None => CacheAnswer::Miss,
             Some(Entry::Found { signet, checked }) => {
                 if now.saturating_duration_since(*checked) < self.policy.fresh_for {
-                    CacheAnswer::Hit(signet.clone())
+                    CacheAnswer::Hit((**signet).clone())
                 } else {
-                    CacheAnswer::Stale(signet.clone())
+                    CacheAnswer::Stale((**signet).clone())
                 }
             }
             Some(Entry::Failed {
@@ -116,7 +116,7 @@ impl SignetCache {
         self.entries.insert(
             name.to_owned(),
             Entry::Found {
-                signet,
+                signet: Box::new(signet),
                 checked: now,
             },
         );

@@ -295,11 +295,11 @@ pub async fn verify_and_store(
         auth_user: None,
         arrival_unix,
         require_tls: false,
-        dime: Some(DimeArrival {
+        dime: Some(Box::new(DimeArrival {
             origin: origin_name.clone(),
             origin_fingerprint: origin_party.fingerprint.clone(),
             recipient_fingerprint: envelope.recipient_fingerprint.clone(),
-        }),
+        })),
     };
     // fsync before 2xx: after this the origin may drop its copy.
     match ctx.store.append(env, t.body).await {
