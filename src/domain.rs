@@ -52,7 +52,8 @@ impl Domain {
             return Ok(Domain(text.to_owned()));
         }
         let trimmed = text.strip_suffix('.').unwrap_or(text);
-        if trimmed.bytes().all(|b| b == b'.') {
+        // `[]` is an address literal with no address in it.
+        if trimmed.bytes().all(|b| b == b'.') || trimmed == "[]" {
             return Err(DomainError::Empty);
         }
         let invalid = || DomainError::Invalid {
@@ -160,12 +161,7 @@ mod tests {
                     domain: "xn--zz.example".into(),
                 },
             ),
-            (
-                "[]",
-                DomainError::Invalid {
-                    domain: "[]".into(),
-                },
-            ),
+            ("[]", DomainError::Empty),
         ];
         for (text, want) in rows {
             assert_eq!(Domain::parse(text), Err(want), "{text:?}");

@@ -418,6 +418,8 @@ async fn idle_connections_expire() {
         .await;
     assert!(first[0].1.is_delivered());
     assert_eq!(deliverer.idle_connections(), 1);
+    // The readiness probe in Sink::start, and ours.
+    assert_eq!(sink.count_in_log("connect ("), 2);
     tokio::time::sleep(Duration::from_millis(400)).await;
     // The expired connection is not used; a fresh one is opened and pooled instead.
     let second = deliverer
@@ -425,6 +427,55 @@ async fn idle_connections_expire() {
         .await;
     assert!(second[0].1.is_delivered());
     assert_eq!(deliverer.idle_connections(), 1);
+    // Reusing the expired connection would leave the count at 2 and send a RSET on it.
+    assert_eq!(sink.count_in_log("connect ("), 3, "a new connection");
+    assert_eq!(sink.count_in_log("EHLO"), 2, "greeted anew");
+    assert_eq!(
+        sink.count_in_log("RSET"),
+        0,
+        "the expired one was not reset for reuse"
+    );
+}
+
+/// RFC 5321 lets a client name one address in two RCPTs; each keeps its own DSN parameters on
+/// the wire and gets its own outcome, keyed by its index.
+#[tokio::test]
+async fn a_duplicate_rcpt_keeps_its_own_notify() {
+    let sink = Sink::start(&[]);
+    let deliverer = Deliverer::new(settings(), no_dns()).unwrap();
+    let mut env = envelope(&["bob@example.net", "bob@example.net"]);
+    env.recipients[0].notify = Some(Notify {
+        never: false,
+        success: true,
+        failure: false,
+        delay: false,
+    });
+    env.recipients[1].notify = Some(Notify {
+        never: true,
+        ..Notify::default()
+    });
+    let outcomes = deliverer
+        .deliver(&backend(sink.addr), &env, QUEUE_ID, BODY, &[0, 1])
+        .await;
+    let keys: Vec<usize> = outcomes.iter().map(|(i, _)| *i).collect();
+    assert_eq!(keys, [0, 1]);
+    assert!(
+        outcomes.iter().all(|(_, o)| o.is_delivered()),
+        "{outcomes:?}"
+    );
+    let dump = &sink.dumps()[0];
+    let rcpt_args: Vec<&str> = dump
+        .lines()
+        .filter(|l| l.starts_with("X-Rcpt-Args:"))
+        .collect();
+    assert_eq!(
+        rcpt_args,
+        [
+            "X-Rcpt-Args: <bob@example.net> NOTIFY=SUCCESS",
+            "X-Rcpt-Args: <bob@example.net> NOTIFY=NEVER",
+        ],
+        "{dump}"
+    );
 }
 
 #[tokio::test]

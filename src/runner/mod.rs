@@ -126,10 +126,8 @@ impl QueueRunner {
         self.active.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs until `shutdown`; then stops leasing and waits for deliveries in flight (their
-    /// leases would lapse anyway, and a restart releases them).
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let tracker = TaskTracker::new();
+    /// Starts the task that commits settlements (once; later calls do nothing).
+    fn start_settler(&self) {
         if let Some(rx) = self
             .settle_rx
             .lock()
@@ -138,6 +136,13 @@ impl QueueRunner {
         {
             tokio::spawn(settler(self.store.clone(), rx));
         }
+    }
+
+    /// Runs until `shutdown`; then stops leasing and waits for deliveries in flight (their
+    /// leases would lapse anyway, and a restart releases them).
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        self.start_settler();
         loop {
             if shutdown.is_cancelled() {
                 break;
