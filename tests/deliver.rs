@@ -1218,3 +1218,29 @@ async fn a_5xx_greeting_or_ehlo_defers_instead_of_bouncing() {
         assert_eq!(outcome.status().map(|s| s.class), Some(4), "{flags:?}");
     }
 }
+
+/// The TOML block of `deliver`'s module doc, through the real configuration loader.
+#[test]
+fn the_module_docs_toml_is_a_valid_configuration() {
+    let source = include_str!("../src/deliver/mod.rs");
+    let block: String = source
+        .lines()
+        .skip_while(|l| *l != "//! ```toml")
+        .skip(1)
+        .take_while(|l| *l != "//! ```")
+        .map(|l| format!("{}\n", l.trim_start_matches("//!").trim_start()))
+        .collect();
+    assert!(block.contains("[delivery]"), "{block}");
+    let config = dimegate::config::Config::parse(&block).expect("the sketch loads");
+    assert_eq!(
+        config.smarthost,
+        Some(NextHop::Smarthost {
+            host: "relay.example.net".into(),
+            port: 587,
+            tls: TlsPolicy::Required,
+        })
+    );
+    assert_eq!(config.delivery.max_connections_per_hop, 20);
+    assert_eq!(config.delivery.destinations.len(), 1);
+    assert!(config.delivery.destinations[0].require_tls);
+}

@@ -18,7 +18,7 @@
 //! counts as temporary, as with Postfix's `smtp_skip_5xx_greeting`) fail them. Once the message's bytes are on the wire, a
 //! lost session defers: a duplicate is possible, a loss is not.
 //!
-//! The TOML that `config` maps onto [`DeliverySettings`] and [`NextHop`] (a unit test parses
+//! The TOML that `config` maps onto [`DeliverySettings`] and [`NextHop`] (tests/deliver.rs parses
 //! this block with the real loader):
 //!
 //! ```toml
@@ -1266,32 +1266,6 @@ mod tests {
             });
             assert_eq!(got, want, "{spec:?}");
         }
-    }
-
-    /// The TOML block of the module doc, through the real configuration loader.
-    #[test]
-    fn the_module_docs_toml_is_a_valid_configuration() {
-        let source = include_str!("mod.rs");
-        let block: String = source
-            .lines()
-            .skip_while(|l| *l != "//! ```toml")
-            .skip(1)
-            .take_while(|l| *l != "//! ```")
-            .map(|l| format!("{}\n", l.trim_start_matches("//!").trim_start()))
-            .collect();
-        assert!(block.contains("[delivery]"), "{block}");
-        let config = crate::config::Config::parse(&block).expect("the sketch loads");
-        assert_eq!(
-            config.smarthost,
-            Some(NextHop::Smarthost {
-                host: "relay.example.net".into(),
-                port: 587,
-                tls: TlsPolicy::Required,
-            })
-        );
-        assert_eq!(config.delivery.max_connections_per_hop, 20);
-        assert_eq!(config.delivery.destinations.len(), 1);
-        assert!(config.delivery.destinations[0].require_tls);
     }
 
     #[test]
