@@ -89,7 +89,7 @@ pub(crate) fn run(config: &Config, cmd: UsersCommand) -> anyhow::Result<ExitCode
                 .map(|u| print_user(&u, false))
         }
         UsersCommand::Remove { address } => ks
-            .remove_user(&address, crate::store::UnixTime::now().0)
+            .remove_user(&address, crate::time::UnixTime::now().0)
             .map(|()| println!("removed {address}")),
         UsersCommand::Show { address, json } => ks.user(&address).map(|u| print_user(&u, json)),
         UsersCommand::List { domain, json } => {

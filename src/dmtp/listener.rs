@@ -275,7 +275,7 @@ pub async fn verify_and_store(
             return Err(TransferRefusal::StoreFailed);
         }
     }
-    let arrival_unix = crate::store::UnixTime::now().0;
+    let arrival_unix = crate::time::UnixTime::now().0;
     let env = Envelope {
         // DSNs for DIME arrivals go back sealed to the author (the bridge's work); the null
         // sender keeps the SMTP DSN path from mailing the origin domain in the clear.

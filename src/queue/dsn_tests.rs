@@ -1,6 +1,7 @@
 //! Table tests of the DSN rules; tests/dsn.rs runs the output through Python's `email` parser.
 
 use super::*;
+use crate::status::{DiagnosticCode, DiagnosticType};
 
 const ARRIVAL: UnixTime = UnixTime(1_700_000_000);
 const NOW: UnixTime = UnixTime(1_700_003_600);
@@ -32,10 +33,15 @@ fn envelope(recipients: Vec<Recipient>, ret: Option<DsnReturn>) -> Envelope {
     }
 }
 
+/// An SMTP reply as a DSN's Diagnostic-Code carries it.
+fn smtp(text: impl Into<String>) -> DiagnosticCode {
+    DiagnosticCode::new(DiagnosticType::Smtp, text)
+}
+
 fn failed(reply: &str) -> ReportOutcome {
     ReportOutcome::Failed(Diagnosis {
         remote_mta: Some("mx.other.example".into()),
-        reply: Some(reply.into()),
+        reply: Some(smtp(reply)),
         ..Diagnosis::default()
     })
 }
@@ -44,7 +50,7 @@ fn delayed(reply: &str) -> ReportOutcome {
     ReportOutcome::Delayed {
         diagnosis: Diagnosis {
             remote_mta: Some("mx.other.example".into()),
-            reply: Some(reply.into()),
+            reply: Some(smtp(reply)),
             ..Diagnosis::default()
         },
         will_retry_until: ARRIVAL.plus(std::time::Duration::from_secs(5 * 86_400)),
@@ -54,7 +60,7 @@ fn delayed(reply: &str) -> ReportOutcome {
 fn delivered() -> ReportOutcome {
     ReportOutcome::Delivered(Diagnosis {
         remote_mta: Some("mx.other.example".into()),
-        reply: Some("250 2.0.0 Ok: queued as 1234".into()),
+        reply: Some(smtp("250 2.0.0 Ok: queued as 1234")),
         ..Diagnosis::default()
     })
 }
@@ -315,7 +321,7 @@ fn per_message_and_per_recipient_fields() {
         RecipientReport {
             recipient: 3,
             outcome: ReportOutcome::Failed(Diagnosis {
-                reply: Some("554 transaction failed".into()),
+                reply: Some(smtp("554 transaction failed")),
                 ..Diagnosis::default()
             }),
             last_attempt: None,
@@ -385,7 +391,7 @@ fn per_message_and_per_recipient_fields() {
 #[test]
 fn status_default_and_class_table() {
     let d = |reply: Option<&str>, status: Option<EnhancedStatus>| Diagnosis {
-        reply: reply.map(str::to_owned),
+        reply: reply.map(smtp),
         status,
         ..Diagnosis::default()
     };
@@ -683,7 +689,7 @@ mod properties {
         )
             .prop_map(|(remote_mta, reply, local_reason)| Diagnosis {
                 remote_mta,
-                reply,
+                reply: reply.map(smtp),
                 local_reason,
                 status: None,
             });
@@ -749,7 +755,7 @@ mod properties {
 fn relayed_is_reported_as_relayed_only_on_notify_success() {
     let relayed = ReportOutcome::Relayed(Diagnosis {
         remote_mta: Some("mx.other.example".into()),
-        reply: Some("250 2.0.0 Ok: queued as 1234".into()),
+        reply: Some(smtp("250 2.0.0 Ok: queued as 1234")),
         ..Diagnosis::default()
     });
     for (n, want) in [
