@@ -149,7 +149,7 @@ fuzz_target!(|data: &[u8]| {
                 let pick = bytes.next().unwrap_or(0);
                 jobs += 1;
                 for d in [&mut whole, &mut split] {
-                    d.session.submit(now, job(pick, jobs));
+                    let _ = d.session.submit(now, job(pick, jobs));
                 }
             }
             5 => {
