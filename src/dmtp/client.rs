@@ -410,22 +410,19 @@ impl ClientSession {
         }
     }
 
-    /// Queues a job; it runs when the session is ready and the jobs before it are done.
-    pub fn submit(&mut self, now: Instant, job: Job) -> JobId {
+    /// Queues a job; it runs when the session is ready and the jobs before it are done. Refused
+    /// with [`ClientError::SessionEnded`] once the session is closed or `QUIT` was asked for.
+    pub fn submit(&mut self, now: Instant, job: Job) -> Result<JobId, ClientError> {
+        if matches!(self.state, State::Closed) || self.quit_requested {
+            return Err(ClientError::SessionEnded);
+        }
         let id = JobId(self.next_job);
         self.next_job += 1;
-        if matches!(self.state, State::Closed) || self.quit_requested {
-            self.event(ClientEvent::Failed {
-                job: Some(id),
-                error: ClientError::SessionEnded,
-            });
-            return id;
-        }
         self.jobs.push_back((id, job));
         if matches!(self.state, State::Idle) {
             self.next(now);
         }
-        id
+        Ok(id)
     }
 
     /// Ends the session with `QUIT` once the queued jobs are done.

@@ -180,7 +180,7 @@ impl Pair {
     }
 
     fn submit(&mut self, job: Job) -> JobId {
-        let id = self.client.submit(self.now, job);
+        let id = self.client.submit(self.now, job).expect("session open");
         self.pump();
         id
     }

@@ -376,6 +376,9 @@ impl ServerSession {
     /// The answer to [`Output::LookupSignet`]: every signet of the name, oldest first (the
     /// chain of custody), or why there is none. Ignored unless a look-up is pending.
     pub fn handle_signet_answer(&mut self, answer: Result<Vec<Signet>, LookupFailure>) {
+        if !matches!(self.state, State::LookingUp { .. }) {
+            return;
+        }
         let State::LookingUp {
             name,
             query,

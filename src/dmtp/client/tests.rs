@@ -97,7 +97,9 @@ fn replay(new: &dyn Fn(Instant) -> ClientSession, acts: &[Act], split: usize) ->
                 }
             }
             Submit(job) => {
-                client.submit(start, job.clone());
+                if let Err(error) = client.submit(start, job.clone()) {
+                    transcript.push_str(&format!("[refused {error}]\n"));
+                }
             }
             Quit => client.quit(start),
             Tls => client.handle_tls_established(start),
@@ -407,7 +409,7 @@ fn session_ends() {
         "submit after the end",
         &[Closed, Submit(Job::Deliver(delivery(b"m")))],
         "[Failed None connection closed during banner permanent=false]\n[CLOSE]\n\
-         [Failed Some(1) the session has ended permanent=false]\n",
+         [refused the session has ended]\n",
     );
     check(
         "quit when idle, then EOF",

@@ -359,12 +359,10 @@ pub fn parse_dual_mode_starttls(line: &[u8]) -> Option<Result<Domain, CommandErr
             }
             Token::Bare(Value::Angle(h) | Value::Plain(h)) if host.is_none() => host = Some(h),
             _ => {
-                return dmtp_requested(&tokens).then(|| {
-                    Err(CommandError::Syntax {
-                        verb,
-                        problem: "unexpected STARTTLS argument",
-                    })
-                });
+                return dmtp_requested(&tokens).then_some(Err(CommandError::Syntax {
+                    verb,
+                    problem: "unexpected STARTTLS argument",
+                }));
             }
         }
     }
@@ -743,7 +741,7 @@ fn parse_args(verb: Verb, tokens: &[Token<'_>]) -> Result<Command, CommandError>
                     }),
                     [fp] => Ok(Command::Sgnt {
                         name,
-                        fingerprint: fp.clone(),
+                        fingerprint: *fp,
                     }),
                     _ => Err(syntax("takes at most one fingerprint")),
                 },

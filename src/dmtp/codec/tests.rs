@@ -348,7 +348,8 @@ fn canonical_form_is_the_libdime_client_syntax() {
 fn hostile_lines_get_typed_errors() {
     let a = fp("a");
     let syntax = |verb| move |e: &CommandError| matches!(e, CommandError::Syntax { verb: v, .. } if *v == verb);
-    let rows: Vec<(Vec<u8>, Box<dyn Fn(&CommandError) -> bool>)> = vec![
+    type Check = Box<dyn Fn(&CommandError) -> bool>;
+    let rows: Vec<(Vec<u8>, Check)> = vec![
         (b"NOOP\n".to_vec(), Box::new(|e| *e == CommandError::NoCrlf)),
         (b"NOOP".to_vec(), Box::new(|e| *e == CommandError::NoCrlf)),
         (

@@ -666,4 +666,13 @@ fn answers_nobody_asked_for_are_ignored() {
     session.handle_stored(Ok(TxId::parse("1").expect("txid")));
     session.handle_signet_answer(Ok(org_chain()));
     assert_eq!(session.poll_output(), None);
+    assert!(
+        !session.is_closed(),
+        "a stray answer must not end the session"
+    );
+    session.handle_input(start, b"NOOP\r\n");
+    assert_eq!(
+        session.poll_output(),
+        Some(Output::Reply(b"250 OK\r\n".to_vec()))
+    );
 }
