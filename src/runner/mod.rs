@@ -329,7 +329,11 @@ impl QueueRunner {
             let found = lookups
                 .entry(domain)
                 .or_insert_with_key(|domain| self.lookups(domain.as_ref()));
-            let hop = route(&recipient.address, found, &self.route);
+            let hop = if envelope.dime.is_some() {
+                dime_arrival_hold()
+            } else {
+                route(&recipient.address, found, &self.route)
+            };
             match plan.iter_mut().find(|(h, _)| *h == hop) {
                 Some((_, members)) => members.push(index),
                 None => plan.push((hop, vec![index])),
@@ -700,4 +704,14 @@ async fn settler(store: Store, mut rx: mpsc::UnboundedReceiver<SettleRequest>) {
             Err(e) => error!(error = %e, "settle task failed"),
         }
     }
+}
+
+/// A D/MIME message that arrived over DMTP holds sealed bytes, not RFC 5322: it must never be
+/// handed to an SMTP next hop as it is. It waits until the bridge (unwrap for trustful users,
+/// at-rest delivery for cautious ones) can take it; the hold keeps it visible in `queue list`.
+fn dime_arrival_hold() -> NextHop {
+    NextHop::Hold(route::Hold {
+        status: EnhancedStatus::new(4, 3, 0),
+        reason: "D/MIME message received over DMTP: held until the bridge opens it".into(),
+    })
 }
