@@ -77,6 +77,15 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    match crate::tls::certificate_expiry(&cert) {
+        Some(not_after) => {
+            metrics.tls_certificate_expiry.set(not_after);
+        }
+        None => warn!(cert = %cert.display(), "cannot read the certificate's expiry"),
+    }
+    metrics
+        .min_free_disk_bytes
+        .set(i64::try_from(config.queue.min_free_disk_bytes).unwrap_or(i64::MAX));
     let store = Store::open(
         &data_dir.join("queue.redb"),
         Some(metrics.store_commit_seconds.clone()),
@@ -176,6 +185,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         store: store.clone(),
         metrics: metrics.clone(),
         ready: true.into(),
+        ingress: Arc::clone(&ingress),
     });
     if let Ok(addr) = admin_listener.local_addr() {
         info!(%addr, "admin HTTP listening (/metrics, /healthz, /readyz, /api/queue)");

@@ -109,9 +109,41 @@ pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConf
     Ok(Arc::new(config))
 }
 
+/// The notAfter time (Unix seconds) of the first certificate in a PEM file, for the expiry
+/// metric. `None` when the file cannot be read or parsed: the server still starts (rustls has
+/// accepted the chain), only the metric is missing.
+pub fn certificate_expiry(cert_path: &Path) -> Option<i64> {
+    let pem = std::fs::read(cert_path).ok()?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificate_expiry_is_read_from_the_pem() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(ensure_self_signed(dir.path(), "mx.example.org").unwrap());
+        let (c, _) = generated_paths(dir.path());
+        let not_after = certificate_expiry(&c).expect("an expiry");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        // rcgen's default validity runs far into the future.
+        assert!(not_after > now, "{not_after} <= {now}");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(
+            &junk,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        assert_eq!(certificate_expiry(&junk), None);
+        assert_eq!(certificate_expiry(&dir.path().join("absent.pem")), None);
+    }
 
     #[test]
     fn generated_certificate_loads_and_key_is_private() {

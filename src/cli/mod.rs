@@ -5,6 +5,7 @@
 
 pub mod dime;
 mod queue;
+mod summary;
 
 use crate::config::Config;
 use anyhow::Context;

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::deliver::{Deliverer, NextHop, Outcome as DeliverOutcome};
 use crate::envelope::QueueId;
-use crate::metrics::{DeliveryLabel, Metrics, StatusClassLabel};
+use crate::metrics::{DeliveryLabel, Metrics};
 use crate::store::{Lease, MessageRecord, Outcome, Settlement, Store, StoreError, UnixTime};
 use rand::SeedableRng;
 use std::collections::BTreeMap;
@@ -56,6 +56,8 @@ pub struct QueueRunner {
     /// second, concurrent attempt (a duplicate delivery), the running attempt gets the new
     /// lease and settles its outcome against it.
     active: std::sync::Mutex<std::collections::HashMap<(QueueId, usize), Lease>>,
+    /// Set by `dimegate queue drain --peer`: every route goes to this SMTP peer instead.
+    handoff: std::sync::Mutex<Option<NextHop>>,
 }
 
 type SettleRequest = (
@@ -97,7 +99,22 @@ impl QueueRunner {
             settle_tx,
             settle_rx: std::sync::Mutex::new(Some(settle_rx)),
             active: std::sync::Mutex::new(std::collections::HashMap::new()),
+            handoff: std::sync::Mutex::new(None),
         }
+    }
+
+    /// From now on, hand every recipient to `peer` (a node that will deliver it) instead of
+    /// its own route: how a node that is being removed empties its queue.
+    pub fn hand_off_to(&self, peer: NextHop) {
+        *self.handoff.lock().unwrap_or_else(|p| p.into_inner()) = Some(peer);
+        self.wake();
+    }
+
+    fn handoff(&self) -> Option<NextHop> {
+        self.handoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The table of running attempts (see [`QueueRunner::active`]).
@@ -237,7 +254,14 @@ impl QueueRunner {
                 Route::Smarthost => "smarthost",
                 Route::Mx { .. } => "mx",
             };
+            let handoff = self.handoff();
+            let route_name = if handoff.is_some() {
+                "peer"
+            } else {
+                route_name
+            };
             let hop = match route {
+                _ if handoff.is_some() => handoff,
                 Route::Backend => self.hops.backend.clone(),
                 Route::Smarthost => self.hops.smarthost.clone(),
                 Route::Mx { domain } => Some(NextHop::Mx {
@@ -285,12 +309,7 @@ impl QueueRunner {
                     })
                     .inc();
                 if let (DeliverOutcome::Deferred { .. }, Some(s)) = (outcome, outcome.status()) {
-                    self.metrics
-                        .deferrals
-                        .get_or_create(&StatusClassLabel {
-                            class: format!("{}.{}", s.class, s.subject),
-                        })
-                        .inc();
+                    self.metrics.count_deferral(s.class, s.subject);
                 }
                 outcomes.push((i, outcome.to_delivery_outcome()));
             }

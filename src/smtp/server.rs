@@ -59,6 +59,8 @@ pub struct Ingress {
     pub pressure: crate::queue::Policy,
     /// Where the queue lives, for the free-space check.
     pub data_dir: std::path::PathBuf,
+    /// Set by `dimegate queue drain`: new connections get 421 4.3.2, open sessions go on.
+    pub draining: std::sync::atomic::AtomicBool,
     /// Open connections per client IP.
     open: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -94,6 +96,7 @@ impl Ingress {
             queued,
             pressure: config.queue.clone(),
             data_dir: config.data_dir.clone(),
+            draining: false.into(),
             open: Mutex::new(HashMap::new()),
         }
     }
@@ -163,6 +166,26 @@ pub async fn run_listener(
             },
         };
         ingress.metrics.smtp_connections.inc();
+        if ingress.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            ingress
+                .metrics
+                .smtp_sessions
+                .get_or_create(&OutcomeLabel {
+                    outcome: "refused_draining",
+                })
+                .inc();
+            ingress.metrics.count_rejections(b"421 ");
+            let reply = format!(
+                "421 4.3.2 {} Service not available, draining; try another MX\r\n",
+                ingress.hostname
+            );
+            tracker.spawn(refuse(
+                stream,
+                reply,
+                implicit_tls.then(|| ingress.tls.clone()).flatten(),
+            ));
+            continue;
+        }
         let Some(slot) = ingress.admit(peer.ip()) else {
             ingress
                 .metrics
@@ -172,9 +195,13 @@ pub async fn run_listener(
                 })
                 .inc();
             ingress.metrics.count_rejections(b"421 ");
-            tracker.spawn(refuse_busy(
+            let reply = format!(
+                "421 4.7.0 {} Too many connections, try again later\r\n",
+                ingress.hostname
+            );
+            tracker.spawn(refuse(
                 stream,
-                ingress.hostname.clone(),
+                reply,
                 implicit_tls.then(|| ingress.tls.clone()).flatten(),
             ));
             continue;
@@ -201,8 +228,7 @@ pub async fn run_listener(
     }
 }
 
-async fn refuse_busy(stream: TcpStream, hostname: String, tls: Option<TlsAcceptor>) {
-    let reply = format!("421 4.7.0 {hostname} Too many connections, try again later\r\n");
+async fn refuse(stream: TcpStream, reply: String, tls: Option<TlsAcceptor>) {
     let fut = async {
         match tls {
             Some(acceptor) => {
