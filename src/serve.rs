@@ -73,7 +73,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             crate::tls::generated_paths(&data_dir)
         }
     };
-    let tls = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&cert, &key)?);
+    let (tls_config, server_cert) = crate::tls::server_config(&cert, &key)?;
+    let tls = tokio_rustls::TlsAcceptor::from(tls_config);
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
@@ -204,7 +205,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         }
     });
 
+    let reload_task = tokio::spawn(reload_on_sighup(server_cert, metrics.clone()));
     shutdown.await;
+    reload_task.abort();
     info!("shutting down: closing listeners, waiting for sessions");
     admin_ready.ready.store(false, Ordering::Relaxed);
     tracker.close();
@@ -220,4 +223,26 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     info!("stopped");
     Ok(())
+}
+
+/// SIGHUP (systemd's `ExecReload`, `kill -HUP`): reads the TLS certificate and key again, so a
+/// renewed certificate is served without a restart. Other configuration needs a restart.
+async fn reload_on_sighup(cert: Arc<crate::tls::ServerCert>, metrics: Metrics) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return warn!("cannot listen for SIGHUP; certificate reload needs a restart");
+    };
+    while hup.recv().await.is_some() {
+        match cert.reload() {
+            Ok(()) => {
+                if let Some(not_after) = crate::tls::certificate_expiry(cert.cert_path()) {
+                    metrics.tls_certificate_expiry.set(not_after);
+                }
+                info!(cert = %cert.cert_path().display(), "SIGHUP: TLS certificate reloaded");
+            }
+            Err(e) => {
+                warn!(error = %e, "SIGHUP: TLS certificate not reloaded; serving the old one")
+            }
+        }
+    }
 }

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 #[command(name = "dimegate", version, about)]
 pub struct Cli {
     /// Log as JSON lines instead of text.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "DIMEGATE_LOG_JSON")]
     pub log_json: bool,
     /// What to do.
     #[command(subcommand)]
@@ -31,7 +31,7 @@ pub enum Command {
     /// Run the gateway (embedded defaults without --config).
     Serve {
         /// Configuration file (TOML).
-        #[arg(long, short)]
+        #[arg(long, short, env = "DIMEGATE_CONFIG")]
         config: Option<PathBuf>,
     },
     /// Configuration tools.
@@ -43,7 +43,7 @@ pub enum Command {
     /// Inspect and steer the queue (works while the server runs).
     Queue {
         /// Configuration file, to find the data directory and admin address.
-        #[arg(long, short, global = true)]
+        #[arg(long, short, global = true, env = "DIMEGATE_CONFIG")]
         config: Option<PathBuf>,
         /// What to do.
         #[command(subcommand)]
