@@ -49,6 +49,16 @@ pub enum Command {
         #[command(subcommand)]
         command: queue::QueueCommand,
     },
+    /// Ask the running server's `/healthz` (or `/readyz` with --ready): exit 0 if it answers
+    /// 200, 1 otherwise. For container HEALTHCHECKs in images without curl.
+    Health {
+        /// Configuration file, for the admin address.
+        #[arg(long, short, env = "DIMEGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Ask `/readyz` instead (503 while draining or shutting down).
+        #[arg(long)]
+        ready: bool,
+    },
     /// Hash a password read from standard input, for `[[user]] password_hash`.
     Passwd,
     /// DIME: keys, signets, `_dx` records, D/MIME messages.
@@ -116,6 +126,32 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             queue::run(&config, command)
         }
         Command::Dime(cmd) => dime::run(cmd),
+        Command::Health { config, ready } => {
+            let config = load_config(config.as_ref())?;
+            let mut addr = config.admin.listen;
+            // A wildcard listener is reached on loopback.
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr {
+                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            let path = if ready { "/readyz" } else { "/healthz" };
+            match queue::http(addr, "GET", path) {
+                Ok((200, body)) => {
+                    print!("{body}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok((status, body)) => {
+                    eprintln!("{addr}{path}: {status} {}", body.trim());
+                    Ok(ExitCode::from(1))
+                }
+                Err(e) => {
+                    eprintln!("{addr}{path}: {e:#}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
         Command::Passwd => {
             let mut line = String::new();
             std::io::stdin()

@@ -556,12 +556,9 @@ fn percent_encode(s: &str) -> String {
 }
 
 /// A minimal HTTP/1.1 request to the admin listener (loopback; no TLS, no redirects).
-fn http(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| {
-        format!(
-            "the queue is locked by a running server, but its admin API at {addr} does not answer"
-        )
-    })?;
+pub(super) fn http(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("the admin API at {addr} does not answer"))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     write!(
         s,
