@@ -37,6 +37,8 @@ pub struct AdminState {
     pub metrics: crate::metrics::Metrics,
     /// Cleared when shutdown begins.
     pub ready: AtomicBool,
+    /// Where the queue lives, for the disk gauges.
+    pub data_dir: std::path::PathBuf,
     /// SMTP ingress, whose `draining` flag `/api/drain` sets.
     pub ingress: Arc<crate::smtp::server::Ingress>,
 }
@@ -62,7 +64,7 @@ async fn metrics(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Re
     let store = state.store.clone();
     let metrics = state.metrics.clone();
     // Queue gauges are read from the store at scrape time: one pass over the records.
-    let data_dir = state.ingress.data_dir.clone();
+    let data_dir = state.data_dir.clone();
     let _ = tokio::task::spawn_blocking(move || {
         refresh_queue_gauges(&store, &metrics);
         refresh_disk_gauges(&data_dir, &metrics);
