@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 pub struct OutcomeLabel {
     /// `quit`, `peer_closed`, `timeout`, `session_timeout`, `too_many_errors`,
     /// `pipelining_overflow`, `shutdown`, `io_error`, `tls_failed`, `refused_limit`,
-    /// `refused_rate`.
+    /// `refused_rate`, `refused_draining`.
     pub outcome: &'static str,
 }
 
@@ -33,7 +33,7 @@ pub struct CodeLabel {
 /// A delivery attempt's route and outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeliveryLabel {
-    /// `backend`, `smarthost`, `mx`.
+    /// `backend`, `smarthost`, `mx`, `peer` (handed to a peer by `queue drain --peer`).
     pub route: &'static str,
     /// `delivered`, `deferred`, `failed`.
     pub outcome: &'static str,
@@ -93,7 +93,21 @@ pub struct Metrics {
     pub queue_recipients: Family<StateLabel, Gauge>,
     /// Age of the oldest queued message (refreshed when scraped).
     pub queue_oldest_age_seconds: Gauge,
+    /// Bytes free for dimegate on the file system of `data_dir` (refreshed when scraped).
+    pub data_dir_free_bytes: Gauge,
+    /// Size of the file system of `data_dir` (refreshed when scraped).
+    pub data_dir_size_bytes: Gauge,
+    /// `queue.min_free_disk`: below it ingress answers 452 4.3.1.
+    pub min_free_disk_bytes: Gauge,
+    /// Expiry (notAfter, Unix seconds) of the SMTP TLS certificate.
+    pub tls_certificate_expiry: Gauge,
+    /// 1 while `dimegate queue drain` has stopped ingress.
+    pub draining: Gauge,
 }
+
+/// RFC 3463 §3.1 defines subjects 0 to 7; anything else a remote sends is counted as `other`, so
+/// that a hostile next hop cannot grow the `class` label without bound.
+const MAX_KNOWN_SUBJECT: u16 = 7;
 
 impl Metrics {
     /// Creates the metrics and registers them in `registry`.
@@ -116,6 +130,11 @@ impl Metrics {
             dsns: Family::default(),
             queue_recipients: Family::default(),
             queue_oldest_age_seconds: Gauge::default(),
+            data_dir_free_bytes: Gauge::default(),
+            data_dir_size_bytes: Gauge::default(),
+            min_free_disk_bytes: Gauge::default(),
+            tls_certificate_expiry: Gauge::default(),
+            draining: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("dimegate");
         r.register(
@@ -193,7 +212,45 @@ impl Metrics {
             "Age of the oldest message in the queue",
             m.queue_oldest_age_seconds.clone(),
         );
+        r.register(
+            "data_dir_free_bytes",
+            "Bytes available to dimegate on the file system of data_dir",
+            m.data_dir_free_bytes.clone(),
+        );
+        r.register(
+            "data_dir_size_bytes",
+            "Size of the file system of data_dir",
+            m.data_dir_size_bytes.clone(),
+        );
+        r.register(
+            "queue_min_free_disk_bytes",
+            "Free space below which ingress refuses mail with 452 4.3.1 (queue.min_free_disk)",
+            m.min_free_disk_bytes.clone(),
+        );
+        r.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "Expiry (notAfter) of the SMTP TLS certificate as a Unix time",
+            m.tls_certificate_expiry.clone(),
+        );
+        r.register(
+            "draining",
+            "1 while the gateway is draining (ingress stopped by dimegate queue drain)",
+            m.draining.clone(),
+        );
         m
+    }
+
+    /// Counts a deferral under its enhanced status class and subject. The `class` label takes
+    /// `4.0` .. `4.7` (or `5.x`), and `4.other` for a subject RFC 3463 does not define.
+    pub fn count_deferral(&self, class: u8, subject: u16) {
+        let class = match (class, subject) {
+            (2 | 4 | 5, s) if s <= MAX_KNOWN_SUBJECT => format!("{class}.{s}"),
+            (2 | 4 | 5, _) => format!("{class}.other"),
+            _ => "other".to_owned(),
+        };
+        self.deferrals
+            .get_or_create(&StatusClassLabel { class })
+            .inc();
     }
 
     /// Counts the 4xx/5xx replies in a buffer of reply lines (only the last line of a
@@ -217,6 +274,32 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deferral_classes_are_bounded() {
+        let mut reg = Registry::default();
+        let m = Metrics::register(&mut reg);
+        for subject in 0..2000 {
+            m.count_deferral(4, subject);
+        }
+        m.count_deferral(9, 1);
+        let class = |c: &str| {
+            m.deferrals
+                .get_or_create(&StatusClassLabel { class: c.into() })
+                .get()
+        };
+        assert_eq!(class("4.4"), 1);
+        assert_eq!(class("4.7"), 1);
+        assert_eq!(class("4.other"), 2000 - 8);
+        assert_eq!(class("other"), 1);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &reg).unwrap();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("dimegate_deferrals_total{"))
+            .count();
+        assert_eq!(series, 10, "{text}");
+    }
 
     #[test]
     fn rejections_are_counted_once_per_reply() {

@@ -154,7 +154,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             crate::tls::generated_paths(&data_dir)
         }
     };
-    let tls = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&cert, &key)?);
+    let (tls_config, server_cert) = crate::tls::server_config(&cert, &key)?;
+    let tls = tokio_rustls::TlsAcceptor::from(tls_config);
     // Identities and the DMTP TLS configuration are checked at start: a key file others can
     // read or a certificate DMTP peers cannot use fails the start, not the first peer.
     let orgs = load_identities(&config)?;
@@ -164,6 +165,15 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    match crate::tls::certificate_expiry(&cert) {
+        Some(not_after) => {
+            metrics.tls_certificate_expiry.set(not_after);
+        }
+        None => warn!(cert = %cert.display(), "cannot read the certificate's expiry"),
+    }
+    metrics
+        .min_free_disk_bytes
+        .set(i64::try_from(config.queue.min_free_disk_bytes).unwrap_or(i64::MAX));
     let store = Store::open(
         &data_dir.join("queue.redb"),
         Some(metrics.store_commit_seconds.clone()),
@@ -312,6 +322,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         store: store.clone(),
         metrics: metrics.clone(),
         ready: true.into(),
+        ingress: Arc::clone(&ingress),
+        data_dir: data_dir.clone(),
     });
     if let Ok(addr) = admin_listener.local_addr() {
         info!(%addr, "admin HTTP listening (/metrics, /healthz, /readyz, /api/queue)");
@@ -330,7 +342,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         }
     });
 
+    let reload_task = tokio::spawn(reload_on_sighup(server_cert, metrics.clone()));
     shutdown.await;
+    reload_task.abort();
     info!("shutting down: closing listeners, waiting for sessions");
     admin_ready.ready.store(false, Ordering::Relaxed);
     tracker.close();
@@ -346,4 +360,26 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     info!("stopped");
     Ok(())
+}
+
+/// SIGHUP (systemd's `ExecReload`, `kill -HUP`): reads the TLS certificate and key again, so a
+/// renewed certificate is served without a restart. Other configuration needs a restart.
+async fn reload_on_sighup(cert: Arc<crate::tls::ServerCert>, metrics: Metrics) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return warn!("cannot listen for SIGHUP; certificate reload needs a restart");
+    };
+    while hup.recv().await.is_some() {
+        match cert.reload() {
+            Ok(()) => {
+                if let Some(not_after) = crate::tls::certificate_expiry(cert.cert_path()) {
+                    metrics.tls_certificate_expiry.set(not_after);
+                }
+                info!(cert = %cert.cert_path().display(), "SIGHUP: TLS certificate reloaded");
+            }
+            Err(e) => {
+                warn!(error = %e, "SIGHUP: TLS certificate not reloaded; serving the old one")
+            }
+        }
+    }
 }

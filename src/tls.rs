@@ -2,10 +2,12 @@
 //! first start so that STARTTLS works out of the box.
 
 use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +134,7 @@ pub fn dmtp_server_config(
     if !is_rsa {
         return Err(TlsError::NotRsa(key_path.to_path_buf()));
     }
-    server_config(cert_path, key_path)
+    server_config(cert_path, key_path).map(|(config, _)| config)
 }
 
 /// Writes a file readable by its owner only (private keys).
@@ -151,8 +153,12 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Builds the rustls server configuration from PEM files.
-pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+/// Reads a certificate chain and its key from PEM files into what rustls serves.
+fn load_certified_key(
+    cert_path: &Path,
+    key_path: &Path,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<Arc<CertifiedKey>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
         .map_err(|e| TlsError::Pem {
             path: cert_path.to_path_buf(),
@@ -173,12 +179,74 @@ pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConf
         path: key_path.to_path_buf(),
         reason: e.to_string(),
     })?;
+    Ok(Arc::new(CertifiedKey::from_der(certs, key, provider)?))
+}
+
+/// The certificate the SMTP listeners serve, replaceable while they run: `reload` reads the
+/// files again (SIGHUP, systemd's `ExecReload`), and new handshakes get the new certificate.
+/// A reload that fails leaves the current certificate in place.
+#[derive(Debug)]
+pub struct ServerCert {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServerCert {
+    /// Reads the certificate and key files again.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let fresh = load_certified_key(&self.cert_path, &self.key_path, &self.provider)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+
+    /// The certificate chain and key served now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The certificate file.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert_path
+    }
+}
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// Builds the rustls server configuration from PEM files, with the certificate behind a
+/// [`ServerCert`] so that it can be reloaded.
+pub fn server_config(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(Arc<ServerConfig>, Arc<ServerCert>), TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cert = Arc::new(ServerCert {
+        cert_path: cert_path.to_path_buf(),
+        key_path: key_path.to_path_buf(),
+        current: RwLock::new(load_certified_key(cert_path, key_path, &provider)?),
+        provider: Arc::clone(&provider),
+    });
+    let resolver: Arc<dyn ResolvesServerCert> = cert.clone();
     let config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    Ok(Arc::new(config))
+        .with_cert_resolver(resolver);
+    Ok((Arc::new(config), cert))
+}
+
+/// The notAfter time (Unix seconds) of the first certificate in a PEM file, for the expiry
+/// metric. `None` when the file cannot be read or parsed: the server still starts (rustls has
+/// accepted the chain), only the metric is missing.
+pub fn certificate_expiry(cert_path: &Path) -> Option<i64> {
+    let pem = std::fs::read(cert_path).ok()?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 #[cfg(test)]
@@ -186,12 +254,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn certificate_expiry_is_read_from_the_pem() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(ensure_self_signed(dir.path(), "mx.example.org").unwrap());
+        let (c, _) = generated_paths(dir.path());
+        let not_after = certificate_expiry(&c).expect("an expiry");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        // rcgen's default validity runs far into the future.
+        assert!(not_after > now, "{not_after} <= {now}");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(
+            &junk,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        assert_eq!(certificate_expiry(&junk), None);
+        assert_eq!(certificate_expiry(&dir.path().join("absent.pem")), None);
+    }
+
+    #[test]
     fn generated_certificate_loads_and_key_is_private() {
         let dir = tempfile::tempdir().unwrap();
         assert!(ensure_self_signed(dir.path(), "mx.example.org").unwrap());
         assert!(!ensure_self_signed(dir.path(), "mx.example.org").unwrap());
         let (c, k) = generated_paths(dir.path());
-        server_config(&c, &k).unwrap();
+        let (_, cert) = server_config(&c, &k).unwrap();
+        let before = cert.current().cert[0].clone();
+        // A new certificate on disk is served after a reload, and a broken one is refused
+        // while the old one stays.
+        std::fs::remove_file(&c).unwrap();
+        assert!(ensure_self_signed(dir.path(), "mx.example.org").unwrap());
+        cert.reload().unwrap();
+        let after = cert.current().cert[0].clone();
+        assert_ne!(before, after);
+        std::fs::write(&c, "garbage").unwrap();
+        assert!(cert.reload().is_err());
+        assert_eq!(cert.current().cert[0], after);
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,

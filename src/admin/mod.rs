@@ -5,12 +5,13 @@
 //! |---|---|---|
 //! | GET | `/metrics` | Prometheus exposition |
 //! | GET | `/healthz` | 200 while the process runs |
-//! | GET | `/readyz` | 200 while listeners accept and the store is open; 503 during shutdown |
+//! | GET | `/readyz` | 200 while listeners accept and the store is open; 503 while draining or shutting down |
 //! | GET | `/api/queue?limit=N&sender=S&domain=D&state=K&min_age_secs=N` | JSON array of message summaries |
 //! | GET | `/api/queue/{queue_id}` | JSON message record, 404 if absent |
 //! | DELETE | `/api/queue/{queue_id}` | 204, or 404 if absent |
 //! | POST | `/api/queue/{queue_id}/{retry,hold,release,bounce}` | JSON record after the action, 404 if absent |
 //! | POST | `/api/queue/retry?domain=D` | retry every message with a recipient in D now; JSON count |
+//! | POST | `/api/drain?peer=HOST:PORT` | stop ingress (421 4.3.2), make everything due now, and with `peer` hand every recipient to that SMTP peer; JSON |
 
 use crate::envelope::QueueId;
 use crate::store::{ListFilter, Store};
@@ -36,6 +37,10 @@ pub struct AdminState {
     pub metrics: crate::metrics::Metrics,
     /// Cleared when shutdown begins.
     pub ready: AtomicBool,
+    /// Where the queue lives, for the disk gauges.
+    pub data_dir: std::path::PathBuf,
+    /// SMTP ingress, whose `draining` flag `/api/drain` sets.
+    pub ingress: Arc<crate::smtp::server::Ingress>,
 }
 
 /// Builds the router.
@@ -51,6 +56,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
             get(queue_show).delete(queue_delete),
         )
         .route("/api/queue/{queue_id}/{action}", post(queue_action))
+        .route("/api/drain", post(drain))
         .with_state(state)
 }
 
@@ -58,7 +64,12 @@ async fn metrics(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Re
     let store = state.store.clone();
     let metrics = state.metrics.clone();
     // Queue gauges are read from the store at scrape time: one pass over the records.
-    let _ = tokio::task::spawn_blocking(move || refresh_queue_gauges(&store, &metrics)).await;
+    let data_dir = state.data_dir.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        refresh_queue_gauges(&store, &metrics);
+        refresh_disk_gauges(&data_dir, &metrics);
+    })
+    .await;
     let mut body = String::new();
     if prometheus_client::encoding::text::encode(&mut body, &state.registry).is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -121,6 +132,83 @@ fn refresh_queue_gauges(store: &Store, metrics: &crate::metrics::Metrics) {
     metrics
         .queue_oldest_age_seconds
         .set(i64::try_from(oldest).unwrap_or(i64::MAX));
+}
+
+/// Free and total bytes of the file system holding `path` (statvfs; free as available to an
+/// unprivileged user, which is what the service user gets).
+fn disk_space(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` is written by statvfs before use.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    Some((
+        st.f_bavail.saturating_mul(st.f_frsize),
+        st.f_blocks.saturating_mul(st.f_frsize),
+    ))
+}
+
+fn refresh_disk_gauges(data_dir: &std::path::Path, metrics: &crate::metrics::Metrics) {
+    if let Some((free, total)) = disk_space(data_dir) {
+        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        metrics.data_dir_free_bytes.set(g(free));
+        metrics.data_dir_size_bytes.set(g(total));
+    }
+}
+
+#[derive(Deserialize)]
+struct DrainQuery {
+    peer: Option<String>,
+}
+
+/// Stops ingress and empties the queue: the SMTP listeners answer 421 4.3.2 from now on,
+/// `/readyz` says 503 (a load balancer stops sending), every recipient is made due now, and
+/// with `peer` the runner hands every recipient to that SMTP peer instead of its own route.
+async fn drain(State(state): State<Arc<AdminState>>, Query(q): Query<DrainQuery>) -> Response {
+    let peer = match q
+        .peer
+        .as_deref()
+        .map(|p| crate::deliver::NextHop::smarthost(p, crate::deliver::TlsPolicy::Opportunistic))
+    {
+        None => None,
+        Some(Ok(hop)) => Some(hop),
+        Some(Err(e)) => return (StatusCode::BAD_REQUEST, format!("--peer: {e}\n")).into_response(),
+    };
+    state.ingress.draining.store(true, Ordering::Relaxed);
+    state.metrics.draining.set(1);
+    if let Some(hop) = peer {
+        tracing::warn!(peer = ?hop, "draining: ingress stopped; handing the queue to a peer");
+        state.runner.hand_off_to(hop);
+    } else {
+        tracing::warn!("draining: ingress stopped; delivering the queue");
+    }
+    let store = state.store.clone();
+    let retried = tokio::task::spawn_blocking(move || {
+        let now = crate::time::UnixTime::now();
+        let mut n = 0u64;
+        for m in store.list(&ListFilter::default(), None)? {
+            if store
+                .apply(m.queue_id, &crate::store::AdminAction::Retry, now)?
+                .is_some()
+            {
+                n += 1;
+            }
+        }
+        Ok::<_, crate::store::StoreError>(n)
+    })
+    .await;
+    state.runner.wake();
+    match retried {
+        Ok(Ok(n)) => Json(serde_json::json!({ "draining": true, "retried": n, "peer": q.peer }))
+            .into_response(),
+        Ok(Err(e)) => store_error(e),
+        Err(e) => store_error(e),
+    }
 }
 
 async fn queue_action(
@@ -254,7 +342,7 @@ mod tests {
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
+    if state.ready.load(Ordering::Relaxed) && !state.ingress.draining.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()

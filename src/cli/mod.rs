@@ -5,6 +5,7 @@
 
 pub mod dime;
 mod queue;
+mod summary;
 mod users;
 
 use crate::config::Config;
@@ -18,7 +19,7 @@ use std::process::ExitCode;
 #[command(name = "dimegate", version, about)]
 pub struct Cli {
     /// Log as JSON lines instead of text.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "DIMEGATE_LOG_JSON")]
     pub log_json: bool,
     /// What to do.
     #[command(subcommand)]
@@ -31,7 +32,7 @@ pub enum Command {
     /// Run the gateway (embedded defaults without --config).
     Serve {
         /// Configuration file (TOML).
-        #[arg(long, short)]
+        #[arg(long, short, env = "DIMEGATE_CONFIG")]
         config: Option<PathBuf>,
     },
     /// Configuration tools.
@@ -43,7 +44,7 @@ pub enum Command {
     /// Inspect and steer the queue (works while the server runs).
     Queue {
         /// Configuration file, to find the data directory and admin address.
-        #[arg(long, short, global = true)]
+        #[arg(long, short, global = true, env = "DIMEGATE_CONFIG")]
         config: Option<PathBuf>,
         /// What to do.
         #[command(subcommand)]
@@ -58,6 +59,16 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         command: users::UsersCommand,
+    },
+    /// Ask the running server's `/healthz` (or `/readyz` with --ready): exit 0 if it answers
+    /// 200, 1 otherwise. For container HEALTHCHECKs in images without curl.
+    Health {
+        /// Configuration file, for the admin address.
+        #[arg(long, short, env = "DIMEGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Ask `/readyz` instead (503 while draining or shutting down).
+        #[arg(long)]
+        ready: bool,
     },
     /// Hash a password read from standard input, for `[[user]] password_hash`.
     Passwd,
@@ -134,6 +145,32 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dime::record_from_config(&config, &args.domain)
         }
         Command::Dime(cmd) => dime::run(cmd),
+        Command::Health { config, ready } => {
+            let config = load_config(config.as_ref())?;
+            let mut addr = config.admin.listen;
+            // A wildcard listener is reached on loopback.
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr {
+                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            let path = if ready { "/readyz" } else { "/healthz" };
+            match queue::http(addr, "GET", path) {
+                Ok((200, body)) => {
+                    print!("{body}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok((status, body)) => {
+                    eprintln!("{addr}{path}: {status} {}", body.trim());
+                    Ok(ExitCode::from(1))
+                }
+                Err(e) => {
+                    eprintln!("{addr}{path}: {e:#}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
         Command::Passwd => {
             let mut line = String::new();
             std::io::stdin()

@@ -1,4 +1,4 @@
-//! `dimegate queue list|show|delete`.
+//! `dimegate queue list|show|retry|hold|release|bounce|delete|summary|drain`.
 //!
 //! The store is opened directly when no server holds it; when the running server holds its lock,
 //! the same operations go through the server's admin HTTP API, so the answers are the same.
@@ -82,6 +82,30 @@ pub enum QueueCommand {
         #[arg(required = true)]
         queue_ids: Vec<String>,
     },
+    /// Pending recipients by domain and age (like Postfix's qshape) and the top deferral reasons.
+    Summary {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Show at most this many domains and reasons.
+        #[arg(long, default_value_t = 20)]
+        top: usize,
+    },
+    /// Stop accepting mail and empty the queue: deliver what it holds, or hand it to a peer
+    /// over SMTP. Exit 0 when the queue is empty, 1 when messages remain at the timeout (or
+    /// only held ones remain). Needs the running server.
+    Drain {
+        /// Hand every message to this SMTP peer (`host:port`, `[host]:port`) instead of
+        /// delivering it along its own route.
+        #[arg(long)]
+        peer: Option<String>,
+        /// Give up after this long (e.g. "10m").
+        #[arg(long, default_value = "10m")]
+        timeout: String,
+        /// Make deferred recipients due again this often while draining.
+        #[arg(long, default_value = "30s")]
+        retry_every: String,
+    },
 }
 
 /// How the CLI reaches the queue.
@@ -117,6 +141,28 @@ fn parse_id(s: &str) -> anyhow::Result<QueueId> {
 /// Runs a queue command.
 pub(crate) fn run(config: &Config, command: QueueCommand) -> anyhow::Result<ExitCode> {
     match command {
+        QueueCommand::Summary { json, top } => {
+            let list = list_all(config)?;
+            let summary = super::summary::summarize(&list, crate::time::UnixTime::now(), top);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{}", super::summary::render(&summary));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCommand::Drain {
+            peer,
+            timeout,
+            retry_every,
+        } => {
+            let duration = |key: &str, v: String| {
+                parse_duration(key, &Scalar::Text(v)).map_err(|e| usage(e.to_string()))
+            };
+            let timeout = duration("--timeout", timeout)?;
+            let retry_every = duration("--retry-every", retry_every)?;
+            drain(config.admin.listen, peer.as_deref(), timeout, retry_every)
+        }
         QueueCommand::List {
             json,
             limit,
@@ -282,6 +328,107 @@ pub(crate) fn run(config: &Config, command: QueueCommand) -> anyhow::Result<Exit
     }
 }
 
+/// Every message, from the store or from the running server.
+fn list_all(config: &Config) -> anyhow::Result<Vec<MessageSummary>> {
+    Ok(match open(config)? {
+        Access::Direct(store) => store.list(&ListFilter::default(), None)?,
+        Access::Server(addr) => {
+            let (status, body) = http(addr, "GET", "/api/queue")?;
+            if status != 200 {
+                anyhow::bail!("server answered {status}: {}", body.trim());
+            }
+            serde_json::from_str(&body).context("reading the server's answer")?
+        }
+    })
+}
+
+/// Recipients still to be delivered, and those among them that are held.
+fn pending(list: &[MessageSummary]) -> (usize, usize) {
+    let mut pending = 0;
+    let mut held = 0;
+    for r in list.iter().flat_map(|m| &m.recipients) {
+        match r.state {
+            StateKind::Delivered | StateKind::Failed => {}
+            StateKind::Held => {
+                pending += 1;
+                held += 1;
+            }
+            _ => pending += 1,
+        }
+    }
+    (pending, held)
+}
+
+/// `queue drain`: tells the server to stop ingress (and perhaps to hand everything to `peer`),
+/// then waits for the queue to empty.
+fn drain(
+    admin: SocketAddr,
+    peer: Option<&str>,
+    timeout: Duration,
+    retry_every: Duration,
+) -> anyhow::Result<ExitCode> {
+    let path = match peer {
+        Some(p) => format!("/api/drain?peer={}", percent_encode(p)),
+        None => "/api/drain".to_owned(),
+    };
+    let (status, body) = http(admin, "POST", &path).map_err(|e| Exit {
+        code: 1,
+        message: format!("queue drain needs the running server's admin API at {admin}: {e:#}"),
+    })?;
+    match status {
+        200 => {}
+        400 => return Err(usage(body.trim().to_owned())),
+        _ => anyhow::bail!("server answered {status}: {}", body.trim()),
+    }
+    match peer {
+        Some(p) => println!("draining: ingress stopped; handing the queue to {p}"),
+        None => println!("draining: ingress stopped; delivering the queue"),
+    }
+    let started = std::time::Instant::now();
+    let mut last_retry = started;
+    let mut last_report = None;
+    loop {
+        let (status, body) = http(admin, "GET", "/api/queue")?;
+        if status != 200 {
+            anyhow::bail!("server answered {status}: {}", body.trim());
+        }
+        let list: Vec<MessageSummary> =
+            serde_json::from_str(&body).context("reading the server's answer")?;
+        let (pending, held) = pending(&list);
+        if list.is_empty() {
+            println!("drained: the queue is empty");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if pending > 0 && pending == held {
+            println!(
+                "drained except {} held message(s) ({held} recipient(s)): release or delete them",
+                list.len()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        if last_report != Some((list.len(), pending)) {
+            println!("{} message(s), {pending} recipient(s) to go", list.len());
+            last_report = Some((list.len(), pending));
+        }
+        if started.elapsed() >= timeout {
+            println!(
+                "timed out after {}s: {} message(s), {pending} recipient(s) still queued",
+                timeout.as_secs(),
+                list.len()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        if last_retry.elapsed() >= retry_every {
+            let (status, body) = http(admin, "POST", "/api/queue/retry")?;
+            if status != 200 {
+                anyhow::bail!("server answered {status}: {}", body.trim());
+            }
+            last_retry = std::time::Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// What an operator must know after `hold` or `bounce`: recipients in flight (leased by a
 /// running delivery) were left alone, and may still be delivered.
 fn in_flight_note(action: &str, record: &MessageRecord) -> Option<String> {
@@ -409,12 +556,9 @@ fn percent_encode(s: &str) -> String {
 }
 
 /// A minimal HTTP/1.1 request to the admin listener (loopback; no TLS, no redirects).
-fn http(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| {
-        format!(
-            "the queue is locked by a running server, but its admin API at {addr} does not answer"
-        )
-    })?;
+pub(super) fn http(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .with_context(|| format!("the admin API at {addr} does not answer"))?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
     write!(
         s,

@@ -32,7 +32,7 @@ pub use transport::{Delivery, Message, Transport};
 use crate::deliver::NextHop as SmtpHop;
 use crate::domain::Domain;
 use crate::envelope::QueueId;
-use crate::metrics::{DeliveryLabel, Metrics, StatusClassLabel};
+use crate::metrics::{DeliveryLabel, Metrics};
 use crate::queue::{
     Action, DsnInput, QueuedMessage, RecipientReport, ReportOutcome, Scheduler, build_dsn,
 };
@@ -83,6 +83,8 @@ pub struct QueueRunner {
     /// second, concurrent attempt (a duplicate delivery), the running attempt gets the new
     /// lease and settles its outcome against it.
     active: std::sync::Mutex<HashMap<(QueueId, usize), Lease>>,
+    /// Set by `dimegate queue drain --peer`: every route goes to this SMTP peer instead.
+    handoff: std::sync::Mutex<Option<SmtpHop>>,
 }
 
 type SettleRequest = (
@@ -118,7 +120,22 @@ impl QueueRunner {
             settle_tx,
             settle_rx: std::sync::Mutex::new(Some(settle_rx)),
             active: std::sync::Mutex::new(HashMap::new()),
+            handoff: std::sync::Mutex::new(None),
         }
+    }
+
+    /// From now on, hand every recipient to `peer` (a node that will deliver it) instead of
+    /// its own route: how a node that is being removed empties its queue.
+    pub fn hand_off_to(&self, peer: SmtpHop) {
+        *self.handoff.lock().unwrap_or_else(|p| p.into_inner()) = Some(peer);
+        self.wake();
+    }
+
+    fn handoff(&self) -> Option<SmtpHop> {
+        self.handoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The table of running attempts (see [`QueueRunner::active`]).
@@ -272,7 +289,8 @@ impl QueueRunner {
         indices: &[usize],
     ) -> Vec<(usize, DeliveryOutcome)> {
         let mut outcomes = Vec::with_capacity(indices.len());
-        for (hop, group) in self.plan(message.envelope, indices) {
+        let handoff = self.handoff();
+        for (hop, group) in self.plan(message.envelope, indices, handoff.as_ref()) {
             match &hop {
                 NextHop::Fail(e) => {
                     let outcome = DeliveryOutcome::Failed(e.diagnosis());
@@ -284,6 +302,7 @@ impl QueueRunner {
                 }
                 NextHop::Smtp(smtp) => {
                     let label = match smtp {
+                        _ if handoff.as_ref() == Some(smtp) => "peer",
                         SmtpHop::Backend { .. } => "backend",
                         SmtpHop::Smarthost { .. } => "smarthost",
                         SmtpHop::Mx { .. } => "mx",
@@ -318,6 +337,7 @@ impl QueueRunner {
         &self,
         envelope: &crate::envelope::Envelope,
         indices: &[usize],
+        handoff: Option<&SmtpHop>,
     ) -> Vec<(NextHop, Vec<usize>)> {
         let mut lookups: HashMap<Option<Domain>, Lookups> = HashMap::new();
         let mut plan: Vec<(NextHop, Vec<usize>)> = Vec::new();
@@ -332,7 +352,13 @@ impl QueueRunner {
             let hop = if envelope.dime.is_some() {
                 dime_arrival_hold()
             } else {
-                route(&recipient.address, found, &self.route)
+                match (route(&recipient.address, found, &self.route), handoff) {
+                    // A draining node hands what it would deliver or hold to its peer.
+                    (NextHop::Smtp(_) | NextHop::Hold(_) | NextHop::Dmtp(_), Some(peer)) => {
+                        NextHop::Smtp(peer.clone())
+                    }
+                    (hop, _) => hop,
+                }
             };
             match plan.iter_mut().find(|(h, _)| *h == hop) {
                 Some((_, members)) => members.push(index),
@@ -398,12 +424,7 @@ impl QueueRunner {
                 status: Some(s), ..
             }) = &outcome
             {
-                self.metrics
-                    .deferrals
-                    .get_or_create(&StatusClassLabel {
-                        class: format!("{}.{}", s.class, s.subject),
-                    })
-                    .inc();
+                self.metrics.count_deferral(s.class, s.subject);
             }
             outcomes.push((index, outcome));
         }

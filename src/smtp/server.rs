@@ -60,6 +60,8 @@ pub struct Ingress {
     pub queued: Arc<tokio::sync::Notify>,
     /// Queue size and free disk as a background task last measured them.
     pub pressure: Arc<PressureGauge>,
+    /// Set by `dimegate queue drain`: new connections get 421 4.3.2, open sessions go on.
+    pub draining: std::sync::atomic::AtomicBool,
     /// Open connections per client IP.
     open: Mutex<HashMap<IpAddr, usize>>,
     /// New connections per second per client (std Mutex: a map update, never across an await).
@@ -102,6 +104,7 @@ impl Ingress {
             max_connections_per_ip: s.max_connections_per_ip,
             queued,
             pressure,
+            draining: false.into(),
             open: Mutex::new(HashMap::new()),
             connection_rate: Mutex::new(ConnectionRate::new(s.rate_limits.clone())),
             auth_failures: Mutex::new(AuthFailures::new(s.rate_limits.clone())),
@@ -209,6 +212,26 @@ pub async fn run_listener(
             },
         };
         ingress.metrics.smtp_connections.inc();
+        if ingress.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            ingress
+                .metrics
+                .smtp_sessions
+                .get_or_create(&OutcomeLabel {
+                    outcome: "refused_draining",
+                })
+                .inc();
+            ingress.metrics.count_rejections(b"421 ");
+            let reply = format!(
+                "421 4.3.2 {} Service not available, draining; try another MX\r\n",
+                ingress.hostname
+            );
+            tracker.spawn(refuse(
+                stream,
+                reply,
+                implicit_tls.then(|| ingress.tls.clone()).flatten(),
+            ));
+            continue;
+        }
         if !ingress.connection_allowed(peer.ip()) {
             ingress
                 .metrics
