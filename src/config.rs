@@ -45,7 +45,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// The admin HTTP listener.
     pub admin: AdminConfig,
-    /// Domains this gateway serves (lower-case, no trailing dot).
+    /// Domains this gateway serves, in [`Domain`](crate::domain::Domain)'s form (lower-case
+    /// A-labels, no trailing dot).
     pub domains: Vec<String>,
     /// Client networks allowed to relay without AUTH.
     pub relay_networks: Vec<IpNet>,
@@ -265,7 +266,9 @@ impl Config {
         let mut domains: Vec<String> = Vec::new();
         for (i, d) in raw.domain.iter().enumerate() {
             let path = format!("domain[{i}].name");
-            let name = d.name.trim_end_matches('.').to_ascii_lowercase();
+            let name = crate::domain::Domain::parse(&d.name)
+                .map(|d| d.to_string())
+                .unwrap_or_default();
             if name.is_empty() || name.len() > 253 || !name.bytes().all(is_hostname_byte) {
                 return Err(ConfigError::new(
                     path,
@@ -371,13 +374,15 @@ impl Config {
         };
         delivery.greeting_timeout = delivery.command_timeout;
         for (i, dest) in raw.destination.iter().enumerate() {
-            let domain = dest.domain.trim_end_matches('.').to_ascii_lowercase();
-            if domain.is_empty() || !domain.bytes().all(is_hostname_byte) {
-                return Err(ConfigError::new(
-                    format!("destination[{i}].domain"),
-                    format!("not a domain name: {:?}", dest.domain),
-                ));
-            }
+            let domain = crate::domain::Domain::parse(&dest.domain)
+                .ok()
+                .filter(|d| !d.is_address_literal() && d.as_str().bytes().all(is_hostname_byte))
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        format!("destination[{i}].domain"),
+                        format!("not a domain name: {:?}", dest.domain),
+                    )
+                })?;
             delivery
                 .destinations
                 .push(crate::deliver::DestinationPolicy {

@@ -135,12 +135,21 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let resolver = crate::resolve::Resolver::new(&config.dns)?;
     let deliverer = crate::deliver::Deliverer::new(config.delivery.clone(), resolver)?;
     deliverer.register_metrics(&mut registry);
-    let runner = Arc::new(crate::queue::QueueRunner::new(
+    let runner = Arc::new(crate::runner::QueueRunner::new(
         store.clone(),
-        deliverer,
+        crate::runner::Transports {
+            smtp: Box::new(deliverer),
+            dmtp: None,
+        },
         crate::queue::Scheduler::new(config.queue.clone()),
-        &config.domains,
-        crate::queue::Hops {
+        crate::runner::RouteConfig {
+            // Already in `Domain`'s form (config.rs parsed them), so none is dropped here.
+            served: crate::runner::ServedDomains::new(
+                config
+                    .domains
+                    .iter()
+                    .filter_map(|d| crate::domain::Domain::parse(d).ok()),
+            ),
             backend: config.backend.as_ref().map(|b| b.hop.clone()),
             smarthost: config.smarthost.clone(),
         },

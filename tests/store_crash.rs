@@ -9,7 +9,8 @@
 //! also crashed into.
 
 use dimegate::envelope::{Envelope, QueueId, Recipient};
-use dimegate::store::{ListFilter, Outcome, StateKind, Store, StoreError, UnixTime};
+use dimegate::store::{ListFilter, Outcome, StateKind, Store, StoreError};
+use dimegate::time::UnixTime;
 use rand::Rng;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;

@@ -31,7 +31,7 @@ pub struct AdminState {
     /// The queue.
     pub store: Store,
     /// The scheduler, for bounces (which queue DSNs) and for waking it after a retry.
-    pub runner: Arc<crate::queue::QueueRunner>,
+    pub runner: Arc<crate::runner::QueueRunner>,
     /// Refreshes gauges (queue size) just before `/metrics` is encoded.
     pub metrics: crate::metrics::Metrics,
     /// Cleared when shutdown begins.
@@ -112,7 +112,7 @@ fn refresh_queue_gauges(store: &Store, metrics: &crate::metrics::Metrics) {
             .get_or_create(&StateLabel { state })
             .set(n);
     }
-    let now = crate::store::UnixTime::now().0;
+    let now = crate::time::UnixTime::now().0;
     let oldest = all
         .iter()
         .map(|m| m.arrival.0)
@@ -153,7 +153,7 @@ async fn queue_action(
         other => return (StatusCode::NOT_FOUND, format!("no action {other:?}\n")).into_response(),
     };
     let store = state.store.clone();
-    let now = crate::store::UnixTime::now();
+    let now = crate::time::UnixTime::now();
     let name = format!("{action:?}");
     match tokio::task::spawn_blocking(move || store.apply(id, &action, now)).await {
         Ok(Ok(Some(record))) => {
@@ -183,7 +183,7 @@ async fn queue_flush(
     };
     let domain = q.domain.clone();
     let flushed = tokio::task::spawn_blocking(move || {
-        let now = crate::store::UnixTime::now();
+        let now = crate::time::UnixTime::now();
         let mut n = 0u64;
         for m in store.list(&filter, None)? {
             if store

@@ -6,10 +6,10 @@
 use super::Exit;
 use crate::config::{Config, Scalar, parse_duration};
 use crate::envelope::QueueId;
-use crate::queue::utc_timestamp;
 use crate::store::{
     AdminAction, ListFilter, MessageRecord, MessageSummary, StateKind, Store, StoreError,
 };
+use crate::time::utc_timestamp;
 use anyhow::Context;
 use clap::Subcommand;
 use std::io::{Read, Write};
@@ -201,7 +201,7 @@ pub(crate) fn run(config: &Config, command: QueueCommand) -> anyhow::Result<Exit
                             recipient_domain: Some(domain.clone()),
                             ..ListFilter::default()
                         };
-                        let now = crate::store::UnixTime::now();
+                        let now = crate::time::UnixTime::now();
                         let mut n = 0;
                         for m in store.list(&filter, None)? {
                             if store
@@ -317,14 +317,14 @@ fn act_on(
         // Some(record) when found; the record after the action when there is one.
         let found: Option<Option<MessageRecord>> = match access {
             Access::Direct(store) => {
-                let now = crate::store::UnixTime::now();
+                let now = crate::time::UnixTime::now();
                 match action {
                     "bounce" => {
                         let rt = tokio::runtime::Builder::new_current_thread()
                             .enable_all()
                             .build()?;
                         let scheduler = crate::queue::Scheduler::new(config.queue.clone());
-                        match rt.block_on(crate::queue::bounce(
+                        match rt.block_on(crate::runner::bounce(
                             store,
                             &scheduler,
                             &config.smtp.hostname,
@@ -499,7 +499,7 @@ fn print_record(r: &MessageRecord) {
     println!("queue id:  {}", r.queue_id);
     println!(
         "arrival:   {} UTC",
-        utc_timestamp(crate::store::UnixTime(e.arrival_unix))
+        utc_timestamp(crate::time::UnixTime(e.arrival_unix))
     );
     println!("size:      {}", r.size);
     println!("sender:    <{}>", e.sender);
@@ -521,7 +521,8 @@ mod tests {
 
     #[test]
     fn hold_and_bounce_say_when_recipients_in_flight_were_left_alone() {
-        use crate::store::{RecipientState, RecipientStatus, UnixTime};
+        use crate::store::{RecipientState, RecipientStatus};
+        use crate::time::UnixTime;
         let envelope = crate::envelope::Envelope::for_test("a@x.example", &["b@y", "c@y"], 0);
         let mut record = MessageRecord {
             queue_id: QueueId(1),

@@ -391,7 +391,7 @@ async fn serve_connection(
         ingress.limits.clone(),
         peer,
         std::time::Instant::now(),
-        crate::store::UnixTime::now().0,
+        crate::time::UnixTime::now().0,
     );
     if let Some(info) = tls_info {
         // Before any input this marks the session encrypted from the start (RFC 8314).
@@ -481,7 +481,7 @@ async fn serve_connection(
             read = conn.read(&mut buf) => match read {
                 Ok(0) => return if shutting_down { "shutdown" } else { "peer_closed" },
                 Ok(n) => {
-                    session.set_now_unix(crate::store::UnixTime::now().0);
+                    session.set_now_unix(crate::time::UnixTime::now().0);
                     session.handle_input(std::time::Instant::now(), &buf[..n]);
                 }
                 Err(_) => return "io_error",

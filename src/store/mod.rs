@@ -26,11 +26,10 @@ mod state;
 pub use error::{AppendError, StoreError};
 pub use record::{DecodeError, ListFilter, MessageRecord, MessageSummary, RecipientSummary};
 pub use schedule::{AdminAction, Lease, Outcome, Settlement};
-pub use state::{
-    BadStateKind, RecipientState, RecipientStatus, StateKind, TransitionError, UnixTime,
-};
+pub use state::{BadStateKind, RecipientState, RecipientStatus, StateKind, TransitionError};
 
 use crate::envelope::{Envelope, QueueId};
+use crate::time::UnixTime;
 use prometheus_client::metrics::histogram::Histogram;
 use record::StoredRecord;
 use redb::{
