@@ -18,6 +18,17 @@
 //!   matching types and digests of the wrong length (RFC 6698 §4.1, RFC 7671 §4.1). When no
 //!   record is usable the set gives [`DaneOutcome::NoUsableRecords`]: RFC 7672 §2.2 then asks for
 //!   TLS without authentication, not for a failure and not for cleartext.
+//!
+//! Wiring into outbound SMTP (RFC 7672 §2.2), per MX host `mx` of a destination:
+//! 1. `resolver.mx(domain)` and `resolver.addresses_with_verdict(mx)`; only when both verdicts
+//!    are [`Verdict::Secure`](crate::resolve::Verdict) is DANE considered.
+//! 2. `resolver.tlsa(25, mx)`: `Ok(None)` or an insecure set: no DANE (MTA-STS or the local
+//!    policy decide); `Err(Bogus)` or `Err(Temporary)`: this MX host cannot be used now (try
+//!    the next, or defer), never a downgrade to opportunistic TLS or cleartext.
+//! 3. A secure set: [`client_config`]`(records, &[mx])` (add the CNAME-expanded name first when
+//!    it differs). `Ok(config)`: STARTTLS is mandatory (no STARTTLS offered, or a failed
+//!    handshake, defers the host with 4.7.5), connect with SNI `mx`. `Err(NoUsableRecords)`:
+//!    STARTTLS is still mandatory, with the opportunistic (accept-any) verifier.
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -629,7 +640,8 @@ mod tests {
     fn usability_table() {
         let d32 = vec![7u8; 32];
         let d64 = vec![7u8; 64];
-        let rows: &[(u8, u8, u8, &[u8], Result<(), Unusable>)] = &[
+        type Row<'a> = (u8, u8, u8, &'a [u8], Result<(), Unusable>);
+        let rows: &[Row<'_>] = &[
             (3, 1, 1, &d32, Ok(())),
             (3, 0, 2, &d64, Ok(())),
             (2, 1, 0, b"spki", Ok(())),

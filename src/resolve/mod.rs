@@ -731,6 +731,56 @@ mod tests {
     }
 
     #[test]
+    fn prefixed_names_for_dx_and_tlsa() {
+        assert_eq!(
+            display_name(&prefixed("_dx", "Example.TEST.").unwrap()),
+            "_dx.example.test"
+        );
+        let tlsa = prefixed("_25._tcp", "mx.example.test").unwrap();
+        assert!(tlsa.is_fqdn());
+        assert_eq!(display_name(&tlsa), "_25._tcp.mx.example.test");
+        assert!(matches!(
+            prefixed("_dx", ""),
+            Err(ResolveError::InvalidName { .. })
+        ));
+        // 253 octets of domain leave no room for the prefix.
+        let long = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61),
+        ]
+        .join(".");
+        assert!(fqdn(&long).is_ok());
+        assert!(matches!(
+            prefixed("_25._tcp", &long),
+            Err(ResolveError::InvalidName { .. })
+        ));
+    }
+
+    #[test]
+    fn dx_errors_defer_and_are_not_bogus() {
+        let malformed = ResolveError::InvalidDxRecord {
+            name: "_dx.x".into(),
+            source: crate::dime::DxRecord::parse_str("ver=2").unwrap_err(),
+        };
+        let multiple = ResolveError::MultipleDxRecords {
+            name: "_dx.x".into(),
+            count: 2,
+        };
+        for error in [malformed, multiple] {
+            assert!(!error.is_permanent() && !error.is_bogus(), "{error}");
+        }
+        assert!(
+            ResolveError::Bogus {
+                name: "x".into(),
+                record_type: "TXT"
+            }
+            .is_bogus()
+        );
+    }
+
+    #[test]
     fn shuffle_keeps_preference_order() {
         let mut answer = MxAnswer::Exchanges(vec![
             host(10, "a"),
