@@ -1,5 +1,6 @@
 use super::record::tests::envelope;
 use super::*;
+use redb::ReadableTableMetadata;
 use std::time::Duration;
 
 fn open(dir: &tempfile::TempDir) -> Store {
