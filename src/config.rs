@@ -59,6 +59,9 @@ pub struct Config {
     pub queue: crate::queue::Policy,
     /// How often the scheduler looks for due work when nothing wakes it earlier.
     pub queue_poll_interval: Duration,
+    /// The queue store's page cache in bytes (`queue.store_cache`): bounds the store's memory
+    /// whatever the queue's size.
+    pub store_cache_bytes: usize,
 }
 
 /// `[backend]`.
@@ -363,6 +366,9 @@ impl Config {
         queue
             .validate()
             .map_err(|e| ConfigError::new("queue", e.to_string()))?;
+        let store_cache_bytes = parse_size("queue.store_cache", &q.store_cache)?;
+        let store_cache_bytes = usize::try_from(store_cache_bytes)
+            .map_err(|_| ConfigError::new("queue.store_cache", "too large for this machine"))?;
         let queue_poll_interval = parse_duration("queue.poll_interval", &q.poll_interval)?;
         if queue_poll_interval.is_zero() {
             return Err(ConfigError::new(
@@ -378,6 +384,7 @@ impl Config {
             dns,
             queue,
             queue_poll_interval,
+            store_cache_bytes,
             data_dir: raw.data_dir,
             smtp,
             tls,
@@ -702,6 +709,7 @@ struct RawQueue {
     min_free_disk: Scalar,
     dsn_max_full: Scalar,
     poll_interval: Scalar,
+    store_cache: Scalar,
 }
 
 impl Default for RawQueue {
@@ -716,6 +724,7 @@ impl Default for RawQueue {
             min_free_disk: Scalar::Text("256MiB".into()),
             dsn_max_full: Scalar::Text("1MiB".into()),
             poll_interval: Scalar::Text("1s".into()),
+            store_cache: Scalar::Text("32MiB".into()),
         }
     }
 }

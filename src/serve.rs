@@ -77,9 +77,13 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let store = Store::open(
+    let store = Store::open_with(
         &data_dir.join("queue.redb"),
-        Some(metrics.store_commit_seconds.clone()),
+        crate::store::StoreOptions {
+            cache_bytes: config.store_cache_bytes,
+            commit_latency: Some(metrics.store_commit_seconds.clone()),
+            ..crate::store::StoreOptions::default()
+        },
     )?;
     let queued_at_start = store.count()?;
     metrics

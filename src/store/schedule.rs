@@ -410,15 +410,17 @@ impl Store {
         Ok(answers)
     }
 
-    /// Makes every Queued or Deferred recipient in `domain` (case-insensitive) due now, and
-    /// returns how many messages have a recipient there. Walks the queue in chunks of a few
+    /// Makes every Queued or Deferred recipient in `domain` (case-insensitive; every recipient
+    /// if `None`) due now, and returns how many messages have a recipient there. Walks the queue in chunks of a few
     /// thousand messages, one durable transaction each, so memory stays bounded and appends
     /// wait at most one chunk; a message that arrives meanwhile may or may not be included.
-    pub fn retry_domain(&self, domain: &str) -> Result<u64, StoreError> {
+    pub fn retry_domain(&self, domain: Option<&str>) -> Result<u64, StoreError> {
         let in_domain = |address: &str| {
-            address
-                .rsplit_once('@')
-                .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain))
+            domain.is_none_or(|domain| {
+                address
+                    .rsplit_once('@')
+                    .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain))
+            })
         };
         let mut from = 0u64;
         let mut matched = 0u64;
