@@ -118,16 +118,15 @@ printf "queue retry --domain %s: %.2f s (%s)\n" "$DOMAIN" "$(secs "$t0" "$t1")" 
 phase restart
 t0=$(now); stop_gateway; t1=$(now); start_gateway; t2=$(now)
 printf "restart: stop %.2f s, start until /readyz %.2f s; RSS after %d KiB\n" "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")" "$(rss_now)"
-printf "peak RSS during operations %d KiB, during restart %d KiB\n" "$(peak ops)" "$(peak restart)"
+printf "peak RSS during operations %d KiB\n" "$(peak ops)"
 
 # --- 3. the backend comes up; drain -------------------------------------------------------------
 phase drain
-mkdir -p "$TB/dump"; chmod 777 "$TB/dump"
+TOTAL=$(metric dimegate_queue_messages)
+t0=$(now)
 smtp-sink -u nobody "127.0.0.1:$SINK_PORT" 1024 >/dev/null 2>&1 &
 SINK_PID=$!
 until (exec 3<>"/dev/tcp/127.0.0.1/$SINK_PORT") 2>/dev/null; do sleep 0.1; done
-TOTAL=$(metric dimegate_queue_messages)
-t0=$(now)
 "${DG[@]}" queue "${CONF[@]}" retry --domain "$DOMAIN" >/dev/null
 deadline=$(( $(date +%s) + 7200 ))
 while [ "$(metric dimegate_queue_messages)" -gt 0 ]; do
@@ -137,8 +136,8 @@ done
 t1=$(now)
 printf "drained %d messages in %.1f s = %.0f msg/s; peak RSS while draining %d KiB\n" \
     "$TOTAL" "$(secs "$t0" "$t1")" "$(echo "$TOTAL / $(secs "$t0" "$t1")" | bc -l)" "$(peak drain)"
-printf "after the drain: %d bytes on disk (queue.redb %d, queue.bodies %d); delivered %s\n" "$(disk)" \
+printf "after the drain: %d bytes on disk (queue.redb %d, queue.bodies %d); recipients delivered %s\n" "$(disk)" \
     "$(du -sb "$TB/gw/data/queue.redb" | cut -f1)" "$(du -sb "$TB/gw/data/queue.bodies" | cut -f1)" \
-    "$(metric dimegate_deliveries_total)"
+    "$(curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk '/^dimegate_deliveries_total\{.*outcome="delivered"/ {s += $NF} END {print s + 0}')"
 printf "peak RSS over the whole run: %d KiB (N=%d, %d x %d bytes, %d cores, load %s)\n" \
     "$(awk '$2 > m {m = $2} END {print m + 0}' "$TB/rss")" "$N" "$LARGE" "$LARGE_BYTES" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)"

@@ -31,7 +31,9 @@
 //! ## Memory
 //!
 //! redb's page cache is bounded by [`StoreOptions::cache_bytes`] (redb's own default is 1 GiB,
-//! which the process grew into). Nothing else here holds per-message state: queue gauges come
+//! which the process grew into). When the queue drains to empty the database file is compacted,
+//! so the space of small bodies goes back to the file system too (large bodies' files go one by
+//! one as their messages do). Nothing else here holds per-message state: queue gauges come
 //! from the `counts` table and the first record ([`Store::stats`], O(log n)), and operations over
 //! many messages ([`Store::retry_domain`]) walk the table in bounded chunks.
 //!
@@ -227,6 +229,36 @@ impl DbSlot {
         *guard = Some(db);
         self.failed.store(false, Ordering::Release);
         Ok(())
+    }
+}
+
+/// A drained queue whose database file is larger than this is compacted.
+const COMPACT_ABOVE_BYTES: u64 = 4 << 20;
+
+impl DbSlot {
+    /// Gives the database file's space back once the queue is empty: redb reuses freed pages
+    /// but never shrinks its file, so a burst would otherwise keep its peak size on disk for
+    /// good. Compacting an empty database is quick; it runs under the write lock, so no read or
+    /// commit is in flight meanwhile. Best effort: a failure only leaves the file as it was.
+    fn compact_if_drained(&self) {
+        let large = std::fs::metadata(&self.path).is_ok_and(|m| m.len() > COMPACT_ABOVE_BYTES);
+        if !large || !matches!(self.with_db(|db| reader::count(db)), Ok(0)) {
+            return;
+        }
+        let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(db) = guard.as_mut() else { return };
+        // Checked again under the lock: an append may have landed meanwhile (compacting a
+        // non-empty queue is still correct, only slower).
+        if !matches!(reader::count(db), Ok(0)) {
+            return;
+        }
+        match db.compact() {
+            Ok(_) => tracing::info!(
+                bytes = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0),
+                "queue drained: database file compacted"
+            ),
+            Err(e) => tracing::warn!(error = %e, "compacting the drained queue failed"),
+        }
     }
 }
 
@@ -434,6 +466,9 @@ impl Store {
         })?;
         if in_file {
             self.inner.slot.bodies.remove(queue_id.0);
+        }
+        if existed {
+            self.inner.slot.compact_if_drained();
         }
         Ok(existed)
     }

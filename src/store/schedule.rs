@@ -404,8 +404,12 @@ impl Store {
             Ok((answers, files))
         })?;
         // Only now that no committed record refers to them.
+        let removed = items.iter().any(|i| matches!(i, Settlement::Remove { .. }));
         for id in files {
             self.inner.slot.bodies.remove(id);
+        }
+        if removed {
+            self.inner.slot.compact_if_drained();
         }
         Ok(answers)
     }

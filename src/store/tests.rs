@@ -947,3 +947,51 @@ async fn retry_domain_walks_more_than_one_chunk() {
     assert_eq!(due.len(), total / 2);
     assert!(due.iter().all(|l| l.address == "a@even.org"));
 }
+
+#[tokio::test]
+async fn a_drained_queue_gives_its_database_space_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let path = dir.path().join("queue.redb");
+    let mut tasks = Vec::new();
+    for t in 0..64u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..64u64 {
+                let env = envelope("s@x.org", &["a@y.org"], t * 64 + i);
+                ids.push(store.append(env, vec![b'x'; 2000]).await.unwrap());
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await.unwrap());
+    }
+    let full = std::fs::metadata(&path).unwrap().len();
+    assert!(
+        full > COMPACT_ABOVE_BYTES,
+        "{full} bytes is too small to test"
+    );
+    let (last, rest) = ids.split_last().unwrap();
+    let items: Vec<Settlement> = rest
+        .iter()
+        .map(|&queue_id| Settlement::Remove { queue_id })
+        .collect();
+    store.settle(UnixTime::now(), &items).unwrap();
+    // One message left: no compaction yet.
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), full);
+    assert!(store.delete(*last).unwrap());
+    let drained = std::fs::metadata(&path).unwrap().len();
+    assert!(
+        drained < full / 4,
+        "{drained} bytes after the drain, {full} full"
+    );
+    // Still a working store.
+    let id = store
+        .append(envelope("s@x.org", &["a@y.org"], 1), vec![1; 10])
+        .await
+        .unwrap();
+    assert_eq!(store.body(id).unwrap(), Some(vec![1; 10]));
+}
