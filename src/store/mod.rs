@@ -242,7 +242,7 @@ impl DbSlot {
     /// commit is in flight meanwhile. Best effort: a failure only leaves the file as it was.
     fn compact_if_drained(&self) {
         let large = std::fs::metadata(&self.path).is_ok_and(|m| m.len() > COMPACT_ABOVE_BYTES);
-        if !large || !matches!(self.with_db(|db| reader::count(db)), Ok(0)) {
+        if !large || !matches!(self.with_db(reader::count), Ok(0)) {
             return;
         }
         let mut guard = self.db.write().unwrap_or_else(PoisonError::into_inner);
@@ -475,13 +475,13 @@ impl Store {
 
     /// The number of messages in the queue.
     pub fn count(&self) -> Result<u64, StoreError> {
-        self.inner.slot.with_db(|db| reader::count(db))
+        self.inner.slot.with_db(reader::count)
     }
 
     /// Messages, recipients by state and the oldest arrival, for the queue gauges. O(log n) in
     /// the queue's size: read from the counts the writes keep, not from the records.
     pub fn stats(&self) -> Result<QueueStats, StoreError> {
-        self.inner.slot.with_db(|db| reader::stats(db))
+        self.inner.slot.with_db(reader::stats)
     }
 }
 
