@@ -58,7 +58,7 @@ secs() { echo "$2 - $1" | bc -l; }
 metric() {  # metric NAME -> sum of its samples
     curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk -v m="$1" '$1 == m || index($1, m"{") == 1 {s += $NF} END {printf "%.0f\n", s + 0}'
 }
-disk() { du -sb "$TB/gw/data/queue.redb" "$TB/gw/data/queue.bodies" 2>/dev/null | awk '{s += $1} END {print s + 0}'; }
+disk() { du -sb "$TB/gw/data/queue.redb" "$TB/gw/data/queue.bodies" 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }
 rss_now() { awk '$1 == "VmRSS:" {print $2}' "/proc/$GW_PID/status"; }
 
 # RSS sampler: the gateway's VmRSS every 0.2 s, labelled with the phase named in $TB/phase.
