@@ -5,11 +5,12 @@ mod common;
 
 use common::{Knot, Sink, test_zone};
 use dimegate::deliver::{
-    Deliverer, DeliverySettings, DestinationPolicy, EnhancedStatus, NextHop, Outcome, Reason,
-    Stage, TlsPolicy,
+    Deliverer, DeliverySettings, DestinationPolicy, NextHop, Outcome, Reason, Stage, TlsPolicy,
 };
+use dimegate::domain::Domain;
 use dimegate::envelope::{DsnReturn, Envelope, Notify, QueueId, Recipient};
 use dimegate::resolve::Resolver;
+use dimegate::status::EnhancedStatus;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,7 @@ fn envelope(recipients: &[&str]) -> Envelope {
         tls: Some("TLSv1.3 TLS_AES_256_GCM_SHA384".into()),
         auth_user: None,
         arrival_unix: 1_795_729_248,
+        require_tls: false,
     }
 }
 
@@ -75,8 +77,13 @@ fn backend(addr: SocketAddr) -> NextHop {
     }
 }
 
-fn strings(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| (*s).to_owned()).collect()
+fn domain(d: &str) -> Domain {
+    Domain::parse(d).expect("a domain")
+}
+
+/// The indices of `list`'s recipients in `envelope(list)`: deliveries name recipients by index.
+fn indices(list: &[&str]) -> Vec<usize> {
+    (0..list.len()).collect()
 }
 
 fn remote(outcome: &Outcome) -> &dimegate::deliver::RemoteReply {
@@ -119,11 +126,12 @@ async fn sink_gets_every_recipient_once_with_received_header_and_identical_body(
             &envelope(&rcpts),
             QUEUE_ID,
             BODY,
-            &strings(&rcpts),
+            &indices(&rcpts),
         )
         .await;
     assert_eq!(outcomes.len(), 3);
-    for ((address, outcome), expected) in outcomes.iter().zip(rcpts) {
+    for ((index, outcome), expected) in outcomes.iter().zip(rcpts) {
+        let address = rcpts[*index];
         assert_eq!(address, expected);
         assert!(outcome.is_delivered(), "{address}: {outcome}");
         assert_eq!(remote(outcome).stage, Stage::EndOfData);
@@ -168,7 +176,7 @@ async fn sink_gets_every_recipient_once_with_received_header_and_identical_body(
 async fn rcpt_450_defers_with_the_remote_text() {
     let sink = Sink::start(&["-r", "RCPT"]);
     let deliverer = Deliverer::new(settings(), no_dns()).unwrap();
-    let rcpts = strings(&["bob@example.net", "carol@example.net"]);
+    let rcpts = indices(&["bob@example.net", "carol@example.net"]);
     let outcomes = deliverer
         .deliver(
             &backend(sink.addr),
@@ -207,7 +215,7 @@ async fn rcpt_5xx_fails_with_the_remote_text() {
             &envelope(&["bob@example.net"]),
             QUEUE_ID,
             BODY,
-            &strings(&["bob@example.net"]),
+            &indices(&["bob@example.net"]),
         )
         .await;
     let (_, outcome) = &outcomes[0];
@@ -236,7 +244,7 @@ async fn data_and_end_of_data_5xx_fail_with_the_remote_text() {
                 &envelope(&rcpts),
                 QUEUE_ID,
                 BODY,
-                &strings(&rcpts),
+                &indices(&rcpts),
             )
             .await;
         for (address, outcome) in &outcomes {
@@ -259,7 +267,7 @@ async fn mail_421_defers_everyone() {
             &envelope(&rcpts),
             QUEUE_ID,
             BODY,
-            &strings(&rcpts),
+            &indices(&rcpts),
         )
         .await;
     for (address, outcome) in &outcomes {
@@ -290,7 +298,7 @@ async fn sink_down_defers_with_a_connect_error() {
             &envelope(&["bob@example.net"]),
             QUEUE_ID,
             BODY,
-            &strings(&["bob@example.net"]),
+            &indices(&["bob@example.net"]),
         )
         .await;
     let (_, outcome) = &outcomes[0];
@@ -321,7 +329,7 @@ async fn lmtp_gives_one_reply_per_recipient() {
         tls: TlsPolicy::Disabled,
     };
     let outcomes = deliverer
-        .deliver(&hop, &envelope(&rcpts), QUEUE_ID, BODY, &strings(&rcpts))
+        .deliver(&hop, &envelope(&rcpts), QUEUE_ID, BODY, &indices(&rcpts))
         .await;
     assert_eq!(outcomes.len(), 3);
     for (address, outcome) in &outcomes {
@@ -340,7 +348,7 @@ async fn lmtp_gives_one_reply_per_recipient() {
             &envelope(&rcpts[..1]),
             QUEUE_ID,
             BODY,
-            &strings(&rcpts[..1]),
+            &indices(&rcpts[..1]),
         )
         .await;
     assert!(again[0].1.is_delivered(), "{}", again[0].1);
@@ -359,7 +367,7 @@ async fn consecutive_messages_reuse_one_connection() {
                 &envelope(&["bob@example.net"]),
                 QueueId(round),
                 BODY,
-                &strings(&["bob@example.net"]),
+                &indices(&["bob@example.net"]),
             )
             .await;
         assert!(
@@ -404,13 +412,15 @@ async fn idle_connections_expire() {
         no_dns(),
     )
     .unwrap();
-    let rcpt = strings(&["bob@example.net"]);
+    let rcpt = indices(&["bob@example.net"]);
     let env = envelope(&["bob@example.net"]);
     let first = deliverer
         .deliver(&backend(sink.addr), &env, QUEUE_ID, BODY, &rcpt)
         .await;
     assert!(first[0].1.is_delivered());
     assert_eq!(deliverer.idle_connections(), 1);
+    // The readiness probe in Sink::start, and ours.
+    assert_eq!(sink.count_in_log("connect ("), 2);
     tokio::time::sleep(Duration::from_millis(400)).await;
     // The expired connection is not used; a fresh one is opened and pooled instead.
     let second = deliverer
@@ -418,6 +428,55 @@ async fn idle_connections_expire() {
         .await;
     assert!(second[0].1.is_delivered());
     assert_eq!(deliverer.idle_connections(), 1);
+    // Reusing the expired connection would leave the count at 2 and send a RSET on it.
+    assert_eq!(sink.count_in_log("connect ("), 3, "a new connection");
+    assert_eq!(sink.count_in_log("EHLO"), 2, "greeted anew");
+    assert_eq!(
+        sink.count_in_log("RSET"),
+        0,
+        "the expired one was not reset for reuse"
+    );
+}
+
+/// RFC 5321 lets a client name one address in two RCPTs; each keeps its own DSN parameters on
+/// the wire and gets its own outcome, keyed by its index.
+#[tokio::test]
+async fn a_duplicate_rcpt_keeps_its_own_notify() {
+    let sink = Sink::start(&[]);
+    let deliverer = Deliverer::new(settings(), no_dns()).unwrap();
+    let mut env = envelope(&["bob@example.net", "bob@example.net"]);
+    env.recipients[0].notify = Some(Notify {
+        never: false,
+        success: true,
+        failure: false,
+        delay: false,
+    });
+    env.recipients[1].notify = Some(Notify {
+        never: true,
+        ..Notify::default()
+    });
+    let outcomes = deliverer
+        .deliver(&backend(sink.addr), &env, QUEUE_ID, BODY, &[0, 1])
+        .await;
+    let keys: Vec<usize> = outcomes.iter().map(|(i, _)| *i).collect();
+    assert_eq!(keys, [0, 1]);
+    assert!(
+        outcomes.iter().all(|(_, o)| o.is_delivered()),
+        "{outcomes:?}"
+    );
+    let dump = &sink.dumps()[0];
+    let rcpt_args: Vec<&str> = dump
+        .lines()
+        .filter(|l| l.starts_with("X-Rcpt-Args:"))
+        .collect();
+    assert_eq!(
+        rcpt_args,
+        [
+            "X-Rcpt-Args: <bob@example.net> NOTIFY=SUCCESS",
+            "X-Rcpt-Args: <bob@example.net> NOTIFY=NEVER",
+        ],
+        "{dump}"
+    );
 }
 
 #[tokio::test]
@@ -435,7 +494,7 @@ async fn required_tls_without_starttls_defers() {
             &envelope(&["bob@example.net"]),
             QUEUE_ID,
             BODY,
-            &strings(&["bob@example.net"]),
+            &indices(&["bob@example.net"]),
         )
         .await;
     let (_, outcome) = &outcomes[0];
@@ -460,7 +519,7 @@ async fn eight_bit_body_fails_where_8bitmime_is_missing() {
             &env,
             QUEUE_ID,
             "Subject: caf\u{e9}\r\n\r\n\u{e9}t\u{e9}\r\n".as_bytes(),
-            &strings(&["bob@example.net"]),
+            &indices(&["bob@example.net"]),
         )
         .await;
     let (_, outcome) = &outcomes[0];
@@ -476,7 +535,7 @@ async fn eight_bit_body_fails_where_8bitmime_is_missing() {
             &env,
             QUEUE_ID,
             "Subject: caf\u{e9}\r\n\r\n\u{e9}t\u{e9}\r\n".as_bytes(),
-            &strings(&["bob@example.net"]),
+            &indices(&["bob@example.net"]),
         )
         .await;
     assert!(outcomes[0].1.is_delivered(), "{}", outcomes[0].1);
@@ -500,7 +559,7 @@ async fn smtputf8_message_fails_where_smtputf8_is_missing() {
             &env,
             QUEUE_ID,
             BODY,
-            &strings(&["jürgen@example.net"]),
+            &indices(&["jürgen@example.net"]),
         )
         .await;
     let (_, outcome) = &outcomes[0];
@@ -524,7 +583,7 @@ async fn dsn_parameters_pass_on_only_where_dsn_is_offered() {
         }),
         orcpt: Some("rfc822;bob@example.net".into()),
     }];
-    let rcpts = strings(&["bob@example.net"]);
+    let rcpts = indices(&["bob@example.net"]);
     let deliverer = Deliverer::new(settings(), no_dns()).unwrap();
 
     let with_dsn = Sink::start(&[]);
@@ -570,7 +629,7 @@ async fn per_hop_cap_serialises_deliveries() {
     )
     .unwrap();
     let env = envelope(&["bob@example.net"]);
-    let rcpts = strings(&["bob@example.net"]);
+    let rcpts = indices(&["bob@example.net"]);
     let hop = backend(sink.addr);
     let started = Instant::now();
     let results = tokio::join!(
@@ -605,13 +664,13 @@ async fn mx_delivery_falls_over_to_the_next_mx_and_fails_on_null_mx() {
     let sink = Sink::start(&[]);
     let resolver = Resolver::with_servers(&[knot.addr]).unwrap();
     let deliverer = Deliverer::new(mx_settings(sink.addr.port()), resolver).unwrap();
-    let rcpts = strings(&["bob@failover.example.test"]);
+    let rcpts = indices(&["bob@failover.example.test"]);
     let env = envelope(&["bob@failover.example.test"]);
 
     let outcomes = deliverer
         .deliver(
             &NextHop::Mx {
-                domain: "failover.example.test".into(),
+                domain: domain("failover.example.test"),
             },
             &env,
             QUEUE_ID,
@@ -631,7 +690,7 @@ async fn mx_delivery_falls_over_to_the_next_mx_and_fails_on_null_mx() {
     let outcomes = deliverer
         .deliver(
             &NextHop::Mx {
-                domain: "nullmx.example.test".into(),
+                domain: domain("nullmx.example.test"),
             },
             &env,
             QUEUE_ID,
@@ -646,7 +705,7 @@ async fn mx_delivery_falls_over_to_the_next_mx_and_fails_on_null_mx() {
     let outcomes = deliverer
         .deliver(
             &NextHop::Mx {
-                domain: "nope.example.test".into(),
+                domain: domain("nope.example.test"),
             },
             &env,
             QUEUE_ID,
@@ -661,7 +720,7 @@ async fn mx_delivery_falls_over_to_the_next_mx_and_fails_on_null_mx() {
     let outcomes = deliverer
         .deliver(
             &NextHop::Mx {
-                domain: "noaddr.example.test".into(),
+                domain: domain("noaddr.example.test"),
             },
             &env,
             QUEUE_ID,
@@ -676,7 +735,7 @@ async fn mx_delivery_falls_over_to_the_next_mx_and_fails_on_null_mx() {
     let outcomes = deliverer
         .deliver(
             &NextHop::Mx {
-                domain: "amail.example.test".into(),
+                domain: domain("amail.example.test"),
             },
             &env,
             QUEUE_ID,
@@ -694,11 +753,11 @@ async fn all_mx_hosts_down_defers_and_require_tls_applies_to_mx() {
     let resolver = Resolver::with_servers(&[knot.addr]).unwrap();
     let deliverer = Deliverer::new(mx_settings(closed_port), resolver).unwrap();
     let env = envelope(&["bob@example.test"]);
-    let rcpts = strings(&["bob@example.test"]);
+    let rcpts = indices(&["bob@example.test"]);
     let outcomes = deliverer
         .deliver(
             &NextHop::Mx {
-                domain: "example.test".into(),
+                domain: domain("example.test"),
             },
             &env,
             QUEUE_ID,
@@ -716,7 +775,7 @@ async fn all_mx_hosts_down_defers_and_require_tls_applies_to_mx() {
     let deliverer = Deliverer::new(
         DeliverySettings {
             destinations: vec![DestinationPolicy {
-                domain: "AMAIL.example.test".into(),
+                domain: domain("AMAIL.example.test"),
                 require_tls: true,
             }],
             ..mx_settings(sink.addr.port())
@@ -727,7 +786,7 @@ async fn all_mx_hosts_down_defers_and_require_tls_applies_to_mx() {
     let outcomes = deliverer
         .deliver(
             &NextHop::Mx {
-                domain: "amail.example.test".into(),
+                domain: domain("amail.example.test"),
             },
             &env,
             QUEUE_ID,
@@ -761,7 +820,7 @@ async fn starttls_with_postfix_opportunistic_encrypts_and_required_verifies() {
         tls: TlsPolicy::Opportunistic,
     };
     let outcomes = deliverer
-        .deliver(&opportunistic, &env, QUEUE_ID, BODY, &strings(&rcpts))
+        .deliver(&opportunistic, &env, QUEUE_ID, BODY, &indices(&rcpts))
         .await;
     for (address, outcome) in &outcomes {
         assert!(outcome.is_delivered(), "{address}: {outcome}");
@@ -800,7 +859,7 @@ async fn starttls_with_postfix_opportunistic_encrypts_and_required_verifies() {
         tls: TlsPolicy::Required,
     };
     let outcomes = deliverer
-        .deliver(&required, &env, QUEUE_ID, BODY, &strings(&rcpts[..1]))
+        .deliver(&required, &env, QUEUE_ID, BODY, &indices(&rcpts[..1]))
         .await;
     let (_, outcome) = &outcomes[0];
     assert!(matches!(outcome, Outcome::Deferred { .. }), "{outcome}");
@@ -812,10 +871,10 @@ async fn starttls_with_postfix_opportunistic_encrypts_and_required_verifies() {
 async fn a_5xx_at_mail_on_one_mx_tries_the_next() {
     let knot = Knot::start("example.test", &test_zone());
     let domain = NextHop::Mx {
-        domain: "failover.example.test".into(),
+        domain: domain("failover.example.test"),
     };
     let env = envelope(&["bob@failover.example.test"]);
-    let rcpts = strings(&["bob@failover.example.test"]);
+    let rcpts = indices(&["bob@failover.example.test"]);
     // dead.example.test (preference 10) is 127.0.0.3, live.example.test (20) is 127.0.0.1; both
     // sinks listen on the same port, the MX port.
     for (first_flags, second_flags, expect) in [
@@ -882,7 +941,7 @@ async fn connection_level_failures_defer_every_recipient_with_a_precise_reason()
                 &envelope(&rcpts),
                 QUEUE_ID,
                 BODY,
-                &strings(&rcpts),
+                &indices(&rcpts),
             )
             .await;
         assert_eq!(outcomes.len(), 2);
@@ -908,7 +967,7 @@ async fn smarthost_by_name_or_literal_and_a_missing_relay_defers() {
     let resolver = Resolver::with_servers(&[knot.addr]).unwrap();
     let deliverer = Deliverer::new(settings(), resolver).unwrap();
     let env = envelope(&["bob@example.net"]);
-    let rcpts = strings(&["bob@example.net"]);
+    let rcpts = indices(&["bob@example.net"]);
     for host in ["mx1.example.test", "[127.0.0.1]", "127.0.0.1"] {
         let hop = NextHop::smarthost(
             &format!("{host}:{}", sink.addr.port()),
@@ -923,7 +982,7 @@ async fn smarthost_by_name_or_literal_and_a_missing_relay_defers() {
     let outcomes = literal
         .deliver(
             &NextHop::Mx {
-                domain: "[127.0.0.1]".into(),
+                domain: domain("[127.0.0.1]"),
             },
             &env,
             QUEUE_ID,
@@ -966,7 +1025,7 @@ async fn a_slow_reply_times_out_and_defers() {
             &envelope(&["bob@example.net"]),
             QUEUE_ID,
             BODY,
-            &strings(&["bob@example.net"]),
+            &indices(&["bob@example.net"]),
         )
         .await;
     let outcome = &outcomes[0].1;
@@ -992,7 +1051,7 @@ async fn total_cap_serialises_deliveries_to_different_hops() {
     )
     .unwrap();
     let env = envelope(&["bob@example.net"]);
-    let rcpts = strings(&["bob@example.net"]);
+    let rcpts = indices(&["bob@example.net"]);
     let (hop_a, hop_b) = (backend(first.addr), backend(second.addr));
     let started = Instant::now();
     let (a, b) = tokio::join!(
@@ -1019,7 +1078,7 @@ async fn ehlo_refused_falls_back_to_helo_without_extensions() {
             &env,
             QUEUE_ID,
             BODY,
-            &strings(&["bob@example.net"]),
+            &indices(&["bob@example.net"]),
         )
         .await;
     assert!(outcomes[0].1.is_delivered(), "{}", outcomes[0].1);
@@ -1045,7 +1104,7 @@ async fn broken_starttls_falls_back_to_plain_text_unless_required_and_size_is_ho
     });
     let deliverer = Deliverer::new(settings(), no_dns()).unwrap();
     let env = envelope(&["bob@example.net"]);
-    let rcpts = strings(&["bob@example.net"]);
+    let rcpts = indices(&["bob@example.net"]);
 
     let opportunistic = backend(postfix.addr);
     let outcomes = deliverer
@@ -1114,10 +1173,10 @@ async fn many_recipients_go_in_several_transactions_on_one_connection() {
             &envelope(&rcpts),
             QUEUE_ID,
             BODY,
-            &strings(&rcpts),
+            &indices(&rcpts),
         )
         .await;
-    let addresses: Vec<&str> = outcomes.iter().map(|(a, _)| a.as_str()).collect();
+    let addresses: Vec<&str> = outcomes.iter().map(|(i, _)| rcpts[*i]).collect();
     assert_eq!(addresses, rcpts, "outcomes in the order given");
     assert!(outcomes.iter().all(|(_, o)| o.is_delivered()));
     let dumps = sink.dumps();
@@ -1144,7 +1203,7 @@ async fn a_5xx_greeting_or_ehlo_defers_instead_of_bouncing() {
                 &envelope(&["bob@example.net"]),
                 QUEUE_ID,
                 BODY,
-                &strings(&["bob@example.net"]),
+                &indices(&["bob@example.net"]),
             )
             .await;
         let outcome = &outcomes[0].1;
@@ -1159,4 +1218,30 @@ async fn a_5xx_greeting_or_ehlo_defers_instead_of_bouncing() {
         );
         assert_eq!(outcome.status().map(|s| s.class), Some(4), "{flags:?}");
     }
+}
+
+/// The TOML block of `deliver`'s module doc, through the real configuration loader.
+#[test]
+fn the_module_docs_toml_is_a_valid_configuration() {
+    let source = include_str!("../src/deliver/mod.rs");
+    let block: String = source
+        .lines()
+        .skip_while(|l| *l != "//! ```toml")
+        .skip(1)
+        .take_while(|l| *l != "//! ```")
+        .map(|l| format!("{}\n", l.trim_start_matches("//!").trim_start()))
+        .collect();
+    assert!(block.contains("[delivery]"), "{block}");
+    let config = dimegate::config::Config::parse(&block).expect("the sketch loads");
+    assert_eq!(
+        config.smarthost,
+        Some(NextHop::Smarthost {
+            host: "relay.example.net".into(),
+            port: 587,
+            tls: TlsPolicy::Required,
+        })
+    );
+    assert_eq!(config.delivery.max_connections_per_hop, 20);
+    assert_eq!(config.delivery.destinations.len(), 1);
+    assert!(config.delivery.destinations[0].require_tls);
 }

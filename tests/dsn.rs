@@ -3,8 +3,9 @@
 //! syntax problem it meets as a defect.
 
 use dimegate::envelope::{DsnReturn, Envelope, Notify, QueueId, Recipient};
-use dimegate::queue::{Diagnosis, DsnInput, RecipientReport, ReportOutcome, build_dsn};
-use dimegate::store::UnixTime;
+use dimegate::queue::{DsnInput, RecipientReport, ReportOutcome, build_dsn};
+use dimegate::status::{Diagnosis, DiagnosticCode, DiagnosticType};
+use dimegate::time::UnixTime;
 use serde_json::Value;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -37,6 +38,11 @@ for part in msg.iter_parts():
     out["parts"].append(p)
 print(json.dumps(out))
 "#;
+
+/// An SMTP reply as a DSN's Diagnostic-Code carries it.
+fn smtp(text: impl Into<String>) -> DiagnosticCode {
+    DiagnosticCode::new(DiagnosticType::Smtp, text)
+}
 
 fn python_parse(message: &[u8]) -> Value {
     let mut child = Command::new("python3")
@@ -109,6 +115,7 @@ fn envelope(ret: Option<DsnReturn>) -> Envelope {
         tls: None,
         auth_user: None,
         arrival_unix: 1_700_000_000,
+        require_tls: false,
     }
 }
 
@@ -118,7 +125,9 @@ fn reports() -> Vec<RecipientReport> {
             recipient: 0,
             outcome: ReportOutcome::Failed(Diagnosis {
                 remote_mta: Some("mx.other.example".into()),
-                reply: Some("550 5.1.1 <bob@other.example>: Recipient address rejected".into()),
+                reply: Some(smtp(
+                    "550 5.1.1 <bob@other.example>: Recipient address rejected",
+                )),
                 ..Diagnosis::default()
             }),
             last_attempt: Some(UnixTime(1_700_000_100)),
@@ -128,7 +137,7 @@ fn reports() -> Vec<RecipientReport> {
             outcome: ReportOutcome::Delayed {
                 diagnosis: Diagnosis {
                     remote_mta: Some("mx.third.example".into()),
-                    reply: Some("451 4.7.1 Greylisted, try again later".into()),
+                    reply: Some(smtp("451 4.7.1 Greylisted, try again later")),
                     ..Diagnosis::default()
                 },
                 will_retry_until: UnixTime(1_700_432_000),

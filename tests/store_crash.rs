@@ -9,7 +9,8 @@
 //! also crashed into.
 
 use dimegate::envelope::{Envelope, QueueId, Recipient};
-use dimegate::store::{ListFilter, Outcome, StateKind, Store, StoreError, UnixTime};
+use dimegate::store::{ListFilter, Outcome, StateKind, Store, StoreError};
+use dimegate::time::UnixTime;
 use rand::Rng;
 use redb::ReadableTable;
 use std::io::{BufRead, BufReader, Write};
@@ -64,6 +65,7 @@ fn message(round: u32, task: u32, seq: u32) -> (Envelope, Vec<u8>) {
         tls: None,
         auth_user: None,
         arrival_unix: 1_700_000_000 + u64::from(seq),
+        require_tls: false,
     };
     // Sizes from a few bytes to ~48 KiB, so batches cross pages, the byte cap varies and bodies
     // are both inline rows and body files; task 0 sends 1-4 MiB bodies, whose file write and

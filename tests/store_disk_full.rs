@@ -6,7 +6,8 @@
 //! also covered by the unit tests in `src/store/error.rs`.
 
 use dimegate::envelope::{Envelope, QueueId, Recipient};
-use dimegate::store::{AppendError, Store, StoreOptions, UnixTime};
+use dimegate::store::{AppendError, Store, StoreOptions};
+use dimegate::time::UnixTime;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,6 +55,7 @@ fn envelope(n: u64) -> Envelope {
         tls: None,
         auth_user: None,
         arrival_unix: n,
+        require_tls: false,
     }
 }
 

@@ -31,7 +31,7 @@ pub struct AdminState {
     /// The queue.
     pub store: Store,
     /// The scheduler, for bounces (which queue DSNs) and for waking it after a retry.
-    pub runner: Arc<crate::queue::QueueRunner>,
+    pub runner: Arc<crate::runner::QueueRunner>,
     /// Refreshes gauges (queue size) just before `/metrics` is encoded.
     pub metrics: crate::metrics::Metrics,
     /// Cleared when shutdown begins.
@@ -82,7 +82,7 @@ async fn metrics(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Re
 
 fn refresh_queue_gauges(store: &Store, metrics: &crate::metrics::Metrics) {
     match store.stats() {
-        Ok(stats) => metrics.set_queue_gauges(&stats, crate::store::UnixTime::now()),
+        Ok(stats) => metrics.set_queue_gauges(&stats, crate::time::UnixTime::now()),
         Err(e) => tracing::warn!(error = %e, "reading queue gauges"),
     }
 }
@@ -117,7 +117,7 @@ async fn queue_action(
         other => return (StatusCode::NOT_FOUND, format!("no action {other:?}\n")).into_response(),
     };
     let store = state.store.clone();
-    let now = crate::store::UnixTime::now();
+    let now = crate::time::UnixTime::now();
     let name = format!("{action:?}");
     match tokio::task::spawn_blocking(move || store.apply(id, &action, now)).await {
         Ok(Ok(Some(record))) => {

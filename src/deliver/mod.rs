@@ -18,16 +18,17 @@
 //! counts as temporary, as with Postfix's `smtp_skip_5xx_greeting`) fail them. Once the message's bytes are on the wire, a
 //! lost session defers: a duplicate is possible, a loss is not.
 //!
-//! A sketch of the TOML that `config` may map onto [`DeliverySettings`] and [`NextHop`]:
+//! The TOML that `config` maps onto [`DeliverySettings`] and [`NextHop`] (tests/deliver.rs parses
+//! this block with the real loader):
 //!
 //! ```toml
 //! [backend]                 # NextHop::Backend
 //! address = "127.0.0.1:24"
 //! lmtp = true
-//! starttls = "disabled"     # TlsPolicy: disabled | opportunistic | required
+//! starttls = "off"          # TlsPolicy: off (Disabled) | opportunistic | required
 //! [relay]                   # NextHop::smarthost(spec, tls)
 //! smarthost = "[relay.example.net]:587"
-//! starttls = "required"
+//! smarthost_tls = "required"
 //! [dns]                     # resolve::ResolverSettings
 //! servers = ["127.0.0.1:53"]
 //! [delivery]                # DeliverySettings (helo_name defaults to smtp.hostname)
@@ -44,12 +45,12 @@ mod received;
 mod session;
 mod wire;
 
-/// The enhanced status codes of outcomes are the queue's (the DSN writes them).
-pub use crate::queue::EnhancedStatus;
 pub use received::received_header;
 
+use crate::domain::Domain;
 use crate::envelope::{Envelope, QueueId, Recipient};
 use crate::resolve::{MxAnswer, ResolveError, Resolver};
+use crate::status::{DeliveryOutcome, Diagnosis, DiagnosticCode, DiagnosticType, EnhancedStatus};
 use session::{Connection, HopFailure, Target, Timeouts, TlsConnectors, Transaction};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -244,6 +245,10 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// What this transport's remote replies are, for a DSN's `Diagnostic-Code` (RFC 3464
+    /// §2.3.6): SMTP and LMTP replies alike are `smtp`.
+    pub const DIAGNOSTIC_TYPE: DiagnosticType = DiagnosticType::Smtp;
+
     /// 2xx delivered, 4xx deferred, 5xx failed; anything else (a 1xx or 3xx where a final answer
     /// belongs) is a protocol error of the peer: deferred.
     fn from_reply(reply: RemoteReply) -> Outcome {
@@ -359,14 +364,15 @@ impl Outcome {
         }
     }
 
-    /// The queue's view of this outcome, for `Scheduler::handle_outcomes` and the DSN:
-    /// `Remote-MTA` from the host, `Diagnostic-Code: smtp;` from the reply, our own reason
-    /// otherwise, and the enhanced status.
-    pub fn to_delivery_outcome(&self) -> crate::queue::DeliveryOutcome {
-        use crate::queue::{DeliveryOutcome, Diagnosis};
+    /// The transport-neutral view of this outcome, for the queue and the DSN: `Remote-MTA` from
+    /// the host, `Diagnostic-Code: smtp;` from the reply ([`Outcome::DIAGNOSTIC_TYPE`]), our own
+    /// reason otherwise, and the enhanced status.
+    pub fn to_delivery_outcome(&self) -> DeliveryOutcome {
         let diagnosis = Diagnosis {
             remote_mta: self.remote_host().map(str::to_owned),
-            reply: self.reply_line(),
+            reply: self
+                .reply_line()
+                .map(|line| DiagnosticCode::new(Self::DIAGNOSTIC_TYPE, line)),
             local_reason: self.local_reason().map(str::to_owned),
             status: self.status(),
         };
@@ -435,10 +441,11 @@ pub enum NextHop {
         /// STARTTLS policy.
         tls: TlsPolicy,
     },
-    /// The recipient domain's MX hosts, tried in order (RFC 5321 §5.1).
+    /// The recipient domain's MX hosts, tried in order (RFC 5321 §5.1); an address literal is
+    /// connected to directly.
     Mx {
         /// The recipient domain.
-        domain: String,
+        domain: Domain,
     },
 }
 
@@ -501,7 +508,7 @@ impl NextHop {
             NextHop::Smarthost { host, port, .. } => {
                 format!("relay:{}:{port}", host.to_ascii_lowercase())
             }
-            NextHop::Mx { domain } => format!("mx:{}", domain.to_ascii_lowercase()),
+            NextHop::Mx { domain } => format!("mx:{domain}"),
         }
     }
 }
@@ -509,8 +516,8 @@ impl NextHop {
 /// Per-destination policy for [`NextHop::Mx`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DestinationPolicy {
-    /// Recipient domain, compared case-insensitively.
-    pub domain: String,
+    /// Recipient domain.
+    pub domain: Domain,
     /// Require verified TLS to this domain's MX hosts.
     pub require_tls: bool,
 }
@@ -642,10 +649,12 @@ impl Deliverer {
         self.metrics.register(registry);
     }
 
-    /// Delivers one message to one next hop for `recipients` (addresses from
-    /// `envelope.recipients`; their NOTIFY/ORCPT are taken from there). Returns one outcome per
-    /// recipient, in the order given. Never fails as a whole: DNS, connect or TLS trouble shows as
-    /// every recipient deferred (or failed, when permanent) with the precise reason.
+    /// Delivers one message to one next hop for the recipients at `recipients` (indices into
+    /// `envelope.recipients`, whose NOTIFY/ORCPT go with each). Returns one outcome per index
+    /// asked for, keyed by it and in the order given (an index past the envelope's recipients
+    /// gets none), so two RCPTs of one address keep their own parameters and outcomes. Never
+    /// fails as a whole: DNS, connect or TLS trouble shows as every recipient deferred (or
+    /// failed, when permanent) with the precise reason.
     ///
     /// Waits for a free slot under the per-hop and total caps first.
     ///
@@ -658,32 +667,32 @@ impl Deliverer {
         envelope: &Envelope,
         queue_id: QueueId,
         body: &[u8],
-        recipients: &[String],
-    ) -> Vec<(String, Outcome)> {
+        recipients: &[usize],
+    ) -> Vec<(usize, Outcome)> {
+        let (indices, chosen): (Vec<usize>, Vec<&Recipient>) = recipients
+            .iter()
+            .filter_map(|&i| envelope.recipients.get(i).map(|r| (i, r)))
+            .unzip();
         let outcomes = self
-            .deliver_inner(hop, envelope, queue_id, body, recipients)
+            .deliver_inner(hop, envelope, queue_id, body, &chosen)
             .await;
-        for (address, outcome) in &outcomes {
-            tracing::info!(%queue_id, rcpt = %address, %outcome, "delivery attempt");
+        for (recipient, outcome) in chosen.iter().zip(&outcomes) {
+            tracing::info!(%queue_id, rcpt = %recipient.address, %outcome, "delivery attempt");
         }
-        outcomes
+        indices.into_iter().zip(outcomes).collect()
     }
 
-    /// [`Deliverer::deliver`] without the logging. Not cancel-safe, for the same reason.
+    /// [`Deliverer::deliver`] without the logging: one outcome per recipient, in order. Not
+    /// cancel-safe, for the same reason.
     async fn deliver_inner(
         &self,
         hop: &NextHop,
         envelope: &Envelope,
         queue_id: QueueId,
         body: &[u8],
-        recipients: &[String],
-    ) -> Vec<(String, Outcome)> {
-        let all = |outcome: Outcome| -> Vec<(String, Outcome)> {
-            recipients
-                .iter()
-                .map(|r| (r.clone(), outcome.clone()))
-                .collect()
-        };
+        recipients: &[&Recipient],
+    ) -> Vec<Outcome> {
+        let all = |outcome: Outcome| -> Vec<Outcome> { vec![outcome; recipients.len()] };
         if recipients.is_empty() {
             return Vec::new();
         }
@@ -730,32 +739,11 @@ impl Deliverer {
         hop: &NextHop,
         envelope: &Envelope,
         queue_id: QueueId,
-        recipients: &[String],
+        recipients: &[&Recipient],
         payload: &[u8],
         message_len: usize,
-    ) -> Vec<(String, Outcome)> {
-        let all = |outcome: Outcome| -> Vec<(String, Outcome)> {
-            recipients
-                .iter()
-                .map(|r| (r.clone(), outcome.clone()))
-                .collect()
-        };
-        let recipient_data: Vec<Recipient> = recipients
-            .iter()
-            .map(|address| {
-                envelope
-                    .recipients
-                    .iter()
-                    .find(|r| &r.address == address)
-                    .cloned()
-                    .unwrap_or_else(|| Recipient {
-                        address: address.clone(),
-                        notify: None,
-                        orcpt: None,
-                    })
-            })
-            .collect();
-        let recipient_refs: Vec<&Recipient> = recipient_data.iter().collect();
+    ) -> Vec<Outcome> {
+        let all = |outcome: Outcome| -> Vec<Outcome> { vec![outcome; recipients.len()] };
         let candidates = match self.candidates(hop).await {
             Ok(candidates) => candidates,
             Err(outcome) => return all(outcome),
@@ -812,12 +800,10 @@ impl Deliverer {
                 }
                 attempts += 1;
                 match self
-                    .attempt(&target, envelope, &recipient_refs, payload, message_len)
+                    .attempt(&target, envelope, recipients, payload, message_len)
                     .await
                 {
-                    Ok(outcomes) => {
-                        return recipients.iter().cloned().zip(outcomes).collect();
-                    }
+                    Ok(outcomes) => return outcomes,
                     Err(failure) if failure.permanent => remember(failure, &mut last_permanent),
                     Err(failure) => remember(failure, &mut last_temporary),
                 }
@@ -906,9 +892,12 @@ impl Deliverer {
                         .collect(),
                 ))
             }
-            NextHop::Mx { domain } if domain.starts_with('[') => {
+            NextHop::Mx { domain } if domain.is_address_literal() => {
                 // An address literal (RFC 5321 §4.1.3): connect to it, no DNS.
-                let inner = domain.trim_start_matches('[').trim_end_matches(']');
+                let inner = domain
+                    .as_str()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
                 let inner = inner
                     .strip_prefix("IPv6:")
                     .or_else(|| inner.strip_prefix("ipv6:"))
@@ -931,7 +920,7 @@ impl Deliverer {
             NextHop::Mx { domain } => {
                 let mut answer = self
                     .resolver
-                    .mx_hosts(domain)
+                    .mx_hosts(domain.as_str())
                     .await
                     .map_err(|e| dns_outcome(&e))?;
                 if answer == MxAnswer::NullMx {
@@ -949,7 +938,7 @@ impl Deliverer {
                     .settings
                     .destinations
                     .iter()
-                    .any(|d| d.require_tls && d.domain.eq_ignore_ascii_case(domain));
+                    .any(|d| d.require_tls && d.domain == *domain);
                 let tls = if require {
                     TlsPolicy::Required
                 } else {
@@ -1203,12 +1192,11 @@ mod tests {
 
     #[test]
     fn outcomes_become_queue_diagnoses() {
-        use crate::queue::{DeliveryOutcome, Diagnosis};
         assert_eq!(
             Outcome::from_reply(reply(550, [5, 1, 1])).to_delivery_outcome(),
             DeliveryOutcome::Failed(Diagnosis {
                 remote_mta: Some("mx".into()),
-                reply: Some("550 5.1.1 text".into()),
+                reply: Some(DiagnosticCode::new(DiagnosticType::Smtp, "550 5.1.1 text")),
                 local_reason: None,
                 status: Some(EnhancedStatus::new(5, 1, 1)),
             })
@@ -1282,11 +1270,12 @@ mod tests {
 
     #[test]
     fn concurrency_keys_are_case_insensitive() {
+        let domain = |d: &str| Domain::parse(d).expect("a domain");
         let a = NextHop::Mx {
-            domain: "Example.ORG".into(),
+            domain: domain("Example.ORG"),
         };
         let b = NextHop::Mx {
-            domain: "example.org".into(),
+            domain: domain("example.org"),
         };
         assert_eq!(a.concurrency_key(), b.concurrency_key());
     }

@@ -2,8 +2,7 @@
 //! Sans-I/O: everything, the time included, comes in as arguments.
 
 use crate::envelope::{Envelope, QueueId};
-use crate::queue::rfc5322_date;
-use crate::store::UnixTime;
+use crate::time::{UnixTime, rfc5322_date};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 

@@ -20,105 +20,11 @@
 //! - Every line ends in CRLF and is at most 998 bytes (RFC 5322 §2.1.1); long fields are folded
 //!   at spaces (§2.2.3).
 
-use super::date::rfc5322_date;
 use crate::envelope::{DsnReturn, Envelope, Notify, QueueId, Recipient};
-use crate::store::UnixTime;
+use crate::status::{Diagnosis, DiagnosticCode, EnhancedStatus};
+use crate::time::{UnixTime, rfc5322_date};
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
-
-/// An RFC 3463 enhanced status code, `class.subject.detail`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct EnhancedStatus {
-    /// 2 (success), 4 (persistent transient failure) or 5 (permanent failure).
-    pub class: u8,
-    /// The subject (RFC 3463 §3: 0 other, 1 address, 2 mailbox, 3 mail system, ...).
-    pub subject: u16,
-    /// The detail within the subject.
-    pub detail: u16,
-}
-
-impl EnhancedStatus {
-    /// 2.0.0: delivered, nothing more to say.
-    pub const DELIVERED: EnhancedStatus = EnhancedStatus::new(2, 0, 0);
-    /// 4.0.0: a temporary failure the remote did not qualify.
-    pub const DELAYED: EnhancedStatus = EnhancedStatus::new(4, 0, 0);
-    /// 5.0.0: a permanent failure the remote did not qualify.
-    pub const FAILED: EnhancedStatus = EnhancedStatus::new(5, 0, 0);
-    /// 4.4.7: delivery time expired (RFC 3463 §3.5), for a message that timed out in the queue
-    /// without a more precise last error.
-    pub const EXPIRED: EnhancedStatus = EnhancedStatus::new(4, 4, 7);
-    /// 5.1.3: bad destination mailbox address syntax (RFC 3463 §3.2).
-    pub const BAD_ADDRESS: EnhancedStatus = EnhancedStatus::new(5, 1, 3);
-
-    /// A code from its parts.
-    pub const fn new(class: u8, subject: u16, detail: u16) -> EnhancedStatus {
-        EnhancedStatus {
-            class,
-            subject,
-            detail,
-        }
-    }
-
-    /// Parses `5.1.1`: class 2, 4 or 5, subject and detail of one to three digits (RFC 3463 §2).
-    pub fn parse(text: &str) -> Option<EnhancedStatus> {
-        let mut parts = text.split('.');
-        let class = parts.next()?;
-        let subject = parts.next()?;
-        let detail = parts.next()?;
-        if parts.next().is_some() {
-            return None;
-        }
-        let class = match class {
-            "2" => 2,
-            "4" => 4,
-            "5" => 5,
-            _ => return None,
-        };
-        let number = |s: &str| {
-            if (1..=3).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()) {
-                s.parse::<u16>().ok()
-            } else {
-                None
-            }
-        };
-        Some(EnhancedStatus::new(
-            class,
-            number(subject)?,
-            number(detail)?,
-        ))
-    }
-
-    /// The enhanced code that follows the reply code in an SMTP reply (`550 5.1.1 No such user`,
-    /// `451-4.7.1 ...`), as RFC 2034 §4 places it.
-    pub fn from_reply(reply: &str) -> Option<EnhancedStatus> {
-        let first = reply.lines().next()?;
-        let rest = first.get(4..)?;
-        let token = rest.split_whitespace().next()?;
-        EnhancedStatus::parse(token)
-    }
-}
-
-impl std::fmt::Display for EnhancedStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
-    }
-}
-
-/// What is known about why an attempt did not succeed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Diagnosis {
-    /// The host that answered (`Remote-MTA: dns; ...`), if one was reached.
-    pub remote_mta: Option<String>,
-    /// The remote's SMTP reply, code first (`550 5.1.1 No such user`); several lines allowed.
-    /// Becomes `Diagnostic-Code: smtp; ...`.
-    pub reply: Option<String>,
-    /// A failure found here rather than reported by a remote (DNS, connection refused, expiry,
-    /// policy). Becomes `Diagnostic-Code: X-Dimegate; ...` when there is no reply.
-    pub local_reason: Option<String>,
-    /// The enhanced status. When `None`, the one in `reply` is used, else a default of the
-    /// outcome's class (5.0.0 / 4.0.0 / 2.0.0).
-    pub status: Option<EnhancedStatus>,
-}
 
 /// What happened to one recipient, as far as this DSN reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +71,7 @@ impl ReportOutcome {
         let d = self.diagnosis();
         let given = d
             .status
-            .or_else(|| d.reply.as_deref().and_then(EnhancedStatus::from_reply));
+            .or_else(|| d.reply.as_ref().and_then(DiagnosticCode::status));
         let (fits, default): (&[u8], _) = match self {
             ReportOutcome::Failed(_) => (&[4, 5], EnhancedStatus::FAILED),
             ReportOutcome::Delayed { .. } => (&[4], EnhancedStatus::DELAYED),
@@ -265,6 +171,7 @@ impl Dsn {
             tls: None,
             auth_user: None,
             arrival_unix: now.0,
+            require_tls: false,
         }
     }
 }
@@ -616,8 +523,10 @@ fn human_part(
         let _ = write!(text, "<{address}>: {}\r\n", report.outcome.action());
         let d = report.outcome.diagnosis();
         let detail = match (&d.reply, &d.remote_mta, &d.local_reason) {
-            (Some(reply), Some(host), _) => format!("{host} said: {}", one_line(reply)),
-            (Some(reply), None, _) => format!("The remote server said: {}", one_line(reply)),
+            (Some(reply), Some(host), _) => format!("{host} said: {}", one_line(&reply.text)),
+            (Some(reply), None, _) => {
+                format!("The remote server said: {}", one_line(&reply.text))
+            }
             (None, _, Some(reason)) => one_line(reason),
             (None, Some(host), None) => format!("Accepted by {host}."),
             (None, None, None) => String::new(),
@@ -677,7 +586,11 @@ fn status_part(
             push_field(
                 &mut out,
                 "Diagnostic-Code",
-                &format!("smtp; {}", sanitize_header(&one_line(reply))),
+                &format!(
+                    "{}; {}",
+                    reply.diagnostic_type.as_str(),
+                    sanitize_header(&one_line(&reply.text))
+                ),
             );
         } else if let Some(reason) = &d.local_reason {
             push_field(

@@ -1,6 +1,7 @@
 //! Table tests of the DSN rules; tests/dsn.rs runs the output through Python's `email` parser.
 
 use super::*;
+use crate::status::{DiagnosticCode, DiagnosticType};
 
 const ARRIVAL: UnixTime = UnixTime(1_700_000_000);
 const NOW: UnixTime = UnixTime(1_700_003_600);
@@ -27,13 +28,19 @@ fn envelope(recipients: Vec<Recipient>, ret: Option<DsnReturn>) -> Envelope {
         tls: None,
         auth_user: None,
         arrival_unix: ARRIVAL.0,
+        require_tls: false,
     }
+}
+
+/// An SMTP reply as a DSN's Diagnostic-Code carries it.
+fn smtp(text: impl Into<String>) -> DiagnosticCode {
+    DiagnosticCode::new(DiagnosticType::Smtp, text)
 }
 
 fn failed(reply: &str) -> ReportOutcome {
     ReportOutcome::Failed(Diagnosis {
         remote_mta: Some("mx.other.example".into()),
-        reply: Some(reply.into()),
+        reply: Some(smtp(reply)),
         ..Diagnosis::default()
     })
 }
@@ -42,7 +49,7 @@ fn delayed(reply: &str) -> ReportOutcome {
     ReportOutcome::Delayed {
         diagnosis: Diagnosis {
             remote_mta: Some("mx.other.example".into()),
-            reply: Some(reply.into()),
+            reply: Some(smtp(reply)),
             ..Diagnosis::default()
         },
         will_retry_until: ARRIVAL.plus(std::time::Duration::from_secs(5 * 86_400)),
@@ -52,7 +59,7 @@ fn delayed(reply: &str) -> ReportOutcome {
 fn delivered() -> ReportOutcome {
     ReportOutcome::Delivered(Diagnosis {
         remote_mta: Some("mx.other.example".into()),
-        reply: Some("250 2.0.0 Ok: queued as 1234".into()),
+        reply: Some(smtp("250 2.0.0 Ok: queued as 1234")),
         ..Diagnosis::default()
     })
 }
@@ -313,7 +320,7 @@ fn per_message_and_per_recipient_fields() {
         RecipientReport {
             recipient: 3,
             outcome: ReportOutcome::Failed(Diagnosis {
-                reply: Some("554 transaction failed".into()),
+                reply: Some(smtp("554 transaction failed")),
                 ..Diagnosis::default()
             }),
             last_attempt: None,
@@ -383,7 +390,7 @@ fn per_message_and_per_recipient_fields() {
 #[test]
 fn status_default_and_class_table() {
     let d = |reply: Option<&str>, status: Option<EnhancedStatus>| Diagnosis {
-        reply: reply.map(str::to_owned),
+        reply: reply.map(smtp),
         status,
         ..Diagnosis::default()
     };
@@ -681,7 +688,7 @@ mod properties {
         )
             .prop_map(|(remote_mta, reply, local_reason)| Diagnosis {
                 remote_mta,
-                reply,
+                reply: reply.map(smtp),
                 local_reason,
                 status: None,
             });
@@ -747,7 +754,7 @@ mod properties {
 fn relayed_is_reported_as_relayed_only_on_notify_success() {
     let relayed = ReportOutcome::Relayed(Diagnosis {
         remote_mta: Some("mx.other.example".into()),
-        reply: Some("250 2.0.0 Ok: queued as 1234".into()),
+        reply: Some(smtp("250 2.0.0 Ok: queued as 1234")),
         ..Diagnosis::default()
     });
     for (n, want) in [

@@ -1,15 +1,17 @@
-//! The queue policy, sans-I/O: retry schedule and expiry, delay warnings, the route of a recipient,
-//! DSN generation (RFC 3464/3461), the scheduler's decisions, and ingress back-pressure.
+//! The queue policy, sans-I/O: retry schedule and expiry, delay warnings, what an attempt's
+//! outcomes do to a message (the [`Scheduler`]), DSN generation (RFC 3464/3461), and ingress
+//! back-pressure.
 //!
 //! Nothing here opens a socket, a file or the store, reads the clock or seeds an RNG: time comes
-//! in as [`UnixTime`](crate::store::UnixTime), randomness from the caller, the store's records as data; decisions go out
-//! as values ([`Decision`], [`Route`], [`Action`], DSN bytes). The tokio glue that leases from
-//! the store, delivers and feeds outcomes back lives elsewhere and stays thin; every rule here is
-//! a table test with an explicit `now`.
+//! in as [`UnixTime`](crate::time::UnixTime), randomness from the caller, the store's records as
+//! data; decisions go out as values ([`Decision`], [`Action`], DSN bytes). Which transport a
+//! recipient takes is not the queue's business either: the loop that leases, routes, delivers and
+//! feeds outcomes back is [`crate::runner`]. Every rule here is a table test with an explicit
+//! `now`.
 //!
 //! ```
-//! use dimegate::queue::{Decision, Jitter, Policy, Route, RouteSettings, ServedDomains, route};
-//! use dimegate::store::UnixTime;
+//! use dimegate::queue::{Decision, Jitter, Policy};
+//! use dimegate::time::UnixTime;
 //! use rand::SeedableRng;
 //!
 //! let policy = Policy { jitter: Jitter::NONE, ..Policy::default() };
@@ -25,29 +27,18 @@
 //!     policy.next_attempt(arrival, 23, UnixTime(1_700_432_000), &mut rng),
 //!     Decision::Expire,
 //! );
-//! let served = ServedDomains::new(["example.org"]);
-//! assert_eq!(route("bob@Example.ORG", &served, &RouteSettings::default()), Ok(Route::Backend));
 //! ```
 #![warn(missing_docs)]
 
-mod date;
 mod dsn;
 mod retry;
-mod route;
-mod runner;
 mod scheduler;
 
-pub use date::{rfc5322_date, utc_timestamp};
-pub use dsn::{
-    Diagnosis, Dsn, DsnInput, EnhancedStatus, RecipientReport, ReportOutcome, build_dsn,
-};
+pub use dsn::{Dsn, DsnInput, RecipientReport, ReportOutcome, build_dsn};
 pub use retry::{Decision, Jitter, RetrySchedule, ScheduleError, should_warn_delay};
-pub use route::{
-    Route, RouteError, RouteGroups, RouteSettings, ServedDomains, group_by_route, route,
-};
-pub use runner::{Hops, QueueRunner, bounce};
-pub use scheduler::{Action, DeliveryOutcome, QueuedMessage, Scheduler};
+pub use scheduler::{Action, QueuedMessage, Scheduler};
 
+use crate::status::EnhancedStatus;
 use std::time::Duration;
 
 /// The queue's settings, typed and validated. `config.rs` fills it from `[queue]`; every field has

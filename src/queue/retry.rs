@@ -4,7 +4,7 @@
 //! with an explicit `now` and a seeded RNG replays exactly.
 
 use super::{Policy, PolicyError};
-use crate::store::UnixTime;
+use crate::time::UnixTime;
 use rand::Rng;
 use std::time::Duration;
 

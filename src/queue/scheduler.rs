@@ -1,35 +1,32 @@
-//! The scheduler's decisions, sans-I/O in mini-redis's shape: the glue hands in the store's
-//! records and the time, gets back [`Action`]s and the next wake-up, performs the actions against
-//! the store and delivery, sleeps until the wake-up (or until a new message arrives) and asks
-//! again.
+//! The scheduler's decisions after an attempt, sans-I/O: the glue hands in the store's record of
+//! a message, the outcome of each attempted recipient and the time, and gets back [`Action`]s
+//! (store transitions, a DSN to queue, removal) to perform.
 //!
-//! ```text
-//! loop {
-//!     let records = store.list(..)?;                 // data, not a handle
-//!     for action in scheduler.due(&messages, now, budget) { perform(action) }
-//!     sleep_until(scheduler.next_wakeup(&messages, now)) or new-mail notification;
-//! }
-//! delivery finished -> for action in scheduler.handle_outcomes(&message, &results, now, rng) { .. }
-//! ```
+//! *Which* recipients are due, and when the next one will be, is not decided here: the store
+//! answers that from its durable `schedule` index (`Store::lease_due`), which leases in the same
+//! transaction that finds, and releases leases left by a crash when it opens. An in-memory
+//! second answer (the scheduler once had `due`, `next_wakeup` and `recover` over listed records)
+//! would have to list every queued message to agree with it, and production never ran it, so it
+//! is gone: one implementation of "what is due", the one that runs.
 //!
 //! # Contract with the glue
 //!
-//! The actions of one call are one unit, in order: state changes, then `SendDsn` (build the DSN
-//! with [`super::build_dsn`] from the message body and append it to the store), then `Remove`.
-//! Applied in one store transaction, a crash leaves all or nothing. If the glue cannot make them
-//! atomic, it must at least apply them in order: a message whose recipients are all final but
-//! which is still queued is treated by [`Scheduler::due`] as a leftover of a crash and reported
-//! again before removal, so the worst case is a duplicate DSN, never a missing one.
+//! The actions of one call are one unit, in order: `SendDsn` first (build the DSN with
+//! [`super::build_dsn`] from the message body and append it, durably, to the store), then the
+//! state changes and `Remove` in one store transaction. A crash before that transaction leaves
+//! the recipients leased; the store releases them at start and the attempt is repeated, so the
+//! worst case is a duplicate delivery or DSN, never a missing one.
 
-use super::dsn::{Diagnosis, EnhancedStatus, RecipientReport, ReportOutcome};
-use super::route::RouteError;
+use super::dsn::{RecipientReport, ReportOutcome};
 use super::{Decision, Policy, should_warn_delay};
 use crate::envelope::QueueId;
-use crate::store::{MessageRecord, RecipientState, RecipientStatus, UnixTime};
+use crate::status::{DeliveryOutcome, Diagnosis, DiagnosticCode, DiagnosticType, EnhancedStatus};
+use crate::store::{MessageRecord, RecipientState, RecipientStatus};
+use crate::time::UnixTime;
 use rand::Rng;
 
-/// One queued message as the scheduler sees it: the store's record plus what the store does not
-/// keep yet (see the module's report: a per-message "delay warning sent" flag).
+/// One queued message as the scheduler sees it: the store's record and whether its delay warning
+/// went out (the glue passes the record's `delay_warned`; tests vary it on its own).
 #[derive(Debug, Clone, Copy)]
 pub struct QueuedMessage<'a> {
     /// The store's record: envelope and per-recipient states.
@@ -38,55 +35,9 @@ pub struct QueuedMessage<'a> {
     pub delay_warned: bool,
 }
 
-/// How one delivery attempt for one recipient ended, as `deliver` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeliveryOutcome {
-    /// The next hop took responsibility (2xx after DATA) and its acceptance is the final
-    /// delivery (LMTP without DSN): NOTIFY=SUCCESS gets `Action: delivered`.
-    Delivered(Diagnosis),
-    /// An SMTP next hop without the DSN extension took responsibility: NOTIFY=SUCCESS gets
-    /// `Action: relayed` (RFC 3461 §5.2.3).
-    Relayed(Diagnosis),
-    /// A next hop with the DSN extension took responsibility, NOTIFY passed on: it reports
-    /// success itself (RFC 3461 §5.2.2), so no success DSN from here.
-    PassedOn(Diagnosis),
-    /// A temporary failure (4xx, no connection, DNS SERVFAIL): try again later.
-    Deferred(Diagnosis),
-    /// A permanent failure (5xx, no such domain, unroutable): give up now.
-    Failed(Diagnosis),
-}
-
-impl DeliveryOutcome {
-    /// A recipient [`super::route`] could not route: a permanent failure with 5.1.3.
-    pub fn unroutable(error: &RouteError) -> DeliveryOutcome {
-        DeliveryOutcome::Failed(Diagnosis {
-            local_reason: Some(error.to_string()),
-            status: Some(EnhancedStatus::BAD_ADDRESS),
-            ..Diagnosis::default()
-        })
-    }
-}
-
 /// What the glue should do, in the order given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// A lease lapsed (its worker died or hung): store `release_lease`, making it due again.
-    /// Not an attempt, so it does not count towards the schedule.
-    ReleaseLease {
-        /// The message.
-        queue_id: QueueId,
-        /// Index of the recipient.
-        recipient: usize,
-    },
-    /// Lease these recipients until `until` (store `lease`), group them by route and deliver.
-    Lease {
-        /// The message.
-        queue_id: QueueId,
-        /// Indices of the recipients, in envelope order.
-        recipients: Vec<usize>,
-        /// When the lease lapses.
-        until: UnixTime,
-    },
     /// The attempt succeeded: store `delivered`.
     Delivered {
         /// The message.
@@ -125,7 +76,7 @@ pub enum Action {
         /// Its recipients and what happened to them.
         reports: Vec<RecipientReport>,
     },
-    /// Remember that the delay warning for this message went out (store support needed).
+    /// Remember that the delay warning for this message went out (store `MarkDelayWarned`).
     MarkDelayWarned {
         /// The message.
         queue_id: QueueId,
@@ -152,145 +103,6 @@ impl Scheduler {
     /// The policy in force.
     pub fn policy(&self) -> &Policy {
         &self.policy
-    }
-
-    /// When a lease taken at `now` lapses.
-    pub fn lease_until(&self, now: UnixTime) -> UnixTime {
-        now.plus(self.policy.lease)
-    }
-
-    /// At start-up: every lease in the store belongs to a process that is gone, so release them
-    /// all now rather than wait out their `until` (the deliveries they covered may or may not have
-    /// happened; retrying risks a duplicate, waiting risks nothing but delay, and the lease could
-    /// be half an hour).
-    pub fn recover(&self, messages: &[QueuedMessage<'_>]) -> Vec<Action> {
-        let mut actions = Vec::new();
-        for m in messages {
-            for (recipient, status) in m.record.recipients.iter().enumerate() {
-                if matches!(status.state, RecipientState::Leased { .. }) {
-                    actions.push(Action::ReleaseLease {
-                        queue_id: m.record.queue_id,
-                        recipient,
-                    });
-                }
-            }
-        }
-        actions
-    }
-
-    /// What is due at `now`: lapsed leases to release, due recipients to lease (at most
-    /// `max_leases` recipients in all, in the order given, which is arrival order from the
-    /// store), delay warnings owed, and left-over finished messages to report and remove.
-    ///
-    /// A recipient past expiry that is due still gets its attempt: giving up without trying
-    /// (say, after the gateway was down for a week) would bounce mail that might now go through.
-    /// If that attempt fails temporarily, [`Scheduler::handle_outcomes`] expires it.
-    pub fn due(
-        &self,
-        messages: &[QueuedMessage<'_>],
-        now: UnixTime,
-        max_leases: usize,
-    ) -> Vec<Action> {
-        let mut actions = Vec::new();
-        let mut budget = max_leases;
-        for m in messages {
-            let record = m.record;
-            let queue_id = record.queue_id;
-            if record.recipients.iter().all(|s| s.state.is_final()) {
-                self.leftover(record, &mut actions);
-                continue;
-            }
-            let mut leased = Vec::new();
-            for (recipient, status) in record.recipients.iter().enumerate() {
-                let lapsed =
-                    matches!(status.state, RecipientState::Leased { until } if until <= now);
-                if lapsed {
-                    actions.push(Action::ReleaseLease {
-                        queue_id,
-                        recipient,
-                    });
-                }
-                if (lapsed || status.is_due(now)) && budget > 0 {
-                    leased.push(recipient);
-                    budget -= 1;
-                }
-            }
-            // The warning before the lease: it reports the state as it was, with the last error.
-            let arrival = UnixTime(record.envelope.arrival_unix);
-            if should_warn_delay(arrival, now, m.delay_warned, &self.policy) {
-                let until = self.policy.expires_at(arrival);
-                let reports = record
-                    .recipients
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| !s.state.is_final())
-                    .map(|(recipient, s)| RecipientReport {
-                        recipient,
-                        outcome: ReportOutcome::Delayed {
-                            diagnosis: diagnosis_from_store(s),
-                            will_retry_until: until,
-                        },
-                        last_attempt: None,
-                    })
-                    .collect();
-                actions.extend(send_dsn(record, reports));
-                actions.push(Action::MarkDelayWarned { queue_id });
-            }
-            if !leased.is_empty() {
-                actions.push(Action::Lease {
-                    queue_id,
-                    recipients: leased,
-                    until: self.lease_until(now),
-                });
-            }
-        }
-        actions
-    }
-
-    /// When [`Scheduler::due`] next has something to do, given the same messages; `now` if
-    /// something is due already, `None` if nothing is pending (sleep until new mail). When `due`
-    /// left recipients unleased for lack of budget, this is `now` too: the glue then waits for a
-    /// delivery worker to come free rather than for this time.
-    pub fn next_wakeup(&self, messages: &[QueuedMessage<'_>], now: UnixTime) -> Option<UnixTime> {
-        let mut earliest: Option<UnixTime> = None;
-        let mut consider = |t: UnixTime| {
-            let t = t.max(now);
-            earliest = Some(earliest.map_or(t, |e| e.min(t)));
-        };
-        for m in messages {
-            let record = m.record;
-            if record.recipients.iter().all(|s| s.state.is_final()) {
-                consider(now);
-                continue;
-            }
-            for status in &record.recipients {
-                match status.state {
-                    RecipientState::Queued => consider(now),
-                    RecipientState::Deferred { next_at } => consider(next_at),
-                    RecipientState::Leased { until } => consider(until),
-                    RecipientState::Held
-                    | RecipientState::Delivered { .. }
-                    | RecipientState::Failed { .. } => {}
-                }
-            }
-            if !m.delay_warned
-                && let Some(at) = self
-                    .policy
-                    .delay_warning_at(UnixTime(record.envelope.arrival_unix))
-            {
-                // Only while it can still fire: a warning time in the past that did not fire
-                // (the message expired) must not keep the loop spinning at `now`.
-                if should_warn_delay(
-                    UnixTime(record.envelope.arrival_unix),
-                    at.max(now),
-                    false,
-                    &self.policy,
-                ) {
-                    consider(at);
-                }
-            }
-        }
-        earliest
     }
 
     /// What to do after delivery attempts for recipients of `message` ended at `now`: one
@@ -370,8 +182,8 @@ impl Scheduler {
                             if diagnosis.status.is_none()
                                 && diagnosis
                                     .reply
-                                    .as_deref()
-                                    .and_then(EnhancedStatus::from_reply)
+                                    .as_ref()
+                                    .and_then(DiagnosticCode::status)
                                     .is_none()
                             {
                                 diagnosis.status = Some(EnhancedStatus::EXPIRED);
@@ -508,41 +320,6 @@ impl Scheduler {
         }
         actions
     }
-
-    /// A finished message still in the store: the glue crashed between finishing it and removing
-    /// it (or someone failed recipients behind the scheduler's back). Report its recipients again
-    /// (NOTIFY decides who) before removing it, because we cannot tell whether the DSN went out.
-    fn leftover(&self, record: &MessageRecord, actions: &mut Vec<Action>) {
-        let reports: Vec<RecipientReport> = record
-            .recipients
-            .iter()
-            .enumerate()
-            .filter_map(|(recipient, s)| {
-                let outcome = match &s.state {
-                    RecipientState::Failed { .. } => ReportOutcome::Failed(diagnosis_from_store(s)),
-                    RecipientState::Delivered { .. } => {
-                        ReportOutcome::Delivered(Diagnosis::default())
-                    }
-                    _ => return None,
-                };
-                let last_attempt = match s.state {
-                    RecipientState::Failed { at, .. } | RecipientState::Delivered { at } => {
-                        Some(at)
-                    }
-                    _ => None,
-                };
-                Some(RecipientReport {
-                    recipient,
-                    outcome,
-                    last_attempt,
-                })
-            })
-            .collect();
-        actions.extend(send_dsn(record, reports));
-        actions.push(Action::Remove {
-            queue_id: record.queue_id,
-        });
-    }
 }
 
 /// `SendDsn` with the reports a DSN will carry, or nothing when [`super::build_dsn`] would
@@ -572,7 +349,8 @@ fn send_dsn(record: &MessageRecord, reports: Vec<RecipientReport>) -> Option<Act
 fn describe(d: &Diagnosis) -> String {
     let text = d
         .reply
-        .as_deref()
+        .as_ref()
+        .map(|r| r.text.as_str())
         .or(d.local_reason.as_deref())
         .unwrap_or("unknown error");
     let text = text.lines().map(str::trim).collect::<Vec<_>>().join(" ");
@@ -603,7 +381,10 @@ fn diagnosis_from_store(status: &RecipientStatus) -> Diagnosis {
     if looks_like_reply {
         Diagnosis {
             remote_mta: host,
-            reply: Some(rest.to_owned()),
+            // The store keeps the reply's text, not its protocol; replies that start with a
+            // three-digit code are SMTP's (a transport with another diagnostic type must store
+            // it before its replies can be told apart here).
+            reply: Some(DiagnosticCode::new(DiagnosticType::Smtp, rest)),
             ..Diagnosis::default()
         }
     } else {

@@ -56,9 +56,7 @@ pub use error::{AppendError, StoreError};
 pub use reader::{QueueStats, StoreReader};
 pub use record::{DecodeError, ListFilter, MessageRecord, MessageSummary, RecipientSummary};
 pub use schedule::{AdminAction, Lease, Outcome, Settlement};
-pub use state::{
-    BadStateKind, RecipientState, RecipientStatus, StateKind, TransitionError, UnixTime,
-};
+pub use state::{BadStateKind, RecipientState, RecipientStatus, StateKind, TransitionError};
 
 use crate::envelope::{Envelope, QueueId};
 use body::BodyDir;

@@ -10,9 +10,10 @@ use super::body::BodyDir;
 use super::error::StoreError;
 use super::record::{ListFilter, MessageRecord, MessageSummary};
 use super::schedule::STATE_KINDS;
-use super::state::{StateKind, UnixTime};
+use super::state::StateKind;
 use super::{BODIES, COUNTS, COUNTS_VERSION, MESSAGES, META, decode, open_error};
 use crate::envelope::QueueId;
+use crate::time::UnixTime;
 use redb::{
     Builder, DatabaseError, ReadOnlyDatabase, ReadableDatabase, ReadableTable,
     ReadableTableMetadata,

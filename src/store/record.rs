@@ -5,8 +5,9 @@
 //! and later releases will change the record, and an old dimegate must refuse a newer record
 //! rather than misread it.
 
-use super::state::{RecipientStatus, StateKind, UnixTime};
+use super::state::{RecipientStatus, StateKind};
 use crate::envelope::{Envelope, QueueId};
+use crate::time::UnixTime;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Duration;

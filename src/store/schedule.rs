@@ -10,9 +10,10 @@
 
 use super::error::StoreError;
 use super::record::{MessageRecord, StoredRecord};
-use super::state::{RecipientState, RecipientStatus, StateKind, TransitionError, UnixTime};
+use super::state::{RecipientState, RecipientStatus, StateKind, TransitionError};
 use super::{COUNTS, LEASES, MESSAGES, RETRY_CHUNK, SCHEDULE, Store, decode};
 use crate::envelope::QueueId;
+use crate::time::UnixTime;
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use serde::Serialize;
 use std::time::Duration;

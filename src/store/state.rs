@@ -5,35 +5,8 @@
 //! admin operations cannot put a recipient where it cannot be (say, delivered without a lease).
 //! Time enters as an argument (sans-I/O): nothing here reads a clock.
 
+use crate::time::UnixTime;
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// A point in time, whole seconds since the Unix epoch; serialized as that number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct UnixTime(pub u64);
-
-impl UnixTime {
-    /// The system clock, for the glue that calls the sans-I/O methods.
-    pub fn now() -> UnixTime {
-        UnixTime(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        )
-    }
-
-    /// `self + d`, saturating.
-    pub fn plus(self, d: Duration) -> UnixTime {
-        UnixTime(self.0.saturating_add(d.as_secs()))
-    }
-
-    /// `self - d`, saturating at the epoch.
-    pub fn minus(self, d: Duration) -> UnixTime {
-        UnixTime(self.0.saturating_sub(d.as_secs()))
-    }
-}
 
 /// Where one recipient of a queued message stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,6 +294,7 @@ impl RecipientStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const NOW: UnixTime = UnixTime(1_000_000);
 

@@ -1,5 +1,6 @@
 use super::record::tests::envelope;
 use super::*;
+use crate::time::UnixTime;
 use redb::ReadableTableMetadata;
 use std::time::Duration;
 

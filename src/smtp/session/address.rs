@@ -64,10 +64,10 @@ pub(super) fn raw_path(line: &[u8]) -> Option<&[u8]> {
     Some(&line[start..start + len])
 }
 
-/// Whether an (ASCII or Unicode) domain is one we serve. `served` is lower-case by contract.
+/// Whether an (ASCII or Unicode) domain is one we serve. `served` is in
+/// [`Domain`](crate::domain::Domain)'s form by contract, so U- and A-labels compare equal.
 pub(super) fn is_served(domain: &str, served: &[String]) -> bool {
-    let domain = domain.to_lowercase();
-    served.contains(&domain)
+    crate::domain::Domain::parse(domain).is_ok_and(|d| served.iter().any(|s| s == d.as_str()))
 }
 
 /// Local parts that older MTAs route on (`user%other@`, `host!user@`, `"a@b"@`): accepted for a

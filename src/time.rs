@@ -1,7 +1,39 @@
-//! RFC 5322 §3.3 dates (`Thu, 26 Nov 2026 21:40:49 +0000`) from a [`UnixTime`], without a date
-//! crate: the DSN needs one format, always in UTC.
+//! Time as the queue counts it: [`UnixTime`], whole seconds since the epoch, and its two
+//! renderings, RFC 5322 §3.3 dates (`Thu, 26 Nov 2026 21:40:49 +0000`, for DSNs and `Received:`)
+//! and `YYYY-MM-DD HH:MM:SS` (for people), without a date crate: both are always in UTC.
+//!
+//! A leaf module: every other module may use it, it uses none of them. Only [`UnixTime::now`]
+//! reads the clock, for the glue that calls the sans-I/O cores.
 
-use crate::store::UnixTime;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A point in time, whole seconds since the Unix epoch; serialized as that number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UnixTime(pub u64);
+
+impl UnixTime {
+    /// The system clock, for the glue that calls the sans-I/O methods.
+    pub fn now() -> UnixTime {
+        UnixTime(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        )
+    }
+
+    /// `self + d`, saturating.
+    pub fn plus(self, d: Duration) -> UnixTime {
+        UnixTime(self.0.saturating_add(d.as_secs()))
+    }
+
+    /// `self - d`, saturating at the epoch.
+    pub fn minus(self, d: Duration) -> UnixTime {
+        UnixTime(self.0.saturating_sub(d.as_secs()))
+    }
+}
 
 const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
 const MONTHS: [&str; 12] = [

@@ -1,5 +1,14 @@
-//! Tokio glue for the queue: leases due recipients from the store, routes and delivers them,
-//! feeds the outcomes to the [`Scheduler`] and performs its actions.
+//! The queue runner: the loop that takes due recipients from the store and gets them out.
+//! For each leased message: look up what routing needs ([`Lookups`]), [`route`] each recipient
+//! to a [`NextHop`], hand each group to its [`Transport`] (SMTP/LMTP now, DMTP next), feed the
+//! outcomes, keyed by recipient index, to the queue's [`Scheduler`] and perform its actions.
+//! It owns the clock, the RNG and the store I/O, so that `queue` (policy), `deliver` (SMTP) and
+//! the route stay pure or transport-specific.
+//!
+//! "What is due" has one implementation, the store's durable schedule (`Store::lease_due`,
+//! which finds and leases in one transaction): the runner asks it whenever ingress queues a
+//! message, a delivery slot frees up, or the poll interval passes (which bounds how late a retry
+//! runs).
 //!
 //! Order of the durable steps for one message, so that a crash can duplicate but never lose:
 //! 1. `lease_due` (fsync): the recipients are ours until the lease lapses or a restart releases it.
@@ -9,16 +18,29 @@
 //! 4. state changes and removal in one `settle` transaction (fsync), batched across messages
 //!    like the ingress group commit.
 
-use super::{
-    Action, DeliveryOutcome, Diagnosis, DsnInput, EnhancedStatus, QueuedMessage, ReportOutcome,
-    Route, RouteSettings, Scheduler, ServedDomains, build_dsn, group_by_route,
+mod route;
+#[cfg(test)]
+mod tests;
+mod transport;
+
+pub use route::{
+    DmtpHop, DxLookup, Hold, Lookups, NextHop, RouteConfig, RouteError, ServedDomains,
+    recipient_domain, route,
 };
-use crate::deliver::{Deliverer, NextHop, Outcome as DeliverOutcome};
+pub use transport::{Delivery, Message, Transport};
+
+use crate::deliver::NextHop as SmtpHop;
+use crate::domain::Domain;
 use crate::envelope::QueueId;
 use crate::metrics::{DeliveryLabel, Metrics, StatusClassLabel};
-use crate::store::{Lease, MessageRecord, Outcome, Settlement, Store, StoreError, UnixTime};
+use crate::queue::{
+    Action, DsnInput, QueuedMessage, RecipientReport, ReportOutcome, Scheduler, build_dsn,
+};
+use crate::status::{DeliveryOutcome, Diagnosis, EnhancedStatus};
+use crate::store::{Lease, MessageRecord, Outcome, Settlement, Store, StoreError};
+use crate::time::UnixTime;
 use rand::SeedableRng;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
@@ -26,23 +48,28 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
-/// Where each route's mail goes.
-#[derive(Debug, Clone)]
-pub struct Hops {
-    /// The backend MTA for served domains; `None` keeps their mail deferred.
-    pub backend: Option<NextHop>,
-    /// The smarthost for everything else, if configured.
-    pub smarthost: Option<NextHop>,
+/// The transports the runner can hand a message to, one per kind of [`NextHop`].
+pub struct Transports {
+    /// SMTP and LMTP: backend, smarthost, MX.
+    pub smtp: Box<dyn Transport<SmtpHop>>,
+    /// DMTP, once built; while `None`, `_dx` is not looked up, so [`route`] never picks it.
+    pub dmtp: Option<Box<dyn Transport<DmtpHop>>>,
+}
+
+impl std::fmt::Debug for Transports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transports")
+            .field("dmtp", &self.dmtp.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Everything the queue runner needs.
 pub struct QueueRunner {
     store: Store,
-    deliverer: Deliverer,
+    transports: Transports,
     scheduler: Scheduler,
-    served: ServedDomains,
-    route_settings: RouteSettings,
-    hops: Hops,
+    route: RouteConfig,
     hostname: String,
     metrics: Metrics,
     wake: Arc<Notify>,
@@ -55,7 +82,7 @@ pub struct QueueRunner {
     /// `max_connections_per_hop`); `lease_due` then hands the recipient out again. Instead of a
     /// second, concurrent attempt (a duplicate delivery), the running attempt gets the new
     /// lease and settles its outcome against it.
-    active: std::sync::Mutex<std::collections::HashMap<(QueueId, usize), Lease>>,
+    active: std::sync::Mutex<HashMap<(QueueId, usize), Lease>>,
 }
 
 type SettleRequest = (
@@ -68,10 +95,9 @@ impl QueueRunner {
     #[allow(clippy::too_many_arguments)] // the runner's wiring is its configuration
     pub fn new(
         store: Store,
-        deliverer: Deliverer,
+        transports: Transports,
         scheduler: Scheduler,
-        served_domains: &[String],
-        hops: Hops,
+        route: RouteConfig,
         hostname: String,
         metrics: Metrics,
         wake: Arc<Notify>,
@@ -81,14 +107,9 @@ impl QueueRunner {
         let (settle_tx, settle_rx) = mpsc::unbounded_channel();
         QueueRunner {
             store,
-            deliverer,
+            transports,
             scheduler,
-            served: ServedDomains::new(served_domains),
-            route_settings: RouteSettings {
-                // Only its presence matters to routing; `deliver` reads the address from the hop.
-                smarthost: hops.smarthost.as_ref().map(|_| "configured".to_owned()),
-            },
-            hops,
+            route,
             hostname,
             metrics,
             wake,
@@ -96,21 +117,17 @@ impl QueueRunner {
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
             settle_tx,
             settle_rx: std::sync::Mutex::new(Some(settle_rx)),
-            active: std::sync::Mutex::new(std::collections::HashMap::new()),
+            active: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
     /// The table of running attempts (see [`QueueRunner::active`]).
-    fn active(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(QueueId, usize), Lease>> {
+    fn active(&self) -> std::sync::MutexGuard<'_, HashMap<(QueueId, usize), Lease>> {
         self.active.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs until `shutdown`; then stops leasing and waits for deliveries in flight (their
-    /// leases would lapse anyway, and a restart releases them).
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let tracker = TaskTracker::new();
+    /// Starts the task that commits settlements (once; later calls do nothing).
+    fn start_settler(&self) {
         if let Some(rx) = self
             .settle_rx
             .lock()
@@ -119,6 +136,13 @@ impl QueueRunner {
         {
             tokio::spawn(settler(self.store.clone(), rx));
         }
+    }
+
+    /// Runs until `shutdown`; then stops leasing and waits for deliveries in flight (their
+    /// leases would lapse anyway, and a restart releases them).
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        self.start_settler();
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -221,90 +245,12 @@ impl QueueRunner {
             Err(e) => return error!(error = %e, "load task failed"),
         };
         let indices: Vec<usize> = leases.iter().map(|l| l.recipient).collect();
-        let groups = group_by_route(
-            &record.envelope.recipients,
-            &indices,
-            &self.served,
-            &self.route_settings,
-        );
-        let mut outcomes: Vec<(usize, DeliveryOutcome)> = Vec::new();
-        for (index, err) in &groups.unroutable {
-            outcomes.push((*index, DeliveryOutcome::unroutable(err)));
-        }
-        for (route, idxs) in &groups.groups {
-            let route_name = match route {
-                Route::Backend => "backend",
-                Route::Smarthost => "smarthost",
-                Route::Mx { .. } => "mx",
-            };
-            let hop = match route {
-                Route::Backend => self.hops.backend.clone(),
-                Route::Smarthost => self.hops.smarthost.clone(),
-                Route::Mx { domain } => Some(NextHop::Mx {
-                    domain: domain.clone(),
-                }),
-            };
-            let Some(hop) = hop else {
-                for &i in idxs {
-                    outcomes.push((
-                        i,
-                        DeliveryOutcome::Deferred(Diagnosis {
-                            local_reason: Some(
-                                "no [backend] address configured for served domains".into(),
-                            ),
-                            status: Some(EnhancedStatus::new(4, 3, 5)),
-                            ..Diagnosis::default()
-                        }),
-                    ));
-                }
-                continue;
-            };
-            let addresses: Vec<String> = idxs
-                .iter()
-                .filter_map(|&i| record.envelope.recipients.get(i).map(|r| r.address.clone()))
-                .collect();
-            let started = Instant::now();
-            let results = self
-                .deliverer
-                .deliver(&hop, &record.envelope, queue_id, &body, &addresses)
-                .await;
-            self.metrics
-                .delivery_seconds
-                .observe(started.elapsed().as_secs_f64());
-            for (&i, (_, outcome)) in idxs.iter().zip(results.iter()) {
-                let label = match outcome {
-                    DeliverOutcome::Delivered { .. } => "delivered",
-                    DeliverOutcome::Deferred { .. } => "deferred",
-                    DeliverOutcome::Failed { .. } => "failed",
-                };
-                self.metrics
-                    .deliveries
-                    .get_or_create(&DeliveryLabel {
-                        route: route_name,
-                        outcome: label,
-                    })
-                    .inc();
-                if let (DeliverOutcome::Deferred { .. }, Some(s)) = (outcome, outcome.status()) {
-                    self.metrics
-                        .deferrals
-                        .get_or_create(&StatusClassLabel {
-                            class: format!("{}.{}", s.class, s.subject),
-                        })
-                        .inc();
-                }
-                outcomes.push((i, outcome.to_delivery_outcome()));
-            }
-            // A deliverer that answered fewer recipients than asked: the rest are deferred.
-            for &i in idxs.iter().skip(results.len()) {
-                outcomes.push((
-                    i,
-                    DeliveryOutcome::Deferred(Diagnosis {
-                        local_reason: Some("no outcome reported by the delivery".into()),
-                        ..Diagnosis::default()
-                    }),
-                ));
-            }
-        }
+        let message = Message {
+            queue_id,
+            envelope: &record.envelope,
+            body: &body,
+        };
+        let outcomes = self.deliver(message, &indices).await;
         let now = UnixTime::now();
         let actions = {
             let mut rng = rand::rngs::StdRng::from_entropy();
@@ -316,6 +262,148 @@ impl QueueRunner {
                 .handle_outcomes(&message, &outcomes, now, &mut rng)
         };
         self.perform(&record, &body, &leases, actions, now).await;
+    }
+
+    /// The lookup phase, route and transports for the recipients at `indices` of one message:
+    /// one outcome per index.
+    async fn deliver(
+        &self,
+        message: Message<'_>,
+        indices: &[usize],
+    ) -> Vec<(usize, DeliveryOutcome)> {
+        let mut outcomes = Vec::with_capacity(indices.len());
+        for (hop, group) in self.plan(message.envelope, indices) {
+            match &hop {
+                NextHop::Fail(e) => {
+                    let outcome = DeliveryOutcome::Failed(e.diagnosis());
+                    outcomes.extend(group.iter().map(|&i| (i, outcome.clone())));
+                }
+                NextHop::Hold(hold) => {
+                    let outcome = DeliveryOutcome::Deferred(hold.diagnosis());
+                    outcomes.extend(group.iter().map(|&i| (i, outcome.clone())));
+                }
+                NextHop::Smtp(smtp) => {
+                    let label = match smtp {
+                        SmtpHop::Backend { .. } => "backend",
+                        SmtpHop::Smarthost { .. } => "smarthost",
+                        SmtpHop::Mx { .. } => "mx",
+                    };
+                    let transport = &*self.transports.smtp;
+                    outcomes.extend(self.call(transport, smtp, label, message, &group).await);
+                }
+                NextHop::Dmtp(dmtp) => match &self.transports.dmtp {
+                    Some(transport) => {
+                        let transport = &**transport;
+                        outcomes.extend(self.call(transport, dmtp, "dmtp", message, &group).await);
+                    }
+                    None => {
+                        let outcome = DeliveryOutcome::Deferred(Diagnosis {
+                            local_reason: Some("no DMTP transport configured".into()),
+                            status: Some(EnhancedStatus::new(4, 3, 5)),
+                            ..Diagnosis::default()
+                        });
+                        outcomes.extend(group.iter().map(|&i| (i, outcome.clone())));
+                    }
+                },
+            }
+        }
+        outcomes
+    }
+
+    /// Routes the recipients at `indices` and groups them by next hop, hops in order of their
+    /// first recipient, so each hop gets one transaction with all its recipients (RFC 5321 §3.3
+    /// allows many RCPTs per transaction, and the receiver stores the message once). Indices
+    /// past the envelope's recipients are skipped.
+    fn plan(
+        &self,
+        envelope: &crate::envelope::Envelope,
+        indices: &[usize],
+    ) -> Vec<(NextHop, Vec<usize>)> {
+        let mut lookups: HashMap<Option<Domain>, Lookups> = HashMap::new();
+        let mut plan: Vec<(NextHop, Vec<usize>)> = Vec::new();
+        for &index in indices {
+            let Some(recipient) = envelope.recipients.get(index) else {
+                continue;
+            };
+            let domain = recipient_domain(&recipient.address).ok().flatten();
+            let found = lookups
+                .entry(domain)
+                .or_insert_with_key(|domain| self.lookups(domain.as_ref()));
+            let hop = route(&recipient.address, found, &self.route);
+            match plan.iter_mut().find(|(h, _)| *h == hop) {
+                Some((_, members)) => members.push(index),
+                None => plan.push((hop, vec![index])),
+            }
+        }
+        plan
+    }
+
+    /// The lookup phase for one recipient domain: what [`route`] needs beyond the address and
+    /// the configuration. Only the `_dx` record could change a route, and only to DMTP, so it is
+    /// asked only when a DMTP transport exists; there is none yet (the DMTP transport adds the
+    /// `_dx` query here).
+    fn lookups(&self, _domain: Option<&Domain>) -> Lookups {
+        Lookups::default()
+    }
+
+    /// Hands `group` to `transport` and returns one outcome per index of `group`, counting them
+    /// in the metrics; an index the transport did not answer is deferred.
+    async fn call<H>(
+        &self,
+        transport: &dyn Transport<H>,
+        hop: &H,
+        route: &'static str,
+        message: Message<'_>,
+        group: &[usize],
+    ) -> Vec<(usize, DeliveryOutcome)> {
+        let started = Instant::now();
+        let mut answered: BTreeMap<usize, DeliveryOutcome> = BTreeMap::new();
+        for (index, outcome) in transport.deliver(hop, message, group).await {
+            answered.entry(index).or_insert(outcome);
+        }
+        self.metrics
+            .delivery_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let mut outcomes = Vec::with_capacity(group.len());
+        for &index in group {
+            let Some(outcome) = answered.remove(&index) else {
+                outcomes.push((
+                    index,
+                    DeliveryOutcome::Deferred(Diagnosis {
+                        local_reason: Some("no outcome reported by the delivery".into()),
+                        ..Diagnosis::default()
+                    }),
+                ));
+                continue;
+            };
+            let label = match &outcome {
+                DeliveryOutcome::Delivered(_)
+                | DeliveryOutcome::Relayed(_)
+                | DeliveryOutcome::PassedOn(_) => "delivered",
+                DeliveryOutcome::Deferred(_) => "deferred",
+                DeliveryOutcome::Failed(_) => "failed",
+            };
+            self.metrics
+                .deliveries
+                .get_or_create(&DeliveryLabel {
+                    route,
+                    outcome: label,
+                })
+                .inc();
+            if let DeliveryOutcome::Deferred(Diagnosis {
+                status: Some(s), ..
+            }) = &outcome
+            {
+                self.metrics
+                    .deferrals
+                    .get_or_create(&StatusClassLabel {
+                        class: format!("{}.{}", s.class, s.subject),
+                    })
+                    .inc();
+            }
+            outcomes.push((index, outcome));
+        }
+        outcomes
     }
 
     /// Performs the scheduler's actions: DSNs first (durably queued), then one settlement.
@@ -382,7 +470,6 @@ impl QueueRunner {
                     settlements.push(Settlement::MarkDelayWarned { queue_id })
                 }
                 Action::Remove { queue_id } => settlements.push(Settlement::Remove { queue_id }),
-                Action::ReleaseLease { .. } | Action::Lease { .. } => {}
             }
         }
         if settlements.is_empty() {
@@ -405,45 +492,82 @@ impl QueueRunner {
         &self,
         record: &MessageRecord,
         body: &[u8],
-        reports: &[super::RecipientReport],
+        reports: &[RecipientReport],
         now: UnixTime,
     ) -> Result<(), crate::store::AppendError> {
-        let kind = if reports
-            .iter()
-            .any(|r| matches!(r.outcome, ReportOutcome::Failed(_)))
-        {
-            "failure"
-        } else if reports
-            .iter()
-            .any(|r| matches!(r.outcome, ReportOutcome::Delayed { .. }))
-        {
-            "delay"
-        } else {
-            "success"
-        };
-        let input = DsnInput {
-            queue_id: record.queue_id,
-            envelope: &record.envelope,
-            message: body,
-            reporting_mta: &self.hostname,
-            now,
-            message_id_seed: rand::random(),
+        let queued = append_dsn(
+            &self.store,
+            &self.scheduler,
+            &self.hostname,
+            record,
+            body,
             reports,
-            max_full_bytes: self.scheduler.policy().dsn_max_full_bytes,
-        };
-        let Some(dsn) = build_dsn(&input) else {
-            return Ok(());
-        };
-        let envelope = dsn.envelope(&self.hostname, now);
-        let id = self.store.append(envelope, dsn.message).await?;
+            now,
+        )
+        .await?;
+        if let Some(id) = queued {
+            self.dsn_queued(id, dsn_kind(reports));
+        }
+        Ok(())
+    }
+
+    /// Counts and logs a queued DSN and wakes the loop to send it.
+    fn dsn_queued(&self, id: QueueId, kind: &'static str) {
         self.metrics
             .dsns
             .get_or_create(&crate::metrics::DsnLabel { kind })
             .inc();
-        info!(dsn_queue_id = %id, kind, to = %record.envelope.sender, "DSN queued");
+        info!(dsn_queue_id = %id, kind, "DSN queued");
         self.wake.notify_one();
-        Ok(())
     }
+}
+
+/// The kind of DSN `reports` make, for the metrics: a failure if any recipient failed, else a
+/// delay warning if any is delayed, else a success notice.
+fn dsn_kind(reports: &[RecipientReport]) -> &'static str {
+    if reports
+        .iter()
+        .any(|r| matches!(r.outcome, ReportOutcome::Failed(_)))
+    {
+        "failure"
+    } else if reports
+        .iter()
+        .any(|r| matches!(r.outcome, ReportOutcome::Delayed { .. }))
+    {
+        "delay"
+    } else {
+        "success"
+    }
+}
+
+/// Builds the DSN for `reports` and appends it durably; `None` when none is owed. The one path
+/// by which both the runner and the operator's `bounce` queue a DSN.
+async fn append_dsn(
+    store: &Store,
+    scheduler: &Scheduler,
+    hostname: &str,
+    record: &MessageRecord,
+    body: &[u8],
+    reports: &[RecipientReport],
+    now: UnixTime,
+) -> Result<Option<QueueId>, crate::store::AppendError> {
+    let input = DsnInput {
+        queue_id: record.queue_id,
+        envelope: &record.envelope,
+        message: body,
+        reporting_mta: hostname,
+        now,
+        message_id_seed: rand::random(),
+        reports,
+        max_full_bytes: scheduler.policy().dsn_max_full_bytes,
+    };
+    let Some(dsn) = build_dsn(&input) else {
+        return Ok(None);
+    };
+    let id = store
+        .append(dsn.envelope(hostname, now), dsn.message)
+        .await?;
+    Ok(Some(id))
 }
 
 impl QueueRunner {
@@ -463,12 +587,7 @@ impl QueueRunner {
             Err(e) => return Err(e),
         };
         if let Some(dsn) = dsn_queued {
-            self.metrics
-                .dsns
-                .get_or_create(&crate::metrics::DsnLabel { kind: "failure" })
-                .inc();
-            info!(dsn_queue_id = %dsn, "DSN queued");
-            self.wake.notify_one();
+            self.dsn_queued(dsn, "failure");
         }
         Ok(true)
     }
@@ -519,23 +638,10 @@ pub async fn bounce(
     let mut dsn_id = None;
     for action in scheduler.bounce(&message, &targets, reason) {
         if let Action::SendDsn { reports, .. } = action {
-            let input = DsnInput {
-                queue_id,
-                envelope: &record.envelope,
-                message: &body,
-                reporting_mta: hostname,
-                now,
-                message_id_seed: rand::random(),
-                reports: &reports,
-                max_full_bytes: scheduler.policy().dsn_max_full_bytes,
-            };
-            if let Some(dsn) = build_dsn(&input) {
-                let id = store
-                    .append(dsn.envelope(hostname, now), dsn.message)
-                    .await
-                    .map_err(|_| StoreError::Unavailable)?;
-                dsn_id = Some(id);
-            }
+            dsn_id = append_dsn(store, scheduler, hostname, &record, &body, &reports, now)
+                .await
+                .map_err(|_| StoreError::Unavailable)?
+                .or(dsn_id);
         }
     }
     let store = store.clone();
