@@ -64,6 +64,9 @@ pub struct Config {
     pub queue: crate::queue::Policy,
     /// How often the scheduler looks for due work when nothing wakes it earlier.
     pub queue_poll_interval: Duration,
+    /// The queue store's page cache in bytes (`queue.store_cache`): bounds the store's memory
+    /// whatever the queue's size.
+    pub store_cache_bytes: usize,
     /// Org key and signet files kept outside the data directory, by domain (`[[domain]]
     /// org_key`, `org_signet`); other domains' identities live under `data_dir/dime`.
     pub org_key_files: std::collections::BTreeMap<String, crate::identity::OrgKeyFiles>,
@@ -543,6 +546,10 @@ impl Config {
             Duration::from_millis(10),
             HOUR,
         )?;
+        let store_cache_bytes =
+            parse_size_in("queue.store_cache", &q.store_cache, 1 << 20, 1 << 40)?;
+        let store_cache_bytes = usize::try_from(store_cache_bytes)
+            .map_err(|_| ConfigError::new("queue.store_cache", "too large for this machine"))?;
 
         Ok(Config {
             backend,
@@ -551,6 +558,7 @@ impl Config {
             dns,
             queue,
             queue_poll_interval,
+            store_cache_bytes,
             data_dir: raw.data_dir,
             smtp,
             tls,
@@ -1066,6 +1074,7 @@ struct RawQueue {
     min_free_disk: Scalar,
     dsn_max_full: Scalar,
     poll_interval: Scalar,
+    store_cache: Scalar,
 }
 
 impl Default for RawQueue {
@@ -1080,6 +1089,7 @@ impl Default for RawQueue {
             min_free_disk: Scalar::Text("256MiB".into()),
             dsn_max_full: Scalar::Text("1MiB".into()),
             poll_interval: Scalar::Text("1s".into()),
+            store_cache: Scalar::Text("32MiB".into()),
         }
     }
 }

@@ -89,7 +89,7 @@ pub struct Metrics {
     pub deferrals: Family<StatusClassLabel, Counter>,
     /// DSNs queued, by kind.
     pub dsns: Family<DsnLabel, Counter>,
-    /// Recipients in the queue by state (refreshed when scraped).
+    /// Recipients in the queue by state (refreshed when scraped, from counts the store keeps).
     pub queue_recipients: Family<StateLabel, Gauge>,
     /// Age of the oldest queued message (refreshed when scraped).
     pub queue_oldest_age_seconds: Gauge,
@@ -251,6 +251,25 @@ impl Metrics {
         self.deferrals
             .get_or_create(&StatusClassLabel { class })
             .inc();
+    }
+
+    /// Sets the queue gauges from the store's [`QueueStats`](crate::store::QueueStats): O(1),
+    /// whatever the queue's size.
+    pub fn set_queue_gauges(&self, stats: &crate::store::QueueStats, now: crate::time::UnixTime) {
+        self.queue_messages
+            .set(i64::try_from(stats.messages).unwrap_or(i64::MAX));
+        for (state, n) in stats.recipients {
+            self.queue_recipients
+                .get_or_create(&StateLabel {
+                    state: state.to_string(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        let oldest = stats
+            .oldest_arrival
+            .map_or(0, |a| now.0.saturating_sub(a.0));
+        self.queue_oldest_age_seconds
+            .set(i64::try_from(oldest).unwrap_or(i64::MAX));
     }
 
     /// Counts the 4xx/5xx replies in a buffer of reply lines (only the last line of a

@@ -174,9 +174,13 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     metrics
         .min_free_disk_bytes
         .set(i64::try_from(config.queue.min_free_disk_bytes).unwrap_or(i64::MAX));
-    let store = Store::open(
+    let store = Store::open_with(
         &data_dir.join("queue.redb"),
-        Some(metrics.store_commit_seconds.clone()),
+        crate::store::StoreOptions {
+            cache_bytes: config.store_cache_bytes,
+            commit_latency: Some(metrics.store_commit_seconds.clone()),
+            ..crate::store::StoreOptions::default()
+        },
     )?;
     let queued_at_start = store.count()?;
     metrics

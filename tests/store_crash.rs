@@ -12,6 +12,7 @@ use dimegate::envelope::{Envelope, QueueId, Recipient};
 use dimegate::store::{ListFilter, Outcome, StateKind, Store, StoreError};
 use dimegate::time::UnixTime;
 use rand::Rng;
+use redb::ReadableTable;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,23 @@ const TEST_NAME: &str = "acknowledged_appends_survive_sigkill";
 /// Rounds by default; `DIMEGATE_STORE_CRASH_ROUNDS` runs longer.
 const ROUNDS: u32 = 8;
 const TASKS: u32 = 16;
+/// The task that appends multi-MiB bodies.
+const LARGE_TASK: u32 = 0;
+/// The store's tables, read here to see the file the kill left before the store opens it.
+const MESSAGES: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("messages");
+
+/// Body files in the store's body directory, by queue id.
+fn body_files(path: &Path) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir(path.with_extension("bodies")) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            u64::from_str_radix(&name, 16).ok()
+        })
+        .collect()
+}
 
 /// What a (round, task, seq) triple stores: derivable again by the parent.
 fn message(round: u32, task: u32, seq: u32) -> (Envelope, Vec<u8>) {
@@ -50,8 +68,14 @@ fn message(round: u32, task: u32, seq: u32) -> (Envelope, Vec<u8>) {
         require_tls: false,
         dime: None,
     };
-    // Sizes from a few bytes to ~48 KiB, so batches cross pages and the byte cap varies.
-    let len = ((seq as usize * 7919 + task as usize * 104_729) % 48_000) + 3;
+    // Sizes from a few bytes to ~48 KiB, so batches cross pages, the byte cap varies and bodies
+    // are both inline rows and body files; task 0 sends 1-4 MiB bodies, whose file write and
+    // fsync before the commit is a wide window for the kill to land in.
+    let len = if task == LARGE_TASK {
+        (1 << 20) + (seq as usize * 7919 * 131) % (3 << 20)
+    } else {
+        ((seq as usize * 7919 + task as usize * 104_729) % 48_000) + 3
+    };
     let body = (0..len)
         .map(|i| (i as u32 ^ seq ^ (task << 8) ^ (round << 16)) as u8)
         .collect();
@@ -215,6 +239,7 @@ fn acknowledged_appends_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("queue.redb");
     let mut total_acked = 0usize;
+    let (mut total_orphans, mut large_acked) = (0usize, 0usize);
     let rounds = std::env::var("DIMEGATE_STORE_CRASH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -223,13 +248,49 @@ fn acknowledged_appends_survive_sigkill() {
         let acks = run_round(&path, round);
         total_acked += acks.len();
 
-        // redb's own integrity check on the file the kill left (it repairs an unclean stop).
-        {
+        // redb's own integrity check on the file the kill left (it repairs an unclean stop),
+        // and the body files no committed record names: a kill between a body's fsync and its
+        // commit leaves one.
+        let planted = {
             let mut db = redb::Database::open(&path).expect("redb opens after kill -9");
             assert!(db.check_integrity().expect("integrity check runs"));
-        }
+            let txn = redb::ReadableDatabase::begin_read(&db).expect("read");
+            let messages = txn.open_table(MESSAGES).expect("messages table");
+            let orphans = body_files(&path)
+                .into_iter()
+                .filter(|id| messages.get(*id).expect("get").is_none())
+                .count();
+            total_orphans += orphans;
+            // And one such file for certain, as if this kill had landed in that window: fully
+            // written, and a half-written one whose fsync never came.
+            let last = messages.last().expect("last").map_or(1, |(k, _)| k.value());
+            let bodies = path.with_extension("bodies");
+            std::fs::create_dir_all(&bodies).unwrap();
+            let planted = [last + 1_000_000, last + 2_000_000];
+            std::fs::write(
+                bodies.join(format!("{:016x}", planted[0])),
+                vec![7u8; 100_000],
+            )
+            .unwrap();
+            std::fs::write(bodies.join(format!("{:016x}", planted[1])), b"From: half").unwrap();
+            planted
+        };
 
         let store = Store::open(&path, None).expect("store opens cleanly after kill -9");
+        // The open removed every orphan, and left every file a record names.
+        let files = body_files(&path);
+        for id in planted {
+            assert!(
+                !files.contains(&id),
+                "planted orphan {id:x} survived the open"
+            );
+        }
+        for id in &files {
+            assert!(
+                store.get(QueueId(*id)).expect("get").is_some(),
+                "orphan body file {id:x} survived the open"
+            );
+        }
         for ack in &acks {
             let (envelope, body) = message(ack.round, ack.task, ack.seq);
             let record = store
@@ -244,9 +305,18 @@ fn acknowledged_appends_survive_sigkill() {
                 .expect("body present");
             assert!(stored == body, "body of {} differs", ack.queue_id);
         }
-        // Every record decodes (no half-written batch is visible).
+        // Every record decodes (no half-written batch is visible), and every record, acked or
+        // not, has its whole body: no commit got ahead of its body file.
         let all = store.list(&ListFilter::default(), None).expect("list all");
         assert_eq!(all.len() as u64, store.count().unwrap());
+        for m in &all {
+            let body = store
+                .body(m.queue_id)
+                .unwrap_or_else(|e| panic!("body of {}: {e}", m.queue_id))
+                .unwrap_or_else(|| panic!("record {} without a body", m.queue_id));
+            assert_eq!(body.len() as u64, m.size, "body size of {}", m.queue_id);
+        }
+        large_acked += acks.iter().filter(|a| a.task == LARGE_TASK).count();
         assert!(all.len() >= total_acked, "fewer records than acks");
         // The restart released every lease, and the schedule index agrees with the records:
         // leasing everything due in the far future finds exactly the open recipients.
@@ -272,4 +342,12 @@ fn acknowledged_appends_survive_sigkill() {
         );
     }
     assert!(total_acked > 0);
+    assert!(
+        large_acked > 0,
+        "no multi-MiB body was acknowledged in any round"
+    );
+    eprintln!(
+        "{total_acked} acknowledged, {large_acked} of them 1-4 MiB; \
+         {total_orphans} orphan body files left by the kills, all removed at open"
+    );
 }

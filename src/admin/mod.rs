@@ -63,7 +63,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
 async fn metrics(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
     let store = state.store.clone();
     let metrics = state.metrics.clone();
-    // Queue gauges are read from the store at scrape time: one pass over the records.
+    // Queue gauges: O(log n) in the queue's size, the store keeps the counts as it writes.
     let data_dir = state.data_dir.clone();
     let _ = tokio::task::spawn_blocking(move || {
         refresh_queue_gauges(&store, &metrics);
@@ -92,46 +92,10 @@ async fn metrics(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Re
 }
 
 fn refresh_queue_gauges(store: &Store, metrics: &crate::metrics::Metrics) {
-    use crate::metrics::StateLabel;
-    if let Ok(n) = store.count() {
-        metrics
-            .queue_messages
-            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    match store.stats() {
+        Ok(stats) => metrics.set_queue_gauges(&stats, crate::time::UnixTime::now()),
+        Err(e) => tracing::warn!(error = %e, "reading queue gauges"),
     }
-    let Ok(all) = store.list(&ListFilter::default(), None) else {
-        return;
-    };
-    let mut by_state: std::collections::HashMap<String, i64> = [
-        "queued",
-        "leased",
-        "deferred",
-        "held",
-        "delivered",
-        "failed",
-    ]
-    .into_iter()
-    .map(|s| (s.to_owned(), 0))
-    .collect();
-    for m in &all {
-        for r in &m.recipients {
-            *by_state.entry(r.state.to_string()).or_insert(0) += 1;
-        }
-    }
-    for (state, n) in by_state {
-        metrics
-            .queue_recipients
-            .get_or_create(&StateLabel { state })
-            .set(n);
-    }
-    let now = crate::time::UnixTime::now().0;
-    let oldest = all
-        .iter()
-        .map(|m| m.arrival.0)
-        .min()
-        .map_or(0, |a| now.saturating_sub(a));
-    metrics
-        .queue_oldest_age_seconds
-        .set(i64::try_from(oldest).unwrap_or(i64::MAX));
 }
 
 /// Free and total bytes of the file system holding `path` (statvfs; free as available to an
@@ -265,30 +229,9 @@ async fn queue_flush(
     Query(q): Query<FlushQuery>,
 ) -> Response {
     let store = state.store.clone();
-    let filter = ListFilter {
-        recipient_domain: q.domain.clone(),
-        ..ListFilter::default()
-    };
     let domain = q.domain.clone();
-    let flushed = tokio::task::spawn_blocking(move || {
-        let now = crate::time::UnixTime::now();
-        let mut n = 0u64;
-        for m in store.list(&filter, None)? {
-            if store
-                .apply_to_domain(
-                    m.queue_id,
-                    &crate::store::AdminAction::Retry,
-                    now,
-                    domain.as_deref(),
-                )?
-                .is_some()
-            {
-                n += 1;
-            }
-        }
-        Ok::<_, crate::store::StoreError>(n)
-    })
-    .await;
+    // In bounded chunks inside the store: a million matching messages are not listed first.
+    let flushed = tokio::task::spawn_blocking(move || store.retry_domain(domain.as_deref())).await;
     match flushed {
         Ok(Ok(n)) => {
             tracing::info!(domain = ?q.domain, messages = n, "queue flushed by admin");

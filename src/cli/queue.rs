@@ -8,6 +8,7 @@ use crate::config::{Config, Scalar, parse_duration};
 use crate::envelope::QueueId;
 use crate::store::{
     AdminAction, ListFilter, MessageRecord, MessageSummary, StateKind, Store, StoreError,
+    StoreReader,
 };
 use crate::time::utc_timestamp;
 use anyhow::Context;
@@ -114,7 +115,14 @@ enum Access {
     Server(SocketAddr),
 }
 
-fn open(config: &Config) -> anyhow::Result<Access> {
+/// How a read-only command reaches the queue: it never opens the store for writing, so looking
+/// at a stopped server's queue changes nothing the next start sees (leases stay recorded).
+enum ReadAccess {
+    Direct(StoreReader),
+    Server(SocketAddr),
+}
+
+fn queue_path(config: &Config) -> anyhow::Result<std::path::PathBuf> {
     let path = config.data_dir.join("queue.redb");
     if !path.exists() {
         return Err(Exit {
@@ -123,10 +131,24 @@ fn open(config: &Config) -> anyhow::Result<Access> {
         }
         .into());
     }
+    Ok(path)
+}
+
+fn open(config: &Config) -> anyhow::Result<Access> {
+    let path = queue_path(config)?;
     match Store::open(&path, None) {
         Ok(store) => Ok(Access::Direct(store)),
         Err(StoreError::Locked { .. }) => Ok(Access::Server(config.admin.listen)),
         Err(e) => Err(e).with_context(|| format!("opening {}", path.display())),
+    }
+}
+
+fn open_read_only(config: &Config) -> anyhow::Result<ReadAccess> {
+    let path = queue_path(config)?;
+    match StoreReader::open(&path) {
+        Ok(reader) => Ok(ReadAccess::Direct(reader)),
+        Err(StoreError::Locked { .. }) => Ok(ReadAccess::Server(config.admin.listen)),
+        Err(e) => Err(e).with_context(|| format!("opening {} read-only", path.display())),
     }
 }
 
@@ -191,9 +213,9 @@ pub(crate) fn run(config: &Config, command: QueueCommand) -> anyhow::Result<Exit
                 state,
                 min_age,
             };
-            let list: Vec<MessageSummary> = match open(config)? {
-                Access::Direct(store) => store.list(&filter, limit)?,
-                Access::Server(addr) => {
+            let list: Vec<MessageSummary> = match open_read_only(config)? {
+                ReadAccess::Direct(store) => store.list(&filter, limit)?,
+                ReadAccess::Server(addr) => {
                     let query = list_query(&filter, limit);
                     let (status, body) = http(addr, "GET", &format!("/api/queue{query}"))?;
                     if status != 200 {
@@ -211,9 +233,9 @@ pub(crate) fn run(config: &Config, command: QueueCommand) -> anyhow::Result<Exit
         }
         QueueCommand::Show { queue_id, json } => {
             let id = parse_id(&queue_id)?;
-            let record: Option<MessageRecord> = match open(config)? {
-                Access::Direct(store) => store.get(id)?,
-                Access::Server(addr) => {
+            let record: Option<MessageRecord> = match open_read_only(config)? {
+                ReadAccess::Direct(store) => store.get(id)?,
+                ReadAccess::Server(addr) => {
                     let (status, body) = http(addr, "GET", &format!("/api/queue/{id}"))?;
                     match status {
                         200 => Some(
@@ -242,28 +264,7 @@ pub(crate) fn run(config: &Config, command: QueueCommand) -> anyhow::Result<Exit
             let access = open(config)?;
             if let Some(domain) = domain {
                 let n = match &access {
-                    Access::Direct(store) => {
-                        let filter = ListFilter {
-                            recipient_domain: Some(domain.clone()),
-                            ..ListFilter::default()
-                        };
-                        let now = crate::time::UnixTime::now();
-                        let mut n = 0;
-                        for m in store.list(&filter, None)? {
-                            if store
-                                .apply_to_domain(
-                                    m.queue_id,
-                                    &AdminAction::Retry,
-                                    now,
-                                    Some(&domain),
-                                )?
-                                .is_some()
-                            {
-                                n += 1;
-                            }
-                        }
-                        n
-                    }
+                    Access::Direct(store) => store.retry_domain(Some(&domain))?,
                     Access::Server(addr) => {
                         let (status, body) = http(
                             *addr,

@@ -24,6 +24,11 @@ pub struct PressureGauge {
 }
 
 impl PressureGauge {
+    /// `queue.max_messages`: the store enforces it exactly at append time.
+    pub fn max_messages(&self) -> u64 {
+        self.policy.max_messages
+    }
+
     /// A gauge that sees no pressure until the first refresh.
     pub fn new(policy: Policy) -> PressureGauge {
         PressureGauge {

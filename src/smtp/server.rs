@@ -464,7 +464,12 @@ async fn serve_connection(
                     let sender = envelope.sender.clone();
                     // Not in a select!: the commit must be allowed to finish. Dropping this
                     // future would not undo a commit anyway (the committer thread owns it).
-                    let result = ingress.store.append(envelope, body).await;
+                    // The body moves into the store (no copy); max_messages is checked in
+                    // the committer's transaction, exact under concurrency.
+                    let result = ingress
+                        .store
+                        .append_limited(envelope, body, ingress.pressure.max_messages())
+                        .await;
                     let result = match result {
                         Ok(queue_id) => {
                             ingress.pressure.note_stored(size);

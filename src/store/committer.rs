@@ -4,12 +4,13 @@
 //! them all in one redb transaction and commits it with `Durability::Immediate` (one fsync), then
 //! answers every caller. A plain thread, not a tokio task, because the commit blocks in fsync.
 
+use super::body::BodyDir;
 use super::error::{AppendError, StoreError};
 use super::record::StoredRecord;
 use super::schedule::{Tables, write_record};
-use super::{BODIES, DbSlot, LAST_QUEUE_ID, META, StoreOptions};
+use super::{BODIES, DbSlot, LAST_QUEUE_ID, MESSAGES, META, StoreOptions};
 use crate::envelope::{Envelope, QueueId};
-use redb::Durability;
+use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::thread::JoinHandle;
@@ -17,9 +18,48 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
 pub(super) struct Request {
+    /// Allocated by the appending task (a body file is named by it).
+    pub(super) id: u64,
     pub(super) envelope: Envelope,
-    pub(super) body: Vec<u8>,
+    pub(super) size: u64,
+    pub(super) body: Body,
+    /// Refuse if the queue already holds this many messages.
+    pub(super) max_messages: Option<u64>,
     pub(super) reply: oneshot::Sender<Result<QueueId, AppendError>>,
+}
+
+/// Where a request's body is on its way to the commit.
+pub(super) enum Body {
+    /// Small: written into the `bodies` table by the commit.
+    Inline(Vec<u8>),
+    /// Large: already in its file, fsync'd.
+    File(PendingFile),
+}
+
+/// A body file not yet referred to by a committed record. Dropped unkept (the append failed, was
+/// refused or abandoned), it removes the file; kept, it leaves the file to its record.
+pub(super) struct PendingFile {
+    bodies: BodyDir,
+    id: u64,
+    keep: bool,
+}
+
+impl PendingFile {
+    pub(super) fn new(bodies: BodyDir, id: u64) -> PendingFile {
+        PendingFile {
+            bodies,
+            id,
+            keep: false,
+        }
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.bodies.remove(self.id);
+        }
+    }
 }
 
 /// Bits of a queue id below the microsecond timestamp. 52 bits of microseconds last until 2112.
@@ -33,7 +73,7 @@ pub(super) fn next_queue_id(last: u64, now_micros: u64) -> u64 {
     from_clock.max(last.saturating_add(1))
 }
 
-fn now_micros() -> u64 {
+pub(super) fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
@@ -44,22 +84,29 @@ pub(super) fn spawn(
     receiver: Receiver<Request>,
     slot: Arc<DbSlot>,
     options: StoreOptions,
-    last_id: u64,
 ) -> Result<JoinHandle<()>, StoreError> {
     let handle = std::thread::Builder::new()
         .name("store-committer".into())
-        .spawn(move || run(receiver, slot, options, last_id))?;
+        .spawn(move || run(receiver, slot, options))?;
     Ok(handle)
 }
 
-fn run(receiver: Receiver<Request>, slot: Arc<DbSlot>, options: StoreOptions, mut last_id: u64) {
+fn inline_len(r: &Request) -> usize {
+    match &r.body {
+        Body::Inline(b) => b.len(),
+        Body::File(_) => 0,
+    }
+}
+
+fn run(receiver: Receiver<Request>, slot: Arc<DbSlot>, options: StoreOptions) {
     while let Ok(first) = receiver.recv() {
-        let mut bytes = first.body.len();
+        // A file body is on disk already; only inline bytes make the transaction big.
+        let mut bytes = inline_len(&first);
         let mut batch = vec![first];
         while batch.len() < options.max_batch_messages && bytes < options.max_batch_bytes {
             match receiver.try_recv() {
                 Ok(request) => {
-                    bytes += request.body.len();
+                    bytes += inline_len(&request);
                     batch.push(request);
                 }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
@@ -71,17 +118,17 @@ fn run(receiver: Receiver<Request>, slot: Arc<DbSlot>, options: StoreOptions, mu
         if batch.is_empty() {
             continue;
         }
-        let bytes = batch.iter().map(|r| r.body.len()).sum();
+        let bytes = batch.iter().map(inline_len).sum();
 
-        let result = commit_batch(&slot, &options, &mut last_id, &batch, bytes);
-        match result {
-            Ok(ids) => {
-                for (request, id) in batch.into_iter().zip(ids) {
-                    let _ = request.reply.send(Ok(id));
+        match commit_batch(&slot, &options, &mut batch, bytes) {
+            Ok(answers) => {
+                for (request, answer) in batch.into_iter().zip(answers) {
+                    let _ = request.reply.send(answer);
                 }
             }
             Err(error) => {
                 tracing::warn!(error = %error, messages = batch.len(), "queue store commit failed");
+                keep_files_if_committed(&slot, &mut batch);
                 for request in batch {
                     let _ = request.reply.send(Err(error.clone()));
                 }
@@ -90,13 +137,43 @@ fn run(receiver: Receiver<Request>, slot: Arc<DbSlot>, options: StoreOptions, mu
     }
 }
 
+/// After a failed commit: a commit error does not always mean nothing was written (an fsync can
+/// fail after the data reached the disk), and a stored record must keep its body file. Any file
+/// whose record can be read back, or whose fate cannot be told, is kept; the open after the next
+/// restart removes it if no record refers to it.
+fn keep_files_if_committed(slot: &DbSlot, batch: &mut [Request]) {
+    let ids: Vec<u64> = batch
+        .iter()
+        .filter(|r| matches!(r.body, Body::File(_)))
+        .map(|r| r.id)
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    let present = slot.with_db(|db| {
+        let txn = db.begin_read()?;
+        let messages = txn.open_table(MESSAGES)?;
+        ids.iter()
+            .map(|&id| Ok(messages.get(id)?.is_some()))
+            .collect::<Result<Vec<bool>, StoreError>>()
+    });
+    let mut present = present.ok().map(|p| p.into_iter());
+    for request in batch.iter_mut() {
+        if let Body::File(file) = &mut request.body {
+            let stored = present.as_mut().map_or(Some(true), |p| p.next());
+            file.keep = stored.unwrap_or(true);
+        }
+    }
+}
+
+/// Commits the batch: one answer per request (refused ones by `max_messages`), or one error for
+/// the whole batch.
 fn commit_batch(
     slot: &DbSlot,
     options: &StoreOptions,
-    last_id: &mut u64,
-    batch: &[Request],
+    batch: &mut [Request],
     bytes: usize,
-) -> Result<Vec<QueueId>, AppendError> {
+) -> Result<Vec<Result<QueueId, AppendError>>, AppendError> {
     // redb refuses every call after an I/O error until the database is reopened; a reopen that
     // failed before (disk still full) is retried here, which is what lets the store work again
     // once space returns.
@@ -109,39 +186,62 @@ fn commit_batch(
             return Err(AppendError::Full);
         }
     }
+    // The files' contents are fsync'd; their names become durable here, before any record
+    // naming them can be.
+    if batch.iter().any(|r| matches!(r.body, Body::File(_))) {
+        slot.bodies
+            .sync_dir()
+            .map_err(|e| AppendError::from(StoreError::Io(e)))?;
+    }
 
-    let ids: Vec<QueueId> = batch
-        .iter()
-        .map(|_| {
-            *last_id = next_queue_id(*last_id, now_micros());
-            QueueId(*last_id)
-        })
-        .collect();
     let started = Instant::now();
     let result = slot.with_db(|db| {
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
-        {
+        let answers = {
             let mut tables = Tables::open(&txn)?;
             let mut bodies = txn.open_table(BODIES)?;
             let mut meta = txn.open_table(META)?;
-            for (request, id) in batch.iter().zip(&ids) {
-                let size = request.body.len() as u64;
-                let record = StoredRecord::new(request.envelope.clone(), size);
-                write_record(&mut tables, id.0, None, &record)?;
-                bodies.insert(id.0, request.body.as_slice())?;
+            // Exact: the committer is the only writer of new records, and this transaction
+            // holds the write lock, so nothing can add a message between count and insert.
+            let mut queued = tables.messages.len()?;
+            let mut last = meta.get(LAST_QUEUE_ID)?.map(|v| v.value()).unwrap_or(0);
+            let mut answers = Vec::with_capacity(batch.len());
+            for request in batch.iter() {
+                if let Some(max) = request.max_messages
+                    && queued >= max
+                {
+                    answers.push(Err(AppendError::TooManyMessages { max }));
+                    continue;
+                }
+                let in_file = matches!(request.body, Body::File(_));
+                let record = StoredRecord::new(request.envelope.clone(), request.size, in_file);
+                write_record(&mut tables, request.id, None, &record)?;
+                if let Body::Inline(body) = &request.body {
+                    bodies.insert(request.id, body.as_slice())?;
+                }
+                queued += 1;
+                last = last.max(request.id);
+                answers.push(Ok(QueueId(request.id)));
             }
-            meta.insert(LAST_QUEUE_ID, *last_id)?;
-        }
+            meta.insert(LAST_QUEUE_ID, last)?;
+            answers
+        };
         // fsync before 250: once this returns the senders may drop their copies.
         txn.commit()?;
-        Ok(())
+        Ok(answers)
     });
     if let Some(histogram) = &options.commit_latency {
         histogram.observe(started.elapsed().as_secs_f64());
     }
     // with_db has already reopened the database if the failure was an I/O error.
-    result.map(|()| ids).map_err(AppendError::from)
+    let answers = result.map_err(AppendError::from)?;
+    for (request, answer) in batch.iter_mut().zip(&answers) {
+        if let (Body::File(file), Ok(_)) = (&mut request.body, answer) {
+            file.keep = true;
+        }
+    }
+    Ok(answers)
 }
 
 /// Bytes available to an unprivileged writer on the file system holding `path`.

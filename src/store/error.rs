@@ -53,6 +53,19 @@ pub enum StoreError {
         /// The queue id asked for.
         queue_id: QueueId,
     },
+    /// A message's record says where its body is, and the body is not there.
+    #[error("body of queue message {queue_id} is missing")]
+    MissingBody {
+        /// The message.
+        queue_id: QueueId,
+    },
+    /// A read-only open found a store that was not closed cleanly: only a writable open (the
+    /// next `dimegate serve`) recovers it, and a read-only look must not write.
+    #[error("queue store {path} was not closed cleanly; `dimegate serve` recovers it at start")]
+    NeedsRecovery {
+        /// The database file.
+        path: PathBuf,
+    },
     /// A previous I/O failure closed the database and reopening it failed; the next append retries.
     #[error("queue store is unavailable after an I/O error")]
     Unavailable,
@@ -122,6 +135,12 @@ pub enum AppendError {
     /// Out of disk space or quota, or below the configured free-space reserve. SMTP: `452 4.3.1`.
     #[error("queue store is full")]
     Full,
+    /// The queue holds `max` messages already (`queue.max_messages`). SMTP: `452 4.3.1`.
+    #[error("queue holds its maximum of {max} messages")]
+    TooManyMessages {
+        /// The limit.
+        max: u64,
+    },
     /// The batch's transaction or fsync failed. Shared by every caller of that batch, hence `Arc`.
     #[error("queue store write failed: {0}")]
     Io(Arc<StoreError>),
@@ -133,7 +152,10 @@ pub enum AppendError {
 impl AppendError {
     /// Whether the cause is lack of space: answer `452 4.3.1` and let the sender retry later.
     pub fn is_full(&self) -> bool {
-        matches!(self, AppendError::Full)
+        matches!(
+            self,
+            AppendError::Full | AppendError::TooManyMessages { .. }
+        )
     }
 }
 

@@ -26,6 +26,10 @@ pub(crate) struct StoredRecord {
     /// The delay DSN went out, so it is not sent again after every later retry or a restart.
     #[serde(default)]
     pub(crate) delay_warned: bool,
+    /// The body is a file of the body directory, not a row of the `bodies` table. Absent (false)
+    /// in records written before body files existed, and for small bodies.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) body_in_file: bool,
 }
 
 /// Why a stored record could not be read back.
@@ -51,7 +55,7 @@ pub enum DecodeError {
 }
 
 impl StoredRecord {
-    pub(crate) fn new(envelope: Envelope, size: u64) -> StoredRecord {
+    pub(crate) fn new(envelope: Envelope, size: u64, body_in_file: bool) -> StoredRecord {
         let recipients = envelope
             .recipients
             .iter()
@@ -62,6 +66,7 @@ impl StoredRecord {
             recipients,
             size,
             delay_warned: false,
+            body_in_file,
         }
     }
 
@@ -226,7 +231,11 @@ pub(crate) mod tests {
 
     #[test]
     fn record_round_trips_and_refuses_bad_bytes() {
-        let r = StoredRecord::new(envelope("a@x.org", &["b@y.org", "c@z.org"], 7), 123);
+        let r = StoredRecord::new(envelope("a@x.org", &["b@y.org", "c@z.org"], 7), 123, false);
+        // Old records (no body_in_file) still read; a file body round-trips.
+        let filed = StoredRecord::new(envelope("a@x.org", &["b@y.org"], 7), 9, true);
+        assert_eq!(StoredRecord::decode(&filed.encode()), Ok(filed.clone()));
+        assert!(!String::from_utf8_lossy(&r.encode()).contains("body_in_file"));
         let bytes = r.encode();
         assert_eq!(bytes[0], RECORD_VERSION);
         assert_eq!(StoredRecord::decode(&bytes), Ok(r.clone()));
@@ -260,6 +269,7 @@ pub(crate) mod tests {
             StoredRecord::new(
                 envelope("Alice@X.org", &["b@y.org", "c@Z.org"], 10_000 - 3600),
                 10,
+                false,
             ),
         );
         rec.recipients[1].state = RecipientState::Held;

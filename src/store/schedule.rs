@@ -10,8 +10,8 @@
 
 use super::error::StoreError;
 use super::record::{MessageRecord, StoredRecord};
-use super::state::{RecipientState, RecipientStatus, TransitionError};
-use super::{LEASES, MESSAGES, SCHEDULE, Store, decode};
+use super::state::{RecipientState, RecipientStatus, StateKind, TransitionError};
+use super::{COUNTS, LEASES, MESSAGES, RETRY_CHUNK, SCHEDULE, Store, decode};
 use crate::envelope::QueueId;
 use crate::time::UnixTime;
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
@@ -93,6 +93,7 @@ pub(crate) struct Tables<'txn> {
     pub(crate) messages: Table<'txn, u64, &'static [u8]>,
     pub(crate) schedule: Table<'txn, (u64, u64), ()>,
     pub(crate) leases: Table<'txn, u64, ()>,
+    pub(crate) counts: Table<'txn, u8, u64>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -101,8 +102,74 @@ impl<'txn> Tables<'txn> {
             messages: txn.open_table(MESSAGES)?,
             schedule: txn.open_table(SCHEDULE)?,
             leases: txn.open_table(LEASES)?,
+            counts: txn.open_table(COUNTS)?,
         })
     }
+
+    /// Moves the recipient counts by state from what `old` had to what `new` has.
+    fn count(
+        &mut self,
+        old: Option<&StoredRecord>,
+        new: Option<&StoredRecord>,
+    ) -> Result<(), StoreError> {
+        let mut delta = [0i64; STATE_KINDS.len()];
+        for r in old.iter().flat_map(|o| &o.recipients) {
+            delta[kind_index(r.state.kind())] -= 1;
+        }
+        for r in new.iter().flat_map(|n| &n.recipients) {
+            delta[kind_index(r.state.kind())] += 1;
+        }
+        for (i, d) in delta.into_iter().enumerate() {
+            if d == 0 {
+                continue;
+            }
+            let key = i as u8;
+            let current = self.counts.get(key)?.map(|v| v.value()).unwrap_or(0);
+            let next = current.saturating_add_signed(d);
+            self.counts.insert(key, next)?;
+        }
+        Ok(())
+    }
+}
+
+/// The states in the order of their keys in the `counts` table.
+pub(crate) const STATE_KINDS: [StateKind; 6] = [
+    StateKind::Queued,
+    StateKind::Leased,
+    StateKind::Deferred,
+    StateKind::Held,
+    StateKind::Delivered,
+    StateKind::Failed,
+];
+
+pub(crate) fn kind_index(kind: StateKind) -> usize {
+    match kind {
+        StateKind::Queued => 0,
+        StateKind::Leased => 1,
+        StateKind::Deferred => 2,
+        StateKind::Held => 3,
+        StateKind::Delivered => 4,
+        StateKind::Failed => 5,
+    }
+}
+
+/// Recounts recipients by state with one pass over every record: for a store written before the
+/// counts table existed. Runs once, at the first writable open that finds no counts.
+pub(crate) fn recount(t: &mut Tables<'_>) -> Result<(), StoreError> {
+    let mut totals = [0u64; STATE_KINDS.len()];
+    for entry in t.messages.iter()? {
+        let (_, value) = entry?;
+        // A corrupt record counts as nothing; it is reported where it is read.
+        if let Ok(record) = StoredRecord::decode(value.value()) {
+            for r in &record.recipients {
+                totals[kind_index(r.state.kind())] += 1;
+            }
+        }
+    }
+    for (i, n) in totals.into_iter().enumerate() {
+        t.counts.insert(i as u8, n)?;
+    }
+    Ok(())
 }
 
 /// Writes `new` for `id` and moves its index entries from where `old` had them.
@@ -124,15 +191,40 @@ pub(crate) fn write_record(
         t.leases.remove(id)?;
     }
     t.messages.insert(id, new.encode().as_slice())?;
+    t.count(old, Some(new))?;
     Ok(())
 }
 
-/// Removes the index entries of a record being deleted.
+/// Removes message `id` with its inline body, index entries and counts. Returns whether there
+/// was one, and whether its body is a file (for the caller to unlink after the commit).
+pub(crate) fn remove_message(
+    t: &mut Tables<'_>,
+    bodies: &mut Table<'_, u64, &'static [u8]>,
+    id: u64,
+) -> Result<(bool, bool), StoreError> {
+    let old = t.messages.remove(id)?.map(|v| v.value().to_vec());
+    bodies.remove(id)?;
+    let Some(old) = old else {
+        return Ok((false, false));
+    };
+    match StoredRecord::decode(&old) {
+        Ok(old) => {
+            unindex(t, id, &old)?;
+            Ok((true, old.body_in_file))
+        }
+        // A corrupt record has no readable index keys; lease_due drops its dangling schedule
+        // entry when it meets it. Its body file, if any, goes at the next open (an orphan).
+        Err(_) => Ok((true, false)),
+    }
+}
+
+/// Removes the index entries and counts of a record being deleted.
 pub(crate) fn unindex(t: &mut Tables<'_>, id: u64, old: &StoredRecord) -> Result<(), StoreError> {
     if let Some(wake) = wake_of(old) {
         t.schedule.remove((wake, id))?;
     }
     t.leases.remove(id)?;
+    t.count(Some(old), None)?;
     Ok(())
 }
 
@@ -294,23 +386,90 @@ impl Store {
         now: UnixTime,
         items: &[Settlement],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        self.inner.slot.with_db(|db| {
+        let (answers, files) = self.inner.slot.with_db(|db| {
             let mut txn = db.begin_write()?;
             // fsync: a delivered recipient must not be delivered again after a crash, and a
             // removed message must not come back.
             txn.set_durability(Durability::Immediate)?;
+            let mut files = Vec::new();
             let answers = {
                 let mut t = Tables::open(&txn)?;
                 let mut bodies = txn.open_table(super::BODIES)?;
                 let mut answers = Vec::with_capacity(items.len());
                 for item in items {
-                    answers.push(settle_one(&mut t, &mut bodies, now, item)?);
+                    answers.push(settle_one(&mut t, &mut bodies, &mut files, now, item)?);
                 }
                 answers
             };
             txn.commit()?;
-            Ok(answers)
-        })
+            Ok((answers, files))
+        })?;
+        // Only now that no committed record refers to them.
+        let removed = items.iter().any(|i| matches!(i, Settlement::Remove { .. }));
+        for id in files {
+            self.inner.slot.bodies.remove(id);
+        }
+        if removed {
+            self.inner.slot.compact_if_drained();
+        }
+        Ok(answers)
+    }
+
+    /// Makes every Queued or Deferred recipient in `domain` (case-insensitive; every recipient
+    /// if `None`) due now, and returns how many messages have a recipient there. Walks the queue in chunks of a few
+    /// thousand messages, one durable transaction each, so memory stays bounded and appends
+    /// wait at most one chunk; a message that arrives meanwhile may or may not be included.
+    pub fn retry_domain(&self, domain: Option<&str>) -> Result<u64, StoreError> {
+        let in_domain = |address: &str| {
+            domain.is_none_or(|domain| {
+                address
+                    .rsplit_once('@')
+                    .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain))
+            })
+        };
+        let mut from = 0u64;
+        let mut matched = 0u64;
+        loop {
+            let (done, next, n) = self.inner.slot.with_db(|db| {
+                in_write_txn(db, |t| {
+                    let mut chunk = Vec::with_capacity(RETRY_CHUNK);
+                    for entry in t.messages.range(from..)?.take(RETRY_CHUNK) {
+                        let (key, value) = entry?;
+                        chunk.push((key.value(), value.value().to_vec()));
+                    }
+                    let done = chunk.len() < RETRY_CHUNK;
+                    let next = chunk.last().map_or(from, |(id, _)| id.saturating_add(1));
+                    let mut n = 0;
+                    for (id, bytes) in chunk {
+                        // Corrupt records are reported by list and show, not here.
+                        let Ok(old) = StoredRecord::decode(&bytes) else {
+                            continue;
+                        };
+                        if !old.recipients.iter().any(|r| in_domain(&r.address)) {
+                            continue;
+                        }
+                        n += 1;
+                        let mut new = old.clone();
+                        for r in &mut new.recipients {
+                            if in_domain(&r.address)
+                                && let Ok(retried) = r.clone().retry()
+                            {
+                                *r = retried;
+                            }
+                        }
+                        if new != old {
+                            write_record(t, id, Some(&old), &new)?;
+                        }
+                    }
+                    Ok((done, next, n))
+                })
+            })?;
+            matched += n;
+            if done || next == u64::MAX {
+                return Ok(matched);
+            }
+            from = next;
+        }
     }
 
     /// Applies an operator's action to every recipient of `queue_id` for which it is a valid
@@ -413,6 +572,7 @@ pub enum Settlement {
 fn settle_one(
     t: &mut Tables<'_>,
     bodies: &mut Table<'_, u64, &'static [u8]>,
+    files: &mut Vec<u64>,
     now: UnixTime,
     item: &Settlement,
 ) -> Result<Result<(), StoreError>, StoreError> {
@@ -462,10 +622,9 @@ fn settle_one(
             Ok(Ok(()))
         }
         Settlement::Remove { queue_id } => {
-            let old = t.messages.remove(queue_id.0)?.map(|v| v.value().to_vec());
-            bodies.remove(queue_id.0)?;
-            if let Some(Ok(old)) = old.as_deref().map(StoredRecord::decode) {
-                unindex(t, queue_id.0, &old)?;
+            let (_, in_file) = remove_message(t, bodies, queue_id.0)?;
+            if in_file {
+                files.push(queue_id.0);
             }
             Ok(Ok(()))
         }

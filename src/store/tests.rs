@@ -1,5 +1,7 @@
 use super::record::tests::envelope;
 use super::*;
+use crate::time::UnixTime;
+use redb::ReadableTableMetadata;
 use std::time::Duration;
 
 fn open(dir: &tempfile::TempDir) -> Store {
@@ -561,4 +563,436 @@ async fn retry_for_a_domain_leaves_other_recipients_alone() {
         ["b@Z.org"],
         "only the flushed domain is due now"
     );
+}
+
+fn bodies_dir(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    dir.path().join("queue.bodies")
+}
+
+fn body_files(dir: &tempfile::TempDir) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(bodies_dir(dir))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+fn big_body(n: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u8) ^ n).collect()
+}
+
+#[tokio::test]
+async fn large_bodies_are_files_that_go_when_the_message_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let small = store
+        .append(envelope("s@x.org", &["a@y.org"], 1), vec![b'x'; 4096])
+        .await
+        .unwrap();
+    let big = big_body(1, 300_000);
+    let a = store
+        .append(envelope("s@x.org", &["a@y.org"], 2), big.clone())
+        .await
+        .unwrap();
+    let b = store
+        .append(envelope("s@x.org", &["a@y.org"], 3), big_body(2, 5000))
+        .await
+        .unwrap();
+    // Only the bodies above inline_body_max are files, named by queue id.
+    assert_eq!(
+        body_files(&dir),
+        [format!("{:016x}", a.0), format!("{:016x}", b.0)]
+    );
+    assert_eq!(store.get(a).unwrap().unwrap().size, 300_000);
+    assert_eq!(store.body(a).unwrap().as_deref(), Some(&big[..]));
+    assert_eq!(store.body(small).unwrap().unwrap().len(), 4096);
+    let mut streamed = Vec::new();
+    std::io::Read::read_to_end(&mut store.body_reader(a).unwrap().unwrap(), &mut streamed).unwrap();
+    assert_eq!(streamed, big);
+    assert!(store.body_reader(QueueId(1)).unwrap().is_none());
+
+    // Deleted: the file is gone. Settled away: the file is gone.
+    assert!(store.delete(a).unwrap());
+    assert_eq!(body_files(&dir), [format!("{:016x}", b.0)]);
+    assert_eq!(store.body(a).unwrap(), None);
+    let answers = store
+        .settle(UnixTime::now(), &[Settlement::Remove { queue_id: b }])
+        .unwrap();
+    assert!(answers[0].is_ok());
+    assert!(body_files(&dir).is_empty());
+    assert_eq!(store.count().unwrap(), 1);
+
+    // A record whose file vanished is an error to report, not a panic or an empty body.
+    let c = store
+        .append(envelope("s@x.org", &["a@y.org"], 4), big_body(3, 10_000))
+        .await
+        .unwrap();
+    std::fs::remove_file(bodies_dir(&dir).join(format!("{:016x}", c.0))).unwrap();
+    assert!(matches!(
+        store.body(c),
+        Err(StoreError::MissingBody { queue_id }) if queue_id == c
+    ));
+}
+
+#[tokio::test]
+async fn orphan_body_files_are_removed_at_open_and_live_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = {
+        let store = open(&dir);
+        store
+            .append(envelope("s@x.org", &["a@y.org"], 1), big_body(1, 20_000))
+            .await
+            .unwrap()
+    };
+    // What a crash between the file's fsync and the commit leaves: a file no record names.
+    let orphan = bodies_dir(&dir).join(format!("{:016x}", live.0 + 1));
+    std::fs::write(&orphan, b"half a message").unwrap();
+    let operator_file = bodies_dir(&dir).join("notes.txt");
+    std::fs::write(&operator_file, b"mine").unwrap();
+    let store = open(&dir);
+    assert!(!orphan.exists());
+    assert!(operator_file.exists());
+    assert_eq!(store.body(live).unwrap(), Some(big_body(1, 20_000)));
+    // Ids stay above the orphan's, which may be reused only because its file is gone.
+    let next = store
+        .append(envelope("s@x.org", &["a@y.org"], 2), big_body(2, 20_000))
+        .await
+        .unwrap();
+    assert!(next > live);
+    assert_eq!(store.body(next).unwrap(), Some(big_body(2, 20_000)));
+}
+
+#[tokio::test]
+async fn max_messages_holds_exactly_under_concurrent_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    // DSNs are owed whatever the size of the queue: plain append ignores the limit.
+    for i in 0..3 {
+        store
+            .append(envelope("", &["a@y.org"], i), vec![])
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..400u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            // Mixed sizes, so file and inline bodies race for the same places.
+            let body = vec![b'x'; if i % 4 == 0 { 9000 } else { 100 }];
+            store
+                .append_limited(envelope("s@x.org", &["a@y.org"], i), body, 100)
+                .await
+        }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(AppendError::TooManyMessages { max: 100 }) => refused += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!((ok, refused), (97, 303));
+    assert_eq!(store.count().unwrap(), 100);
+    assert!(AppendError::TooManyMessages { max: 1 }.is_full());
+    // Refused large bodies left no files behind.
+    let stored_files = store
+        .list(&ListFilter::default(), None)
+        .unwrap()
+        .iter()
+        .filter(|m| m.size == 9000)
+        .count();
+    assert_eq!(body_files(&dir).len(), stored_files);
+}
+
+/// The recipient counts by state, by a pass over every record: what stats must equal.
+fn scanned(store: &Store) -> [(StateKind, u64); 6] {
+    let mut out = schedule::STATE_KINDS.map(|k| (k, 0u64));
+    for m in store.list(&ListFilter::default(), None).unwrap() {
+        for r in m.recipients {
+            out[schedule::kind_index(r.state)].1 += 1;
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn stats_follow_every_kind_of_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let now = UnixTime(2_000_000_000);
+    let empty = store.stats().unwrap();
+    assert_eq!((empty.messages, empty.oldest_arrival), (0, None));
+    let check = |store: &Store, step: &str| {
+        let stats = store.stats().unwrap();
+        assert_eq!(stats.recipients, scanned(store), "after {step}");
+        assert_eq!(stats.messages, store.count().unwrap(), "after {step}");
+    };
+    let mut ids = Vec::new();
+    for i in 0..6u64 {
+        let rcpts: Vec<String> = (0..=i % 3).map(|r| format!("r{r}@d{i}.org")).collect();
+        let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+        ids.push(
+            store
+                .append(envelope("s@x.org", &rcpts, 1000 + i), vec![1; 10])
+                .await
+                .unwrap(),
+        );
+    }
+    check(&store, "appends");
+    assert_eq!(store.stats().unwrap().oldest_arrival, Some(UnixTime(1000)));
+    let leases = store.lease_due(now, 10 * MIN, 5).unwrap();
+    check(&store, "lease_due");
+    let mut items = Vec::new();
+    for (n, lease) in leases.into_iter().enumerate() {
+        let outcome = match n % 3 {
+            0 => Outcome::Delivered,
+            1 => Outcome::Deferred {
+                next_at: now.plus(MIN),
+                error: "451".into(),
+            },
+            _ => Outcome::Failed {
+                reply: "550".into(),
+            },
+        };
+        items.push(Settlement::Complete { lease, outcome });
+    }
+    items.push(Settlement::Remove { queue_id: ids[5] });
+    store.settle(now, &items).unwrap();
+    check(&store, "settle");
+    store.apply(ids[4], &AdminAction::Hold, now).unwrap();
+    check(&store, "hold");
+    store.retry_domain(None).unwrap();
+    check(&store, "retry_domain");
+    store.delete(ids[0]).unwrap();
+    check(&store, "delete");
+    assert_eq!(store.stats().unwrap().oldest_arrival, Some(UnixTime(1001)));
+    let l = store.lease_due(now, 10 * MIN, 100).unwrap();
+    assert!(!l.is_empty());
+    drop(store);
+    // The restart releases the leases through the same bookkeeping.
+    let store = open(&dir);
+    check(&store, "restart");
+    assert_eq!(store.stats().unwrap().recipients[1], (StateKind::Leased, 0));
+}
+
+#[tokio::test]
+async fn a_store_without_counts_is_recounted_once_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    for i in 0..5 {
+        store
+            .append(envelope("s@x.org", &["a@y.org", "b@y.org"], i), vec![])
+            .await
+            .unwrap();
+    }
+    store.lease_due(UnixTime(2_000_000_000), MIN, 3).unwrap();
+    // What a store written by the previous release looks like: no counts at all.
+    store
+        .inner
+        .slot
+        .with_db(|db| {
+            let txn = db.begin_write()?;
+            txn.delete_table(COUNTS).map_err(redb::Error::from)?;
+            txn.open_table(META)?.remove(COUNTS_VERSION)?;
+            txn.commit()?;
+            Ok(())
+        })
+        .unwrap();
+    drop(store);
+    // Read-only, the old store's stats come from a scan.
+    let reader = StoreReader::open(&dir.path().join("queue.redb")).unwrap();
+    let read_only = reader.stats().unwrap();
+    drop(reader);
+    let store = open(&dir);
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.recipients, scanned(&store));
+    assert_eq!(stats.recipients[0], (StateKind::Queued, 10));
+    // Before the writable open released them, three recipients were leased.
+    assert_eq!(read_only.recipients[0], (StateKind::Queued, 7));
+    assert_eq!(read_only.recipients[1], (StateKind::Leased, 3));
+}
+
+fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in walk(dir) {
+        let bytes = std::fs::read(&entry).unwrap();
+        out.push((entry, bytes));
+    }
+    out.sort();
+    out
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_reader_never_writes_and_sees_leases_as_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.redb");
+    let (id, big) = {
+        let store = open(&dir);
+        let id = store
+            .append(envelope("s@x.org", &["a@y.org"], 1), vec![7; 10])
+            .await
+            .unwrap();
+        let big = store
+            .append(envelope("s@x.org", &["b@y.org"], 2), big_body(9, 50_000))
+            .await
+            .unwrap();
+        store
+            .lease_due(UnixTime(2_000_000_000), 10 * MIN, 1)
+            .unwrap();
+        // While the server holds the store, a reader is refused (the CLI then asks the server).
+        assert!(matches!(
+            StoreReader::open(&path),
+            Err(StoreError::Locked { .. })
+        ));
+        (id, big)
+    };
+    // An orphan a writable open would delete: the reader must leave it too.
+    std::fs::write(bodies_dir(&dir).join(format!("{:016x}", big.0 + 5)), b"x").unwrap();
+    let before = snapshot(dir.path());
+    {
+        let reader = StoreReader::open(&path).unwrap();
+        let list = reader.list(&ListFilter::default(), None).unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].recipients[0].state, StateKind::Leased);
+        assert_eq!(reader.get(id).unwrap().unwrap().queue_id, id);
+        assert_eq!(reader.body(big).unwrap(), Some(big_body(9, 50_000)));
+        assert_eq!(reader.count().unwrap(), 2);
+        assert_eq!(
+            reader.stats().unwrap().recipients[1],
+            (StateKind::Leased, 1)
+        );
+        // Two readers at once are fine; neither takes the writer's place.
+        let second = StoreReader::open(&path).unwrap();
+        assert_eq!(second.count().unwrap(), 2);
+    }
+    assert_eq!(
+        snapshot(dir.path()),
+        before,
+        "a read-only look changed files"
+    );
+    // The next writable open is the one that releases the lease.
+    let store = open(&dir);
+    assert_eq!(
+        store.get(id).unwrap().unwrap().recipients[0].state,
+        RecipientState::Queued
+    );
+}
+
+#[tokio::test]
+async fn retry_domain_walks_more_than_one_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let now = UnixTime(2_000_000_000);
+    let total = RETRY_CHUNK + 100;
+    let mut tasks = Vec::new();
+    for t in 0..64usize {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (t..total).step_by(64) {
+                let rcpt = if i % 2 == 0 {
+                    "a@even.org"
+                } else {
+                    "a@odd.org"
+                };
+                store
+                    .append(envelope("s@x.org", &[rcpt], i as u64), vec![])
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Defer them all into the future.
+    loop {
+        let leases = store.lease_due(now, 10 * MIN, 1000).unwrap();
+        if leases.is_empty() {
+            break;
+        }
+        let items: Vec<Settlement> = leases
+            .into_iter()
+            .map(|lease| Settlement::Complete {
+                lease,
+                outcome: Outcome::Deferred {
+                    next_at: now.plus(60 * MIN),
+                    error: "451".into(),
+                },
+            })
+            .collect();
+        store.settle(now, &items).unwrap();
+    }
+    assert_eq!(
+        store.retry_domain(Some("EVEN.org")).unwrap(),
+        total as u64 / 2
+    );
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.recipients[0], (StateKind::Queued, total as u64 / 2));
+    assert_eq!(stats.recipients[2], (StateKind::Deferred, total as u64 / 2));
+    let due = store.lease_due(now, 10 * MIN, total).unwrap();
+    assert_eq!(due.len(), total / 2);
+    assert!(due.iter().all(|l| l.address == "a@even.org"));
+}
+
+#[tokio::test]
+async fn a_drained_queue_gives_its_database_space_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let path = dir.path().join("queue.redb");
+    let mut tasks = Vec::new();
+    for t in 0..64u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..64u64 {
+                let env = envelope("s@x.org", &["a@y.org"], t * 64 + i);
+                ids.push(store.append(env, vec![b'x'; 2000]).await.unwrap());
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await.unwrap());
+    }
+    let full = std::fs::metadata(&path).unwrap().len();
+    assert!(
+        full > COMPACT_ABOVE_BYTES,
+        "{full} bytes is too small to test"
+    );
+    let (last, rest) = ids.split_last().unwrap();
+    let items: Vec<Settlement> = rest
+        .iter()
+        .map(|&queue_id| Settlement::Remove { queue_id })
+        .collect();
+    store.settle(UnixTime::now(), &items).unwrap();
+    // One message left: no compaction yet.
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), full);
+    assert!(store.delete(*last).unwrap());
+    let drained = std::fs::metadata(&path).unwrap().len();
+    assert!(
+        drained < full / 4,
+        "{drained} bytes after the drain, {full} full"
+    );
+    // Still a working store.
+    let id = store
+        .append(envelope("s@x.org", &["a@y.org"], 1), vec![1; 10])
+        .await
+        .unwrap();
+    assert_eq!(store.body(id).unwrap(), Some(vec![1; 10]));
 }

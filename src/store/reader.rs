@@ -1,0 +1,254 @@
+//! Reads of the store, shared by the writable [`Store`](super::Store) and the read-only
+//! [`StoreReader`] the CLI opens on a stopped server's queue.
+//!
+//! [`StoreReader`] opens the database with redb's read-only open: it takes no writer lock, runs no
+//! recovery, releases no lease and removes no orphan file, so looking at a queue never changes
+//! what the next `dimegate serve` finds. A store that was not closed cleanly needs the recovery
+//! only a writable open does; the read-only open refuses it with [`StoreError::NeedsRecovery`].
+
+use super::body::BodyDir;
+use super::error::StoreError;
+use super::record::{ListFilter, MessageRecord, MessageSummary};
+use super::schedule::STATE_KINDS;
+use super::state::StateKind;
+use super::{BODIES, COUNTS, COUNTS_VERSION, MESSAGES, META, decode, open_error};
+use crate::envelope::QueueId;
+use crate::time::UnixTime;
+use redb::{
+    Builder, DatabaseError, ReadOnlyDatabase, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata,
+};
+use std::io::Read;
+use std::path::Path;
+
+/// What the queue gauges show, read in O(log n) of the queue's size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages in the queue.
+    pub messages: u64,
+    /// Recipients in each state, every state listed (zero included).
+    pub recipients: [(StateKind, u64); 6],
+    /// Arrival of the oldest message, if any.
+    pub oldest_arrival: Option<UnixTime>,
+}
+
+pub(super) fn list(
+    db: &impl ReadableDatabase,
+    filter: &ListFilter,
+    limit: Option<usize>,
+) -> Result<Vec<MessageSummary>, StoreError> {
+    let now = UnixTime::now();
+    let limit = limit.unwrap_or(usize::MAX);
+    let txn = db.begin_read()?;
+    let table = txn.open_table(MESSAGES)?;
+    let mut out = Vec::new();
+    for entry in table.iter()? {
+        if out.len() >= limit {
+            break;
+        }
+        let (key, value) = entry?;
+        let queue_id = QueueId(key.value());
+        let record = decode(queue_id, value.value())?;
+        let record = MessageRecord::from_stored(queue_id, record);
+        if filter.matches(&record, now) {
+            out.push(record.summary(now));
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn get(
+    db: &impl ReadableDatabase,
+    queue_id: QueueId,
+) -> Result<Option<MessageRecord>, StoreError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(MESSAGES)?;
+    let Some(value) = table.get(queue_id.0)? else {
+        return Ok(None);
+    };
+    let record = decode(queue_id, value.value())?;
+    Ok(Some(MessageRecord::from_stored(queue_id, record)))
+}
+
+/// Where the body of `queue_id` is: `None` without a record, else whether it is a file and its
+/// size. A record that does not decode still has a body for the operator to rescue: it is a file
+/// if the `bodies` table has no row for it.
+fn locate(
+    db: &impl ReadableDatabase,
+    queue_id: QueueId,
+) -> Result<Option<(bool, u64, redb::ReadTransaction)>, StoreError> {
+    let txn = db.begin_read()?;
+    let located = {
+        let table = txn.open_table(MESSAGES)?;
+        match table.get(queue_id.0)? {
+            None => None,
+            Some(value) => match decode(queue_id, value.value()) {
+                Ok(record) => Some((record.body_in_file, record.size)),
+                Err(_) => {
+                    let inline = txn.open_table(BODIES)?.get(queue_id.0)?.is_some();
+                    Some((!inline, 0))
+                }
+            },
+        }
+    };
+    Ok(located.map(|(in_file, size)| (in_file, size, txn)))
+}
+
+fn missing_body(queue_id: QueueId, e: std::io::Error) -> StoreError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        StoreError::MissingBody { queue_id }
+    } else {
+        StoreError::Io(e)
+    }
+}
+
+pub(super) fn body(
+    db: &impl ReadableDatabase,
+    bodies: &BodyDir,
+    queue_id: QueueId,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let Some((in_file, size, txn)) = locate(db, queue_id)? else {
+        return Ok(None);
+    };
+    if in_file {
+        // The record is read in `txn`; the file is unlinked only after a commit removing it,
+        // so a missing file here means the message was removed meanwhile or is damaged.
+        return match bodies.read(queue_id.0, size) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if get(db, queue_id)?.is_none() {
+                    Ok(None)
+                } else {
+                    Err(StoreError::MissingBody { queue_id })
+                }
+            }
+            Err(e) => Err(StoreError::Io(e)),
+        };
+    }
+    let table = txn.open_table(BODIES)?;
+    match table.get(queue_id.0)? {
+        Some(v) => Ok(Some(v.value().to_vec())),
+        None => Err(StoreError::MissingBody { queue_id }),
+    }
+}
+
+pub(super) fn body_reader(
+    db: &impl ReadableDatabase,
+    bodies: &BodyDir,
+    queue_id: QueueId,
+) -> Result<Option<Box<dyn Read + Send>>, StoreError> {
+    let Some((in_file, _, txn)) = locate(db, queue_id)? else {
+        return Ok(None);
+    };
+    if in_file {
+        let file = bodies
+            .open(queue_id.0)
+            .map_err(|e| missing_body(queue_id, e))?;
+        return Ok(Some(Box::new(std::io::BufReader::new(file))));
+    }
+    let table = txn.open_table(BODIES)?;
+    match table.get(queue_id.0)? {
+        // Small by construction (at most inline_body_max).
+        Some(v) => Ok(Some(Box::new(std::io::Cursor::new(v.value().to_vec())))),
+        None => Err(StoreError::MissingBody { queue_id }),
+    }
+}
+
+pub(super) fn count(db: &impl ReadableDatabase) -> Result<u64, StoreError> {
+    let txn = db.begin_read()?;
+    Ok(txn.open_table(MESSAGES)?.len()?)
+}
+
+pub(super) fn stats(db: &impl ReadableDatabase) -> Result<QueueStats, StoreError> {
+    let txn = db.begin_read()?;
+    let messages = txn.open_table(MESSAGES)?;
+    let counted = txn
+        .open_table(META)?
+        .get(COUNTS_VERSION)?
+        .is_some_and(|v| v.value() >= 1);
+    let mut recipients = STATE_KINDS.map(|k| (k, 0u64));
+    if counted {
+        let counts = txn.open_table(COUNTS)?;
+        for (i, slot) in recipients.iter_mut().enumerate() {
+            slot.1 = counts.get(i as u8)?.map(|v| v.value()).unwrap_or(0);
+        }
+    } else {
+        // Only a read-only look at a store last written by an older release gets here.
+        for entry in messages.iter()? {
+            let (key, value) = entry?;
+            if let Ok(record) = decode(QueueId(key.value()), value.value()) {
+                for r in &record.recipients {
+                    recipients[super::schedule::kind_index(r.state.kind())].1 += 1;
+                }
+            }
+        }
+    }
+    // Queue ids grow with arrival time, so the first record is the oldest message.
+    let oldest_arrival = match messages.first()? {
+        Some((key, value)) => decode(QueueId(key.value()), value.value())
+            .ok()
+            .map(|r| UnixTime(r.envelope.arrival_unix)),
+        None => None,
+    };
+    Ok(QueueStats {
+        messages: messages.len()?,
+        recipients,
+        oldest_arrival,
+    })
+}
+
+/// A read-only view of a store no process is running: for `dimegate queue list` and `show`.
+pub struct StoreReader {
+    db: ReadOnlyDatabase,
+    bodies: BodyDir,
+}
+
+impl StoreReader {
+    /// Opens the store at `path` read-only. [`StoreError::Locked`] when a server has it open,
+    /// [`StoreError::NeedsRecovery`] when it was not closed cleanly.
+    pub fn open(path: &Path) -> Result<StoreReader, StoreError> {
+        let db = Builder::new()
+            // A look at the queue needs little cache; the open must not cost what the server's does.
+            .set_cache_size(4 << 20)
+            .open_read_only(path)
+            .map_err(|e| match e {
+                DatabaseError::RepairAborted => StoreError::NeedsRecovery {
+                    path: path.to_owned(),
+                },
+                e => open_error(path, e),
+            })?;
+        Ok(StoreReader {
+            db,
+            bodies: BodyDir::for_database(path),
+        })
+    }
+
+    /// As [`Store::list`](super::Store::list).
+    pub fn list(
+        &self,
+        filter: &ListFilter,
+        limit: Option<usize>,
+    ) -> Result<Vec<MessageSummary>, StoreError> {
+        list(&self.db, filter, limit)
+    }
+
+    /// As [`Store::get`](super::Store::get).
+    pub fn get(&self, queue_id: QueueId) -> Result<Option<MessageRecord>, StoreError> {
+        get(&self.db, queue_id)
+    }
+
+    /// As [`Store::body`](super::Store::body).
+    pub fn body(&self, queue_id: QueueId) -> Result<Option<Vec<u8>>, StoreError> {
+        body(&self.db, &self.bodies, queue_id)
+    }
+
+    /// As [`Store::count`](super::Store::count).
+    pub fn count(&self) -> Result<u64, StoreError> {
+        count(&self.db)
+    }
+
+    /// As [`Store::stats`](super::Store::stats).
+    pub fn stats(&self) -> Result<QueueStats, StoreError> {
+        stats(&self.db)
+    }
+}
