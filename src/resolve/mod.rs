@@ -228,6 +228,11 @@ impl Resolver {
         })
     }
 
+    /// The address families [`Resolver::addresses`] asks for, in order.
+    pub fn families(&self) -> AddressFamilies {
+        self.families
+    }
+
     /// MX hosts for `domain`, best first (RFC 5321 §5.1, RFC 7505).
     ///
     /// - MX records: sorted by preference, then host name. Root exchanges (`.`) mixed with real
