@@ -302,7 +302,7 @@ impl ClientSession {
             match self.parser.feed(&mut input) {
                 None => return,
                 Some(Ok(reply)) => self.on_reply(reply, now),
-                Some(Err(error)) => self.on_broken(&garbage(&error)),
+                Some(Err(error)) => self.on_broken(&garbage(&error), false),
             }
         }
     }
@@ -334,13 +334,13 @@ impl ClientSession {
 
     /// The peer closed the connection (`error` is `None`) or the socket failed.
     pub fn handle_closed(&mut self, error: Option<&str>) {
-        self.on_broken(error.unwrap_or("connection closed by the peer"));
+        self.on_broken(error.unwrap_or("connection closed by the peer"), false);
     }
 
     /// Time passed; acts only when the current deadline is reached.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.deadline.is_some_and(|d| now >= d.at) {
-            self.on_broken("timed out");
+            self.on_broken("timed out", true);
         }
     }
 
@@ -608,7 +608,7 @@ impl ClientSession {
     fn on_transaction_reply(&mut self, mut t: Box<Transaction>, reply: Reply, now: Instant) {
         let Some(expect) = t.pending.pop_front() else {
             // Unreachable: a transaction with nothing pending has ended. Keep it total.
-            self.lose(t, "a reply nobody asked for");
+            self.lose(t, "a reply nobody asked for", false);
             return;
         };
         let kind = if expect == Expect::EndOfData {
@@ -781,7 +781,7 @@ impl ClientSession {
     }
 
     /// The connection broke (closed, I/O error, timeout, unparseable reply) in whatever state.
-    fn on_broken(&mut self, detail: &str) {
+    fn on_broken(&mut self, detail: &str, timed_out: bool) {
         let peer = &self.config.peer;
         match std::mem::replace(&mut self.state, State::Closed) {
             State::Greeting => {
@@ -797,14 +797,23 @@ impl ClientSession {
                 failure.retry_without_tls = self.config.tls == TlsPolicy::Opportunistic;
                 self.fail_open(failure, None);
             }
-            State::Transaction(transaction) => self.lose(transaction, detail),
+            State::Transaction(transaction) => self.lose(transaction, detail, timed_out),
             State::Ready | State::Resetting | State::Quitting | State::Closed => self.close(),
         }
     }
 
-    /// The connection broke during a transaction, `detail` says how.
-    fn lose(&mut self, t: Box<Transaction>, detail: &str) {
-        let stage = t.pending.front().map_or(Stage::MailFrom, |e| e.stage());
+    /// The connection broke during a transaction, `detail` says how. A closing server flushes
+    /// the replies it owes first, so a lost connection names the first command left unanswered.
+    /// A timeout names the last command sent: a pipelining server may hold all replies of a
+    /// group until it has processed the group (RFC 2920 §3.2), so the slow one is not known,
+    /// and this is what Postfix names too.
+    fn lose(&mut self, t: Box<Transaction>, detail: &str, timed_out: bool) {
+        let waited_for = if timed_out {
+            t.pending.back()
+        } else {
+            t.pending.front()
+        };
+        let stage = waited_for.map_or(Stage::MailFrom, |e| e.stage());
         if stage == Stage::EndOfData {
             // From the first message byte on, "lost" means "status unknown": defer, and accept
             // the risk of a duplicate over the risk of a loss.

@@ -1068,3 +1068,31 @@ fn garbage_and_unasked_replies_end_the_session() {
     assert_eq!(out.iter().filter(|o| **o == Output::Close).count(), 1);
     assert!(closed(&out));
 }
+
+#[test]
+fn a_pipelined_group_names_its_first_unanswered_command_when_lost_and_its_last_on_timeout() {
+    for (lose, stage, text) in [
+        (Closed, Stage::MailFrom, "sending MAIL FROM to"),
+        (
+            Timeout(TIMEOUTS.command),
+            Stage::RcptTo,
+            "sending RCPT TO to",
+        ),
+    ] {
+        let out = replay(
+            &smtp(),
+            &with(
+                ready_steps(EHLO_PIPELINING),
+                &[start(&["b@example.net", "c@example.net"]), lose],
+            ),
+        );
+        let (failure, reusable) = hop_failed(&out);
+        assert_eq!(failure.stage, stage);
+        assert!(!reusable);
+        assert!(
+            failure.reason.to_string().contains(text),
+            "{}",
+            failure.reason
+        );
+    }
+}
