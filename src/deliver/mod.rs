@@ -15,8 +15,14 @@
 //! a missing extension, a lost session before any recipient was refused) makes the next MX
 //! address be tried (RFC 5321 §5.1); when none takes it, any temporary trouble defers everyone,
 //! and only unanimous permanent refusals (a 5xx to MAIL FROM or later; a 5xx greeting or EHLO
-//! counts as temporary, as with Postfix's `smtp_skip_5xx_greeting`) fail them. Once the message's bytes are on the wire, a
-//! lost session defers: a duplicate is possible, a loss is not.
+//! counts as temporary, as with Postfix's `smtp_skip_5xx_greeting`) fail them. Once the
+//! message's bytes are on the wire, a lost session defers: a duplicate is possible, a loss is not.
+//!
+//! Where each part lives: the protocol of one connection is the sans-I/O [`client::ClientSession`]
+//! (`client.rs`, replies parsed by `reply.rs`, command lines and dot-stuffing in `wire.rs`); the
+//! order of attempts and the verdict when none succeeds is the pure `plan.rs`; `session.rs` is
+//! the tokio glue that only moves bytes, runs TLS and sleeps; this file holds the pool, the caps
+//! and the loop that follows the plan.
 //!
 //! A sketch of the TOML that `config` may map onto [`DeliverySettings`] and [`NextHop`]:
 //!

@@ -209,7 +209,8 @@ mod tests {
     fn replies_table_in_every_split() {
         let long = format!("250 {}\r\n", "x".repeat(MAX_LINE));
         let many = "250-x\r\n".repeat(MAX_REPLY / 7 + 1);
-        let cases: Vec<(&[u8], Vec<Result<Reply, ReplyError>>)> = vec![
+        type Case<'a> = (&'a [u8], Vec<Result<Reply, ReplyError>>);
+        let cases: Vec<Case> = vec![
             (
                 b"220 mx ESMTP\r\n",
                 vec![Ok(reply(220, None, &["mx ESMTP"]))],

@@ -414,12 +414,9 @@ impl Connection {
             let read = self.stream.read(&mut buf);
             let result = match deadline {
                 Some(deadline) => {
-                    match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline.at), read)
+                    tokio::time::timeout_at(tokio::time::Instant::from_std(deadline.at), read)
                         .await
-                    {
-                        Ok(result) => Some(result),
-                        Err(_) => None,
-                    }
+                        .ok()
                 }
                 None => Some(read.await),
             };
