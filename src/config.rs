@@ -2,7 +2,11 @@
 //!
 //! The file is parsed into plain serde structs (`RawConfig`, unknown keys refused), then converted
 //! once into [`Config`], whose fields cannot hold an invalid value. Every error names the key path
-//! (`smtp.listen`, `domain[1].name`) and the reason. `dimegate config check` runs the same code.
+//! (`smtp.listen`, `domain[1].name`) and the reason; a TOML syntax error names its line and
+//! column. Every duration, size and count has bounds, so no value that passes `config check`
+//! can overflow later (an `Instant + Duration`, a buffer size). A default that conflicts with a
+//! value the user set adapts to it; only two settings the user wrote can conflict.
+//! `dimegate config check` runs the same code.
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -91,6 +95,12 @@ pub struct SmtpConfig {
     pub max_connections: usize,
     /// Most concurrent connections from one IP address.
     pub max_connections_per_ip: usize,
+    /// Recipients over `max_recipients` per session answered 452 without counting as errors.
+    pub max_recipient_overshoot: usize,
+    /// After SIGTERM, how long a session inside a message may go on before its `421`.
+    pub shutdown_grace: Duration,
+    /// Connections per second and AUTH failures per client.
+    pub rate_limits: crate::smtp::ratelimit::RateLimits,
 }
 
 /// `[tls]`.
@@ -136,13 +146,13 @@ impl Config {
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::parse(text)
-            .map_err(|e| ConfigError::new("(file)", e.message().to_owned()))?;
+            .map_err(|e| ConfigError::new("(file)", located(text, &e)))?;
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             ConfigError::new(
                 if path == "." { "(file)".into() } else { path },
-                inner.message().to_owned(),
+                located(text, &inner),
             )
         })?;
         Config::from_raw(raw)
@@ -165,34 +175,70 @@ impl Config {
                 format!("not a host name: {:?}", s.hostname),
             ));
         }
-        let max_message_size = parse_size("smtp.max_message_size", &s.max_message_size)?;
-        if max_message_size < 1024 {
+        // The body is held in memory until it is stored: 1 GiB bounds what one client can pin.
+        let max_message_size = parse_size_in(
+            "smtp.max_message_size",
+            &s.max_message_size,
+            1 << 10,
+            1 << 30,
+        )?;
+        let positive = |path: &str, v: usize| count_in(path, v, 1, 1_000_000);
+        let auth_backoff = duration_in("smtp.auth_backoff", &s.auth_backoff, SECOND, DAY)?;
+        let auth_backoff_max =
+            duration_in("smtp.auth_backoff_max", &s.auth_backoff_max, SECOND, DAY)?;
+        if auth_backoff_max < auth_backoff {
             return Err(ConfigError::new(
-                "smtp.max_message_size",
-                "must be at least 1KiB",
+                "smtp.auth_backoff_max",
+                format!(
+                    "{} is shorter than smtp.auth_backoff ({})",
+                    show_duration(auth_backoff_max),
+                    show_duration(auth_backoff)
+                ),
             ));
         }
-        let positive = |path: &str, v: usize| {
-            if v == 0 {
-                Err(ConfigError::new(path, "must be at least 1"))
-            } else {
-                Ok(v)
-            }
+        let mut exempt = Vec::new();
+        for (i, n) in s.rate_limit_exempt.iter().enumerate() {
+            exempt.push(parse_network(&format!("smtp.rate_limit_exempt[{i}]"), n)?);
+        }
+        let rate_limits = crate::smtp::ratelimit::RateLimits {
+            connections_per_second: count_in(
+                "smtp.connection_rate_per_ip",
+                s.connection_rate_per_ip,
+                0,
+                100_000,
+            )?,
+            auth_failures: count_in("smtp.auth_failures_per_ip", s.auth_failures_per_ip, 0, 1000)?,
+            auth_backoff,
+            auth_backoff_max,
+            exempt,
         };
         let smtp = SmtpConfig {
             listen,
             tls_listen,
             hostname: s.hostname.to_ascii_lowercase(),
             max_message_size,
-            max_recipients: positive("smtp.max_recipients", s.max_recipients)?,
-            max_errors: positive("smtp.max_errors", s.max_errors)?,
-            idle_timeout: parse_duration("smtp.idle_timeout", &s.idle_timeout)?,
-            session_timeout: parse_duration("smtp.session_timeout", &s.session_timeout)?,
+            max_recipients: count_in("smtp.max_recipients", s.max_recipients, 1, 100_000)?,
+            max_errors: count_in("smtp.max_errors", s.max_errors, 1, 1000)?,
+            idle_timeout: duration_in("smtp.idle_timeout", &s.idle_timeout, SECOND, HOUR)?,
+            session_timeout: duration_in("smtp.session_timeout", &s.session_timeout, SECOND, DAY)?,
             max_connections: positive("smtp.max_connections", s.max_connections)?,
             max_connections_per_ip: positive(
                 "smtp.max_connections_per_ip",
                 s.max_connections_per_ip,
             )?,
+            max_recipient_overshoot: count_in(
+                "smtp.max_recipient_overshoot",
+                s.max_recipient_overshoot,
+                0,
+                1_000_000,
+            )?,
+            shutdown_grace: duration_in(
+                "smtp.shutdown_grace",
+                &s.shutdown_grace,
+                Duration::ZERO,
+                5 * MINUTE,
+            )?,
+            rate_limits,
         };
 
         let tls = match (raw.tls.cert, raw.tls.key) {
@@ -234,16 +280,7 @@ impl Config {
 
         let mut relay_networks = Vec::new();
         for (i, n) in raw.relay.networks.iter().enumerate() {
-            let net = n
-                .parse::<IpNet>()
-                .or_else(|_| n.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    ConfigError::new(
-                        format!("relay.networks[{i}]"),
-                        format!("not a CIDR network: {n:?}"),
-                    )
-                })?;
-            relay_networks.push(net.trunc());
+            relay_networks.push(parse_network(&format!("relay.networks[{i}]"), n)?);
         }
 
         let mut users: Vec<User> = Vec::new();
@@ -306,10 +343,25 @@ impl Config {
             helo_name: smtp.hostname.clone(),
             mx_port: d.mx_port,
             mx_tls: tls_policy("delivery.tls", &d.tls)?,
-            connect_timeout: parse_duration("delivery.connect_timeout", &d.connect_timeout)?,
-            command_timeout: parse_duration("delivery.command_timeout", &d.command_timeout)?,
-            data_timeout: parse_duration("delivery.data_timeout", &d.data_timeout)?,
-            idle_timeout: parse_duration("delivery.idle_timeout", &d.idle_timeout)?,
+            connect_timeout: duration_in(
+                "delivery.connect_timeout",
+                &d.connect_timeout,
+                SECOND,
+                HOUR,
+            )?,
+            command_timeout: duration_in(
+                "delivery.command_timeout",
+                &d.command_timeout,
+                SECOND,
+                HOUR,
+            )?,
+            data_timeout: duration_in("delivery.data_timeout", &d.data_timeout, SECOND, HOUR)?,
+            idle_timeout: duration_in(
+                "delivery.idle_timeout",
+                &d.idle_timeout,
+                Duration::ZERO,
+                HOUR,
+            )?,
             max_connections: positive("delivery.max_connections", d.max_connections)?,
             max_connections_per_hop: positive(
                 "delivery.max_connections_per_hop",
@@ -336,7 +388,12 @@ impl Config {
 
         let mut dns = crate::resolve::ResolverSettings::default();
         dns.servers = parse_addrs("dns.servers", &raw.dns.servers)?;
-        dns.timeout = parse_duration("dns.timeout", &raw.dns.timeout)?;
+        dns.timeout = duration_in(
+            "dns.timeout",
+            &raw.dns.timeout,
+            Duration::from_millis(10),
+            5 * MINUTE,
+        )?;
 
         let q = raw.queue;
         let mut queue = crate::queue::Policy::default();
@@ -344,32 +401,43 @@ impl Config {
             let steps = steps
                 .iter()
                 .enumerate()
-                .map(|(i, v)| parse_duration(&format!("queue.retry[{i}]"), v))
+                .map(|(i, v)| duration_in(&format!("queue.retry[{i}]"), v, SECOND, 30 * DAY))
                 .collect::<Result<Vec<_>, _>>()?;
             queue.retry = crate::queue::RetrySchedule::try_from(steps)
                 .map_err(|e| ConfigError::new("queue.retry", e.to_string()))?;
         }
         queue.jitter = crate::queue::Jitter::percent(q.jitter_percent)
             .map_err(|e| ConfigError::new("queue.jitter_percent", e.to_string()))?;
-        queue.expire = parse_duration("queue.expire", &q.expire)?;
+        queue.expire = duration_in("queue.expire", &q.expire, SECOND, 365 * DAY)?;
         queue.delay_warning = match &q.delay_warning {
-            Scalar::Text(t) if t == "off" => None,
-            v => Some(parse_duration("queue.delay_warning", v)?),
+            Some(Scalar::Text(t)) if t == "off" => None,
+            Some(v) => Some(duration_in("queue.delay_warning", v, SECOND, 365 * DAY)?),
+            // The default warning only makes sense before expiry: with a shorter `expire` the
+            // message bounces before it would be late, so there is nothing to warn about.
+            None => Some(DEFAULT_DELAY_WARNING).filter(|w| *w < queue.expire),
         };
-        queue.lease = parse_duration("queue.lease", &q.lease)?;
-        queue.max_messages = q.max_messages;
-        queue.min_free_disk_bytes = parse_size("queue.min_free_disk", &q.min_free_disk)?;
-        queue.dsn_max_full_bytes = parse_size("queue.dsn_max_full", &q.dsn_max_full)?;
-        queue
-            .validate()
-            .map_err(|e| ConfigError::new("queue", e.to_string()))?;
-        let queue_poll_interval = parse_duration("queue.poll_interval", &q.poll_interval)?;
-        if queue_poll_interval.is_zero() {
-            return Err(ConfigError::new(
-                "queue.poll_interval",
-                "must be more than 0",
-            ));
-        }
+        queue.lease = duration_in("queue.lease", &q.lease, SECOND, DAY)?;
+        queue.max_messages = count_in("queue.max_messages", q.max_messages, 1, 1_000_000_000)?;
+        queue.min_free_disk_bytes =
+            parse_size_in("queue.min_free_disk", &q.min_free_disk, 0, 1 << 50)?;
+        queue.dsn_max_full_bytes =
+            parse_size_in("queue.dsn_max_full", &q.dsn_max_full, 0, 1 << 30)?;
+        queue.validate().map_err(|e| {
+            // Name the key the user can change: the one that conflicts with `expire`.
+            let path = match e {
+                crate::queue::PolicyError::WarningAfterExpiry { .. } => "queue.delay_warning",
+                crate::queue::PolicyError::ExpireTooShort { .. } => "queue.expire",
+                crate::queue::PolicyError::LeaseTooShort { .. } => "queue.lease",
+                _ => "queue",
+            };
+            ConfigError::new(path, e.to_string())
+        })?;
+        let queue_poll_interval = duration_in(
+            "queue.poll_interval",
+            &q.poll_interval,
+            Duration::from_millis(10),
+            HOUR,
+        )?;
 
         Ok(Config {
             backend,
@@ -402,6 +470,135 @@ pub fn networks_contain(networks: &[IpNet], ip: IpAddr) -> bool {
         v4 => v4,
     };
     networks.iter().any(|n| n.contains(&ip))
+}
+
+/// The default `queue.delay_warning`.
+const DEFAULT_DELAY_WARNING: Duration = Duration::from_secs(4 * 3600);
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// A TOML error's message with the line and column where it starts (1-based).
+fn located(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    let Some(start) = e.span().map(|s| s.start.min(text.len())) else {
+        return message.to_owned();
+    };
+    let before = text.as_bytes().get(..start).unwrap_or_default();
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
+    format!("line {line}, column {column}: {message}")
+}
+
+/// A duration within `[min, max]`, or an error naming the key and the bounds.
+fn duration_in(
+    path: &str,
+    v: &Scalar,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    let d = parse_duration(path, v)?;
+    if d < min || d > max {
+        return Err(ConfigError::new(
+            path,
+            format!(
+                "{} is out of range: must be between {} and {}",
+                show_value(v),
+                show_duration(min),
+                show_duration(max)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+/// A size within `[min, max]` bytes.
+fn parse_size_in(path: &str, v: &Scalar, min: u64, max: u64) -> Result<u64, ConfigError> {
+    let n = parse_size(path, v)?;
+    if n < min || n > max {
+        return Err(ConfigError::new(
+            path,
+            format!(
+                "{} is out of range: must be between {} and {}",
+                show_value(v),
+                show_size(min),
+                show_size(max)
+            ),
+        ));
+    }
+    Ok(n)
+}
+
+/// A count within `[min, max]`.
+fn count_in<T: Copy + PartialOrd + std::fmt::Display>(
+    path: &str,
+    v: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    if v < min || v > max {
+        let reason = if v < min && min.to_string() == "1" {
+            "must be at least 1".to_owned()
+        } else {
+            format!("{v} is out of range: must be between {min} and {max}")
+        };
+        return Err(ConfigError::new(path, reason));
+    }
+    Ok(v)
+}
+
+fn show_value(v: &Scalar) -> String {
+    match v {
+        Scalar::Int(n) => n.to_string(),
+        Scalar::Text(t) => format!("{t:?}"),
+    }
+}
+
+/// `90s`, `5m`, `4h`, `2d`, `250ms`: the largest unit that divides the duration.
+fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms >= size && ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+fn show_size(n: u64) -> String {
+    for (unit, shift) in [
+        ("PiB", 50),
+        ("TiB", 40),
+        ("GiB", 30),
+        ("MiB", 20),
+        ("KiB", 10),
+    ] {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
+/// A CIDR network, or one address.
+fn parse_network(path: &str, n: &str) -> Result<IpNet, ConfigError> {
+    n.parse::<IpNet>()
+        .or_else(|_| n.parse::<IpAddr>().map(IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| ConfigError::new(path, format!("not a CIDR network: {n:?}")))
 }
 
 fn is_hostname_byte(b: u8) -> bool {
@@ -554,6 +751,13 @@ struct RawSmtp {
     session_timeout: Scalar,
     max_connections: usize,
     max_connections_per_ip: usize,
+    max_recipient_overshoot: usize,
+    shutdown_grace: Scalar,
+    connection_rate_per_ip: u32,
+    auth_failures_per_ip: u32,
+    auth_backoff: Scalar,
+    auth_backoff_max: Scalar,
+    rate_limit_exempt: Vec<String>,
 }
 
 impl Default for RawSmtp {
@@ -570,6 +774,15 @@ impl Default for RawSmtp {
             session_timeout: Scalar::Text("30m".into()),
             max_connections: 1000,
             max_connections_per_ip: 50,
+            // Postfix's smtpd_recipient_overshoot_limit.
+            max_recipient_overshoot: 1000,
+            shutdown_grace: Scalar::Text("10s".into()),
+            connection_rate_per_ip: 20,
+            auth_failures_per_ip: 5,
+            auth_backoff: Scalar::Text("30s".into()),
+            auth_backoff_max: Scalar::Text("15m".into()),
+            // Like Postfix, which exempts $mynetworks (loopback by default) from its anvil limits.
+            rate_limit_exempt: vec!["127.0.0.0/8".into(), "::1/128".into()],
         }
     }
 }
@@ -696,7 +909,8 @@ struct RawQueue {
     retry: Option<Vec<Scalar>>,
     jitter_percent: u8,
     expire: Scalar,
-    delay_warning: Scalar,
+    /// `None`: not set, so the default adapts to `expire`.
+    delay_warning: Option<Scalar>,
     lease: Scalar,
     max_messages: u64,
     min_free_disk: Scalar,
@@ -710,7 +924,7 @@ impl Default for RawQueue {
             retry: None,
             jitter_percent: 10,
             expire: Scalar::Text("5d".into()),
-            delay_warning: Scalar::Text("4h".into()),
+            delay_warning: None,
             lease: Scalar::Text("30m".into()),
             max_messages: 100_000,
             min_free_disk: Scalar::Text("256MiB".into()),
@@ -851,5 +1065,154 @@ mod tests {
         assert_eq!(z("1000"), Ok(1000));
         assert!(z("25 MiBs").is_err());
         assert!(z("99999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn every_duration_size_and_count_is_bounded_and_the_error_names_the_key() {
+        // Issue 7: this value passed `config check` and panicked at the first connection.
+        let huge = "9223372036854775807";
+        let keys: &[(&str, &str)] = &[
+            ("smtp", "idle_timeout"),
+            ("smtp", "session_timeout"),
+            ("smtp", "shutdown_grace"),
+            ("smtp", "auth_backoff"),
+            ("smtp", "auth_backoff_max"),
+            ("smtp", "max_message_size"),
+            ("smtp", "max_recipients"),
+            ("smtp", "max_errors"),
+            ("smtp", "max_connections"),
+            ("smtp", "max_recipient_overshoot"),
+            ("delivery", "connect_timeout"),
+            ("delivery", "command_timeout"),
+            ("delivery", "data_timeout"),
+            ("delivery", "idle_timeout"),
+            ("delivery", "max_connections"),
+            ("dns", "timeout"),
+            ("queue", "expire"),
+            ("queue", "delay_warning"),
+            ("queue", "lease"),
+            ("queue", "poll_interval"),
+            ("queue", "max_messages"),
+            ("queue", "min_free_disk"),
+            ("queue", "dsn_max_full"),
+        ];
+        for (table, key) in keys {
+            for value in [
+                huge.to_owned(),
+                format!("\"{huge}d\""),
+                "\"99999d\"".to_owned(),
+            ] {
+                let text = format!("[{table}]\n{key} = {value}\n");
+                let err = Config::parse(&text).expect_err(&text);
+                assert_eq!(err.path, format!("{table}.{key}"), "{text:?} gave {err}");
+            }
+        }
+        let err = Config::parse("[queue]\nretry = [\"1m\", \"999d\"]").unwrap_err();
+        assert_eq!(err.path, "queue.retry[1]");
+        assert!(err.reason.contains("between 1s and 30d"), "{err}");
+        let err = Config::parse(&format!("[smtp]\nidle_timeout = {huge}")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "smtp.idle_timeout: 9223372036854775807 is out of range: must be between 1s and 1h"
+        );
+        let err = Config::parse("[smtp]\nmax_message_size = \"2GiB\"").unwrap_err();
+        assert!(err.reason.contains("between 1KiB and 1GiB"), "{err}");
+        let err = Config::parse("[smtp]\nmax_message_size = 100").unwrap_err();
+        assert_eq!(err.path, "smtp.max_message_size");
+        let err =
+            Config::parse("[smtp]\nauth_backoff = \"1h\"\nauth_backoff_max = \"1m\"").unwrap_err();
+        assert_eq!(err.path, "smtp.auth_backoff_max");
+        // The bounds themselves are accepted.
+        let c = Config::parse(
+            "[smtp]\nidle_timeout = \"1h\"\nsession_timeout = \"1d\"\nshutdown_grace = 0\n\
+             [queue]\nexpire = \"365d\"\npoll_interval = \"10ms\"",
+        )
+        .unwrap();
+        assert_eq!(c.smtp.idle_timeout, Duration::from_secs(3600));
+        assert_eq!(c.smtp.shutdown_grace, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_default_yields_to_what_the_user_set() {
+        // Issue 11: `expire = "10m"` alone was refused because of the default delay_warning.
+        let c = Config::parse("[queue]\nexpire = \"10m\"").unwrap();
+        assert_eq!(c.queue.expire, Duration::from_secs(600));
+        assert_eq!(
+            c.queue.delay_warning, None,
+            "expiry comes first: no warning"
+        );
+        let c = Config::parse("[queue]\nexpire = \"5h\"").unwrap();
+        assert_eq!(c.queue.delay_warning, Some(Duration::from_secs(4 * 3600)));
+        let c = Config::parse("[queue]\nexpire = \"10m\"\ndelay_warning = \"5m\"").unwrap();
+        assert_eq!(c.queue.delay_warning, Some(Duration::from_secs(300)));
+        // Two explicit settings that conflict: an error naming the one to change.
+        let err = Config::parse("[queue]\nexpire = \"10m\"\ndelay_warning = \"4h\"").unwrap_err();
+        assert_eq!(err.path, "queue.delay_warning");
+        assert!(err.reason.contains("not shorter than expire"), "{err}");
+        assert_eq!(
+            Config::default().queue.delay_warning,
+            Some(Duration::from_secs(14_400))
+        );
+    }
+
+    #[test]
+    fn toml_syntax_errors_name_line_and_column() {
+        let cases: &[(&str, &str)] = &[
+            ("[smtp]\nlisten = \n", "line 2, column 10"),
+            ("data_dir = \"x\"\n[smtp\n", "line 2, column 6"),
+            (
+                "# comment\n\n[queue]\nexpire = \"5d\" oops\n",
+                "line 4, column 15",
+            ),
+            ("[smtp]\nmax_recipients = \"many\"\n", "line 2, column 18"),
+            // Columns count characters, not bytes.
+            ("# é\n[smtp]\nhostname = \"é\" x\n", "line 3, column 16"),
+        ];
+        for (text, at) in cases {
+            let err = Config::parse(text).expect_err(text);
+            assert!(err.reason.starts_with(at), "{text:?}: {err}");
+        }
+        let err = Config::parse("[smtp]\nmax_recipients = \"many\"\n").unwrap_err();
+        assert_eq!(err.path, "smtp.max_recipients");
+    }
+
+    #[test]
+    fn rate_limits_from_smtp() {
+        let c = Config::default();
+        assert_eq!(
+            c.smtp.rate_limits,
+            crate::smtp::ratelimit::RateLimits::default()
+        );
+        let c = Config::parse(
+            "[smtp]\nconnection_rate_per_ip = 3\nauth_failures_per_ip = 2\nauth_backoff = \"5s\"\n\
+             auth_backoff_max = \"1m\"\nrate_limit_exempt = [\"192.0.2.0/24\"]",
+        )
+        .unwrap();
+        let r = &c.smtp.rate_limits;
+        assert_eq!((r.connections_per_second, r.auth_failures), (3, 2));
+        assert_eq!(r.auth_backoff, Duration::from_secs(5));
+        assert_eq!(r.exempt, vec!["192.0.2.0/24".parse::<IpNet>().unwrap()]);
+        let err = Config::parse("[smtp]\nrate_limit_exempt = [\"nope\"]").unwrap_err();
+        assert_eq!(err.path, "smtp.rate_limit_exempt[0]");
+    }
+
+    /// Issue 7: the README's example declared `[relay]` twice. Every TOML block in the README
+    /// goes through the real loader, as `config check` runs it.
+    #[test]
+    fn every_toml_block_in_the_readme_is_a_valid_configuration() {
+        let readme = include_str!("../README.md");
+        let mut blocks = 0;
+        let mut rest = readme;
+        while let Some(start) = rest.find("```toml\n") {
+            let body = &rest[start + "```toml\n".len()..];
+            let end = body.find("\n```").expect("every ```toml block is closed");
+            let block = &body[..end];
+            if let Err(e) = Config::parse(block) {
+                panic!("README toml block {blocks} is not a valid configuration: {e}\n{block}");
+            }
+            blocks += 1;
+            rest = &body[end..];
+        }
+        assert!(blocks >= 1, "the README has a configuration example");
     }
 }

@@ -63,6 +63,10 @@ pub struct Envelope {
     pub auth_user: Option<String>,
     /// Arrival time, seconds since the Unix epoch.
     pub arrival_unix: u64,
+    /// `REQUIRETLS` was given on MAIL FROM (RFC 8689): every onward hop must use verified TLS
+    /// and take REQUIRETLS, or the message bounces. Absent in records written before it existed.
+    #[serde(default)]
+    pub require_tls: bool,
 }
 
 #[cfg(test)]
@@ -89,6 +93,7 @@ impl Envelope {
             tls: None,
             auth_user: None,
             arrival_unix,
+            require_tls: false,
         }
     }
 }

@@ -10,9 +10,17 @@ use prometheus_client::registry::Registry;
 /// How an SMTP session ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
-    /// `quit`, `peer_closed`, `timeout`, `too_many_errors`, `shutdown`, `io_error`,
-    /// `tls_failed`, `refused_limit`.
+    /// `quit`, `peer_closed`, `timeout`, `session_timeout`, `too_many_errors`,
+    /// `pipelining_overflow`, `shutdown`, `io_error`, `tls_failed`, `refused_limit`,
+    /// `refused_rate`.
     pub outcome: &'static str,
+}
+
+/// Which ingress rate limit refused a client.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    /// `connection` (connections per second, 421 4.7.0) or `auth` (AUTH back-off, 454 4.7.0).
+    pub limit: &'static str,
 }
 
 /// A reply code sent to a client.
@@ -67,6 +75,8 @@ pub struct Metrics {
     pub bytes_accepted: Counter,
     /// 4xx and 5xx replies by code.
     pub smtp_rejections: Family<CodeLabel, Counter>,
+    /// Clients refused by an ingress rate limit, by limit.
+    pub smtp_rate_limited: Family<LimitLabel, Counter>,
     /// Time from handing a message to the store until its fsync'd commit.
     pub store_commit_seconds: Histogram,
     /// Messages in the queue.
@@ -95,6 +105,7 @@ impl Metrics {
             messages_accepted: Counter::default(),
             bytes_accepted: Counter::default(),
             smtp_rejections: Family::default(),
+            smtp_rate_limited: Family::default(),
             // 100 µs .. ~3.3 s
             store_commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             queue_messages: Gauge::default(),
@@ -136,6 +147,11 @@ impl Metrics {
             "smtp_rejections",
             "SMTP 4xx and 5xx replies by code",
             m.smtp_rejections.clone(),
+        );
+        r.register(
+            "smtp_rate_limited",
+            "SMTP clients refused by a rate limit (connections per second, AUTH back-off)",
+            m.smtp_rate_limited.clone(),
         );
         r.register(
             "store_commit_seconds",

@@ -4,6 +4,7 @@
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::smtp::pressure::{PressureGauge, PressureProbe};
 use crate::smtp::server::{Ingress, run_listener};
 use crate::store::Store;
 use prometheus_client::registry::Registry;
@@ -53,8 +54,8 @@ pub enum ServeError {
     },
 }
 
-/// How long shutdown waits for sessions and the admin server.
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
+/// How long shutdown waits for sessions beyond their grace (the last `421` writes).
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(3);
 
 /// Runs the gateway until `shutdown` completes.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
@@ -117,12 +118,19 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         })?;
 
     let queued = Arc::new(tokio::sync::Notify::new());
+    let pressure = Arc::new(PressureGauge::new(config.queue.clone()));
+    let probe = PressureProbe {
+        store: store.clone(),
+        data_dir: data_dir.clone(),
+    };
+    probe.refresh(&pressure).await;
     let ingress = Arc::new(Ingress::new(
         &config,
         Some(tls),
         store.clone(),
         metrics.clone(),
         Arc::clone(&queued),
+        Arc::clone(&pressure),
     ));
     let resolver = crate::resolve::Resolver::new(&config.dns)?;
     let deliverer = crate::deliver::Deliverer::new(config.delivery.clone(), resolver)?;
@@ -149,6 +157,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
     let queue_task = tokio::spawn(Arc::clone(&runner).run(token.clone()));
+    let pressure_task = tokio::spawn(probe.run(pressure, token.clone()));
 
     info!(
         domains = ?config.domains,
@@ -199,12 +208,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     admin_ready.ready.store(false, Ordering::Relaxed);
     tracker.close();
     token.cancel();
-    if tokio::time::timeout(SHUTDOWN_WAIT, tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!("sessions still open after {SHUTDOWN_WAIT:?}; stopping anyway");
+    // Each session closes itself at its grace deadline; this only bounds the last writes.
+    let wait = config.smtp.shutdown_grace + SHUTDOWN_SLACK;
+    if tokio::time::timeout(wait, tracker.wait()).await.is_err() {
+        warn!("sessions still open after {wait:?}; stopping anyway");
     }
+    let _ = pressure_task.await;
     let _ = tokio::time::timeout(Duration::from_secs(35), queue_task).await;
     admin_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;

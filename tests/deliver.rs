@@ -35,6 +35,7 @@ fn envelope(recipients: &[&str]) -> Envelope {
         tls: Some("TLSv1.3 TLS_AES_256_GCM_SHA384".into()),
         auth_user: None,
         arrival_unix: 1_795_729_248,
+        require_tls: false,
     }
 }
 

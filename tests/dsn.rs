@@ -109,6 +109,7 @@ fn envelope(ret: Option<DsnReturn>) -> Envelope {
         tls: None,
         auth_user: None,
         arrival_unix: 1_700_000_000,
+        require_tls: false,
     }
 }
 

@@ -759,3 +759,340 @@ fn runs_on_embedded_defaults_without_a_configuration_file() {
         "{log}"
     );
 }
+
+// ---- issue 7 (back-pressure, timers, configuration bounds) and issue 11 (edge cases, rate
+// limits, REQUIRETLS, shutdown), each against the binary with Python's smtplib ----
+
+/// Runs `tests/scripts/smtp_edge.py` and returns its "KEY value" lines in order.
+fn edge(addr: std::net::SocketAddr, scenario: &str, args: &[&str]) -> Vec<(String, String)> {
+    let out = Command::new("python3")
+        .arg(script("smtp_edge.py"))
+        .args(["127.0.0.1", &addr.port().to_string(), scenario])
+        .args(args)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "smtp_edge.py {scenario} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once(' ').unwrap_or((l, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+fn value<'a>(lines: &'a [(String, String)], key: &str) -> &'a str {
+    lines
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {key} in {lines:?}"))
+}
+
+/// The smtp section `Gateway::start` writes, for tests that need keys of their own in it.
+fn smtp_section(port: u16, extra: &str) -> String {
+    format!(
+        "[smtp]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"mx.example.test\"\n{extra}\n\
+         [[domain]]\nname = \"example.test\""
+    )
+}
+
+#[test]
+fn notify_never_combined_is_501_and_binarymime_is_555() {
+    let gw = Gateway::start("");
+    let lines = edge(gw.smtp, "params", &[]);
+    assert_eq!(value(&lines, "EHLO_BINARYMIME"), "False");
+    assert_eq!(value(&lines, "EHLO_CHUNKING"), "True");
+    assert_eq!(value(&lines, "MAIL_BINARYMIME"), "555");
+    assert_eq!(value(&lines, "MAIL"), "250");
+    assert_eq!(value(&lines, "RCPT_NEVER_SUCCESS"), "501");
+    assert_eq!(value(&lines, "RCPT_DELAY_NEVER"), "501");
+    assert_eq!(value(&lines, "RCPT_NEVER"), "250");
+    assert_eq!(value(&lines, "NOOP"), "250");
+}
+
+#[test]
+fn excess_recipients_get_452_and_the_client_delivers_them_in_a_second_transaction() {
+    // Issue 11: 150 recipients against 100 ended in 421 after ten 452s. Here 75 against the
+    // gateway's max_recipients = 50, with the default max_errors = 10.
+    let gw = Gateway::start("");
+    let lines = edge(gw.smtp, "excess", &["75"]);
+    assert_eq!(value(&lines, "ACCEPTED1"), "50", "{lines:?}");
+    assert_eq!(value(&lines, "REFUSED452_1"), "25");
+    assert_eq!(value(&lines, "DATA1"), "250");
+    assert_eq!(value(&lines, "ACCEPTED2"), "25");
+    assert_eq!(value(&lines, "DATA2"), "250");
+    assert_eq!(value(&lines, "NOOP"), "250", "the session survived");
+    assert!(!lines.iter().any(|(k, _)| k == "UNEXPECTED"), "{lines:?}");
+    let list = gw.queue_json();
+    let mut counts: Vec<usize> = list
+        .iter()
+        .map(|m| m["recipients"].as_array().unwrap().len())
+        .collect();
+    counts.sort();
+    assert_eq!(counts, [25, 50]);
+    let m = gw.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            "dimegate_smtp_sessions_total{outcome=\"too_many_errors\"}"
+        ),
+        None,
+        "{m}"
+    );
+}
+
+#[test]
+fn requiretls_is_offered_and_accepted_only_inside_tls_and_recorded() {
+    let gw = Gateway::start("");
+    let lines = edge(gw.smtp, "requiretls", &[]);
+    assert_eq!(value(&lines, "PLAIN_EHLO_REQUIRETLS"), "False");
+    assert_eq!(value(&lines, "PLAIN_MAIL_REQUIRETLS"), "555");
+    assert_eq!(value(&lines, "TLS_EHLO_REQUIRETLS"), "True");
+    assert_eq!(value(&lines, "TLS_MAIL_REQUIRETLS"), "250");
+    assert_eq!(value(&lines, "DATA"), "250");
+    let id = value(&lines, "ACK");
+    let show = gw.queue(&["show", id, "--json"]);
+    let rec: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(rec["envelope"]["require_tls"], true, "{rec}");
+    // A message without it says so too.
+    let (ok, t) = swaks(gw.smtp, &["--tls", "--to", "bob@example.test"]);
+    assert!(ok, "{t}");
+    let rec: serde_json::Value =
+        serde_json::from_slice(&gw.queue(&["show", &queued_ids(&t)[0], "--json"]).stdout).unwrap();
+    assert_eq!(rec["envelope"]["require_tls"], false, "{rec}");
+}
+
+#[test]
+fn too_many_errors_is_counted_from_the_typed_close_reason() {
+    let port = free_port();
+    let gw = Gateway::start(&smtp_section(port, "max_errors = 3"));
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let lines = edge(addr, "errors", &["10"]);
+    let replies: Vec<&str> = lines
+        .iter()
+        .filter(|(k, _)| k == "REPLY")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    // Three errors, then the 421 (read as the answer to the next command, or lost to the close).
+    assert!(
+        replies[..3].iter().all(|r| r.starts_with("500 ")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|(k, v)| k == "DISCONNECTED" || v.starts_with("421 4.7.0")),
+        "{lines:?}"
+    );
+    assert!(replies.len() <= 4, "{lines:?}");
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            metric(
+                &gw.metrics(),
+                "dimegate_smtp_sessions_total{outcome=\"too_many_errors\"}",
+            ) == Some(1.0)
+        },
+        || gw.metrics(),
+    );
+}
+
+#[test]
+fn back_pressure_is_answered_at_mail_from() {
+    let gw = Gateway::start("[queue]\nmax_messages = 1");
+    let (ok, t) = swaks(gw.smtp, &["--to", "u0@example.test"]);
+    assert!(ok, "{t}");
+    // Counted at once when stored, not a refresh later: the next MAIL FROM is refused.
+    let lines = edge(gw.smtp, "pressure", &[]);
+    assert_eq!(value(&lines, "MAIL"), "452");
+    let (ok, t) = swaks(gw.smtp, &["--to", "u1@example.test"]);
+    assert!(!ok);
+    let mail_reply = t
+        .lines()
+        .skip_while(|l| !l.contains("MAIL FROM"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(mail_reply.contains("452 4.3.1"), "{t}");
+    // Deleting the message frees the queue once the background task has counted again.
+    let id = gw.queue_json()[0]["queue_id"].as_str().unwrap().to_owned();
+    assert!(gw.queue(&["delete", &id]).status.success());
+    wait_until(
+        Duration::from_secs(10),
+        || value(&edge(gw.smtp, "pressure", &[]), "MAIL") == "250",
+        || "MAIL FROM still refused after the queue emptied".to_owned(),
+    );
+}
+
+#[test]
+fn connection_rate_per_client_answers_421_and_is_counted() {
+    let port = free_port();
+    let gw = Gateway::start(&smtp_section(
+        port,
+        "connection_rate_per_ip = 2\nrate_limit_exempt = []",
+    ));
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let lines = edge(addr, "connect", &["10"]);
+    let greetings: Vec<&str> = lines.iter().map(|(_, v)| v.as_str()).collect();
+    assert_eq!(&greetings[..2], ["220", "220"], "the burst is allowed");
+    let refused = greetings
+        .iter()
+        .filter(|g| g.starts_with("421 4.7.0"))
+        .count();
+    assert!(refused >= 1, "{greetings:?}");
+    let m = gw.metrics();
+    assert_eq!(
+        metric(&m, "dimegate_smtp_rate_limited_total{limit=\"connection\"}"),
+        Some(refused as f64),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "dimegate_smtp_sessions_total{outcome=\"refused_rate\"}"),
+        Some(refused as f64),
+        "{m}"
+    );
+    promtool_check(&m);
+    // Loopback is exempt by default: the other tests' floods are not limited.
+    let gw2 = Gateway::start("");
+    let lines = edge(gw2.smtp, "connect", &["30"]);
+    assert!(lines.iter().all(|(_, v)| v == "220"), "{lines:?}");
+}
+
+#[test]
+fn auth_failures_back_off_with_454_even_for_the_right_password() {
+    let port = free_port();
+    let users = format!(
+        "[[user]]\nname = \"alice\"\npassword_hash = \"{}\"\n",
+        hash("s3cret")
+    );
+    let gw = Gateway::start(&format!(
+        "{users}{}",
+        smtp_section(
+            port,
+            "auth_failures_per_ip = 2\nauth_backoff = \"1m\"\nrate_limit_exempt = []"
+        )
+    ));
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let attempt =
+        |password: &str| value(&edge(addr, "auth", &["alice", password]), "AUTH").to_owned();
+    assert_eq!(attempt("s3cret"), "235");
+    for _ in 0..3 {
+        assert!(attempt("wrong").starts_with("535"));
+    }
+    // The third failure started the back-off: the right password is not even checked.
+    let throttled = attempt("s3cret");
+    assert!(throttled.starts_with("454 4.7.0"), "{throttled}");
+    let m = gw.metrics();
+    assert_eq!(
+        metric(&m, "dimegate_smtp_rate_limited_total{limit=\"auth\"}"),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+#[test]
+fn sigterm_with_clients_dribbling_inside_data_ends_within_the_grace_with_421_to_each() {
+    // Issue 11: the grace restarted with every byte, so exit took 15 s and these clients got
+    // no 421. With a 2 s grace the process must be gone long before the old 15 s.
+    let port = free_port();
+    let mut gw = Gateway::start(&smtp_section(port, "shutdown_grace = \"2s\""));
+    let addr = format!("127.0.0.1:{port}");
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut child = Command::new("python3")
+            .arg(script("smtp_edge.py"))
+            .args(["127.0.0.1", &port.to_string(), "dribble"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "IN_DATA 354", "{line}");
+        clients.push((child, out));
+    }
+    // One more client, idle between commands: 421 at once.
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let _ = idle.read(&mut buf).unwrap();
+    let started = Instant::now();
+    let status = gw.stop();
+    let took = started.elapsed();
+    assert!(status.success(), "{}", gw.log_text());
+    assert!(
+        took < Duration::from_secs(8),
+        "shutdown took {took:?} with a 2 s grace; log:\n{}",
+        gw.log_text()
+    );
+    let n = idle.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"421 4.3.0"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    for (mut child, mut out) in clients {
+        let mut rest = String::new();
+        out.read_to_string(&mut rest).unwrap();
+        let _ = child.wait();
+        assert!(rest.contains("ANSWER 421 4.3.0"), "{rest}");
+    }
+    assert!(gw.queue_json().is_empty(), "no message was acknowledged");
+}
+
+#[test]
+fn config_check_refuses_out_of_range_values_and_names_the_key() {
+    let dir = tempdir();
+    let cfg = dir.path().join("c.toml");
+    let check = |text: &str| {
+        std::fs::write(&cfg, text).unwrap();
+        let out = Command::new(bin())
+            .args(["config", "check"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Issue 7: this passed `config check`, then panicked at the first connection.
+    for (text, key) in [
+        (
+            "[smtp]\nidle_timeout = 9223372036854775807\n",
+            "smtp.idle_timeout",
+        ),
+        (
+            "[smtp]\nsession_timeout = 9223372036854775807\n",
+            "smtp.session_timeout",
+        ),
+        (
+            "[delivery]\ndata_timeout = \"100000d\"\n",
+            "delivery.data_timeout",
+        ),
+        (
+            "[smtp]\nmax_message_size = \"64GiB\"\n",
+            "smtp.max_message_size",
+        ),
+        (
+            "[queue]\nexpire = \"10m\"\ndelay_warning = \"4h\"\n",
+            "queue.delay_warning",
+        ),
+    ] {
+        let (code, err) = check(text);
+        assert_eq!(code, Some(2), "{text:?}: {err}");
+        assert!(err.contains(key), "{text:?}: {err}");
+    }
+    let (code, err) = check("[smtp]\nlisten = \"127.0.0.1:2525\"\nhostname = \n");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("line 3, column 12"), "{err}");
+    // Issue 11: expire alone is fine; the default warning gives way.
+    let (code, err) = check("[queue]\nexpire = \"10m\"\n");
+    assert_eq!(code, Some(0), "{err}");
+}

@@ -46,6 +46,7 @@ fn message(round: u32, task: u32, seq: u32) -> (Envelope, Vec<u8>) {
         tls: None,
         auth_user: None,
         arrival_unix: 1_700_000_000 + u64::from(seq),
+        require_tls: false,
     };
     // Sizes from a few bytes to ~48 KiB, so batches cross pages and the byte cap varies.
     let len = ((seq as usize * 7919 + task as usize * 104_729) % 48_000) + 3;

@@ -54,6 +54,7 @@ fn envelope(n: u64) -> Envelope {
         tls: None,
         auth_user: None,
         arrival_unix: n,
+        require_tls: false,
     }
 }
 

@@ -6,12 +6,16 @@
 //!
 //! Input layout: a stream of ops. Op byte `% 8`: 0-3 feed client bytes (a length byte, then that
 //! many source bytes mapped partly onto SMTP tokens, then a split byte), 4 answer AUTH, 5 answer
-//! the store, 6 TLS established, 7 shutdown (only when the next byte is 0xFF, so it stays rare).
+//! the store, 6 TLS established, 7 time: the next byte 0xFF is a shutdown (so it stays rare),
+//! 0x80..=0xFE toggles back-pressure, below 0x80 advances the fake clock by that many seconds
+//! and calls `handle_timeout`.
 #![no_main]
 
 use dimegate::envelope::QueueId;
 use dimegate::smtp::session::HELD_INPUT_MAX;
-use dimegate::smtp::{Limits, Output, Policy, Session, StoreFailure};
+use dimegate::queue::Pressure;
+use dimegate::smtp::{AuthResult, Limits, Output, Policy, Session, StoreFailure};
+use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 
 /// Tokens that get the fuzzer past verbs and parameters quickly.
@@ -79,12 +83,24 @@ fuzz_target!(|data: &[u8]| {
         max_recipients: 3,
         max_errors: 30,
         max_line: 512,
+        recipient_overshoot: 5,
+        idle_timeout: Duration::from_secs(300),
+        session_timeout: Duration::from_secs(1800),
+        shutdown_grace: Duration::from_secs(10),
     };
+    let mut now = Instant::now();
+    let mut pressed = false;
     let client = "192.0.2.1:25".parse().expect("literal address");
     // Two sessions get the same ops; one reads each client input whole, the other in the fuzzed
     // split. Their transcripts must match: the machine may not depend on how reads fall.
-    let mut whole = Driver::new(Session::new(policy.clone(), limits.clone(), client, 0));
-    let mut split = Driver::new(Session::new(policy, limits, client, 0));
+    let mut whole = Driver::new(Session::new(
+        policy.clone(),
+        limits.clone(),
+        client,
+        now,
+        0,
+    ));
+    let mut split = Driver::new(Session::new(policy, limits, client, now, 0));
     let mut bytes = data.iter().copied();
 
     while let Some(op) = bytes.next() {
@@ -100,23 +116,30 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
                 let size = usize::from(bytes.next().unwrap_or(0)).max(1);
-                whole.session.handle_input(&input);
+                whole.session.handle_input(now, &input);
                 whole.drain();
                 for chunk in input.chunks(size) {
-                    split.session.handle_input(chunk);
+                    split.session.handle_input(now, chunk);
                     split.drain();
                 }
             }
             4 => {
-                let ok = bytes.next().unwrap_or(0) & 1 == 1;
+                let pick = bytes.next().unwrap_or(0) % 3;
                 for d in [&mut whole, &mut split] {
-                    d.session.handle_auth_result(ok.then(|| "alice".to_owned()));
+                    d.session.handle_auth_result(
+                        now,
+                        match pick {
+                            0 => AuthResult::Authenticated("alice".to_owned()),
+                            1 => AuthResult::Invalid,
+                            _ => AuthResult::Throttled,
+                        },
+                    );
                 }
             }
             5 => {
                 let pick = bytes.next().unwrap_or(0) % 3;
                 for d in [&mut whole, &mut split] {
-                    d.session.handle_stored(match pick {
+                    d.session.handle_stored(now, match pick {
                         0 => Ok(QueueId(1)),
                         1 => Err(StoreFailure::Full),
                         _ => Err(StoreFailure::Failed),
@@ -126,16 +149,33 @@ fuzz_target!(|data: &[u8]| {
             }
             6 => {
                 for d in [&mut whole, &mut split] {
-                    d.session.handle_tls_established("TLSv1.3".to_owned());
+                    d.session.handle_tls_established(now, "TLSv1.3".to_owned());
                 }
             }
-            _ => {
-                if bytes.next() == Some(0xFF) {
+            _ => match bytes.next() {
+                Some(0xFF) => {
                     for d in [&mut whole, &mut split] {
-                        d.session.handle_shutdown();
+                        d.session.handle_shutdown(now);
                     }
                 }
-            }
+                Some(0x80..=0xFE) => {
+                    pressed = !pressed;
+                    let pressure = pressed.then_some(Pressure::QueueFull {
+                        messages: 1,
+                        max: 1,
+                    });
+                    for d in [&mut whole, &mut split] {
+                        d.session.handle_pressure(pressure);
+                    }
+                }
+                Some(secs) => {
+                    now += Duration::from_secs(u64::from(secs));
+                    for d in [&mut whole, &mut split] {
+                        d.session.handle_timeout(now);
+                    }
+                }
+                None => {}
+            },
         }
         for d in [&mut whole, &mut split] {
             d.drain();
@@ -188,7 +228,7 @@ impl Driver {
                     self.transcript
                         .extend_from_slice(format!("[enqueue {envelope:?} {body:?}]").as_bytes());
                 }
-                Output::Close => {
+                Output::Close(_) => {
                     self.closed = true;
                     self.transcript.extend_from_slice(b"[close]");
                 }

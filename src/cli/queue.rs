@@ -422,10 +422,12 @@ fn http(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, Stri
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
         .context("malformed HTTP answer")?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let body = &raw[split + 4..];
     let status = head
         .split_whitespace()
         .nth(1)
@@ -435,22 +437,28 @@ fn http(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, Stri
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        return Ok((status, dechunk(body)));
+        return Ok((status, String::from_utf8_lossy(&dechunk(body)).into_owned()));
     }
-    Ok((status, body.to_owned()))
+    Ok((status, String::from_utf8_lossy(body).into_owned()))
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+/// Joins the chunks of a chunked HTTP body. Works on bytes: a chunk boundary may fall inside a
+/// UTF-8 character, so the text is decoded only once it is whole.
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&body[..eol]).unwrap_or("");
+        // Chunk extensions (`;name=value`) are allowed after the size (RFC 9112 §7.1.1).
+        let size = size.split(';').next().unwrap_or("").trim();
+        let Ok(n) = usize::from_str_radix(size, 16) else {
             break;
         };
+        let rest = &body[eol + 2..];
         if n == 0 || rest.len() < n {
             break;
         }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
+        out.extend_from_slice(&rest[..n]);
+        body = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
     }
     out
 }
@@ -537,6 +545,41 @@ mod tests {
 
     #[test]
     fn chunked_bodies_are_joined() {
-        assert_eq!(dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), "abcde");
+        assert_eq!(dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), b"abcde");
+    }
+
+    /// Issue 7: the body was sliced as `&str` by chunk sizes and panicked when a chunk ended
+    /// inside a UTF-8 character (a sender named "José" in `queue list` is enough).
+    #[test]
+    fn a_chunk_boundary_inside_a_character_is_joined_not_a_panic() {
+        let rows: &[(&[u8], &str)] = &[
+            (b"4\r\nJos\xc3\r\n1\r\n\xa9\r\n0\r\n\r\n", "Jos\u{e9}"),
+            (
+                b"1\r\n\xe2\r\n1\r\n\x82\r\n1;ext=1\r\n\xac\r\n0\r\n\r\n",
+                "\u{20ac}",
+            ),
+            (b"5\r\nab", ""),
+            (b"zz\r\nab\r\n", ""),
+        ];
+        for (body, text) in rows {
+            assert_eq!(String::from_utf8_lossy(&dechunk(body)), *text);
+        }
+        // The same through the HTTP client, against a socket that sends such an answer.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut s, _) = listener.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let _ = s.read(&mut req).unwrap();
+            s.write_all(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  4\r\nJos\xc3\r\n1\r\n\xa9\r\n0\r\n\r\n",
+            )
+            .unwrap();
+        });
+        let (status, body) = http(addr, "GET", "/api/queue").unwrap();
+        server.join().unwrap();
+        assert_eq!((status, body.as_str()), (200, "Jos\u{e9}"));
     }
 }

@@ -265,6 +265,7 @@ impl Dsn {
             tls: None,
             auth_user: None,
             arrival_unix: now.0,
+            require_tls: false,
         }
     }
 }

@@ -27,6 +27,7 @@ fn envelope(recipients: Vec<Recipient>, ret: Option<DsnReturn>) -> Envelope {
         tls: None,
         auth_user: None,
         arrival_unix: ARRIVAL.0,
+        require_tls: false,
     }
 }
 

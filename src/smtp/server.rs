@@ -1,13 +1,17 @@
-//! Tokio glue for SMTP ingress: accepts connections, enforces connection caps and timeouts, moves
-//! bytes between the socket and [`Session`], and performs what the session asks for (TLS
-//! upgrade, password checks, durable storage).
+//! Tokio glue for SMTP ingress: accepts connections, enforces connection caps and rate limits,
+//! moves bytes between the socket and [`Session`], sleeps until the session's next deadline, and
+//! performs what the session asks for (TLS upgrade, password checks, durable storage).
 //!
 //! The "250 only after fsync" rule lives in the session: it emits `Enqueue` and says nothing until
 //! [`Session::handle_stored`] is called, which happens here only after [`Store::append`] returned.
+//! Timeouts and their `421` replies are the session's too; the glue only sleeps until
+//! [`Session::poll_timeout`] and reports the time.
 
-use super::session::{Limits, Output, Policy, Session, StoreFailure};
+use super::pressure::PressureGauge;
+use super::ratelimit::{AuthFailures, ConnectionRate};
+use super::session::{AuthResult, Limits, Output, Policy, Session, StoreFailure};
 use crate::auth::Credentials;
-use crate::metrics::{Metrics, OutcomeLabel};
+use crate::metrics::{LimitLabel, Metrics, OutcomeLabel};
 use crate::store::Store;
 use ipnet::IpNet;
 use std::collections::HashMap;
@@ -16,16 +20,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{sleep_until, timeout};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-/// How long a session inside DATA may take to finish after shutdown began.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Read buffer per connection.
 const READ_CHUNK: usize = 64 * 1024;
+/// Longest wait for one write once the server is shutting down: a client that does not read
+/// must not hold the exit past the grace.
+const SHUTDOWN_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Everything an SMTP connection needs, shared by all of them.
 pub struct Ingress {
@@ -45,22 +50,22 @@ pub struct Ingress {
     pub store: Store,
     /// Metrics.
     pub metrics: Metrics,
-    /// Wait for the client's next bytes at most this long.
-    pub idle_timeout: Duration,
-    /// A session lasts at most this long.
-    pub session_timeout: Duration,
+    /// Longest wait for a write to the client, and for a TLS handshake.
+    pub io_timeout: Duration,
     /// Connection caps.
     pub max_connections: usize,
     /// Connection cap per client IP.
     pub max_connections_per_ip: usize,
     /// Woken after each accepted message so the scheduler need not wait for its next poll.
     pub queued: Arc<tokio::sync::Notify>,
-    /// Back-pressure limits: queue size and free disk.
-    pub pressure: crate::queue::Policy,
-    /// Where the queue lives, for the free-space check.
-    pub data_dir: std::path::PathBuf,
+    /// Queue size and free disk as a background task last measured them.
+    pub pressure: Arc<PressureGauge>,
     /// Open connections per client IP.
     open: Mutex<HashMap<IpAddr, usize>>,
+    /// New connections per second per client (std Mutex: a map update, never across an await).
+    connection_rate: Mutex<ConnectionRate>,
+    /// AUTH failures per client (std Mutex likewise).
+    auth_failures: Mutex<AuthFailures>,
 }
 
 impl Ingress {
@@ -71,6 +76,7 @@ impl Ingress {
         store: Store,
         metrics: Metrics,
         queued: Arc<tokio::sync::Notify>,
+        pressure: Arc<PressureGauge>,
     ) -> Ingress {
         let s = &config.smtp;
         Ingress {
@@ -81,28 +87,68 @@ impl Ingress {
                 max_recipients: s.max_recipients,
                 max_errors: s.max_errors,
                 max_line: 512,
+                recipient_overshoot: s.max_recipient_overshoot,
+                idle_timeout: s.idle_timeout,
+                session_timeout: s.session_timeout,
+                shutdown_grace: s.shutdown_grace,
             },
             relay_networks: config.relay_networks.clone(),
             credentials: Credentials::new(&config.users),
             tls,
             store,
             metrics,
-            idle_timeout: s.idle_timeout,
-            session_timeout: s.session_timeout,
+            io_timeout: s.idle_timeout,
             max_connections: s.max_connections,
             max_connections_per_ip: s.max_connections_per_ip,
             queued,
-            pressure: config.queue.clone(),
-            data_dir: config.data_dir.clone(),
+            pressure,
             open: Mutex::new(HashMap::new()),
+            connection_rate: Mutex::new(ConnectionRate::new(s.rate_limits.clone())),
+            auth_failures: Mutex::new(AuthFailures::new(s.rate_limits.clone())),
         }
     }
 
-    /// Is the queue too full, or the disk too low, to take another message?
-    fn pressure(&self) -> Option<crate::queue::Pressure> {
-        let messages = self.store.count().unwrap_or(0);
-        let free = free_disk_bytes(&self.data_dir).unwrap_or(u64::MAX);
-        crate::queue::ingress_pressure(messages, free, &self.pressure)
+    /// Is this new connection within its client's rate?
+    fn connection_allowed(&self, ip: IpAddr) -> bool {
+        let mut rate = self
+            .connection_rate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        rate.admit(ip, std::time::Instant::now())
+    }
+
+    /// Checks credentials unless the client is backing off, and keeps its failure count.
+    /// Not cancel-safe in the sense that a dropped future may leave a failure uncounted; it is
+    /// never put in a `select!` branch.
+    async fn authenticate(&self, ip: IpAddr, username: String, password: String) -> AuthResult {
+        let allowed = {
+            let failures = self.auth_failures.lock().unwrap_or_else(|p| p.into_inner());
+            failures.allows(ip, std::time::Instant::now())
+        };
+        if !allowed {
+            self.metrics
+                .smtp_rate_limited
+                .get_or_create(&LimitLabel { limit: "auth" })
+                .inc();
+            info!(user = %username, "AUTH refused: client is backing off after failures");
+            return AuthResult::Throttled;
+        }
+        let creds = self.credentials.clone();
+        let name = username.clone();
+        let ok = tokio::task::spawn_blocking(move || creds.verify(&name, &password))
+            .await
+            .unwrap_or(false);
+        info!(user = %username, ok, "AUTH");
+        let mut failures = self.auth_failures.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            failures.record_success(ip);
+            AuthResult::Authenticated(username)
+        } else {
+            if let Some(backoff) = failures.record_failure(ip, std::time::Instant::now()) {
+                warn!(?backoff, "AUTH failures: client backs off");
+            }
+            AuthResult::Invalid
+        }
     }
 
     /// Counts a new connection in, unless a cap is reached.
@@ -163,6 +209,35 @@ pub async fn run_listener(
             },
         };
         ingress.metrics.smtp_connections.inc();
+        if !ingress.connection_allowed(peer.ip()) {
+            ingress
+                .metrics
+                .smtp_sessions
+                .get_or_create(&OutcomeLabel {
+                    outcome: "refused_rate",
+                })
+                .inc();
+            ingress
+                .metrics
+                .smtp_rate_limited
+                .get_or_create(&LimitLabel {
+                    limit: "connection",
+                })
+                .inc();
+            ingress.metrics.count_rejections(b"421 ");
+            // RFC 5321 §3.1: a server may refuse a connection with 421; 4.7.0 is a policy
+            // reason (RFC 3463 §3.8). The client retries later.
+            let reply = format!(
+                "421 4.7.0 {} Too many connections from your address, try again later\r\n",
+                ingress.hostname
+            );
+            tracker.spawn(refuse(
+                stream,
+                reply,
+                implicit_tls.then(|| ingress.tls.clone()).flatten(),
+            ));
+            continue;
+        }
         let Some(slot) = ingress.admit(peer.ip()) else {
             ingress
                 .metrics
@@ -172,9 +247,13 @@ pub async fn run_listener(
                 })
                 .inc();
             ingress.metrics.count_rejections(b"421 ");
-            tracker.spawn(refuse_busy(
+            let reply = format!(
+                "421 4.7.0 {} Too many connections, try again later\r\n",
+                ingress.hostname
+            );
+            tracker.spawn(refuse(
                 stream,
-                ingress.hostname.clone(),
+                reply,
                 implicit_tls.then(|| ingress.tls.clone()).flatten(),
             ));
             continue;
@@ -201,8 +280,7 @@ pub async fn run_listener(
     }
 }
 
-async fn refuse_busy(stream: TcpStream, hostname: String, tls: Option<TlsAcceptor>) {
-    let reply = format!("421 4.7.0 {hostname} Too many connections, try again later\r\n");
+async fn refuse(stream: TcpStream, reply: String, tls: Option<TlsAcceptor>) {
     let fut = async {
         match tls {
             Some(acceptor) => {
@@ -284,7 +362,6 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) -> &'static str {
     let _ = stream.set_nodelay(true);
-    let session_deadline = Instant::now() + ingress.session_timeout;
     let mut conn = Conn::Plain(stream);
     let mut tls_info = None;
     if implicit_tls {
@@ -294,7 +371,7 @@ async fn serve_connection(
         let Conn::Plain(tcp) = std::mem::replace(&mut conn, Conn::Upgrading) else {
             return "tls_failed";
         };
-        match timeout(ingress.idle_timeout, acceptor.accept(tcp)).await {
+        match timeout(ingress.io_timeout, acceptor.accept(tcp)).await {
             Ok(Ok(s)) => {
                 tls_info = Some(tls_description(&s));
                 conn = Conn::Tls(Box::new(s));
@@ -313,28 +390,26 @@ async fn serve_connection(
         policy,
         ingress.limits.clone(),
         peer,
+        std::time::Instant::now(),
         crate::store::UnixTime::now().0,
     );
     if let Some(info) = tls_info {
         // Before any input this marks the session encrypted from the start (RFC 8314).
-        session.handle_tls_established(info);
+        session.handle_tls_established(std::time::Instant::now(), info);
     }
     let mut buf = vec![0u8; READ_CHUNK];
     let mut shutting_down = false;
-    let mut closed_reason = "peer_closed";
     loop {
         while let Some(output) = session.poll_output() {
             match output {
                 Output::Send(bytes) => {
                     ingress.metrics.count_rejections(&bytes);
-                    if bytes.starts_with(b"421") {
-                        closed_reason = if shutting_down {
-                            "shutdown"
-                        } else {
-                            "too_many_errors"
-                        };
-                    }
-                    match timeout(ingress.idle_timeout, conn.write_all(&bytes)).await {
+                    let limit = if shutting_down {
+                        SHUTDOWN_WRITE_TIMEOUT.min(ingress.io_timeout)
+                    } else {
+                        ingress.io_timeout
+                    };
+                    match timeout(limit, conn.write_all(&bytes)).await {
                         Ok(Ok(())) => {}
                         _ => return "io_error",
                     }
@@ -346,116 +421,86 @@ async fn serve_connection(
                     let Conn::Plain(tcp) = std::mem::replace(&mut conn, Conn::Upgrading) else {
                         return "tls_failed";
                     };
-                    match timeout(ingress.idle_timeout, acceptor.accept(tcp)).await {
+                    match timeout(ingress.io_timeout, acceptor.accept(tcp)).await {
                         Ok(Ok(s)) => {
                             let info = tls_description(&s);
                             debug!(tls = %info, "STARTTLS done");
                             conn = Conn::Tls(Box::new(s));
-                            session.handle_tls_established(info);
+                            session.handle_tls_established(std::time::Instant::now(), info);
                         }
                         _ => return "tls_failed",
                     }
                 }
                 Output::Authenticate { username, password } => {
-                    let creds = ingress.credentials.clone();
-                    let name = username.clone();
-                    let ok = tokio::task::spawn_blocking(move || creds.verify(&name, &password))
-                        .await
-                        .unwrap_or(false);
-                    info!(user = %username, ok, "AUTH");
-                    session.handle_auth_result(ok.then_some(username));
+                    let result = ingress.authenticate(peer.ip(), username, password).await;
+                    session.handle_auth_result(std::time::Instant::now(), result);
                 }
                 Output::Enqueue { envelope, body } => {
                     let size = body.len() as u64;
                     let rcpts = envelope.recipients.len();
                     let sender = envelope.sender.clone();
-                    if let Some(p) = ingress.pressure() {
-                        warn!(pressure = ?p, from = %sender, "refusing mail: back-pressure");
-                        session.handle_stored(Err(StoreFailure::Full));
-                        continue;
-                    }
                     // Not in a select!: the commit must be allowed to finish. Dropping this
                     // future would not undo a commit anyway (the committer thread owns it).
                     let result = ingress.store.append(envelope, body).await;
-                    match result {
+                    let result = match result {
                         Ok(queue_id) => {
+                            ingress.pressure.note_stored(size);
                             ingress.metrics.messages_accepted.inc();
                             ingress.metrics.bytes_accepted.inc_by(size);
                             ingress.metrics.queue_messages.inc();
                             info!(%queue_id, from = %sender, rcpts, size, "accepted");
-                            session.handle_stored(Ok(queue_id));
                             ingress.queued.notify_one();
+                            Ok(queue_id)
                         }
                         Err(e) => {
-                            let failure = if e.is_full() {
+                            // The last defence when the disk filled up between two refreshes
+                            // of the back-pressure gauge.
+                            warn!(error = %e, from = %sender, "store refused the message");
+                            Err(if e.is_full() {
                                 StoreFailure::Full
                             } else {
                                 StoreFailure::Failed
-                            };
-                            warn!(error = %e, from = %sender, "store refused the message");
-                            session.handle_stored(Err(failure));
+                            })
                         }
-                    }
-                }
-                Output::Close => {
-                    conn.shutdown().await;
-                    return if closed_reason == "peer_closed" {
-                        "quit"
-                    } else {
-                        closed_reason
                     };
+                    session.handle_stored(std::time::Instant::now(), result);
+                }
+                Output::Close(reason) => {
+                    conn.shutdown().await;
+                    return reason.label();
                 }
             }
         }
         if session.is_closed() {
             conn.shutdown().await;
-            return closed_reason;
+            return "closed";
         }
-        let idle_deadline = Instant::now() + ingress.idle_timeout;
-        let mut deadline = idle_deadline.min(session_deadline);
-        if shutting_down {
-            deadline = deadline.min(Instant::now() + SHUTDOWN_GRACE);
-        }
+        session.handle_pressure(ingress.pressure.current());
+        let deadline = session.poll_timeout();
         tokio::select! {
             read = conn.read(&mut buf) => match read {
                 Ok(0) => return if shutting_down { "shutdown" } else { "peer_closed" },
                 Ok(n) => {
                     session.set_now_unix(crate::store::UnixTime::now().0);
-                    session.handle_input(&buf[..n]);
+                    session.handle_input(std::time::Instant::now(), &buf[..n]);
                 }
                 Err(_) => return "io_error",
             },
-            _ = sleep_until(deadline) => {
-                let reply = if shutting_down {
-                    format!("421 4.3.0 {} Server shutting down\r\n", ingress.hostname)
-                } else {
-                    format!("421 4.4.2 {} Timeout, closing connection\r\n", ingress.hostname)
-                };
-                ingress.metrics.count_rejections(reply.as_bytes());
-                let _ = timeout(Duration::from_secs(5), conn.write_all(reply.as_bytes())).await;
-                conn.shutdown().await;
-                return if shutting_down { "shutdown" } else { "timeout" };
+            _ = sleep_until_deadline(deadline) => {
+                session.handle_timeout(std::time::Instant::now());
             }
             _ = shutdown.cancelled(), if !shutting_down => {
                 shutting_down = true;
-                closed_reason = "shutdown";
-                session.handle_shutdown();
+                session.handle_shutdown(std::time::Instant::now());
             }
         }
     }
 }
 
-/// Free bytes for unprivileged users on the filesystem holding `path`.
-fn free_disk_bytes(path: &std::path::Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `c` is a valid NUL-terminated path and `st` is written by statvfs before use.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
+/// Sleeps until `deadline`, or forever without one. Cancel-safe.
+async fn sleep_until_deadline(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(d) => sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
     }
-    // SAFETY: statvfs returned 0, so it filled `st`.
-    let st = unsafe { st.assume_init() };
-    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }

@@ -12,7 +12,9 @@
 //!   lines differently from the next hop is how SMTP smuggling starts.
 //! - DATA ends only at CRLF.CRLF. A message holding a bare LF or a bare CR is read to its end and then
 //!   refused with `550 5.6.0`, so `<LF>.<LF>` style smuggling never reaches the queue. NUL bytes are
-//!   refused the same way. Both checks are skipped only for BDAT with `BODY=BINARYMIME`.
+//!   refused the same way, for DATA and BDAT alike.
+//! - `BODY=BINARYMIME` gets `555 5.5.4`: it is not advertised (RFC 3030 §3), because a binary
+//!   body could leave only over a next hop that takes BINARYMIME, and delivery sends DATA.
 //! - A message over `max_message_size` is consumed to its end without buffering past the limit and
 //!   refused with `552 5.3.4`; for BDAT the chunk that crosses the limit gets `552 5.3.4` and later
 //!   chunks of that message are consumed and get the same answer, until `LAST`.
@@ -27,8 +29,16 @@
 //! - SASL: a bare LF, bare CR or over-long line inside an AUTH exchange ends the exchange with the
 //!   line error; `*` ends it with `501 5.0.0`. PLAIN with an authorization identity other than the
 //!   user fails as bad credentials (`535 5.7.8`) without asking the glue.
-//! - MAIL parameters we do not advertise (REQUIRETLS, BY, HOLDFOR/HOLDUNTIL, MTRK, TRANSID, SOLICIT,
+//! - MAIL parameters we do not advertise (BY, HOLDFOR/HOLDUNTIL, MTRK, TRANSID, SOLICIT,
 //!   MT-PRIORITY, CONPERM; RCPT RRVS, CONNEG) get `555 5.5.4`; `AUTH=` on MAIL is ignored.
+//!   REQUIRETLS (RFC 8689) is advertised and accepted only inside TLS (outside it is one more
+//!   unadvertised parameter, `555 5.5.4`) and recorded in the envelope for delivery to honour.
+//! - `NOTIFY=NEVER` combined with another keyword gets `501 5.5.4` (RFC 3461 §4.1: NEVER alone).
+//! - Recipients beyond `max_recipients` get `452 4.5.3` and the session goes on: the client sends
+//!   them in a later transaction (RFC 5321 §4.5.3.1.10). The first `recipient_overshoot` of them
+//!   in a session are not counted as errors (as Postfix's `smtpd_recipient_overshoot_limit`).
+//! - Back-pressure (queue full, disk low), told by [`Session::handle_pressure`], is answered at
+//!   MAIL FROM with `452 4.3.1`; not counted as a client error.
 //! - Relay: a served domain is open to anyone, other domains need authentication or a relay-allowed
 //!   client address; `554 5.7.1 Relay access denied` otherwise. For served domains an
 //!   unauthenticated client may not use routing characters (`%`, `!`, quoted `@`) in the local part.
@@ -39,8 +49,15 @@
 //!   pending result, then `421 4.7.0` and closes. Input after STARTTLS and before
 //!   [`Session::handle_tls_established`] is discarded (the STARTTLS injection defence, RFC 3207 §6).
 //!   `handle_tls_established` right after `new`, before any input, means implicit TLS (port 465).
-//! - Every 4xx/5xx answer to a client command counts as an error (store failures do not); the
-//!   `max_errors`-th is followed by `421 4.7.0 Too many errors` and `Close`.
+//! - Every 4xx/5xx answer to a client command counts as an error (store failures, back-pressure
+//!   and the tolerated excess recipients do not); the `max_errors`-th is followed by
+//!   `421 4.7.0 Too many errors` and `Close`.
+//! - Timers are the session's (RFC 5321 §4.5.3.2): [`Session::poll_timeout`] says when to call
+//!   [`Session::handle_timeout`]. Client silence over `idle_timeout` while the session waits for
+//!   it, or a session over `session_timeout`, gets `421 4.4.2` and `Close`. After
+//!   [`Session::handle_shutdown`] a session inside a message may finish until one fixed deadline
+//!   (`shutdown_grace` after the shutdown began, never pushed back by input), then gets
+//!   `421 4.3.0`. Every [`Output::Close`] carries its [`CloseReason`].
 
 mod address;
 mod auth;
@@ -50,6 +67,7 @@ mod tests;
 use std::collections::VecDeque;
 use std::mem;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use smtp_proto::request::receiver::{BdatReceiver, DataReceiver, DummyDataReceiver};
 use smtp_proto::{
@@ -60,6 +78,7 @@ use smtp_proto::{
 };
 
 use crate::envelope::{DsnReturn, Envelope, Notify, QueueId, Recipient};
+use crate::queue::Pressure;
 use address::AddressProblem;
 
 const TOO_BIG: &str = "552 5.3.4 Message size exceeds fixed maximum message size";
@@ -82,6 +101,16 @@ pub struct Limits {
     pub max_errors: usize,
     /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4: 512).
     pub max_line: usize,
+    /// Recipients over `max_recipients` per session that get `452 4.5.3` without counting as
+    /// errors (Postfix's `smtpd_recipient_overshoot_limit`, 1000).
+    pub recipient_overshoot: usize,
+    /// Longest client silence while the session waits for it (RFC 5321 §4.5.3.2: at least 5
+    /// minutes between commands); then `421 4.4.2`.
+    pub idle_timeout: Duration,
+    /// Longest session from greeting to close; then `421 4.4.2`.
+    pub session_timeout: Duration,
+    /// After [`Session::handle_shutdown`], how long a session inside a message may go on.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Limits {
@@ -91,6 +120,10 @@ impl Default for Limits {
             max_recipients: 100,
             max_errors: 10,
             max_line: 512,
+            recipient_overshoot: 1000,
+            idle_timeout: Duration::from_secs(300),
+            session_timeout: Duration::from_secs(1800),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -134,7 +167,50 @@ pub enum Output {
         body: Vec<u8>,
     },
     /// The last reply has been queued before this: flush it and close the connection.
-    Close,
+    Close(CloseReason),
+}
+
+/// Why the session ended, for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client said QUIT.
+    Quit,
+    /// `max_errors` error replies: `421 4.7.0 Too many errors`.
+    TooManyErrors,
+    /// More pipelined input than [`HELD_INPUT_MAX`] while an answer was pending.
+    TooMuchPipelinedInput,
+    /// The client was silent for `idle_timeout`.
+    IdleTimeout,
+    /// The session lasted `session_timeout`.
+    SessionTimeout,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// The `outcome` label of the session metric.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::Quit => "quit",
+            CloseReason::TooManyErrors => "too_many_errors",
+            CloseReason::TooMuchPipelinedInput => "pipelining_overflow",
+            CloseReason::IdleTimeout => "timeout",
+            CloseReason::SessionTimeout => "session_timeout",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The answer to [`Output::Authenticate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthResult {
+    /// The credentials are good: this user is now authenticated.
+    Authenticated(String),
+    /// Bad user name or password: `535 5.7.8`.
+    Invalid,
+    /// The client's address is backing off after too many failures; the credentials were not
+    /// checked: `454 4.7.0` (RFC 4954 §6, temporary authentication failure).
+    Throttled,
 }
 
 /// Why the glue could not store a message.
@@ -153,9 +229,9 @@ struct Transaction {
     dsn_ret: Option<DsnReturn>,
     dsn_envid: Option<String>,
     body_8bit: bool,
-    /// `BODY=BINARYMIME`: only BDAT may carry the body (RFC 3030 §3).
-    binary: bool,
     smtputf8: bool,
+    /// `REQUIRETLS` on MAIL FROM (RFC 8689 §4.1: the message must be tagged).
+    require_tls: bool,
 }
 
 /// Consuming a DATA or BDAT payload that will be refused.
@@ -236,7 +312,18 @@ pub struct Session {
     tls: Option<String>,
     auth_user: Option<String>,
     errors: usize,
+    /// Recipients refused for `max_recipients` so far in this session.
+    excess_recipients: usize,
     shutdown: bool,
+    /// Back-pressure as last told by the glue.
+    pressure: Option<Pressure>,
+    /// The latest time the glue gave.
+    now: Instant,
+    /// When the session started waiting for the client.
+    idle_since: Instant,
+    session_deadline: Option<Instant>,
+    /// Fixed when the shutdown began; input does not move it.
+    shutdown_deadline: Option<Instant>,
     /// Some client input has been processed (implicit TLS is only possible before that).
     seen_input: bool,
     /// The command line being assembled (bounded by the line limit).
@@ -252,8 +339,15 @@ pub struct Session {
 }
 
 impl Session {
-    /// A new session for `client`; the `220` greeting is the first output.
-    pub fn new(policy: Policy, limits: Limits, client: SocketAddr, now_unix: u64) -> Session {
+    /// A new session for `client`, starting at `now`; the `220` greeting is the first output.
+    pub fn new(
+        policy: Policy,
+        limits: Limits,
+        client: SocketAddr,
+        now: Instant,
+        now_unix: u64,
+    ) -> Session {
+        let session_deadline = now.checked_add(limits.session_timeout);
         let mut session = Session {
             policy,
             limits,
@@ -264,7 +358,13 @@ impl Session {
             tls: None,
             auth_user: None,
             errors: 0,
+            excess_recipients: 0,
             shutdown: false,
+            pressure: None,
+            now,
+            idle_since: now,
+            session_deadline,
+            shutdown_deadline: None,
             seen_input: false,
             line: Vec::new(),
             line_overflow: false,
@@ -285,11 +385,72 @@ impl Session {
         self.now_unix = now_unix;
     }
 
-    /// Feeds bytes read from the socket, in any split.
-    pub fn handle_input(&mut self, bytes: &[u8]) {
+    /// Feeds bytes read from the socket at `now`, in any split.
+    pub fn handle_input(&mut self, now: Instant, bytes: &[u8]) {
+        self.tick(now);
+        self.idle_since = self.now;
         self.seen_input |= !bytes.is_empty();
         self.process(bytes);
         self.flush_replies();
+    }
+
+    /// Back-pressure now: `Some` makes the next MAIL FROM get `452 4.3.1`. The glue tells it
+    /// from values a background task keeps fresh, so no MAIL FROM waits for a disk.
+    pub fn handle_pressure(&mut self, pressure: Option<Pressure>) {
+        self.pressure = pressure;
+    }
+
+    /// When the glue must call [`Session::handle_timeout`] at the latest; `None` once closed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if matches!(self.state, State::Closed) {
+            return None;
+        }
+        let idle = self
+            .waits_for_client()
+            .then(|| self.idle_since.checked_add(self.limits.idle_timeout))
+            .flatten();
+        [self.session_deadline, idle, self.shutdown_deadline]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Time has passed: closes the session with `421` if one of its deadlines is reached.
+    /// Ignored while an answer from the glue is pending (its work decides, not the clock).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.tick(now);
+        if !self.waits_for_client() {
+            return;
+        }
+        let reached = |deadline: Option<Instant>| deadline.is_some_and(|d| self.now >= d);
+        if reached(self.shutdown_deadline) {
+            self.close_for_shutdown();
+        } else if reached(self.session_deadline) {
+            let reply = format!(
+                "421 4.4.2 {} Session time limit exceeded, closing connection",
+                self.policy.hostname
+            );
+            self.reply(&reply);
+            self.close(CloseReason::SessionTimeout);
+        } else if reached(self.idle_since.checked_add(self.limits.idle_timeout)) {
+            let reply = format!(
+                "421 4.4.2 {} Timeout, closing connection",
+                self.policy.hostname
+            );
+            self.reply(&reply);
+            self.close(CloseReason::IdleTimeout);
+        }
+        self.flush_replies();
+    }
+
+    /// The clock never goes back for the session, whatever the glue passes.
+    fn tick(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+    }
+
+    /// Waiting for client bytes, not for the glue (and not closed).
+    fn waits_for_client(&self) -> bool {
+        self.wants_input() && !matches!(self.state, State::Closed)
     }
 
     /// The next thing the glue must do, if any. Drain after every `handle_*` call.
@@ -301,11 +462,13 @@ impl Session {
     /// §4.2): the client must EHLO again. Also accepted right after [`Session::new`], before any
     /// input, for implicit TLS (port 465, RFC 8314). Ignored otherwise: a session that has read
     /// plaintext commands must not later be marked as encrypted.
-    pub fn handle_tls_established(&mut self, tls_info: String) {
+    pub fn handle_tls_established(&mut self, now: Instant, tls_info: String) {
         let implicit = matches!(self.state, State::Connected) && !self.seen_input;
         if !matches!(self.state, State::TlsHandshake) && !implicit {
             return;
         }
+        self.tick(now);
+        self.idle_since = self.now;
         self.tls = Some(tls_info);
         self.helo = None;
         self.line.clear();
@@ -316,29 +479,35 @@ impl Session {
         self.flush_replies();
     }
 
-    /// The answer to [`Output::Authenticate`]: the authenticated user, or `None` for bad
-    /// credentials. Ignored unless an answer was asked for.
-    pub fn handle_auth_result(&mut self, user: Option<String>) {
+    /// The answer to [`Output::Authenticate`], at `now`. Ignored unless an answer was asked for.
+    pub fn handle_auth_result(&mut self, now: Instant, result: AuthResult) {
         if !matches!(self.state, State::Authenticating) {
             return;
         }
+        self.tick(now);
+        self.idle_since = self.now;
         self.state = State::Ready;
-        match user {
-            Some(user) => {
+        match result {
+            AuthResult::Authenticated(user) => {
                 self.auth_user = Some(user);
                 self.reply("235 2.7.0 Authentication successful");
             }
-            None => self.error("535 5.7.8 Authentication credentials invalid"),
+            AuthResult::Invalid => self.error("535 5.7.8 Authentication credentials invalid"),
+            AuthResult::Throttled => {
+                self.error("454 4.7.0 Too many authentication failures, try again later")
+            }
         }
         self.resume();
     }
 
     /// The answer to [`Output::Enqueue`]. Only now may the message get its `250`. Ignored unless an
     /// answer was asked for.
-    pub fn handle_stored(&mut self, result: Result<QueueId, StoreFailure>) {
+    pub fn handle_stored(&mut self, now: Instant, result: Result<QueueId, StoreFailure>) {
         if !matches!(self.state, State::Storing) {
             return;
         }
+        self.tick(now);
+        self.idle_since = self.now;
         self.state = State::Ready;
         match result {
             Ok(id) => self.reply(&format!("250 2.0.0 Ok: queued as {id}")),
@@ -350,11 +519,16 @@ impl Session {
         self.resume();
     }
 
-    /// The server is going down. Between commands the client gets `421 4.3.0` at once; inside a
-    /// message, or while an answer from the glue is pending, at the next command boundary (the glue
-    /// enforces the deadline).
-    pub fn handle_shutdown(&mut self) {
-        self.shutdown = true;
+    /// The server began going down at `now`. Between commands the client gets `421 4.3.0` at
+    /// once; inside a message, or while an answer from the glue is pending, at the next command
+    /// boundary or at `now + shutdown_grace`, whichever comes first. Only the first call counts.
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        self.tick(now);
+        if !self.shutdown {
+            self.shutdown = true;
+            // A grace too long for the clock means none: the server's own wait still ends it.
+            self.shutdown_deadline = self.now.checked_add(self.limits.shutdown_grace);
+        }
         self.process(&[]);
         self.flush_replies();
     }
@@ -443,7 +617,7 @@ impl Session {
             self.held.clear();
             self.held_overflow = false;
             self.reply("421 4.7.0 Too much pipelined input");
-            self.close();
+            self.close(CloseReason::TooMuchPipelinedInput);
         } else {
             let held = mem::take(&mut self.held);
             self.process(&held);
@@ -555,7 +729,7 @@ impl Session {
             Request::Noop { .. } => self.reply("250 2.0.0 Ok"),
             Request::Quit => {
                 self.reply("221 2.0.0 Bye");
-                self.close();
+                self.close(CloseReason::Quit);
             }
             Request::Vrfy { .. } => {
                 self.reply("252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery")
@@ -640,6 +814,10 @@ impl Session {
         if self.policy.auth_available && self.tls.is_some() {
             lines.push("AUTH PLAIN LOGIN".to_owned());
         }
+        // RFC 8689 §4.1: a REQUIRETLS message may only arrive over TLS, so offer it only there.
+        if self.tls.is_some() {
+            lines.push("REQUIRETLS".to_owned());
+        }
         lines.push("CHUNKING".to_owned());
         lines.push("DSN".to_owned());
         let last = lines.len() - 1;
@@ -671,8 +849,14 @@ impl Session {
         if from.size > self.limits.max_message_size {
             return self.error(TOO_BIG);
         }
-        let unsupported =
-            MAIL_REQUIRETLS | MAIL_CONPERM | MAIL_BY_NOTIFY | MAIL_BY_RETURN | MAIL_BY_TRACE;
+        let require_tls = from.flags & MAIL_REQUIRETLS != 0;
+        let mut unsupported = MAIL_CONPERM | MAIL_BY_NOTIFY | MAIL_BY_RETURN | MAIL_BY_TRACE;
+        if self.tls.is_none() {
+            unsupported |= MAIL_REQUIRETLS;
+        }
+        if from.flags & MAIL_BODY_BINARYMIME != 0 {
+            return self.error("555 5.5.4 BODY=BINARYMIME is not supported");
+        }
         if from.flags & unsupported != 0
             || from.by != 0
             || from.hold_for != 0
@@ -700,14 +884,19 @@ impl Session {
         } else {
             None
         };
+        // Last, so that a malformed command still gets its own answer. Not a client error.
+        if let Some(pressure) = self.pressure {
+            self.reply(&pressure.reply());
+            return;
+        }
         self.state = State::Mail(Transaction {
             sender,
             recipients: Vec::new(),
             dsn_ret,
             dsn_envid,
-            body_8bit: from.flags & (MAIL_BODY_8BITMIME | MAIL_BODY_BINARYMIME) != 0,
-            binary: from.flags & MAIL_BODY_BINARYMIME != 0,
+            body_8bit: from.flags & MAIL_BODY_8BITMIME != 0,
             smtputf8,
+            require_tls,
         });
         self.reply("250 2.1.0 Ok");
     }
@@ -736,6 +925,11 @@ impl Session {
             _ => return self.error("503 5.5.1 Need MAIL before RCPT"),
         };
         if txn.recipients.len() >= self.limits.max_recipients {
+            // RFC 5321 §4.5.3.1.10: the client sends these again in a new transaction.
+            self.excess_recipients = self.excess_recipients.saturating_add(1);
+            if self.excess_recipients <= self.limits.recipient_overshoot {
+                return self.reply("452 4.5.3 Too many recipients");
+            }
             return self.error("452 4.5.3 Too many recipients");
         }
         let smtputf8 = txn.smtputf8;
@@ -752,6 +946,11 @@ impl Session {
         }
         if to.flags & (RCPT_CONNEG | RCPT_RRVS_REJECT | RCPT_RRVS_CONTINUE) != 0 {
             return self.error("555 5.5.4 Unsupported RCPT parameter");
+        }
+        // smtp-proto refuses NEVER after another keyword, not before one.
+        let others = RCPT_NOTIFY_SUCCESS | RCPT_NOTIFY_FAILURE | RCPT_NOTIFY_DELAY;
+        if to.flags & RCPT_NOTIFY_NEVER != 0 && to.flags & others != 0 {
+            return self.error("501 5.5.4 Invalid NOTIFY parameter");
         }
         let trusted = self.auth_user.is_some() || self.policy.relay_allowed;
         let served = address::domain_of(&address)
@@ -793,10 +992,6 @@ impl Session {
 
     fn handle_data(&mut self) {
         match mem::replace(&mut self.state, State::Closed) {
-            State::Rcpt(txn) if txn.binary => {
-                self.state = State::Rcpt(txn);
-                self.error("503 5.5.1 BODY=BINARYMIME requires BDAT");
-            }
             State::Rcpt(txn) => {
                 let mut rx = DataReceiver::new();
                 let mut body = Vec::new();
@@ -1010,9 +1205,7 @@ impl Session {
     }
 
     fn finish_message(&mut self, txn: Transaction, body: Vec<u8>) {
-        if !txn.binary
-            && let Some(reply) = check_body(&body)
-        {
+        if let Some(reply) = check_body(&body) {
             self.state = State::Ready;
             self.error(reply);
             return;
@@ -1029,6 +1222,7 @@ impl Session {
             tls: self.tls.clone(),
             auth_user: self.auth_user.clone(),
             arrival_unix: self.now_unix,
+            require_tls: txn.require_tls,
         };
         // No reply now: the 250 waits for handle_stored, after the glue's fsync.
         self.state = State::Storing;
@@ -1048,20 +1242,20 @@ impl Session {
         self.errors += 1;
         if self.errors >= self.limits.max_errors && !matches!(self.state, State::Closed) {
             self.reply("421 4.7.0 Too many errors");
-            self.close();
+            self.close(CloseReason::TooManyErrors);
         }
     }
 
     fn close_for_shutdown(&mut self) {
         let reply = format!("421 4.3.0 {} Server shutting down", self.policy.hostname);
         self.reply(&reply);
-        self.close();
+        self.close(CloseReason::Shutdown);
     }
 
-    fn close(&mut self) {
+    fn close(&mut self, reason: CloseReason) {
         self.held.clear();
         self.state = State::Closed;
-        self.emit(Output::Close);
+        self.emit(Output::Close(reason));
     }
 
     fn emit(&mut self, output: Output) {

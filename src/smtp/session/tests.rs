@@ -2,6 +2,7 @@
 //! included), as smtp-proto's own tests do.
 
 use super::*;
+use crate::queue::Pressure;
 use std::net::{IpAddr, Ipv4Addr};
 
 const CLIENT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)), 40000);
@@ -25,6 +26,10 @@ fn limits() -> Limits {
         max_recipients: 3,
         max_errors: 10,
         max_line: 512,
+        recipient_overshoot: 1000,
+        idle_timeout: Duration::from_secs(300),
+        session_timeout: Duration::from_secs(1800),
+        shutdown_grace: Duration::from_secs(10),
     }
 }
 
@@ -39,15 +44,24 @@ enum Act {
     Full,
     Failed,
     Shutdown,
+    /// The AUTH back-off answer.
+    AuthThrottled,
+    /// The glue's back-pressure gauge, told before the next input.
+    Pressed(Option<Pressure>),
+    /// This many seconds pass on the fake clock, then the glue calls `handle_timeout`.
+    Wait(u64),
 }
 use Act::*;
 
 /// What a replay produced: the transcript (replies with CRLF shown as `\n`, events in brackets),
 /// the messages handed to the glue, and the raw `Send` batches.
+#[derive(Default)]
 struct Replay {
     transcript: String,
     messages: Vec<(Envelope, Vec<u8>)>,
     sends: Vec<Vec<u8>>,
+    /// Every `Close` reason, in order.
+    closes: Vec<CloseReason>,
 }
 
 fn drain(session: &mut Session, replay: &mut Replay) {
@@ -81,18 +95,18 @@ fn drain(session: &mut Session, replay: &mut Replay) {
                 ));
                 replay.messages.push((envelope, body));
             }
-            Output::Close => replay.transcript.push_str("[CLOSE]\n"),
+            Output::Close(reason) => {
+                replay.closes.push(reason);
+                replay.transcript.push_str("[CLOSE]\n");
+            }
         }
     }
 }
 
 fn replay_with(policy: Policy, limits: Limits, acts: &[Act], split: usize) -> Replay {
-    let mut session = Session::new(policy, limits, CLIENT, 1_700_000_000);
-    let mut replay = Replay {
-        transcript: String::new(),
-        messages: Vec::new(),
-        sends: Vec::new(),
-    };
+    let mut now = Instant::now();
+    let mut session = Session::new(policy, limits, CLIENT, now, 1_700_000_000);
+    let mut replay = Replay::default();
     drain(&mut session, &mut replay);
     assert_eq!(replay.transcript, GREETING);
     replay.transcript.clear();
@@ -101,17 +115,28 @@ fn replay_with(policy: Policy, limits: Limits, acts: &[Act], split: usize) -> Re
         match *act {
             In(bytes) => {
                 for chunk in bytes.chunks(split.min(bytes.len()).max(1)) {
-                    session.handle_input(chunk);
+                    session.handle_input(now, chunk);
                     drain(&mut session, &mut replay);
                 }
             }
-            Tls => session.handle_tls_established("TLSv1.3 TLS_AES_256_GCM_SHA384".to_owned()),
-            AuthOk(user) => session.handle_auth_result(Some(user.to_owned())),
-            AuthFail => session.handle_auth_result(None),
-            Stored(id) => session.handle_stored(Ok(QueueId(id))),
-            Full => session.handle_stored(Err(StoreFailure::Full)),
-            Failed => session.handle_stored(Err(StoreFailure::Failed)),
-            Shutdown => session.handle_shutdown(),
+            Tls => session.handle_tls_established(now, "TLSv1.3 TLS_AES_256_GCM_SHA384".to_owned()),
+            AuthOk(user) => {
+                session.handle_auth_result(now, AuthResult::Authenticated(user.to_owned()))
+            }
+            AuthFail => session.handle_auth_result(now, AuthResult::Invalid),
+            AuthThrottled => session.handle_auth_result(now, AuthResult::Throttled),
+            Stored(id) => session.handle_stored(now, Ok(QueueId(id))),
+            Full => session.handle_stored(now, Err(StoreFailure::Full)),
+            Failed => session.handle_stored(now, Err(StoreFailure::Failed)),
+            Shutdown => session.handle_shutdown(now),
+            Pressed(pressure) => session.handle_pressure(pressure),
+            Wait(secs) => {
+                now += Duration::from_secs(secs);
+                // As the glue does: it wakes at the deadline, never before.
+                if session.poll_timeout().is_some_and(|d| d <= now) {
+                    session.handle_timeout(now);
+                }
+            }
         }
         drain(&mut session, &mut replay);
         assert!(session.buffered_len() <= 200 + 2 + AUTH_LINE_MAX + HELD_INPUT_MAX);
@@ -144,7 +169,7 @@ fn check(name: &str, acts: &[Act], expected: &str) -> Replay {
 const EHLO_PLAIN: &str = "250-mx.example.org\n250-PIPELINING\n250-SIZE 200\n250-8BITMIME\n\
 250-SMTPUTF8\n250-ENHANCEDSTATUSCODES\n250-STARTTLS\n250-CHUNKING\n250 DSN\n";
 const EHLO_TLS: &str = "250-mx.example.org\n250-PIPELINING\n250-SIZE 200\n250-8BITMIME\n\
-250-SMTPUTF8\n250-ENHANCEDSTATUSCODES\n250-AUTH PLAIN LOGIN\n250-CHUNKING\n250 DSN\n";
+250-SMTPUTF8\n250-ENHANCEDSTATUSCODES\n250-AUTH PLAIN LOGIN\n250-REQUIRETLS\n250-CHUNKING\n250 DSN\n";
 const HELO: &str = "250 mx.example.org\n";
 const TLS_READY: &str = "220 2.0.0 Ready to start TLS\n[STARTTLS]\n";
 const QUEUED_1: &str = "250 2.0.0 Ok: queued as 0000000000000001\n";
@@ -427,16 +452,12 @@ fn a_message_is_acknowledged_only_after_storage() {
 #[test]
 fn no_250_before_handle_stored() {
     for &split in SPLITS {
-        let mut session = Session::new(policy(), limits(), CLIENT, 0);
-        let mut replay = Replay {
-            transcript: String::new(),
-            messages: Vec::new(),
-            sends: Vec::new(),
-        };
+        let mut session = Session::new(policy(), limits(), CLIENT, Instant::now(), 0);
+        let mut replay = Replay::default();
         let input = b"HELO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n\
             hello\r\n.\r\nMAIL FROM:<x@remote.test>\r\nNOOP\r\nQUIT\r\n";
         for chunk in input.chunks(split.min(input.len())) {
-            session.handle_input(chunk);
+            session.handle_input(Instant::now(), chunk);
             drain(&mut session, &mut replay);
         }
         let (before, after) = replay
@@ -447,9 +468,9 @@ fn no_250_before_handle_stored() {
         assert!(after.ends_with("7]\n"), "nothing after Enqueue: {after:?}");
         assert!(!session.wants_input());
         // A confused glue that keeps feeding: still held, still silent.
-        session.handle_input(b"NOOP\r\n");
+        session.handle_input(Instant::now(), b"NOOP\r\n");
         assert_eq!(session.poll_output(), None);
-        session.handle_stored(Ok(QueueId(9)));
+        session.handle_stored(Instant::now(), Ok(QueueId(9)));
         drain(&mut session, &mut replay);
         assert!(
             replay.transcript.ends_with(
@@ -787,12 +808,17 @@ fn data_content_rules() {
         input.extend_from_slice(data);
         check(name, &[In(input.leak())], &format!("{intro}{expected}"));
     }
+    // Issue 11: BINARYMIME is not advertised, so it is refused at MAIL (RFC 3030 §3), and the
+    // transaction never starts.
     check(
-        "BODY=BINARYMIME refuses DATA",
+        "BODY=BINARYMIME is refused at MAIL",
         &[In(
             b"HELO c\r\nMAIL FROM:<> BODY=BINARYMIME\r\nRCPT TO:<b@example.org>\r\nDATA\r\n",
         )],
-        &format!("{HELO}250 2.1.0 Ok\n250 2.1.5 Ok\n503 5.5.1 BODY=BINARYMIME requires BDAT\n"),
+        &format!(
+            "{HELO}555 5.5.4 BODY=BINARYMIME is not supported\n\
+             503 5.5.1 Need MAIL before RCPT\n503 5.5.1 Need MAIL before DATA\n"
+        ),
     );
 }
 
@@ -874,10 +900,19 @@ fn bdat() {
         &[In(head), In(b"BDAT 4 LAST\r\na\nb\n")],
         &format!("{intro}550 5.6.0 Message contains bare LF; lines must end with CRLF\n"),
     );
+    // Issue 11: without BINARYMIME, BDAT carries text like DATA: NUL and bare LF are refused,
+    // and a BINARYMIME transaction never starts (its chunk is consumed, not executed).
     check(
-        "BINARYMIME over BDAT may carry NUL and bare LF",
-        &[In(b"HELO c\r\nMAIL FROM:<> BODY=BINARYMIME\r\nRCPT TO:<b@example.org>\r\nBDAT 4 LAST\r\n\0\n\r\0")],
-        &format!("{HELO}250 2.1.0 Ok\n250 2.1.5 Ok\n[ENQUEUE <> b@example.org 4]\n"),
+        "NUL and bare LF over BDAT are refused; BINARYMIME is not offered",
+        &[
+            In(b"HELO c\r\nMAIL FROM:<> BODY=BINARYMIME\r\nRCPT TO:<b@example.org>\r\nBDAT 4 LAST\r\n\0\n\r\0"),
+            In(b"MAIL FROM:<>\r\nRCPT TO:<b@example.org>\r\nBDAT 4 LAST\r\n\0\n\r\0"),
+        ],
+        &format!(
+            "{HELO}555 5.5.4 BODY=BINARYMIME is not supported\n503 5.5.1 Need MAIL before RCPT\n\
+             503 5.5.1 Need MAIL before BDAT\n250 2.1.0 Ok\n250 2.1.5 Ok\n\
+             550 5.6.0 Message contains NUL characters\n"
+        ),
     );
 }
 
@@ -1042,8 +1077,8 @@ fn auth() {
         |p, _| p.auth_available = false,
         &[In(b"STARTTLS\r\n"), Tls, In(b"EHLO c\r\nAUTH LOGIN\r\n")],
         "220 2.0.0 Ready to start TLS\n[STARTTLS]\n250-mx.example.org\n250-PIPELINING\n\
-         250-SIZE 200\n250-8BITMIME\n250-SMTPUTF8\n250-ENHANCEDSTATUSCODES\n250-CHUNKING\n\
-         250 DSN\n503 5.5.1 Authentication not available\n",
+         250-SIZE 200\n250-8BITMIME\n250-SMTPUTF8\n250-ENHANCEDSTATUSCODES\n250-REQUIRETLS\n\
+         250-CHUNKING\n250 DSN\n503 5.5.1 Authentication not available\n",
     );
 }
 
@@ -1099,13 +1134,18 @@ fn shutdown() {
 
 #[test]
 fn envelope_fields() {
-    let mut session = Session::new(policy(), limits(), CLIENT, 100);
-    session.handle_input(b"EHLO client.test\r\nSTARTTLS\r\n");
-    session.handle_tls_established("TLSv1.2 ECDHE-RSA-AES256-GCM-SHA384".to_owned());
-    session.handle_input(b"EHLO client.test\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
-    session.handle_auth_result(Some("alice".to_owned()));
+    let now = Instant::now();
+    let mut session = Session::new(policy(), limits(), CLIENT, now, 100);
+    session.handle_input(now, b"EHLO client.test\r\nSTARTTLS\r\n");
+    session.handle_tls_established(now, "TLSv1.2 ECDHE-RSA-AES256-GCM-SHA384".to_owned());
+    session.handle_input(
+        now,
+        b"EHLO client.test\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n",
+    );
+    session.handle_auth_result(now, AuthResult::Authenticated("alice".to_owned()));
     session.set_now_unix(1234);
     session.handle_input(
+        now,
         b"MAIL FROM:<alice@example.org> RET=HDRS ENVID=q+2B1 BODY=8BITMIME SMTPUTF8 SIZE=10\r\n\
           RCPT TO:<b@remote.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+40remote+2Etest\r\n\
           RCPT TO:<c@example.org> NOTIFY=NEVER\r\nRCPT TO:<d@example.org>\r\nDATA\r\nx\r\n.\r\n",
@@ -1155,20 +1195,24 @@ fn envelope_fields() {
             tls: Some("TLSv1.2 ECDHE-RSA-AES256-GCM-SHA384".to_owned()),
             auth_user: Some("alice".to_owned()),
             arrival_unix: 1234,
+            require_tls: false,
         }
     );
 }
 
 #[test]
 fn held_input_is_bounded() {
-    let mut session = Session::new(policy(), limits(), CLIENT, 0);
-    session
-        .handle_input(b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nx\r\n.\r\n");
+    let now = Instant::now();
+    let mut session = Session::new(policy(), limits(), CLIENT, now, 0);
+    session.handle_input(
+        now,
+        b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nx\r\n.\r\n",
+    );
     let flood = vec![b'N'; HELD_INPUT_MAX + 1];
-    session.handle_input(&flood);
+    session.handle_input(now, &flood);
     assert!(session.buffered_len() <= HELD_INPUT_MAX);
     while session.poll_output().is_some() {}
-    session.handle_stored(Ok(QueueId(1)));
+    session.handle_stored(now, Ok(QueueId(1)));
     let mut transcript = Vec::new();
     while let Some(output) = session.poll_output() {
         transcript.push(output);
@@ -1180,7 +1224,7 @@ fn held_input_is_bounded() {
                 b"250 2.0.0 Ok: queued as 0000000000000001\r\n421 4.7.0 Too much pipelined input\r\n"
                     .to_vec()
             ),
-            Output::Close
+            Output::Close(CloseReason::TooMuchPipelinedInput)
         ]
     );
     assert!(session.is_closed());
@@ -1188,33 +1232,411 @@ fn held_input_is_bounded() {
 
 #[test]
 fn implicit_tls_before_any_input() {
-    let mut session = Session::new(policy(), limits(), CLIENT, 0);
-    session.handle_tls_established("TLSv1.3".to_owned());
-    session.handle_input(b"EHLO c\r\n");
-    let mut replay = Replay {
-        transcript: String::new(),
-        messages: Vec::new(),
-        sends: Vec::new(),
-    };
+    let now = Instant::now();
+    let mut session = Session::new(policy(), limits(), CLIENT, now, 0);
+    session.handle_tls_established(now, "TLSv1.3".to_owned());
+    session.handle_input(now, b"EHLO c\r\n");
+    let mut replay = Replay::default();
     drain(&mut session, &mut replay);
     assert_eq!(replay.transcript, format!("{GREETING}{EHLO_TLS}"));
 }
 
 #[test]
 fn answers_nobody_asked_for_are_ignored() {
-    let mut session = Session::new(policy(), limits(), CLIENT, 0);
+    let now = Instant::now();
+    let mut session = Session::new(policy(), limits(), CLIENT, now, 0);
     while session.poll_output().is_some() {}
-    session.handle_input(b"NOOP\r\n");
+    session.handle_input(now, b"NOOP\r\n");
     while session.poll_output().is_some() {}
-    session.handle_stored(Ok(QueueId(1)));
-    session.handle_auth_result(Some("mallory".to_owned()));
+    session.handle_stored(now, Ok(QueueId(1)));
+    session.handle_auth_result(now, AuthResult::Authenticated("mallory".to_owned()));
     // After plaintext input, a late "TLS established" must not mark the session encrypted.
-    session.handle_tls_established("fake".to_owned());
+    session.handle_tls_established(now, "fake".to_owned());
     assert_eq!(session.poll_output(), None);
-    session.handle_input(b"EHLO c\r\n");
+    session.handle_input(now, b"EHLO c\r\n");
     // Still not authenticated and not in TLS: STARTTLS offered, AUTH not.
     assert_eq!(
         session.poll_output(),
         Some(Output::Send(EHLO_PLAIN.replace('\n', "\r\n").into_bytes()))
+    );
+}
+
+// ---- issue 7 item 5 and issue 11: timers, typed close reasons, back-pressure, edge cases ----
+
+const HEAD_DATA: &[u8] = b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n";
+const INTRO_DATA: &str = "250 mx.example.org\n250 2.1.0 Ok\n250 2.1.5 Ok\n\
+                          354 End data with <CR><LF>.<CR><LF>\n";
+const SHUTTING_DOWN: &str = "421 4.3.0 mx.example.org Server shutting down\n[CLOSE]\n";
+const IDLE_421: &str = "421 4.4.2 mx.example.org Timeout, closing connection\n[CLOSE]\n";
+
+#[test]
+fn shutdown_deadline_is_fixed_and_not_moved_by_dribbled_bytes() {
+    let replay = check(
+        "a client dribbling bytes inside DATA gets 421 at the grace deadline",
+        &[
+            In(HEAD_DATA),
+            In(b"part"),
+            Shutdown,
+            Wait(3),
+            In(b"x"),
+            Wait(3),
+            In(b"y"),
+            Wait(3),
+            In(b"z"),
+            // 9 s into a 10 s grace: nothing yet, whatever arrived.
+            Wait(1),
+            In(b"more"),
+        ],
+        &format!("{INTRO_DATA}{SHUTTING_DOWN}"),
+    );
+    assert_eq!(replay.closes, [CloseReason::Shutdown]);
+    assert!(replay.messages.is_empty(), "no message, no 250");
+    check(
+        "a second shutdown signal does not extend the grace",
+        &[
+            In(HEAD_DATA),
+            Shutdown,
+            Wait(6),
+            Shutdown,
+            In(b"x"),
+            Wait(4),
+        ],
+        &format!("{INTRO_DATA}{SHUTTING_DOWN}"),
+    );
+    check(
+        "before the deadline nothing is sent",
+        &[In(HEAD_DATA), Shutdown, Wait(9), In(b"x")],
+        INTRO_DATA,
+    );
+    check_with(
+        "a zero grace closes at once inside DATA",
+        |_, l| l.shutdown_grace = Duration::ZERO,
+        &[In(HEAD_DATA), Shutdown, Wait(0)],
+        &format!("{INTRO_DATA}{SHUTTING_DOWN}"),
+    );
+}
+
+#[test]
+fn idle_and_session_timeouts_are_the_sessions() {
+    let replay = check(
+        "idle between commands",
+        &[In(b"HELO c\r\n"), Wait(299), Wait(1), In(b"NOOP\r\n")],
+        &format!("{HELO}{IDLE_421}"),
+    );
+    assert_eq!(replay.closes, [CloseReason::IdleTimeout]);
+    check(
+        "input restarts the idle timer",
+        &[
+            In(b"HELO c\r\n"),
+            Wait(200),
+            In(b"NOOP\r\n"),
+            Wait(200),
+            In(b"NO"),
+            Wait(299),
+            Wait(1),
+        ],
+        &format!("{HELO}250 2.0.0 Ok\n{IDLE_421}"),
+    );
+    check(
+        "idle inside DATA",
+        &[In(HEAD_DATA), In(b"half a line"), Wait(300)],
+        &format!("{INTRO_DATA}{IDLE_421}"),
+    );
+    let replay = check(
+        "the idle timer waits while the glue stores, and restarts at its answer",
+        &[
+            In(HEAD_DATA),
+            In(b"x\r\n.\r\n"),
+            Wait(400),
+            Stored(1),
+            Wait(299),
+            In(b"NOOP\r\n"),
+            Wait(300),
+        ],
+        &format!("{INTRO_DATA}[ENQUEUE <> b@example.org 3]\n{QUEUED_1}250 2.0.0 Ok\n{IDLE_421}"),
+    );
+    assert_eq!(replay.closes, [CloseReason::IdleTimeout]);
+    let mut acts = vec![In(b"HELO c\r\n")];
+    for _ in 0..8 {
+        acts.extend([Wait(200), In(b"NOOP\r\n")]);
+    }
+    acts.push(Wait(200));
+    let mut expected = HELO.to_owned();
+    expected.push_str(&"250 2.0.0 Ok\n".repeat(8));
+    expected.push_str(
+        "421 4.4.2 mx.example.org Session time limit exceeded, closing connection\n[CLOSE]\n",
+    );
+    let replay = check(
+        "a busy session still ends at session_timeout",
+        &acts,
+        &expected,
+    );
+    assert_eq!(replay.closes, [CloseReason::SessionTimeout]);
+}
+
+#[test]
+fn poll_timeout_is_the_earliest_deadline() {
+    let t0 = Instant::now();
+    let s = |n| t0 + Duration::from_secs(n);
+    let mut session = Session::new(policy(), limits(), CLIENT, t0, 0);
+    assert_eq!(session.poll_timeout(), Some(s(300)));
+    session.handle_input(s(1700), b"HELO c\r\n");
+    assert_eq!(
+        session.poll_timeout(),
+        Some(s(1800)),
+        "the session limit comes first"
+    );
+    session.handle_input(s(10), b"NOOP\r\n");
+    assert_eq!(
+        session.poll_timeout(),
+        Some(s(1800)),
+        "a clock that goes back does not move a deadline"
+    );
+    session.handle_shutdown(s(1701));
+    assert_eq!(session.poll_timeout(), None, "closed between commands");
+    let mut session = Session::new(policy(), limits(), CLIENT, t0, 0);
+    session.handle_input(t0, HEAD_DATA);
+    session.handle_shutdown(s(5));
+    assert_eq!(session.poll_timeout(), Some(s(15)));
+    session.handle_input(s(6), b"x\r\n.\r\n");
+    assert_eq!(session.poll_timeout(), Some(s(15)), "waiting for the store");
+    session.handle_timeout(s(20));
+    assert!(!session.is_closed(), "the clock does not cut a store short");
+    session.handle_stored(s(21), Ok(QueueId(1)));
+    assert!(
+        session.is_closed(),
+        "closed at the command boundary after the 250"
+    );
+    // Durations that would overflow an Instant mean "never", not a panic.
+    let mut forever = Session::new(
+        policy(),
+        Limits {
+            idle_timeout: Duration::MAX,
+            session_timeout: Duration::MAX,
+            shutdown_grace: Duration::MAX,
+            ..limits()
+        },
+        CLIENT,
+        t0,
+        0,
+    );
+    assert_eq!(forever.poll_timeout(), None);
+    forever.handle_input(t0, HEAD_DATA);
+    forever.handle_shutdown(t0);
+    forever.handle_timeout(s(1_000_000));
+    assert!(!forever.is_closed());
+}
+
+#[test]
+fn close_reasons_are_typed() {
+    let (p, mut l) = (policy(), limits());
+    l.max_errors = 2;
+    let replay = replay_with(p, l, &[In(b"FOO\r\nBAR\r\n")], usize::MAX);
+    assert_eq!(replay.closes, [CloseReason::TooManyErrors]);
+    let replay = check("quit", &[In(b"QUIT\r\n")], "221 2.0.0 Bye\n[CLOSE]\n");
+    assert_eq!(replay.closes, [CloseReason::Quit]);
+    let replay = check("shutdown", &[Shutdown], SHUTTING_DOWN);
+    assert_eq!(replay.closes, [CloseReason::Shutdown]);
+    assert_eq!(CloseReason::TooManyErrors.label(), "too_many_errors");
+    assert_eq!(CloseReason::IdleTimeout.label(), "timeout");
+}
+
+#[test]
+fn notify_never_only_alone() {
+    let rows: &[(&str, &[u8], &str)] = &[
+        (
+            "NEVER alone",
+            b"RCPT TO:<b@example.org> NOTIFY=NEVER\r\n",
+            "250 2.1.5 Ok\n",
+        ),
+        (
+            "NEVER first, then SUCCESS",
+            b"RCPT TO:<b@example.org> NOTIFY=NEVER,SUCCESS\r\n",
+            "501 5.5.4 Invalid NOTIFY parameter\n",
+        ),
+        (
+            "DELAY, then NEVER",
+            b"RCPT TO:<b@example.org> NOTIFY=DELAY,NEVER\r\n",
+            "501 5.5.4 Invalid NOTIFY parameter\n",
+        ),
+        (
+            "NEVER among three",
+            b"RCPT TO:<b@example.org> NOTIFY=FAILURE,NEVER,DELAY\r\n",
+            "501 5.5.4 Invalid NOTIFY parameter\n",
+        ),
+        (
+            "the others together are fine",
+            b"RCPT TO:<b@example.org> NOTIFY=SUCCESS,FAILURE,DELAY\r\n",
+            "250 2.1.5 Ok\n",
+        ),
+    ];
+    for (name, rcpt, expected) in rows {
+        check(
+            name,
+            &[In(b"HELO c\r\nMAIL FROM:<a@remote.test>\r\n"), In(rcpt)],
+            &format!("{HELO}250 2.1.0 Ok\n{expected}"),
+        );
+    }
+}
+
+#[test]
+fn excess_recipients_get_452_and_the_session_goes_on() {
+    // 150 against 100, scaled: 15 recipients against max_recipients = 3, with max_errors = 3.
+    let mut input = b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\n".to_vec();
+    for i in 0..15 {
+        input.extend_from_slice(format!("RCPT TO:<u{i}@example.org>\r\n").as_bytes());
+    }
+    input.extend_from_slice(b"DATA\r\nhi\r\n.\r\n");
+    let mut expected = format!("{EHLO_PLAIN}250 2.1.0 Ok\n");
+    expected.push_str(&"250 2.1.5 Ok\n".repeat(3));
+    expected.push_str(&"452 4.5.3 Too many recipients\n".repeat(12));
+    expected.push_str(
+        "354 End data with <CR><LF>.<CR><LF>\n\
+         [ENQUEUE <a@remote.test> u0@example.org,u1@example.org,u2@example.org 4]\n",
+    );
+    expected.push_str(QUEUED_1);
+    // The client sends the rest in the next transaction (RFC 5321 §4.5.3.1.10).
+    expected.push_str("250 2.1.0 Ok\n250 2.1.5 Ok\n");
+    let replay = check_with(
+        "pipelined excess",
+        |_, l| l.max_errors = 3,
+        &[
+            In(input.leak()),
+            Stored(1),
+            In(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<u3@example.org>\r\n"),
+        ],
+        &expected,
+    );
+    assert!(replay.closes.is_empty());
+    assert_eq!(replay.messages[0].0.recipients.len(), 3);
+    // Past the tolerated overshoot each excess recipient counts as an error again.
+    check_with(
+        "overshoot beyond the tolerance",
+        |_, l| {
+            l.max_errors = 2;
+            l.max_recipients = 1;
+            l.recipient_overshoot = 2;
+        },
+        &[In(
+            b"HELO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@example.org>\r\nRCPT TO:<b@example.org>\r\n\
+              RCPT TO:<c@example.org>\r\nRCPT TO:<d@example.org>\r\nRCPT TO:<e@example.org>\r\n",
+        )],
+        &format!(
+            "{HELO}250 2.1.0 Ok\n250 2.1.5 Ok\n{}421 4.7.0 Too many errors\n[CLOSE]\n",
+            "452 4.5.3 Too many recipients\n".repeat(4)
+        ),
+    );
+}
+
+const QUEUE_FULL: Pressure = Pressure::QueueFull {
+    messages: 10,
+    max: 10,
+};
+
+#[test]
+fn back_pressure_is_answered_at_mail_from() {
+    let disk_low = Pressure::DiskLow {
+        free_bytes: 1,
+        min_bytes: 2,
+    };
+    check_with(
+        "452 4.3.1 at MAIL FROM, not counted as an error, gone when the gauge clears",
+        |_, l| l.max_errors = 2,
+        &[
+            In(b"HELO c\r\n"),
+            Pressed(Some(QUEUE_FULL)),
+            In(b"MAIL FROM:<a@remote.test>\r\nMAIL FROM:<a@remote.test>\r\n"),
+            Pressed(Some(disk_low)),
+            In(b"MAIL FROM:<a@remote.test>\r\n"),
+            Pressed(None),
+            In(b"MAIL FROM:<a@remote.test>\r\nRCPT TO:<b@example.org>\r\n"),
+        ],
+        &format!(
+            "{HELO}{0}{0}452 4.3.1 Insufficient system storage, try again later\n\
+             250 2.1.0 Ok\n250 2.1.5 Ok\n",
+            "452 4.3.1 Queue full, try again later\n"
+        ),
+    );
+    check(
+        "a malformed MAIL still gets its own answer under pressure",
+        &[
+            In(b"HELO c\r\n"),
+            Pressed(Some(QUEUE_FULL)),
+            In(b"MAIL FROM:<a@remote.test> BODY=9BIT\r\n"),
+        ],
+        &format!("{HELO}501 5.5.4 Invalid BODY parameter\n"),
+    );
+    check(
+        "a transaction already under way is not cut short",
+        &[
+            In(b"HELO c\r\nMAIL FROM:<>\r\n"),
+            Pressed(Some(QUEUE_FULL)),
+            In(b"RCPT TO:<b@example.org>\r\nDATA\r\nx\r\n.\r\n"),
+            Stored(1),
+        ],
+        &format!(
+            "{HELO}250 2.1.0 Ok\n250 2.1.5 Ok\n354 End data with <CR><LF>.<CR><LF>\n\
+             [ENQUEUE <> b@example.org 3]\n{QUEUED_1}"
+        ),
+    );
+}
+
+#[test]
+fn requiretls_only_inside_tls_and_recorded() {
+    let replay = check(
+        "REQUIRETLS under TLS is accepted and lands in the envelope",
+        &[
+            In(b"EHLO c\r\nSTARTTLS\r\n"),
+            Tls,
+            In(
+                b"EHLO c\r\nMAIL FROM:<a@remote.test> REQUIRETLS\r\nRCPT TO:<b@example.org>\r\n\
+                 DATA\r\nx\r\n.\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<b@example.org>\r\n\
+                 DATA\r\ny\r\n.\r\n",
+            ),
+            Stored(1),
+            Stored(2),
+        ],
+        &format!(
+            "{EHLO_PLAIN}{TLS_READY}{EHLO_TLS}250 2.1.0 Ok\n250 2.1.5 Ok\n\
+             354 End data with <CR><LF>.<CR><LF>\n[ENQUEUE <a@remote.test> b@example.org 3]\n\
+             {QUEUED_1}250 2.1.0 Ok\n250 2.1.5 Ok\n354 End data with <CR><LF>.<CR><LF>\n\
+             [ENQUEUE <a@remote.test> b@example.org 3]\n250 2.0.0 Ok: queued as 0000000000000002\n"
+        ),
+    );
+    assert!(replay.messages[0].0.require_tls);
+    assert!(!replay.messages[1].0.require_tls, "per transaction");
+    assert!(EHLO_TLS.contains("REQUIRETLS") && !EHLO_PLAIN.contains("REQUIRETLS"));
+    check(
+        "without TLS it is not offered and refused like any unadvertised parameter",
+        &[In(b"EHLO c\r\nMAIL FROM:<a@remote.test> REQUIRETLS\r\n")],
+        &format!("{EHLO_PLAIN}555 5.5.4 Unsupported MAIL parameter\n"),
+    );
+    check_with(
+        "implicit TLS offers it too",
+        |_, _| {},
+        &[Tls, In(b"EHLO c\r\nMAIL FROM:<> REQUIRETLS\r\n")],
+        &format!("{EHLO_TLS}250 2.1.0 Ok\n"),
+    );
+}
+
+#[test]
+fn auth_back_off_answers_454_and_counts_as_an_error() {
+    check_with(
+        "throttled AUTH",
+        |_, l| l.max_errors = 2,
+        &[
+            In(b"STARTTLS\r\n"),
+            Tls,
+            In(b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n"),
+            AuthThrottled,
+            In(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n"),
+            AuthThrottled,
+        ],
+        &format!(
+            "{TLS_READY}{EHLO_TLS}[AUTH alice secret]\n\
+             454 4.7.0 Too many authentication failures, try again later\n[AUTH alice secret]\n\
+             454 4.7.0 Too many authentication failures, try again later\n\
+             421 4.7.0 Too many errors\n[CLOSE]\n"
+        ),
     );
 }
