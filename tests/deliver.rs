@@ -1246,3 +1246,104 @@ fn the_module_docs_toml_is_a_valid_configuration() {
     assert_eq!(config.delivery.destinations.len(), 1);
     assert!(config.delivery.destinations[0].require_tls);
 }
+
+/// The client's writes as the recorder saw them, and the one that carried MAIL FROM.
+fn mail_chunk(recorder: &common::Recorder) -> (Vec<String>, String) {
+    let chunks = recorder.chunks();
+    let mail = chunks
+        .iter()
+        .find(|c| c.contains("MAIL FROM:"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no MAIL FROM in {chunks:#?}"));
+    (chunks, mail)
+}
+
+#[tokio::test]
+async fn pipelining_groups_mail_and_every_rcpt_in_one_write_to_postfix() {
+    let postfix = common::Postfix::start(|_| vec!["smtpd_tls_security_level=none".into()]);
+    let recorder = common::Recorder::start(postfix.addr);
+    let deliverer = Deliverer::new(settings(), no_dns()).unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    deliverer.register_metrics(&mut registry);
+    let rcpts = ["bob@example.net", "carol@example.net", "dave@example.net"];
+    let hop = NextHop::Backend {
+        addr: recorder.addr,
+        lmtp: false,
+        tls: TlsPolicy::Disabled,
+    };
+    let outcomes = deliverer
+        .deliver(&hop, &envelope(&rcpts), QUEUE_ID, BODY, &indices(&rcpts))
+        .await;
+    for (address, outcome) in &outcomes {
+        assert!(outcome.is_delivered(), "{address}: {outcome}");
+        assert!(remote(outcome).text.contains("queued as"), "{outcome}");
+    }
+    assert!(
+        postfix
+            .wait_for_message_containing(
+                "by gw.example.net (dimegate) with ESMTPS id 0000123456789ABC"
+            )
+            .is_some(),
+        "delivered into Postfix's Maildir; {}",
+        postfix.maillog()
+    );
+    // Postfix's smtpd offers PIPELINING: MAIL FROM and all RCPT TOs went in one write, without
+    // waiting for a reply in between; DATA followed on its own, after their replies.
+    let (chunks, mail) = mail_chunk(&recorder);
+    for rcpt in rcpts {
+        assert!(mail.contains(&format!("RCPT TO:<{rcpt}>")), "{chunks:#?}");
+    }
+    assert!(!mail.contains("DATA"), "{chunks:#?}");
+    assert!(chunks.iter().any(|c| c == "DATA\r\n"), "{chunks:#?}");
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == "dimegate_delivery_transactions_pipelined_total 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn without_pipelining_offered_commands_go_one_at_a_time_and_mail_is_delivered() {
+    // Postfix told not to announce PIPELINING, and smtp-sink with -p (no PIPELINING).
+    let postfix = common::Postfix::start(|_| vec!["smtpd_discard_ehlo_keywords=pipelining".into()]);
+    let sink = Sink::start(&["-p"]);
+    let rcpts = ["bob@example.net", "carol@example.net"];
+    for upstream in [postfix.addr, sink.addr] {
+        let recorder = common::Recorder::start(upstream);
+        let deliverer = Deliverer::new(settings(), no_dns()).unwrap();
+        let hop = NextHop::Backend {
+            addr: recorder.addr,
+            lmtp: false,
+            tls: TlsPolicy::Disabled,
+        };
+        let outcomes = deliverer
+            .deliver(&hop, &envelope(&rcpts), QUEUE_ID, BODY, &indices(&rcpts))
+            .await;
+        for (address, outcome) in &outcomes {
+            assert!(outcome.is_delivered(), "{upstream} {address}: {outcome}");
+        }
+        let (chunks, mail) = mail_chunk(&recorder);
+        assert!(!mail.contains("RCPT TO"), "{upstream}: {chunks:#?}");
+        for rcpt in rcpts {
+            assert!(
+                chunks.iter().any(|c| *c == format!("RCPT TO:<{rcpt}>\r\n")),
+                "{upstream}: {chunks:#?}"
+            );
+        }
+    }
+    assert!(
+        postfix
+            .wait_for_message_containing("(dimegate) with ESMTPS id 0000123456789ABC")
+            .is_some(),
+        "{}",
+        postfix.maillog()
+    );
+    assert!(
+        postfix
+            .maillog()
+            .contains("discarding EHLO keywords: PIPELINING")
+    );
+    assert_eq!(sink.messages().len(), 1);
+}

@@ -11,6 +11,7 @@ use prometheus_client::registry::Registry;
 pub(crate) struct DeliveryMetrics {
     pub(crate) connections_opened: Counter,
     pub(crate) connections_reused: Counter,
+    pub(crate) transactions_pipelined: Counter,
     pub(crate) connections_idle: Gauge,
     pub(crate) deliveries_active: Gauge,
 }
@@ -27,6 +28,11 @@ impl DeliveryMetrics {
             "delivery_connections_reused",
             "Transactions sent on a pooled connection",
             self.connections_reused.clone(),
+        );
+        r.register(
+            "delivery_transactions_pipelined",
+            "Transactions sent with MAIL FROM and RCPT TO grouped (RFC 2920 PIPELINING)",
+            self.transactions_pipelined.clone(),
         );
         r.register(
             "delivery_connections_idle",

@@ -15,8 +15,14 @@
 //! a missing extension, a lost session before any recipient was refused) makes the next MX
 //! address be tried (RFC 5321 §5.1); when none takes it, any temporary trouble defers everyone,
 //! and only unanimous permanent refusals (a 5xx to MAIL FROM or later; a 5xx greeting or EHLO
-//! counts as temporary, as with Postfix's `smtp_skip_5xx_greeting`) fail them. Once the message's bytes are on the wire, a
-//! lost session defers: a duplicate is possible, a loss is not.
+//! counts as temporary, as with Postfix's `smtp_skip_5xx_greeting`) fail them. Once the
+//! message's bytes are on the wire, a lost session defers: a duplicate is possible, a loss is not.
+//!
+//! Where each part lives: the protocol of one connection is the sans-I/O [`client::ClientSession`]
+//! (`client.rs`, replies parsed by `reply.rs`, command lines and dot-stuffing in `wire.rs`); the
+//! order of attempts and the verdict when none succeeds is the pure `plan.rs`; `session.rs` is
+//! the tokio glue that only moves bytes, runs TLS and sleeps; this file holds the pool, the caps
+//! and the loop that follows the plan.
 //!
 //! The TOML that `config` maps onto [`DeliverySettings`] and [`NextHop`] (tests/deliver.rs parses
 //! this block with the real loader):
@@ -40,8 +46,11 @@
 //! require_tls = true
 //! ```
 
+pub mod client;
 mod metrics;
+mod plan;
 mod received;
+mod reply;
 mod session;
 mod wire;
 
@@ -51,7 +60,9 @@ use crate::domain::Domain;
 use crate::envelope::{Envelope, QueueId, Recipient};
 use crate::resolve::{MxAnswer, ResolveError, Resolver};
 use crate::status::{DeliveryOutcome, Diagnosis, DiagnosticCode, DiagnosticType, EnhancedStatus};
-use session::{Connection, HopFailure, Target, Timeouts, TlsConnectors, Transaction};
+use client::{HopFailure, TransactionResult};
+use plan::{DnsFailure, Plan, Step, Target};
+use session::{Connection, Timeouts, TlsConnectors};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -127,21 +138,14 @@ pub struct RemoteReply {
 }
 
 impl RemoteReply {
-    fn from_response(
-        target: &Target,
-        stage: Stage,
-        response: smtp_proto::Response<String>,
-    ) -> Self {
-        let [class, subject, detail] = response.esc;
-        let status =
-            (class != 0).then(|| EnhancedStatus::new(class, u16::from(subject), u16::from(detail)));
+    fn from_reply(peer: &client::Peer, stage: Stage, reply: &reply::Reply) -> Self {
         RemoteReply {
-            host: target.name.clone(),
-            mta: target.label(),
+            host: peer.host.clone(),
+            mta: peer.mta.clone(),
             stage,
-            code: response.code,
-            status,
-            text: response.message,
+            code: reply.code,
+            status: reply.status,
+            text: reply.text(),
         }
     }
 
@@ -622,12 +626,6 @@ impl std::fmt::Debug for Deliverer {
     }
 }
 
-/// Where the targets of one delivery come from.
-enum Candidates {
-    Fixed(Vec<Target>),
-    Mx { answer: MxAnswer, tls: TlsPolicy },
-}
-
 impl Deliverer {
     /// Builds a deliverer; fails only if the TLS configuration cannot be built.
     pub fn new(settings: DeliverySettings, resolver: Resolver) -> Result<Deliverer, DeliverError> {
@@ -744,132 +742,77 @@ impl Deliverer {
         message_len: usize,
     ) -> Vec<Outcome> {
         let all = |outcome: Outcome| -> Vec<Outcome> { vec![outcome; recipients.len()] };
-        let candidates = match self.candidates(hop).await {
-            Ok(candidates) => candidates,
+        let mut plan = match self.plan(hop).await {
+            Ok(plan) => plan,
             Err(outcome) => return all(outcome),
         };
-
-        let mut attempts = 0usize;
-        let mut last_temporary: Option<HopFailure> = None;
-        let mut last_permanent: Option<HopFailure> = None;
-        let mut dns_temporary: Option<ResolveError> = None;
-        // The failure that got furthest into a session explains best why the hop failed (a
-        // "TLS required but not offered" beats a later "connection refused" on a second
-        // address); among equals, the latest.
-        let remember = |failure: HopFailure, slot: &mut Option<HopFailure>| {
-            tracing::info!(%queue_id, reason = %failure.reason, "next hop failed, trying the next one if any");
-            if slot.as_ref().is_none_or(|kept| failure.stage >= kept.stage) {
-                *slot = Some(failure);
-            }
-        };
-
-        // Lazily expanded: an MX host's addresses are looked up only when its turn comes.
-        let hosts: Vec<(String, TlsPolicy, Option<Vec<Target>>)> = match candidates {
-            Candidates::Fixed(targets) => vec![(String::new(), TlsPolicy::Disabled, Some(targets))],
-            Candidates::Mx { answer, tls } => answer
-                .hosts()
-                .iter()
-                .map(|h| (h.host.clone(), tls, None))
-                .collect(),
-        };
-        'hosts: for (host, tls, fixed) in hosts {
-            let targets = match fixed {
-                Some(targets) => targets,
-                None => match self.resolver.addresses(&host).await {
-                    Ok(addresses) => addresses
-                        .into_iter()
-                        .map(|ip| Target {
-                            name: host.clone(),
-                            addr: SocketAddr::new(ip, self.settings.mx_port),
-                            lmtp: false,
-                            tls,
-                        })
-                        .collect(),
-                    Err(error) => {
+        loop {
+            match plan.next() {
+                Step::Lookup(host) => {
+                    let result = self.resolver.addresses(&host).await.map_err(|error| {
                         tracing::info!(%queue_id, %host, %error, "MX host address lookup failed");
-                        if !error.is_permanent() {
-                            dns_temporary = Some(error);
+                        DnsFailure {
+                            permanent: error.is_permanent(),
+                            text: error.to_string(),
                         }
-                        continue;
+                    });
+                    plan.handle_addresses(&host, result);
+                }
+                Step::Attempt(target) => {
+                    match self
+                        .attempt(&target, envelope, recipients, payload, message_len)
+                        .await
+                    {
+                        Ok(outcomes) => return outcomes,
+                        Err(failure) => {
+                            tracing::info!(%queue_id, reason = %failure.reason, "next hop failed, trying the next one if any");
+                            plan.handle_failure(failure);
+                        }
                     }
-                },
-            };
-            for target in targets {
-                if attempts >= self.settings.max_addresses_per_delivery.max(1) {
-                    break 'hosts;
                 }
-                attempts += 1;
-                match self
-                    .attempt(&target, envelope, recipients, payload, message_len)
-                    .await
-                {
-                    Ok(outcomes) => return outcomes,
-                    Err(failure) if failure.permanent => remember(failure, &mut last_permanent),
-                    Err(failure) => remember(failure, &mut last_temporary),
-                }
+                Step::Finish(outcome) => return all(outcome),
             }
         }
+    }
 
-        // No next hop took the transaction. Any temporary trouble means "try later"; only when
-        // every hop refused permanently does the message fail.
-        if let Some(failure) = last_temporary {
-            return all(Outcome::Deferred {
-                reason: failure.reason,
-                status: Some(EnhancedStatus {
-                    class: 4,
-                    ..failure.status
-                }),
-            });
-        }
-        if let Some(error) = dns_temporary {
-            return all(Outcome::local(
-                false,
-                None,
-                EnhancedStatus::new(4, 4, 3),
-                error.to_string(),
-            ));
-        }
-        if let Some(failure) = last_permanent {
-            return all(Outcome::Failed {
-                reason: failure.reason,
-                status: Some(failure.status),
-            });
-        }
-        // Nothing was tried at all. For MX routing that is the recipient domain's fault (5.4.4);
-        // a relay or backend that cannot be found is our own configuration, which must not bounce
+    /// The failover plan of the hop (its targets, or MX hosts to expand), or a final outcome for
+    /// every recipient. Cancel-safe: DNS lookups only.
+    async fn plan(&self, hop: &NextHop) -> Result<Plan, Outcome> {
+        let cap = self.settings.max_addresses_per_delivery;
+        // Nothing tried at all. For MX routing that is the recipient domain's fault (5.4.4); a
+        // relay or backend that cannot be found is our own configuration, which must not bounce
         // everybody's mail: defer (4.3.5, "system incorrectly configured").
-        match hop {
-            NextHop::Mx { domain } => all(Outcome::local(
+        let if_nothing_tried = match hop {
+            NextHop::Mx { domain } => Outcome::local(
                 true,
                 None,
                 EnhancedStatus::new(5, 4, 4),
                 format!("no address found for any mail exchanger of {domain}"),
-            )),
-            NextHop::Smarthost { host, .. } => all(Outcome::local(
+            ),
+            NextHop::Smarthost { host, .. } => Outcome::local(
                 false,
                 None,
                 EnhancedStatus::new(4, 3, 5),
                 format!("no address found for relay host {host}"),
-            )),
-            NextHop::Backend { addr, .. } => all(Outcome::local(
+            ),
+            NextHop::Backend { addr, .. } => Outcome::local(
                 false,
                 None,
                 EnhancedStatus::new(4, 3, 5),
                 format!("backend {addr} could not be tried"),
-            )),
-        }
-    }
-
-    /// Turns the hop into targets (or MX hosts to expand), or a final outcome for every recipient.
-    /// Cancel-safe: DNS lookups only.
-    async fn candidates(&self, hop: &NextHop) -> Result<Candidates, Outcome> {
+            ),
+        };
         match hop {
-            NextHop::Backend { addr, lmtp, tls } => Ok(Candidates::Fixed(vec![Target {
-                name: addr.ip().to_string(),
-                addr: *addr,
-                lmtp: *lmtp,
-                tls: *tls,
-            }])),
+            NextHop::Backend { addr, lmtp, tls } => Ok(Plan::fixed(
+                vec![Target {
+                    name: addr.ip().to_string(),
+                    addr: *addr,
+                    lmtp: *lmtp,
+                    tls: *tls,
+                }],
+                cap,
+                if_nothing_tried,
+            )),
             NextHop::Smarthost { host, port, tls } => {
                 let addresses = self
                     .resolver
@@ -880,7 +823,7 @@ impl Deliverer {
                     .trim_start_matches('[')
                     .trim_end_matches(']')
                     .to_owned();
-                Ok(Candidates::Fixed(
+                Ok(Plan::fixed(
                     addresses
                         .into_iter()
                         .map(|ip| Target {
@@ -890,6 +833,8 @@ impl Deliverer {
                             tls: *tls,
                         })
                         .collect(),
+                    cap,
+                    if_nothing_tried,
                 ))
             }
             NextHop::Mx { domain } if domain.is_address_literal() => {
@@ -910,15 +855,19 @@ impl Deliverer {
                         format!("{domain} is not a valid address literal"),
                     )
                 })?;
-                Ok(Candidates::Fixed(vec![Target {
-                    name: ip.to_string(),
-                    addr: SocketAddr::new(ip, self.settings.mx_port),
-                    lmtp: false,
-                    tls: self.settings.mx_tls,
-                }]))
+                Ok(Plan::fixed(
+                    vec![Target {
+                        name: ip.to_string(),
+                        addr: SocketAddr::new(ip, self.settings.mx_port),
+                        lmtp: false,
+                        tls: self.settings.mx_tls,
+                    }],
+                    cap,
+                    if_nothing_tried,
+                ))
             }
             NextHop::Mx { domain } => {
-                let mut answer = self
+                let answer = self
                     .resolver
                     .mx_hosts(domain.as_str())
                     .await
@@ -931,9 +880,6 @@ impl Deliverer {
                         format!("{domain} publishes a null MX (RFC 7505): it accepts no mail"),
                     ));
                 }
-                if self.settings.shuffle_equal_mx {
-                    answer.shuffle_equal_preferences(&mut rand::thread_rng());
-                }
                 let require = self
                     .settings
                     .destinations
@@ -944,7 +890,16 @@ impl Deliverer {
                 } else {
                     self.settings.mx_tls
                 };
-                Ok(Candidates::Mx { answer, tls })
+                let mut rng = rand::thread_rng();
+                Ok(Plan::mx(
+                    &answer,
+                    self.settings.shuffle_equal_mx.then_some(&mut rng),
+                    self.settings.mx_port,
+                    tls,
+                    self.resolver.families(),
+                    cap,
+                    if_nothing_tried,
+                ))
             }
         }
     }
@@ -977,24 +932,21 @@ impl Deliverer {
                 connection
             }
         };
+        if connection.capabilities().pipelining {
+            self.metrics.transactions_pipelined.inc();
+        }
         let result = connection
-            .transaction(
-                envelope,
-                recipients,
-                payload,
-                message_len,
-                self.settings.data_timeout,
-            )
+            .transaction(envelope, recipients, payload, message_len, &self.connectors)
             .await;
         let (result, reusable) = match result {
-            Transaction::HopFailed { failure, reusable } => (Err(failure), reusable),
-            Transaction::Done { outcomes, reusable } => (Ok(outcomes), reusable),
+            TransactionResult::HopFailed { failure, reusable } => (Err(failure), reusable),
+            TransactionResult::Done { outcomes, reusable } => (Ok(outcomes), reusable),
         };
         let limit = self.settings.max_messages_per_connection;
         if reusable && (limit == 0 || connection.transactions < limit) {
             self.put_idle(connection);
         } else if reusable {
-            connection.quit().await;
+            connection.quit(&self.connectors).await;
         }
         result
     }
@@ -1002,8 +954,11 @@ impl Deliverer {
     fn timeouts(&self) -> Timeouts {
         Timeouts {
             connect: self.settings.connect_timeout,
-            greeting: self.settings.greeting_timeout,
-            command: self.settings.command_timeout,
+            replies: client::Timeouts {
+                greeting: self.settings.greeting_timeout,
+                command: self.settings.command_timeout,
+                data: self.settings.data_timeout,
+            },
         }
     }
 
@@ -1041,7 +996,7 @@ impl Deliverer {
                 popped
             };
             let mut connection = candidate?.connection;
-            if connection.reset().await {
+            if connection.reset(&self.connectors).await {
                 return Some(connection);
             }
             // Dead or confused: drop it and look at the next one.
@@ -1093,7 +1048,7 @@ impl Deliverer {
             all
         };
         for connection in all {
-            connection.quit().await;
+            connection.quit(&self.connectors).await;
         }
     }
 
@@ -1141,18 +1096,18 @@ mod tests {
     use super::*;
 
     fn reply(code: u16, esc: [u8; 3]) -> RemoteReply {
-        RemoteReply::from_response(
-            &Target {
-                name: "mx".into(),
-                addr: "192.0.2.1:25".parse().unwrap(),
-                lmtp: false,
-                tls: TlsPolicy::Opportunistic,
+        let [class, subject, detail] = esc;
+        RemoteReply::from_reply(
+            &client::Peer {
+                host: "mx".into(),
+                mta: "mx[192.0.2.1]:25".into(),
             },
             Stage::RcptTo,
-            smtp_proto::Response {
+            &reply::Reply {
                 code,
-                esc,
-                message: "text".into(),
+                status: (class != 0)
+                    .then(|| EnhancedStatus::new(class, u16::from(subject), u16::from(detail))),
+                lines: vec!["text".into()],
             },
         )
     }

@@ -2,6 +2,7 @@
 //! lines with their ESMTP parameters, and the DATA payload with dot-stuffing.
 
 use super::EnhancedStatus;
+use super::reply::Reply;
 use crate::envelope::{DsnReturn, Envelope, Notify, Recipient};
 
 /// What the next hop announced in its EHLO/LHLO reply (an empty set after HELO).
@@ -11,21 +12,42 @@ pub(crate) struct Capabilities {
     pub(crate) smtputf8: bool,
     pub(crate) eight_bit_mime: bool,
     pub(crate) starttls: bool,
+    /// RFC 2920: MAIL FROM and the RCPT TOs may go in one write.
+    pub(crate) pipelining: bool,
     /// The SIZE limit, 0 when none was announced.
     pub(crate) size: usize,
     pub(crate) size_announced: bool,
 }
 
 impl Capabilities {
-    pub(crate) fn from_ehlo(ehlo: &smtp_proto::EhloResponse<String>) -> Capabilities {
-        Capabilities {
-            dsn: ehlo.has_capability(smtp_proto::EXT_DSN),
-            smtputf8: ehlo.has_capability(smtp_proto::EXT_SMTP_UTF8),
-            eight_bit_mime: ehlo.has_capability(smtp_proto::EXT_8BIT_MIME),
-            starttls: ehlo.has_capability(smtp_proto::EXT_START_TLS),
-            size: ehlo.size,
-            size_announced: ehlo.has_capability(smtp_proto::EXT_SIZE),
+    /// From the lines of a 250 reply to EHLO or LHLO: the first names the host, each further one
+    /// starts with an extension keyword (RFC 5321 §4.1.1.1), compared without regard to case.
+    pub(crate) fn from_ehlo(reply: &Reply) -> Capabilities {
+        let mut caps = Capabilities::default();
+        for line in reply.lines.iter().skip(1) {
+            let mut words = line.split_ascii_whitespace();
+            let Some(keyword) = words.next() else {
+                continue;
+            };
+            match keyword.to_ascii_uppercase().as_str() {
+                "DSN" => caps.dsn = true,
+                "SMTPUTF8" => caps.smtputf8 = true,
+                "8BITMIME" => caps.eight_bit_mime = true,
+                "STARTTLS" => caps.starttls = true,
+                "PIPELINING" => caps.pipelining = true,
+                "SIZE" => {
+                    caps.size_announced = true;
+                    // RFC 1870 §4: no number or 0 means no fixed limit; a number too big for
+                    // us is no limit we could exceed.
+                    caps.size = words
+                        .next()
+                        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                        .map_or(0, |n| n.parse::<usize>().unwrap_or(0));
+                }
+                _ => {}
+            }
         }
+        caps
     }
 }
 
@@ -236,6 +258,7 @@ mod tests {
         smtputf8: true,
         eight_bit_mime: true,
         starttls: false,
+        pipelining: true,
         size: 1000,
         size_announced: true,
     };
@@ -244,6 +267,7 @@ mod tests {
         smtputf8: false,
         eight_bit_mime: false,
         starttls: false,
+        pipelining: false,
         size: 0,
         size_announced: false,
     };
@@ -482,6 +506,49 @@ mod tests {
                 status.map(|(a, b, c)| EnhancedStatus::new(a, b, c)),
                 "{case}"
             );
+        }
+    }
+
+    #[test]
+    fn ehlo_keywords_table() {
+        let reply = |lines: &[&str]| Reply {
+            code: 250,
+            status: None,
+            lines: lines.iter().map(|l| (*l).to_owned()).collect(),
+        };
+        let caps = Capabilities::from_ehlo(&reply(&[
+            "mx.example ESMTP",
+            "pipelining",
+            "SIZE 10240000",
+            "8BITMIME",
+            "DSN",
+            "SMTPUTF8",
+            "STARTTLS",
+            "ENHANCEDSTATUSCODES",
+        ]));
+        assert_eq!(
+            caps,
+            Capabilities {
+                dsn: true,
+                smtputf8: true,
+                eight_bit_mime: true,
+                starttls: true,
+                pipelining: true,
+                size: 10_240_000,
+                size_announced: true,
+            }
+        );
+        // The host name line is not a keyword; SIZE without a usable number is no limit.
+        for (lines, size) in [
+            (&["STARTTLS", "SIZE"][..], 0),
+            (&["x", "SIZE 0"][..], 0),
+            (&["x", "SIZE 99999999999999999999999"][..], 0),
+            (&["x", "SIZE -1"][..], 0),
+        ] {
+            let caps = Capabilities::from_ehlo(&reply(lines));
+            assert!(!caps.starttls, "{lines:?}");
+            assert!(caps.size_announced, "{lines:?}");
+            assert_eq!(caps.size, size, "{lines:?}");
         }
     }
 }

@@ -297,6 +297,11 @@ impl Resolver {
         })
     }
 
+    /// The address families [`Resolver::addresses`] asks for, in order.
+    pub fn families(&self) -> AddressFamilies {
+        self.families
+    }
+
     /// Whether answers are DNSSEC-validated (a trust anchor is configured). When not, every
     /// verdict is [`Verdict::Insecure`].
     pub fn is_validating(&self) -> bool {

@@ -528,3 +528,70 @@ pub fn dumped_message(dump: &str) -> &str {
     }
     &after[offset..]
 }
+
+/// A TCP relay on loopback between a client under test and a real server, recording every chunk
+/// the client wrote as the relay read it (a transcript that shows which commands went in one
+/// write). Threads end when their connections close.
+pub struct Recorder {
+    pub addr: SocketAddr,
+    chunks: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Recorder {
+    pub fn start(upstream: SocketAddr) -> Recorder {
+        use std::io::{Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind recorder");
+        let addr = listener.local_addr().expect("recorder address");
+        let chunks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = chunks.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let Ok(mut server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let (Ok(mut client_w), Ok(mut server_r)) = (client.try_clone(), server.try_clone())
+                else {
+                    continue;
+                };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n) = server_r.read(&mut buf) {
+                        if n == 0 || client_w.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client_w.shutdown(std::net::Shutdown::Both);
+                });
+                let record = record.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n) = client.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        record
+                            .lock()
+                            .expect("recorder lock")
+                            .push(buf[..n].to_vec());
+                        if server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = server.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Recorder { addr, chunks }
+    }
+
+    /// What the client wrote, one entry per read, as text.
+    pub fn chunks(&self) -> Vec<String> {
+        self.chunks
+            .lock()
+            .expect("recorder lock")
+            .iter()
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect()
+    }
+}
