@@ -136,6 +136,8 @@ fuzz_target!(|data: &[u8]| {
                     tls: None,
                     auth_user: None,
                     arrival_unix: 0,
+                    require_tls: false,
+                    dime: None,
                 };
                 let refs: Vec<&Recipient> = recipients.iter().collect();
                 let len = usize::from(pick % 8) * 30;
