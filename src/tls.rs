@@ -249,6 +249,49 @@ pub fn certificate_expiry(cert_path: &Path) -> Option<i64> {
     Some(cert.validity().not_after.timestamp())
 }
 
+/// The handshake-signature half of a rustls `ServerCertVerifier`, for verifiers that decide only
+/// whether to trust a certificate: signatures are checked by the ring provider in `self.provider`
+/// (an `Arc<CryptoProvider>` field), as rustls' own verifiers do. One copy for every verifier
+/// (opportunistic SMTP, DANE, DMTP), so none of them can get this part wrong on its own.
+macro_rules! handshake_signatures_by_provider {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &rustls::pki_types::CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                message,
+                cert,
+                dss,
+                &self.provider.signature_verification_algorithms,
+            )
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    };
+}
+pub(crate) use handshake_signatures_by_provider;
+
 #[cfg(test)]
 mod tests {
     use super::*;
