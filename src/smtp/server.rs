@@ -213,33 +213,17 @@ pub async fn run_listener(
         };
         ingress.metrics.smtp_connections.inc();
         if ingress.draining.load(std::sync::atomic::Ordering::Relaxed) {
-            ingress
-                .metrics
-                .smtp_sessions
-                .get_or_create(&OutcomeLabel {
-                    outcome: "refused_draining",
-                })
-                .inc();
-            ingress.metrics.count_rejections(b"421 ");
-            let reply = format!(
-                "421 4.3.2 {} Service not available, draining; try another MX\r\n",
-                ingress.hostname
-            );
-            tracker.spawn(refuse(
+            refuse_connection(
+                &ingress,
+                &tracker,
                 stream,
-                reply,
-                implicit_tls.then(|| ingress.tls.clone()).flatten(),
-            ));
+                implicit_tls,
+                "refused_draining",
+                "421 4.3.2 {} Service not available, draining; try another MX\r\n",
+            );
             continue;
         }
         if !ingress.connection_allowed(peer.ip()) {
-            ingress
-                .metrics
-                .smtp_sessions
-                .get_or_create(&OutcomeLabel {
-                    outcome: "refused_rate",
-                })
-                .inc();
             ingress
                 .metrics
                 .smtp_rate_limited
@@ -247,38 +231,27 @@ pub async fn run_listener(
                     limit: "connection",
                 })
                 .inc();
-            ingress.metrics.count_rejections(b"421 ");
             // RFC 5321 §3.1: a server may refuse a connection with 421; 4.7.0 is a policy
             // reason (RFC 3463 §3.8). The client retries later.
-            let reply = format!(
-                "421 4.7.0 {} Too many connections from your address, try again later\r\n",
-                ingress.hostname
-            );
-            tracker.spawn(refuse(
+            refuse_connection(
+                &ingress,
+                &tracker,
                 stream,
-                reply,
-                implicit_tls.then(|| ingress.tls.clone()).flatten(),
-            ));
+                implicit_tls,
+                "refused_rate",
+                "421 4.7.0 {} Too many connections from your address, try again later\r\n",
+            );
             continue;
         }
         let Some(slot) = ingress.admit(peer.ip()) else {
-            ingress
-                .metrics
-                .smtp_sessions
-                .get_or_create(&OutcomeLabel {
-                    outcome: "refused_limit",
-                })
-                .inc();
-            ingress.metrics.count_rejections(b"421 ");
-            let reply = format!(
-                "421 4.7.0 {} Too many connections, try again later\r\n",
-                ingress.hostname
-            );
-            tracker.spawn(refuse(
+            refuse_connection(
+                &ingress,
+                &tracker,
                 stream,
-                reply,
-                implicit_tls.then(|| ingress.tls.clone()).flatten(),
-            ));
+                implicit_tls,
+                "refused_limit",
+                "421 4.7.0 {} Too many connections, try again later\r\n",
+            );
             continue;
         };
         let ingress = Arc::clone(&ingress);
@@ -301,6 +274,30 @@ pub async fn run_listener(
             .instrument(span),
         );
     }
+}
+
+/// Refuses a connection before any session starts: counts the outcome and the 421, and sends
+/// `reply` (`{}` is our host name) from a task of its own, through TLS on an implicit-TLS port.
+fn refuse_connection(
+    ingress: &Ingress,
+    tracker: &TaskTracker,
+    stream: TcpStream,
+    implicit_tls: bool,
+    outcome: &'static str,
+    reply: &str,
+) {
+    ingress
+        .metrics
+        .smtp_sessions
+        .get_or_create(&OutcomeLabel { outcome })
+        .inc();
+    ingress.metrics.count_rejections(b"421 ");
+    let reply = reply.replace("{}", &ingress.hostname);
+    tracker.spawn(refuse(
+        stream,
+        reply,
+        implicit_tls.then(|| ingress.tls.clone()).flatten(),
+    ));
 }
 
 async fn refuse(stream: TcpStream, reply: String, tls: Option<TlsAcceptor>) {
