@@ -258,7 +258,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         store.clone(),
         crate::runner::Transports {
             smtp: Box::new(deliverer),
-            dmtp: None,
+            dime: None,
         },
         crate::queue::Scheduler::new(config.queue.clone()),
         crate::runner::RouteConfig {
@@ -271,6 +271,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             ),
             backend: config.backend.as_ref().map(|b| b.hop.clone()),
             smarthost: config.smarthost.clone(),
+            dime: config.dime_policies.clone(),
         },
         config.smtp.hostname.clone(),
         metrics.clone(),
