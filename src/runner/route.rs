@@ -447,7 +447,7 @@ pub fn route(
                 format!("{domain}'s DIME server has no signet for {recipient}: {reason}")
             }
             (SignetLookup::NotAsked, _) | (SignetLookup::Found, None) => {
-                format!("no served domain can be the origin of mail from this sender")
+                "no served domain can be the origin of mail from this sender".to_owned()
             }
         },
         DxLookup::Temporary { reason } => {
