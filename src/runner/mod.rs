@@ -18,6 +18,9 @@
 //! 4. state changes and removal in one `settle` transaction (fsync), batched across messages
 //!    like the ingress group commit.
 
+mod bridged;
+mod directory;
+mod dmtp;
 mod route;
 #[cfg(test)]
 mod tests;
@@ -28,6 +31,9 @@ pub use route::{
     Fallback, Hold, Hosted, Lookups, NextHop, RouteConfig, RouteError, ServedDomains, SignetLookup,
     author_of, recipient_domain, route, wants_dx,
 };
+pub use bridged::BridgeTransport;
+pub use directory::DimeDirectory;
+pub use dmtp::DmtpTransport;
 pub use transport::{Delivery, Directory, Lookup, Message, Transport};
 
 use crate::deliver::NextHop as SmtpHop;
@@ -53,7 +59,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 /// directory its lookup phase asks.
 pub struct Transports {
     /// SMTP and LMTP: backend, smarthost, MX.
-    pub smtp: Box<dyn Transport<SmtpHop>>,
+    pub smtp: Arc<dyn Transport<SmtpHop>>,
     /// DIME: wrap and DMTP, the conversions before the backend, and the lookups they need.
     /// While `None`, `_dx` is not looked up, so [`route`] never picks DMTP, and D/MIME that
     /// arrived over DMTP is held.

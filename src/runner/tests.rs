@@ -74,7 +74,7 @@ fn harness(
     let runner = QueueRunner::new(
         store.clone(),
         Transports {
-            smtp: Box::new(FakeSmtp {
+            smtp: Arc::new(FakeSmtp {
                 calls: Arc::clone(&calls),
                 answer,
             }),
