@@ -148,7 +148,7 @@ pub trait SizePolicy: std::fmt::Debug {
 /// tracing block of 5 to 20 bytes).
 pub fn padding_reaches(minimum: usize, target: usize) -> bool {
     target >= minimum
-        && ((target - minimum).is_multiple_of(16) || target - minimum >= TRACING_HEADER + 1)
+        && ((target - minimum).is_multiple_of(16) || target - minimum > TRACING_HEADER)
 }
 
 /// How the bytes between the least and the target length are spent.
