@@ -94,7 +94,11 @@ impl BridgeTransport {
         }
     }
 
-    async fn unwrap(&self, message: Message<'_>, address: &str) -> Result<Converted, DeliveryOutcome> {
+    async fn unwrap(
+        &self,
+        message: Message<'_>,
+        address: &str,
+    ) -> Result<Converted, DeliveryOutcome> {
         let Some(arrival) = message.envelope.dime.as_deref() else {
             return Err(failed(
                 EnhancedStatus::new(5, 6, 0),
@@ -108,9 +112,10 @@ impl BridgeTransport {
             .await
             .map_err(|e| discovery_outcome(&e, "origin org signet"))?
             .signet;
-        let user = self.keystore.user(address).map_err(|e| {
-            failed(EnhancedStatus::new(5, 1, 1), format!("hosted user: {e}"))
-        })?;
+        let user = self
+            .keystore
+            .user(address)
+            .map_err(|e| failed(EnhancedStatus::new(5, 1, 1), format!("hosted user: {e}")))?;
         // The generation the message was sealed to: after a rotation, mail sealed to the
         // previous key still opens.
         let generation = user
@@ -151,7 +156,8 @@ impl BridgeTransport {
             }
             Err(_) => None,
         };
-        let opened = bridge::unwrap_finish(&input, author.as_ref()).map_err(|e| bridge_outcome(&e))?;
+        let opened =
+            bridge::unwrap_finish(&input, author.as_ref()).map_err(|e| bridge_outcome(&e))?;
         info!(rcpt = %address, author = %opened.author, origin = %opened.origin, dime = ?opened.dime, "unwrapped");
         let mut envelope = message.envelope.clone();
         if let Some(from) = opened.envelope_from {
@@ -165,9 +171,10 @@ impl BridgeTransport {
 
     fn protect(&self, message: Message<'_>, address: &str) -> Result<Converted, DeliveryOutcome> {
         let org = self.org(address)?;
-        let user = self.keystore.user(address).map_err(|e| {
-            deferred(EnhancedStatus::new(4, 3, 0), format!("hosted user: {e}"))
-        })?;
+        let user = self
+            .keystore
+            .user(address)
+            .map_err(|e| deferred(EnhancedStatus::new(4, 3, 0), format!("hosted user: {e}")))?;
         let Some(current) = user.current() else {
             return Err(deferred(
                 EnhancedStatus::new(4, 7, 0),
@@ -175,10 +182,15 @@ impl BridgeTransport {
             ));
         };
         let bridge_address = bridge_address(&org.domain);
-        let (bridge_signet, bridge_key) = self
-            .keystore
-            .signing_identity(&bridge_address)
-            .map_err(|e| deferred(EnhancedStatus::new(4, 3, 0), format!("bridge identity: {e}")))?;
+        let (bridge_signet, bridge_key) =
+            self.keystore
+                .signing_identity(&bridge_address)
+                .map_err(|e| {
+                    deferred(
+                        EnhancedStatus::new(4, 3, 0),
+                        format!("bridge identity: {e}"),
+                    )
+                })?;
         let input = ProtectInput {
             message: message.body,
             mail_from: &message.envelope.sender,
@@ -197,14 +209,19 @@ impl BridgeTransport {
             authentication_results: None,
             padding: self.padding,
         };
-        let body = bridge::protect(&input, &mut rand::rngs::OsRng).map_err(|e| bridge_outcome(&e))?;
+        let body =
+            bridge::protect(&input, &mut rand::rngs::OsRng).map_err(|e| bridge_outcome(&e))?;
         info!(rcpt = %address, size = body.len(), "protected at rest");
         let mut envelope = message.envelope.clone();
         envelope.body_8bit = false;
         Ok(Converted { envelope, body })
     }
 
-    fn pass_sealed(&self, message: Message<'_>, address: &str) -> Result<Converted, DeliveryOutcome> {
+    fn pass_sealed(
+        &self,
+        message: Message<'_>,
+        address: &str,
+    ) -> Result<Converted, DeliveryOutcome> {
         let origin = message
             .envelope
             .dime
@@ -235,7 +252,10 @@ impl BridgeTransport {
             let Some(recipient) = message.envelope.recipients.get(index) else {
                 continue;
             };
-            let converted = match self.convert(hop.conversion, message, &recipient.address).await {
+            let converted = match self
+                .convert(hop.conversion, message, &recipient.address)
+                .await
+            {
                 Ok(c) => c,
                 Err(outcome) => {
                     outcomes.push((index, outcome));

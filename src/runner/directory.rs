@@ -30,7 +30,7 @@ impl DimeDirectory {
 /// What a failed `_dx` lookup means for the route: no record is "no DIME"; a forged answer is
 /// bogus; anything else (SERVFAIL, timeout, a record that does not parse) may be mended by the
 /// domain's operator, so the mail waits rather than leaving in clear text.
-pub fn dx_answer(result: Result<(), &DiscoveryError>) -> DxLookup {
+pub(super) fn dx_answer(result: Result<(), &DiscoveryError>) -> DxLookup {
     match result {
         Ok(()) => DxLookup::Found,
         Err(DiscoveryError::NoRecord { .. }) => DxLookup::Absent,
@@ -48,7 +48,7 @@ pub fn dx_answer(result: Result<(), &DiscoveryError>) -> DxLookup {
 /// DIME address. A signet that does not validate, an org signet that cannot be had, an
 /// unreachable DX: the recipient waits, because sending in clear what the domain asked to get
 /// sealed cannot be taken back.
-pub fn signet_answer(result: Result<(), &DiscoveryError>) -> SignetLookup {
+pub(super) fn signet_answer(result: Result<(), &DiscoveryError>) -> SignetLookup {
     match result {
         Ok(()) => SignetLookup::Found,
         Err(

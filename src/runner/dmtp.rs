@@ -16,7 +16,7 @@ use crate::discovery::{Discovery, DiscoveryError};
 use crate::dmtp::client::{ClientError, ClientEvent, Delivery as Transfer, Job};
 use crate::dmtp::codec::Domain as DmtpDomain;
 use crate::identity::{Keystore, OrgIdentity, bridge_address};
-use crate::status::{DeliveryOutcome, DiagnosticCode, DiagnosticType, Diagnosis, EnhancedStatus};
+use crate::status::{DeliveryOutcome, Diagnosis, DiagnosticCode, DiagnosticType, EnhancedStatus};
 use std::sync::Arc;
 use tracing::{info, warn};
 
@@ -65,12 +65,13 @@ impl DmtpTransport {
         };
         let (origin, author_address, author_signet, author_key) = match self.author(&hop.author) {
             Ok(a) => a,
-            Err(reason) => return every(local_failure(false, EnhancedStatus::new(4, 3, 0), reason)),
+            Err(reason) => {
+                return every(local_failure(false, EnhancedStatus::new(4, 3, 0), reason));
+            }
         };
-        let (Ok(origin_name), Ok(destination_name)) = (
-            DmtpDomain::parse(&origin.domain),
-            DmtpDomain::parse(domain),
-        ) else {
+        let (Ok(origin_name), Ok(destination_name)) =
+            (DmtpDomain::parse(&origin.domain), DmtpDomain::parse(domain))
+        else {
             return every(local_failure(
                 true,
                 EnhancedStatus::new(5, 1, 2),
@@ -241,7 +242,9 @@ pub(super) fn discovery_outcome(e: &DiscoveryError, step: &str) -> DeliveryOutco
     let permanent = e.is_permanent() && !e.is_bogus();
     let status = match e {
         DiscoveryError::Dns(_) if e.is_bogus() => EnhancedStatus::new(4, 7, 5),
-        DiscoveryError::InvalidSignet { .. } => EnhancedStatus::new(if permanent { 5 } else { 4 }, 7, 5),
+        DiscoveryError::InvalidSignet { .. } => {
+            EnhancedStatus::new(if permanent { 5 } else { 4 }, 7, 5)
+        }
         DiscoveryError::Refused { .. } if permanent => EnhancedStatus::new(5, 1, 1),
         _ if permanent => EnhancedStatus::new(5, 4, 4),
         _ => EnhancedStatus::new(4, 4, 1),
@@ -257,7 +260,11 @@ fn client_outcome(host: &str, error: &ClientError) -> DeliveryOutcome {
             .code()
             .map(|_| DiagnosticCode::new(DiagnosticType::Dmtp, error.to_string())),
         local_reason: error.code().is_none().then(|| error.to_string()),
-        status: Some(EnhancedStatus::new(if error.is_permanent() { 5 } else { 4 }, 0, 0)),
+        status: Some(EnhancedStatus::new(
+            if error.is_permanent() { 5 } else { 4 },
+            0,
+            0,
+        )),
     };
     if error.is_permanent() {
         DeliveryOutcome::Failed(diagnosis)

@@ -26,14 +26,14 @@ mod route;
 mod tests;
 mod transport;
 
+pub use bridged::BridgeTransport;
+pub use directory::DimeDirectory;
+pub use dmtp::DmtpTransport;
 pub use route::{
     Arrival, Author, BridgeHop, Conversion, DimeMode, DimePolicies, DimePolicy, DmtpHop, DxLookup,
     Fallback, Hold, Hosted, Lookups, NextHop, RouteConfig, RouteError, ServedDomains, SignetLookup,
     author_of, recipient_domain, route, wants_dx,
 };
-pub use bridged::BridgeTransport;
-pub use directory::DimeDirectory;
-pub use dmtp::DmtpTransport;
 pub use transport::{Delivery, Directory, Lookup, Message, Transport};
 
 use crate::deliver::NextHop as SmtpHop;
