@@ -246,6 +246,7 @@ impl Pair {
 fn legacy_mail_crosses_two_gateways_sealed_and_arrives_as_sent() {
     let relay_sink = Sink::start(&[]);
     let backend = Sink::start(&[]);
+    let a_mailbox = Sink::start(&[]);
     let Pair {
         a,
         b,
@@ -272,8 +273,9 @@ fn legacy_mail_crosses_two_gateways_sealed_and_arrives_as_sent() {
         },
         &format!(
             "[relay]\nnetworks = [\"127.0.0.0/8\"]\nsmarthost = \"{}\"\nsmarthost_tls = \"off\"\n\
-             [[destination]]\ndomain = \"strict.other.test\"\ndime = \"require\"\n",
-            relay_sink.addr
+             [[destination]]\ndomain = \"strict.other.test\"\ndime = \"require\"\n\
+             [backend]\naddress = \"{}\"\nstarttls = \"off\"\n",
+            relay_sink.addr, a_mailbox.addr
         ),
         &format!(
             "[backend]\naddress = \"{}\"\nstarttls = \"off\"\n",
@@ -453,6 +455,24 @@ fn legacy_mail_crosses_two_gateways_sealed_and_arrives_as_sent() {
         log.contains("strict.other.test's policy requires DIME"),
         "{log}"
     );
+    // Alice hears why, with the DIME reason and 5.7.1.
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            a_mailbox
+                .messages()
+                .iter()
+                .any(|m| m.contains("gina@strict.other.test"))
+        },
+        || gw_a.log_text(),
+    );
+    let dsn = a_mailbox
+        .messages()
+        .into_iter()
+        .find(|m| m.contains("gina@strict.other.test"))
+        .unwrap();
+    assert!(dsn.contains("Status: 5.7.1"), "{dsn}");
+    assert!(dsn.contains("policy requires DIME"), "{dsn}");
 
     // 4. B down: A keeps the wrapped mail queued and delivers when B is back.
     let mut gw_b = gw_b;
