@@ -119,6 +119,7 @@ fn dime_transports(
     config: &Config,
     dmtp: &crate::dmtp::listener::DmtpContext,
     smtp: Arc<dyn crate::runner::Transport<crate::deliver::NextHop>>,
+    resolver: &crate::resolve::Resolver,
 ) -> crate::runner::DimeTransports {
     let orgs = Arc::new(dmtp.orgs.clone());
     let padding = crate::bridge::Buckets::default();
@@ -128,6 +129,7 @@ fn dime_transports(
             dmtp.keystore.clone(),
             Arc::clone(&orgs),
             padding,
+            crate::runner::SenderChecks::new(resolver, config.smtp.hostname.clone()),
         )),
         bridge: Box::new(crate::runner::BridgeTransport::new(
             smtp,
@@ -289,14 +291,14 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         store.clone(),
         &mut registry,
     )?);
-    let deliverer = crate::deliver::Deliverer::new(config.delivery.clone(), resolver)?;
+    let deliverer = crate::deliver::Deliverer::new(config.delivery.clone(), resolver.clone())?;
     deliverer.register_metrics(&mut registry);
     let smtp: Arc<dyn crate::runner::Transport<crate::deliver::NextHop>> = Arc::new(deliverer);
     let runner = Arc::new(crate::runner::QueueRunner::new(
         store.clone(),
         crate::runner::Transports {
             smtp: Arc::clone(&smtp),
-            dime: Some(dime_transports(&config, &dmtp, smtp)),
+            dime: Some(dime_transports(&config, &dmtp, smtp, &resolver)),
         },
         crate::queue::Scheduler::new(config.queue.clone()),
         crate::runner::RouteConfig {

@@ -322,6 +322,12 @@ fn legacy_mail_crosses_two_gateways_sealed_and_arrives_as_sent() {
         "{to_bob}"
     );
     assert!(to_bob.contains("with DMTP"), "{to_bob}");
+    // How Alice's mail authenticated at A (SPF, DKIM, DMARC, sealed in with the message).
+    assert!(
+        to_bob.contains("Authentication-Results: mx.secure.test; spf="),
+        "{to_bob}"
+    );
+    assert!(to_bob.contains("dmarc="), "{to_bob}");
     assert_eq!(flow_count(&gw_a, "wrap"), 2.0);
     assert_eq!(flow_count(&gw_b, "unwrap"), 2.0);
 

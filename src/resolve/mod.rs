@@ -289,6 +289,12 @@ impl Resolver {
         })
     }
 
+    /// The underlying hickory resolver, for libraries that take one (mail-auth's SPF, DKIM and
+    /// DMARC checks) and should ask the same servers with the same validation.
+    pub fn hickory(&self) -> TokioResolver {
+        self.inner.clone()
+    }
+
     /// Resolver that asks only the given servers (tests, `[dns] servers`).
     pub fn with_servers(servers: &[SocketAddr]) -> Result<Resolver, ResolveError> {
         Resolver::new(&ResolverSettings {
