@@ -116,16 +116,54 @@ pub fn protect(
     )?;
 
     let (fields, _) = headers::fields(input.message);
-    let mut out = Vec::with_capacity(sealed.len() * 4 / 3 + 1024);
+    let mut outer = Vec::new();
     for name in OUTER_FIELDS {
         if let Some(f) = fields.iter().find(|f| headers::is(f, name)) {
             for line in f.raw.split_inclusive(|b| *b == b'\n') {
                 let line = line.strip_suffix(b"\n").unwrap_or(line);
-                out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
-                out.extend_from_slice(b"\r\n");
+                outer.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+                outer.extend_from_slice(b"\r\n");
             }
         }
     }
+    Ok(carrying(&outer, &sealed))
+}
+
+/// A D/MIME message that arrived sealed for a cautious user, in the shape of the module
+/// documentation, so the backend stores it as it came. We can read neither its author nor its
+/// headers (only the user can), so the outside names what the destination envelope does: the
+/// origin domain (as its postmaster, the one address every domain has), the recipient and the
+/// time of arrival.
+pub fn carry(
+    sealed: &[u8],
+    origin: &str,
+    recipient: &str,
+    received_at: crate::time::UnixTime,
+) -> Result<Vec<u8>, BridgeError> {
+    for (what, value) in [("origin", origin), ("recipient", recipient)] {
+        if value.is_empty()
+            || value
+                .chars()
+                .any(|c| c.is_control() || matches!(c, '<' | '>' | '"' | ' '))
+        {
+            return Err(BridgeError::BadValue {
+                what,
+                value: value.to_owned(),
+            });
+        }
+    }
+    let outer = format!(
+        "Date: {}\r\nFrom: \"DIME mail via {origin}\" <postmaster@{origin}>\r\nTo: <{recipient}>\r\n",
+        crate::time::rfc5322_date(received_at)
+    );
+    Ok(carrying(outer.as_bytes(), sealed))
+}
+
+/// The MIME message: `outer` fields (CRLF-terminated lines), then the note and `sealed` in
+/// base64.
+fn carrying(outer: &[u8], sealed: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(sealed.len() * 4 / 3 + outer.len() + 1024);
+    out.extend_from_slice(outer);
     out.extend_from_slice(
         format!(
             "Subject: {SUBJECT}\r\n\
@@ -144,13 +182,13 @@ pub fn protect(
         )
         .as_bytes(),
     );
-    let b64 = STANDARD.encode(&sealed);
+    let b64 = STANDARD.encode(sealed);
     for line in b64.as_bytes().chunks(76) {
         out.extend_from_slice(line);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
