@@ -140,6 +140,23 @@ async fn serve_connection(
     drive(&mut stream, &mut session, &ctx, peer, shutdown).await
 }
 
+/// Runs a DMTP session on an SMTP connection that asked for dual mode and has finished its TLS
+/// handshake with the DMTP certificate (DIME.md §10.1): it opens with `250 OK DMTPv1`. Not
+/// cancel-safe (see [`drive`]).
+pub async fn serve_dual_mode<S>(
+    stream: &mut S,
+    ctx: &DmtpContext,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut session =
+        ServerSession::after_dual_mode_upgrade(ctx.policy(), ctx.limits.clone(), Instant::now());
+    drive(stream, &mut session, ctx, peer, shutdown).await
+}
+
 /// Runs `session` on an established TLS stream (port 26, or an SMTP connection after the
 /// dual-mode upgrade). Cancel-safe only at the granularity of the whole session.
 pub async fn drive<S>(
