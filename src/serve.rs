@@ -118,7 +118,8 @@ fn dmtp_context(
     Ok(crate::dmtp::listener::DmtpContext {
         orgs,
         keystore: crate::identity::Keystore::new(&config.data_dir, &config.domains),
-        discovery: Arc::new(discovery),
+        // The store owns the signet cache (DESIGN.md): written through, warmed here.
+        discovery: Arc::new(discovery.with_store(store.clone())),
         store,
         hostname: config.smtp.hostname.clone(),
         limits: crate::dmtp::server::Limits {

@@ -131,6 +131,24 @@ impl Side {
     }
 }
 
+/// `text` without ANSI colour sequences (the gateway's log colours its fields).
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
@@ -231,7 +249,7 @@ fn two_gateways_answer_signet_lookups_and_transfer_over_dmtp() {
         s.write_config(Some(&tree));
     }
     let gw_a = a.start();
-    let gw_b = b.start();
+    let mut gw_b = b.start();
     let _gw_c = c.start();
 
     // TLS 1.2 with the one DMTP suite, and TLS 1.3; the banner announces DMTPv1.
@@ -507,6 +525,34 @@ fn two_gateways_answer_signet_lookups_and_transfer_over_dmtp() {
             .1
             .contains("dimegate_signet_cache_hits_total 2")
     );
+
+    // The store owns the signet cache: after a restart B still knows A's org signet, and a
+    // transfer from A is verified without a DMTP connection to A.
+    let asked_by_b = || {
+        gw_a.log_text()
+            .lines()
+            .filter(|l| l.contains("DMTP connection accepted"))
+            .count()
+    };
+    let asked_before = asked_by_b();
+    // Only B's resolver connects to A's DMTP port in this test.
+    assert!(asked_before >= 1, "B asked A: {}", gw_a.log_text());
+    assert!(gw_b.stop().success());
+    gw_b.spawn();
+    assert!(
+        plain(&gw_b.log_text()).contains("signet cache warmed from the store warmed=1"),
+        "{}",
+        gw_b.log_text()
+    );
+    let (good, text) = send("secure.test", &a_fp, &sealed);
+    assert!(good, "{text}\nB's log:\n{}", gw_b.log_text());
+    let m = gw_b.metrics();
+    assert!(m.contains("dimegate_signet_cache_hits_total 1"), "{m}");
+    assert!(
+        !m.contains("dimegate_signet_lookups_total{kind=\"org\""),
+        "{m}"
+    );
+    assert_eq!(asked_by_b(), asked_before, "no DMTP connection from B to A");
 
     // Refusals, each leaving nothing in the queue.
     let count = queued(&gw_b).len();

@@ -12,7 +12,10 @@
 //! must validate to at least the full level under a POK of the record (§9.5); a user signet with
 //! `SGNT <mailbox>` from the same DX must validate under that org signet. Both are cached
 //! ([`cache`]): fresh entries answer from memory, stale ones are re-checked with `VRFY`, failures
-//! back off exponentially. The cache is in memory: a restart starts it empty.
+//! back off exponentially. Found signets are written through to the store
+//! ([`Discovery::with_store`], [`crate::store::StoredSignet`]) and warmed from it at start, so a
+//! restart asks no DX again for what it knew; backoffs are not persisted (the store module says
+//! why).
 
 pub mod cache;
 pub mod connection;
@@ -259,6 +262,8 @@ pub struct Discovery {
     ehlo: Domain,
     cache: Mutex<SignetCache>,
     metrics: DiscoveryMetrics,
+    /// Where found signets are kept across restarts.
+    store: Option<crate::store::Store>,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -292,6 +297,59 @@ impl Discovery {
             settings,
             ehlo,
             metrics,
+            store: None,
+        }
+    }
+
+    /// Writes found signets through to `store` and warms the cache from what it kept (stale or
+    /// expired ones as [`SignetCache::restore`] says; expired ones are deleted). Blocking: call
+    /// it at start, before the listeners. A store that cannot be read leaves the cache empty.
+    pub fn with_store(mut self, store: crate::store::Store) -> Discovery {
+        let now_unix = crate::time::UnixTime::now().0;
+        let now = Instant::now();
+        let policy = self.settings.cache;
+        match store.signets(policy.max_entries) {
+            Ok(kept) => {
+                let (mut warmed, mut dropped) = (0usize, 0usize);
+                for s in kept {
+                    let age = Duration::from_secs(now_unix.saturating_sub(s.confirmed_unix));
+                    let restored = Signet::parse(&s.signet)
+                        .is_ok_and(|signet| self.cache().restore(&s.name, signet, age, now));
+                    if restored {
+                        warmed += 1;
+                    } else {
+                        dropped += 1;
+                        if let Err(e) = store.remove_signet(&s.name) {
+                            tracing::warn!(name = %s.name, error = %e, "could not drop an expired cached signet");
+                        }
+                    }
+                }
+                tracing::info!(warmed, dropped, "signet cache warmed from the store");
+            }
+            Err(e) => tracing::warn!(error = %e, "signet cache: the store could not be read"),
+        }
+        self.store = Some(store);
+        self
+    }
+
+    /// Keeps the cache's change in the store (off the async threads: a redb commit fsyncs).
+    /// Best effort: a failure costs a network look-up after the next restart, nothing else.
+    async fn persist(&self, name: &str, found: Option<&Signet>) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let name = name.to_owned();
+        let bytes = found.map(|s| s.as_bytes().to_vec());
+        let now_unix = crate::time::UnixTime::now().0;
+        let result = tokio::task::spawn_blocking(move || match bytes {
+            Some(b) => store.put_signet(&name, &b, now_unix),
+            None => store.remove_signet(&name),
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "signet cache: store write failed"),
+            Err(e) => tracing::warn!(error = %e, "signet cache: store write did not run"),
         }
     }
 
@@ -557,6 +615,7 @@ impl Discovery {
             CacheAnswer::Miss => None,
         };
         let started = Instant::now();
+        let had_signet = held.is_some();
         let result = self.network_lookup(&key, held, &check).await;
         let label = ResultLabel {
             kind: kind_label,
@@ -571,12 +630,18 @@ impl Discovery {
             .get_or_create(&label)
             .observe(started.elapsed().as_secs_f64());
         match &result {
-            Ok(found) => self
-                .cache()
-                .found(&key, found.signet.clone(), Instant::now()),
+            Ok(found) => {
+                self.cache()
+                    .found(&key, found.signet.clone(), Instant::now());
+                self.persist(&key, Some(&found.signet)).await;
+            }
             Err(e) => {
                 self.cache()
                     .failed(&key, e.to_string(), e.is_permanent(), Instant::now());
+                // The memory no longer serves it (see SignetCache::failed); nor may a restart.
+                if had_signet {
+                    self.persist(&key, None).await;
+                }
             }
         }
         result

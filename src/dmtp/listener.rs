@@ -115,6 +115,9 @@ pub async fn run_listener(
         let (tls, ctx, shutdown) = (tls.clone(), ctx.clone(), shutdown.clone());
         tracker.spawn(
             async move {
+                // One line per connection: who asked us, for the operator and for peers'
+                // tests that prove a cache hit asked nobody.
+                info!("DMTP connection accepted");
                 if let Err(e) = serve_connection(tcp, tls, ctx, shutdown).await {
                     info!(error = %e, "DMTP session ended");
                 }
