@@ -108,6 +108,7 @@ fn dmtp_context(
     orgs: Vec<crate::identity::OrgIdentity>,
     resolver: &crate::resolve::Resolver,
     store: Store,
+    pressure: Arc<PressureGauge>,
     registry: &mut Registry,
 ) -> Result<crate::dmtp::listener::DmtpContext, ServeError> {
     let discovery = discovery(
@@ -126,6 +127,7 @@ fn dmtp_context(
             max_message_size: config.dmtp.max_message_size,
             ..crate::dmtp::server::Limits::default()
         },
+        pressure,
     })
 }
 
@@ -257,6 +259,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         orgs,
         &resolver,
         store.clone(),
+        Arc::clone(&pressure),
         &mut registry,
     )?);
     let ingress = Arc::new(

@@ -56,6 +56,11 @@ impl Side {
     }
 
     fn write_config(&self, dns: Option<&KnotTree>) {
+        self.write_config_with(dns, "");
+    }
+
+    /// The configuration with `tail` (whole sections) at its end.
+    fn write_config_with(&self, dns: Option<&KnotTree>, tail: &str) {
         let dns = match dns {
             Some(t) => format!(
                 "[dns]\nservers = [\"{}\"]\ntimeout = \"2s\"\ntrust_anchor = {:?}\n",
@@ -79,6 +84,7 @@ impl Side {
             self.smtp.port(),
             d = self.domain,
         );
+        let text = format!("{text}{tail}");
         std::fs::write(&self.config, text).unwrap();
     }
 
@@ -537,6 +543,9 @@ fn two_gateways_answer_signet_lookups_and_transfer_over_dmtp() {
     let asked_before = asked_by_b();
     // Only B's resolver connects to A's DMTP port in this test.
     assert!(asked_before >= 1, "B asked A: {}", gw_a.log_text());
+    // Restarted with room for one more message: [queue] max_messages applies to DMTP too.
+    let room = queued(&gw_b).len() + 1;
+    b.write_config_with(Some(&tree), &format!("[queue]\nmax_messages = {room}\n"));
     assert!(gw_b.stop().success());
     gw_b.spawn();
     assert!(
@@ -553,6 +562,13 @@ fn two_gateways_answer_signet_lookups_and_transfer_over_dmtp() {
         "{m}"
     );
     assert_eq!(asked_by_b(), asked_before, "no DMTP connection from B to A");
+    assert_eq!(queued(&gw_b).len(), room);
+    let (good, text) = send("secure.test", &a_fp, &sealed);
+    assert!(
+        !good && text.contains("431 destination limits exceeded"),
+        "{text}"
+    );
+    assert_eq!(queued(&gw_b).len(), room, "nothing stored over the limit");
 
     // Refusals, each leaving nothing in the queue.
     let count = queued(&gw_b).len();

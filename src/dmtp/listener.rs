@@ -8,7 +8,8 @@
 //! MAIL's (575, or 470/570 when it cannot be had); the message parses and our destination keyslot
 //! opens with the destination org key (451 / 576); the destination chunk names MAIL's origin
 //! and fingerprint and the origin's signatures verify (578); the recipient is hosted here (510);
-//! then the message is appended to the queue with its fsync (452/451 on failure). A refused or
+//! then the message is appended to the queue with its fsync, within `[queue] max_messages`
+//! (431 when the queue is full, 452 when the disk is, 451 on other failures). A refused or
 //! interrupted transfer leaves nothing behind: the store is written only at the end, in one
 //! commit.
 
@@ -47,6 +48,9 @@ pub struct DmtpContext {
     pub hostname: String,
     /// Session limits.
     pub limits: Limits,
+    /// `[queue] max_messages` (enforced in the store's commit) and the queue gauge SMTP
+    /// ingress shares, so both listeners count against one limit.
+    pub pressure: Arc<crate::smtp::pressure::PressureGauge>,
 }
 
 impl DmtpContext {
@@ -322,11 +326,24 @@ pub async fn verify_and_store(
         })),
     };
     // fsync before 2xx: after this the origin may drop its copy.
-    match ctx.store.append(env, t.body).await {
+    let size = t.body.len() as u64;
+    match ctx
+        .store
+        .append_limited(env, t.body, ctx.pressure.max_messages())
+        .await
+    {
         Ok(queue_id) => {
+            ctx.pressure.note_stored(size);
             info!(%queue_id, origin = %origin_name, recipient = %recipient, "DMTP message stored");
             // The queue id is the transaction id the sender logs: one name on both sides.
             TxId::parse(&queue_id.to_string()).map_err(|_| TransferRefusal::StoreFailed)
+        }
+        Err(crate::store::AppendError::TooManyMessages { max }) => {
+            warn!(
+                max,
+                "DMTP transfer refused: the queue holds [queue] max_messages"
+            );
+            Err(TransferRefusal::QueueFull)
         }
         Err(e) if e.is_full() => Err(TransferRefusal::StoreFull),
         Err(e) => {
