@@ -73,6 +73,8 @@ start() {  # start NAME ADMIN_PORT
     until curl -sf "http://127.0.0.1:$2/readyz" >/dev/null 2>&1; do sleep 0.1; done
 }
 start a "$A_ADMIN"; start b "$B_ADMIN"
+B_PID=${PIDS[1]}; HZ=$(getconf CLK_TCK)
+b_cpu() { awk '{print $14+$15}' "/proc/$B_PID/stat"; }
 
 # 10 KiB of text, sealed A -> B.
 {
@@ -109,8 +111,12 @@ median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 PER=$(( (M + SESSIONS - 1) / SESSIONS ))
 dmtp_rates=(); smtp_rates=()
 for r in $(seq "$ROUNDS"); do
-    if [ $((r % 2)) -eq 1 ]; then d=$(load "$PER"); s=$(smtp_run); else s=$(smtp_run); d=$(load "$PER"); fi
-    printf "round %d: dmtp %8.1f msg/s   smtp %8.1f msg/s   load1 %s\n" "$r" "$d" "$s" "$(cut -d' ' -f1 /proc/loadavg)"
+    dmtp_once() { local c0; c0=$(b_cpu); d=$(load "$PER"); dc=$(echo "($(b_cpu)-$c0)/$HZ" | bc -l); }
+    smtp_once() { local c0; c0=$(b_cpu); s=$(smtp_run); sc=$(echo "($(b_cpu)-$c0)/$HZ" | bc -l); }
+    if [ $((r % 2)) -eq 1 ]; then dmtp_once; smtp_once; else smtp_once; dmtp_once; fi
+    # The gateway's CPU per run (user+sys) says whether a gap is work or waiting.
+    printf "round %d: dmtp %8.1f msg/s (gateway cpu %.2fs)   smtp %8.1f msg/s (gateway cpu %.2fs)   load1 %s\n" \
+        "$r" "$d" "$dc" "$s" "$sc" "$(cut -d' ' -f1 /proc/loadavg)"
     dmtp_rates+=("$d"); smtp_rates+=("$s")
 done
 D=$(printf '%s\n' "${dmtp_rates[@]}" | median); S=$(printf '%s\n' "${smtp_rates[@]}" | median)

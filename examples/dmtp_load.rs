@@ -47,7 +47,8 @@ fn run(args: &[String]) -> Result<usize, Box<dyn std::error::Error>> {
     let message = std::fs::read(&args[7])?;
     let sessions: usize = args[8].parse()?;
     let per_session: usize = args[9].parse()?;
-    let roots = Arc::new(rustls::RootCertStore::empty());
+    // The pin decides; the Web roots are only what the verifier is built with.
+    let roots = Arc::new(dimegate::dmtp::trust::root_store(None)?);
     let delivery = Delivery {
         origin: origin.clone(),
         origin_fingerprint: origin_fp,
