@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match run(&args) {
-        Ok(failed) if failed == 0 => ExitCode::SUCCESS,
+        Ok(0) => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(1),
         Err(e) => {
             eprintln!("dmtp_load: {e}");
