@@ -77,14 +77,13 @@ pub fn dmtp_certificate(config: &Config) -> Result<(PathBuf, PathBuf), crate::tl
     }
 }
 
-/// What the DMTP listener needs: identities, the signet resolver, the store, limits.
-fn dmtp_context(
+/// The DX finder and signet resolver as `[dmtp]` and `[dns]` configure it (the server's, and
+/// the `dmtp`/`lookup` commands').
+pub fn discovery(
     config: &Config,
-    orgs: Vec<crate::identity::OrgIdentity>,
     resolver: &crate::resolve::Resolver,
-    store: Store,
-    registry: &mut Registry,
-) -> Result<crate::dmtp::listener::DmtpContext, ServeError> {
+    metrics: crate::discovery::DiscoveryMetrics,
+) -> Result<crate::discovery::Discovery, ServeError> {
     let roots = crate::dmtp::trust::root_store(config.dmtp.ca_file.as_deref())
         .map_err(ServeError::DmtpCa)?;
     let mut settings = crate::discovery::DiscoverySettings::new(Arc::new(roots));
@@ -95,22 +94,40 @@ fn dmtp_context(
         .first()
         .and_then(|d| crate::dmtp::codec::Domain::parse(d).ok())
         .ok_or_else(|| ServeError::DmtpCa("no served domain to name in EHLO".into()))?;
-    let discovery = crate::discovery::Discovery::new(
+    Ok(crate::discovery::Discovery::new(
         resolver.clone(),
         settings,
         ehlo,
+        metrics,
+    ))
+}
+
+/// What the DMTP listener needs: identities, the signet resolver, the store, limits.
+fn dmtp_context(
+    config: &Config,
+    orgs: Vec<crate::identity::OrgIdentity>,
+    resolver: &crate::resolve::Resolver,
+    store: Store,
+    pressure: Arc<PressureGauge>,
+    registry: &mut Registry,
+) -> Result<crate::dmtp::listener::DmtpContext, ServeError> {
+    let discovery = discovery(
+        config,
+        resolver,
         crate::discovery::DiscoveryMetrics::register(registry),
-    );
+    )?;
     Ok(crate::dmtp::listener::DmtpContext {
         orgs,
         keystore: crate::identity::Keystore::new(&config.data_dir, &config.domains),
-        discovery: Arc::new(discovery),
+        // The store owns the signet cache (DESIGN.md): written through, warmed here.
+        discovery: Arc::new(discovery.with_store(store.clone())),
         store,
         hostname: config.smtp.hostname.clone(),
         limits: crate::dmtp::server::Limits {
             max_message_size: config.dmtp.max_message_size,
             ..crate::dmtp::server::Limits::default()
         },
+        pressure,
     })
 }
 
@@ -275,22 +292,29 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         data_dir: data_dir.clone(),
     };
     probe.refresh(&pressure).await;
-    let ingress = Arc::new(Ingress::new(
-        &config,
-        Some(tls),
-        store.clone(),
-        metrics.clone(),
-        Arc::clone(&queued),
-        Arc::clone(&pressure),
-    ));
     let resolver = crate::resolve::Resolver::new(&config.dns)?;
     let dmtp = Arc::new(dmtp_context(
         &config,
         orgs,
         &resolver,
         store.clone(),
+        Arc::clone(&pressure),
         &mut registry,
     )?);
+    let ingress = Arc::new(
+        Ingress::new(
+            &config,
+            Some(tls),
+            store.clone(),
+            metrics.clone(),
+            Arc::clone(&queued),
+            Arc::clone(&pressure),
+        )
+        .with_dual_mode(crate::smtp::server::DualMode {
+            tls: dmtp_tls.clone(),
+            ctx: Arc::clone(&dmtp),
+        }),
+    );
     let deliverer = crate::deliver::Deliverer::new(config.delivery.clone(), resolver.clone())?;
     deliverer.register_metrics(&mut registry);
     let smtp: Arc<dyn crate::runner::Transport<crate::deliver::NextHop>> = Arc::new(deliverer);
