@@ -26,6 +26,7 @@ fn config(lmtp: bool, tls: TlsPolicy) -> SessionConfig {
         lmtp,
         tls,
         try_tls: true,
+        relay: true,
         timeouts: TIMEOUTS,
     }
 }
