@@ -565,12 +565,21 @@ impl Connection {
                     .handle_tls_established(std::time::Instant::now());
             }
             Some(Err(error)) => {
-                let kind = error
+                let rustls_error = error
                     .get_ref()
-                    .and_then(|e| e.downcast_ref::<rustls::Error>())
-                    .map_or("validation-failure", result_type);
-                self.seen = TlsSeen::Failed(kind);
-                self.session.handle_tls_failed(&error.to_string())
+                    .and_then(|e| e.downcast_ref::<rustls::Error>());
+                self.seen = TlsSeen::Failed(rustls_error.map_or("validation-failure", result_type));
+                // rustls shows a verifier's own error with Debug; say why DANE refused in words.
+                let dane = match rustls_error {
+                    Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+                        other,
+                    ))) => other.0.downcast_ref::<crate::dane::DaneMismatch>(),
+                    _ => None,
+                };
+                match dane {
+                    Some(mismatch) => self.session.handle_tls_failed(&mismatch.to_string()),
+                    None => self.session.handle_tls_failed(&error.to_string()),
+                }
             }
             None => {
                 self.seen = TlsSeen::Failed("validation-failure");
