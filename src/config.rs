@@ -1111,6 +1111,8 @@ struct RawUser {
 // mta_sts_https_port = 443       # test setting: the policy URL is fixed at 443 in production
 // mta_sts_timeout = "1m"         # the whole policy fetch
 // ca_file = "/etc/dimegate/private-ca.pem"   # extra roots for WebPKI-verified TLS
+// tlsrpt_contact = "postmaster@gw.example"  # TLS-RPT contact-info and report sender
+//                                           # (default postmaster@<smtp.hostname>)
 //
 // DANE needs no key of its own: it applies when `[dns] trust_anchor` makes the resolver validate.
 
@@ -1121,6 +1123,7 @@ struct RawOutboundTls {
     mta_sts_https_port: u16,
     mta_sts_timeout: Scalar,
     ca_file: Option<PathBuf>,
+    tlsrpt_contact: Option<String>,
 }
 
 impl Default for RawOutboundTls {
@@ -1130,6 +1133,7 @@ impl Default for RawOutboundTls {
             mta_sts_https_port: 443,
             mta_sts_timeout: Scalar::Text("1m".into()),
             ca_file: None,
+            tlsrpt_contact: None,
         }
     }
 }
@@ -1154,6 +1158,21 @@ fn apply_outbound_tls(
     )?;
     // Read when the deliverer is built at start: a bad file fails `serve`.
     delivery.tls_ca_file = raw.ca_file.clone();
+    if let Some(contact) = &raw.tlsrpt_contact {
+        let valid = contact
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+            && contact
+                .bytes()
+                .all(|b| b > b' ' && b != b'<' && b != b'>' && b != 0x7f);
+        if !valid {
+            return Err(ConfigError::new(
+                "outbound_tls.tlsrpt_contact",
+                format!("not a mail address: {contact:?}"),
+            ));
+        }
+    }
+    delivery.tlsrpt_contact = raw.tlsrpt_contact.clone();
     Ok(())
 }
 

@@ -400,29 +400,6 @@ plain.test. _25._tcp.mxopp IN TLSA 3 1 1 {zeros}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mta_sts_and_requiretls_against_real_peers() {
     let pki = Pki::new();
-    let records = format!(
-        "\
-secure.test. rtls IN MX 10 mxrtls
-secure.test. mxrtls IN A 127.0.0.1
-secure.test. _25._tcp.mxrtls IN TLSA 3 1 1 {spki}
-plain.test. opp IN MX 10 mxopp
-plain.test. mxopp IN A 127.0.0.1
-plain.test. mxsts IN A 127.0.0.1
-plain.test. sts IN MX 10 mxsts
-plain.test. _mta-sts.sts IN TXT \"v=STSv1; id=1\"
-plain.test. mta-sts.sts IN A 127.0.0.1
-plain.test. stsbad IN MX 10 mxsts
-plain.test. _mta-sts.stsbad IN TXT \"v=STSv1; id=1\"
-plain.test. mta-sts.stsbad IN A 127.0.0.1
-plain.test. ststest IN MX 10 mxsts
-plain.test. _mta-sts.ststest IN TXT \"v=STSv1; id=1\"
-plain.test. mta-sts.ststest IN A 127.0.0.1
-plain.test. stsredir IN MX 10 mxsts
-plain.test. _mta-sts.stsredir IN TXT \"v=STSv1; id=1\"
-plain.test. mta-sts.stsredir IN A 127.0.0.1
-",
-        spki = pki.spki_sha256,
-    );
     let policies = pki.dir.path().join("policies");
     std::fs::create_dir(&policies).unwrap();
     let policy = |mode: &str, mx: &str| {
@@ -455,6 +432,31 @@ plain.test. mta-sts.stsredir IN A 127.0.0.1
     );
     let rtls_log = pki.dir.path().join("rtls.log");
     let rtls = Python::start("requiretls_mx.py", &[&pki.chain(), &pki.key(), &rtls_log]);
+    let records = format!(
+        "\
+secure.test. rtls IN MX 10 mxrtls
+secure.test. mxrtls IN A 127.0.0.1
+secure.test. _25._tcp.mxrtls IN TLSA 3 1 1 {spki}
+plain.test. opp IN MX 10 mxopp
+plain.test. mxopp IN A 127.0.0.1
+plain.test. mxsts IN A 127.0.0.1
+plain.test. sts IN MX 10 mxsts
+plain.test. _mta-sts.sts IN TXT \"v=STSv1; id=1\"
+plain.test. mta-sts.sts IN A 127.0.0.1
+plain.test. stsbad IN MX 10 mxsts
+plain.test. _mta-sts.stsbad IN TXT \"v=STSv1; id=1\"
+plain.test. mta-sts.stsbad IN A 127.0.0.1
+plain.test. ststest IN MX 10 mxsts
+plain.test. _mta-sts.ststest IN TXT \"v=STSv1; id=1\"
+plain.test. mta-sts.ststest IN A 127.0.0.1
+plain.test. stsredir IN MX 10 mxsts
+plain.test. _mta-sts.stsredir IN TXT \"v=STSv1; id=1\"
+plain.test. mta-sts.stsredir IN A 127.0.0.1
+plain.test. _smtp._tls.sts IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@reports.example,https://mta-sts.sts.plain.test:{https}/v1/report\"
+",
+        spki = pki.spki_sha256,
+        https = https.port,
+    );
     let tree = KnotTree::start(&records);
     let good = pki.postfix(false);
     let stripped = pki.postfix(true);
@@ -559,6 +561,77 @@ plain.test. mta-sts.stsredir IN A 127.0.0.1
         redirected["policies"][0]["failure-details"][0]["result-type"],
         "sts-policy-fetch-error"
     );
+
+    // TLS-RPT (RFC 8460): the report for sts.plain.test goes to both destinations of its
+    // `_smtp._tls` record, queued as mail in our store and posted over HTTPS.
+    let store_dir = common::tempdir();
+    let store = dimegate::store::Store::open(&store_dir.path().join("queue.redb"), None).unwrap();
+    let reporter = dimegate::tlsrpt::TlsReporter::new(
+        to_good.tls_report_source(),
+        "gw.example.org",
+        "postmaster@example.org",
+        dimegate::time::UnixTime(1_796_083_200),
+    );
+    let summary = reporter
+        .run(&store, dimegate::time::UnixTime(1_796_169_599))
+        .await;
+    assert_eq!(summary.mailed.len(), 1, "{summary:?}");
+    assert_eq!(summary.posted.len(), 1, "{summary:?}");
+    assert_eq!(summary.posted[0].2, 201);
+    let posted: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{}.0.json", https_log.display())).unwrap())
+            .unwrap();
+    assert_eq!(posted["organization-name"], "gw.example.org");
+    assert_eq!(
+        posted["date-range"]["start-datetime"],
+        "2026-12-01T00:00:00Z"
+    );
+    assert_eq!(posted["date-range"]["end-datetime"], "2026-12-01T23:59:59Z");
+    let sts_policy = &posted["policies"][0];
+    assert_eq!(sts_policy["policy"]["policy-domain"], "sts.plain.test");
+    assert_eq!(sts_policy["policy"]["policy-type"], "sts");
+    assert_eq!(sts_policy["policy"]["mx-host"][0], "mxsts.plain.test");
+    assert_eq!(sts_policy["summary"]["total-successful-session-count"], 2);
+    assert!(
+        std::fs::read_to_string(&https_log)
+            .unwrap()
+            .contains("POST /v1/report application/tlsrpt+json")
+    );
+    let queued = store
+        .list(&dimegate::store::ListFilter::default(), None)
+        .unwrap();
+    assert_eq!(queued.len(), 1);
+    let record = store.get(queued[0].queue_id).unwrap().unwrap();
+    assert_eq!(record.envelope.sender, "postmaster@example.org");
+    assert_eq!(
+        record.envelope.recipients[0].address,
+        "tlsrpt@reports.example"
+    );
+    let mail = String::from_utf8(store.body(queued[0].queue_id).unwrap().unwrap()).unwrap();
+    assert!(
+        mail.contains("TLS-Report-Domain: sts.plain.test\r\n"),
+        "{mail}"
+    );
+    assert!(mail.contains("report-type=\"tlsrpt\""), "{mail}");
+    let encoded: String = mail
+        .split("Content-Transfer-Encoding: base64\r\n")
+        .nth(1)
+        .and_then(|part| part.split("\r\n\r\n").nth(1))
+        .unwrap()
+        .replace("\r\n", "");
+    use base64::Engine;
+    let mailed: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim_end_matches('-'))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(mailed, posted);
+    // Counted once: a second run has nothing to report.
+    let again = reporter
+        .run(&store, dimegate::time::UnixTime(1_796_169_600))
+        .await;
+    assert!(again.domains.is_empty(), "{again:?}");
 
     // REQUIRETLS: Postfix does not offer it, so even over verified TLS the message waits.
     let outcome = send(&to_good, "bob@sts.plain.test", true).await;

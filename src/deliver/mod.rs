@@ -576,6 +576,8 @@ pub struct DeliverySettings {
     /// Extra trusted roots (PEM) for WebPKI-verified TLS: MTA-STS policy hosts and MX hosts
     /// under MTA-STS or `require_tls`. For private CAs and tests.
     pub tls_ca_file: Option<std::path::PathBuf>,
+    /// TLS-RPT `contact-info` and the sender of report mail; `None`: `postmaster@<helo_name>`.
+    pub tlsrpt_contact: Option<String>,
 }
 
 impl Default for DeliverySettings {
@@ -600,6 +602,7 @@ impl Default for DeliverySettings {
             mta_sts_port: 443,
             mta_sts_timeout: Duration::from_secs(60),
             tls_ca_file: None,
+            tlsrpt_contact: None,
         }
     }
 }
@@ -645,7 +648,19 @@ pub struct Deliverer {
     metrics: metrics::DeliveryMetrics,
     sts_cache: mta_sts::PolicyCache,
     fetcher: sts_fetch::Fetcher,
-    tlsrpt: tlsrpt::Collector,
+    tlsrpt: Arc<tlsrpt::Collector>,
+}
+
+/// What the TLS-RPT sender (`crate::tlsrpt`) needs from the deliverer: the counts, a resolver
+/// for `_smtp._tls` and report hosts, and WebPKI-verifying TLS for `https:` destinations.
+#[derive(Clone)]
+pub struct TlsReportSource {
+    /// The counts, shared with the deliverer.
+    pub collector: Arc<tlsrpt::Collector>,
+    /// The deliverer's resolver.
+    pub resolver: Resolver,
+    /// WebPKI-verifying TLS (webpki roots plus `tls_ca_file`).
+    pub https: tokio_rustls::TlsConnector,
 }
 
 /// What the TLS decisions of an MX delivery need beyond the plan.
@@ -683,7 +698,7 @@ impl Deliverer {
             connectors,
             fetcher,
             sts_cache: mta_sts::PolicyCache::default(),
-            tlsrpt: tlsrpt::Collector::default(),
+            tlsrpt: Arc::new(tlsrpt::Collector::default()),
             total,
             settings,
             resolver,
@@ -1318,11 +1333,12 @@ impl Deliverer {
         self.tlsrpt.take_reports(meta)
     }
 
-    /// The reporting addresses of `domain` (`_smtp._tls` TXT, RFC 8460 §3); empty when none.
-    pub async fn tls_report_destinations(&self, domain: &str) -> Vec<tlsrpt::Rua> {
-        match self.resolver.txt("_smtp._tls", domain).await {
-            Ok(Some((texts, _))) => tlsrpt::select_record(&texts).unwrap_or_default(),
-            _ => Vec::new(),
+    /// A handle for sending TLS-RPT reports (`crate::tlsrpt::TlsReporter`), sharing the counts.
+    pub fn tls_report_source(&self) -> TlsReportSource {
+        TlsReportSource {
+            collector: self.tlsrpt.clone(),
+            resolver: self.resolver.clone(),
+            https: self.connectors.verified.clone(),
         }
     }
 

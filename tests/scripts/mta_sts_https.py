@@ -6,7 +6,8 @@ usage: mta_sts_https.py CERT KEY POLICY_DIR LOG
 Binds 127.0.0.1 on a free port and prints it on the first line of stdout. A GET of
 /.well-known/mta-sts.txt with Host H answers POLICY_DIR/H as text/plain; a file whose content
 starts with "REDIRECT URL" answers 301 to URL; anything else is a 404. Each request appends
-"HOST PATH" to LOG, so a test can count fetches.
+"HOST PATH" to LOG, so a test can count fetches. A POST (a TLS-RPT report) is stored as
+LOG.N.json and answered 201.
 """
 import http.server
 import os
@@ -39,6 +40,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if body.startswith(b"REDIRECT "):
             return self.reply(301, headers=[("Location", body[9:].decode().strip())])
         self.reply(200, body, [("Content-Type", "text/plain")])
+
+    def do_POST(self):
+        # A TLS-RPT report (RFC 8460 §5.4): stored as LOG.N.json, answered 201.
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        with open(log, "a") as f:
+            f.write(f"POST {self.path} {self.headers.get('Content-Type')}\n")
+        n = 0
+        while os.path.exists(f"{log}.{n}.json"):
+            n += 1
+        with open(f"{log}.{n}.json", "wb") as f:
+            f.write(body)
+        self.reply(201)
 
     def log_message(self, *args):
         pass
