@@ -707,3 +707,136 @@ plain.test. _smtp._tls.sts IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@reports.exampl
         "{metrics}"
     );
 }
+
+/// The binary end to end: `[dns] trust_anchor` and `[outbound_tls]` from the configuration file,
+/// DANE delivery to Postfix, a REQUIRETLS message (received over STARTTLS from Python's
+/// smtplib) that Postfix cannot take, bounced with 5.7.30 after its retries, and the TLS-RPT
+/// report emitted by `POST /api/tlsrpt/send`, queued and delivered as mail to the `rua`.
+#[test]
+fn gateway_applies_dane_requiretls_and_sends_tls_reports() {
+    use common::{Gateway, Sink, wait_until};
+    let pki = Pki::new();
+    let records = format!(
+        "\
+secure.test. dane IN MX 10 mxdane
+secure.test. mxdane IN A 127.0.0.1
+secure.test. _25._tcp.mxdane IN TLSA 3 1 1 {spki}
+secure.test. _smtp._tls.dane IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@opp.plain.test\"
+plain.test. opp IN MX 10 mxopp
+plain.test. mxopp IN A 127.0.0.1
+",
+        spki = pki.spki_sha256,
+    );
+    let tree = KnotTree::start(&records);
+    let mx = pki.postfix(false);
+    let backend = Sink::start(&[]);
+    let gw = Gateway::start(&format!(
+        "[backend]\naddress = \"{backend}\"\n\
+         [queue]\nretry = [\"1s\"]\njitter_percent = 0\nexpire = \"4s\"\n\
+         delay_warning = \"off\"\npoll_interval = \"100ms\"\n\
+         [relay]\nnetworks = [\"127.0.0.0/8\"]\n\
+         [delivery]\nconnect_timeout = \"2s\"\ncommand_timeout = \"10s\"\nmx_port = {mx_port}\n\
+         [dns]\nservers = [\"{dns}\"]\ntimeout = \"2s\"\ntrust_anchor = {anchor:?}\n\
+         [outbound_tls]\nca_file = {ca:?}\nmta_sts_https_port = 9\n\
+         tlsrpt_contact = \"tls-reports@example.test\"\n",
+        backend = backend.addr,
+        mx_port = mx.addr.port(),
+        dns = tree.addr,
+        anchor = tree.trust_anchor(),
+        ca = pki.ca(),
+    ));
+    let message = |subject: &str| {
+        format!(
+            "From: alice@example.test\r\nTo: bob@dane.secure.test\r\nSubject: {subject}\r\n\r\nhi\r\n"
+        )
+    };
+    common::smtp_send(
+        gw.smtp,
+        "alice@example.test",
+        &["bob@dane.secure.test"],
+        &message("plain-dane"),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.log_text()));
+    assert!(
+        mx.wait_for_message_containing("Subject: plain-dane")
+            .is_some(),
+        "{}\n{}",
+        gw.log_text(),
+        mx.maillog()
+    );
+    assert_eq!(received_over_tls(&mx), 1, "{}", mx.maillog());
+
+    // REQUIRETLS over STARTTLS from a real client; Postfix never offers REQUIRETLS.
+    let program = r#"
+import smtplib, ssl, sys
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP(sys.argv[1], int(sys.argv[2]), timeout=20)
+s.ehlo("client.test"); s.starttls(context=ctx); s.ehlo("client.test")
+s.sendmail("alice@example.test", ["bob@dane.secure.test"], sys.argv[3].encode(), mail_options=["REQUIRETLS"])
+s.quit()
+"#;
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            program,
+            "127.0.0.1",
+            &gw.smtp.port().to_string(),
+            &message("needs-requiretls"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_until(
+        Duration::from_secs(20),
+        || {
+            backend
+                .messages()
+                .iter()
+                .any(|m| m.contains("Status: 5.7.30"))
+        },
+        || format!("no 5.7.30 DSN; log:\n{}", gw.log_text()),
+    );
+    let dsn = backend
+        .messages()
+        .into_iter()
+        .find(|m| m.contains("Status: 5.7.30"))
+        .unwrap();
+    assert!(dsn.contains("REQUIRETLS"), "{dsn}");
+    assert!(
+        mx.wait_for_messages(0)
+            .iter()
+            .all(|m| !String::from_utf8_lossy(m).contains("needs-requiretls")),
+        "the REQUIRETLS message reached a server without REQUIRETLS"
+    );
+    let log = gw.log_text();
+    assert!(log.contains("TLS policy"), "{log}");
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains("dimegate_tls_policy_total{policy=\"dane\",result=\"dane\"}"),
+        "{metrics}"
+    );
+
+    // The TLS-RPT report, now: queued for tlsrpt@opp.plain.test and delivered to its MX.
+    let mut s = std::net::TcpStream::connect(gw.admin).unwrap();
+    use std::io::{Read, Write};
+    write!(s, "POST /api/tlsrpt/send HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let body: serde_json::Value =
+        serde_json::from_str(reply.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(body["mailed"][0][0], "dane.secure.test", "{body}");
+    assert_eq!(body["mailed"][0][1], "tlsrpt@opp.plain.test", "{body}");
+    let report = mx
+        .wait_for_message_containing("TLS-Report-Domain: dane.secure.test")
+        .unwrap_or_else(|| panic!("no report delivered; log:\n{}", gw.log_text()));
+    assert!(
+        report.contains("Return-Path: <tls-reports@example.test>"),
+        "{report}"
+    );
+    assert!(report.contains("application/tlsrpt+json"), "{report}");
+}
