@@ -1230,10 +1230,10 @@ impl Deliverer {
         let Some(record) = record else {
             return cached.map(|(_, policy)| policy);
         };
-        if let Some((id, policy)) = &cached {
-            if *id == record.id {
-                return Some(policy.clone());
-            }
+        if let Some((id, policy)) = &cached
+            && *id == record.id
+        {
+            return Some(policy.clone());
         }
         let host = format!("mta-sts.{domain}");
         let fetched = match self.resolver.addresses(&host).await {

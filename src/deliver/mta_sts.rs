@@ -197,11 +197,8 @@ pub fn parse_policy(body: &[u8]) -> Result<Policy, StsParseError> {
             .ok_or(StsParseError::BadLine(number + 1))?;
         let (key, value) = (key.trim(), value.trim());
         match key {
-            "version" => {
-                if version.replace(value).is_some() {
-                    return Err(StsParseError::Repeated("version"));
-                }
-            }
+            "version" if version.is_some() => return Err(StsParseError::Repeated("version")),
+            "version" => version = Some(value),
             "mode" => {
                 let parsed = match value {
                     "enforce" => Mode::Enforce,

@@ -287,8 +287,19 @@ mod tests {
         let testing = sts(Mode::Testing);
         let withdrawn = sts(Mode::None);
         // (host, mx_secure, dane, sts, destination, requiretls, default) -> (policy, label)
+        type Row<'a> = (
+            &'a str,
+            bool,
+            &'a DaneLookup,
+            Option<&'a Policy>,
+            bool,
+            bool,
+            TlsPolicy,
+            P,
+            &'a str,
+        );
         #[rustfmt::skip]
-        let rows: &[(&str, bool, &DaneLookup, Option<&Policy>, bool, bool, TlsPolicy, P, &str)] = &[
+        let rows: &[Row<'_>] = &[
             // No policy: the local default.
             ("mx.example.net", false, &none, None, false, false, May, P::NoPolicy, "opportunistic"),
             ("mx.example.net", false, &none, None, false, false, Off, P::NoPolicy, "disabled"),

@@ -292,13 +292,12 @@ impl Connection {
         };
         let event = connection.drive(None, connectors).await;
         *seen = connection.seen;
-        if let Event::Failed(failure) = &event {
-            if failure.stage == Stage::StartTls
-                && connection.seen == TlsSeen::None
-                && !connection.session.capabilities().starttls
-            {
-                *seen = TlsSeen::Failed("starttls-not-supported");
-            }
+        if let Event::Failed(failure) = &event
+            && failure.stage == Stage::StartTls
+            && connection.seen == TlsSeen::None
+            && !connection.session.capabilities().starttls
+        {
+            *seen = TlsSeen::Failed("starttls-not-supported");
         }
         match event {
             Event::Ready => Ok(connection),
@@ -553,7 +552,7 @@ impl Connection {
                         .unwrap_or_default()
                 ));
                 self.seen = match &self.target.verify {
-                    Verify::ReportOnly => match report_only_check(connectors, &state, &name) {
+                    Verify::ReportOnly => match report_only_check(connectors, state, &name) {
                         Ok(()) => TlsSeen::Established { verified: true },
                         Err(kind) => TlsSeen::ReportOnlyFailed(kind),
                     },
