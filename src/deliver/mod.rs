@@ -44,7 +44,14 @@
 //! [[destination]]           # DestinationPolicy
 //! domain = "bank.example"
 //! require_tls = true
+//! [outbound_tls]            # DeliverySettings' TLS block; DANE follows [dns] trust_anchor
+//! mta_sts = true
+//! ca_file = "/etc/dimegate/private-ca.pem"
 //! ```
+//!
+//! Outbound TLS policy (DANE, MTA-STS, REQUIRETLS, per-destination `require_tls`) is decided per
+//! MX host by the pure [`policy::tls_policy`]; MTA-STS records and policies are parsed by
+//! `mta_sts.rs` and fetched by `sts_fetch.rs`; `tlsrpt.rs` counts sessions for TLS-RPT.
 
 pub mod client;
 mod metrics;
