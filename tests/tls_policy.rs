@@ -139,6 +139,33 @@ impl Drop for Python {
     }
 }
 
+/// The Knot tree with `records` and the three receiving Postfix instances (test-CA certificate,
+/// STARTTLS stripped, a stranger's self-signed certificate), started side by side: each takes
+/// seconds.
+fn start_peers(pki: &Pki, records: &str) -> (KnotTree, Postfix, Postfix, Postfix) {
+    std::thread::scope(|s| {
+        let tree = s.spawn(|| KnotTree::start(records));
+        let good = s.spawn(|| pki.postfix(false));
+        let stripped = s.spawn(|| pki.postfix(true));
+        let stranger = Postfix::start_with_tls();
+        (
+            tree.join().unwrap(),
+            good.join().unwrap(),
+            stripped.join().unwrap(),
+            stranger,
+        )
+    })
+}
+
+/// Stops Postfix instances side by side (each master takes a second or two to exit).
+fn stop_all(instances: Vec<Postfix>) {
+    std::thread::scope(|s| {
+        for postfix in instances {
+            s.spawn(move || drop(postfix));
+        }
+    });
+}
+
 fn envelope(to: &str, require_tls: bool) -> Envelope {
     Envelope {
         sender: "alice@example.org".into(),
@@ -276,10 +303,7 @@ plain.test. _25._tcp.mxopp IN TLSA 3 1 1 {zeros}
         spki = pki.spki_sha256,
         zeros = "00".repeat(32),
     );
-    let tree = KnotTree::start(&records);
-    let good = pki.postfix(false);
-    let stripped = pki.postfix(true);
-    let stranger = Postfix::start_with_tls();
+    let (tree, good, stripped, stranger) = start_peers(&pki, &records);
     let setup = Setup {
         tree: &tree,
         pki: &pki,
@@ -395,6 +419,7 @@ plain.test. _25._tcp.mxopp IN TLSA 3 1 1 {zeros}
         PolicyType::NoPolicyFound
     );
     assert_eq!(opp.policies[0].summary.total_successful_session_count, 1);
+    stop_all(vec![good, stripped, stranger]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -457,10 +482,7 @@ plain.test. _smtp._tls.sts IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@reports.exampl
         spki = pki.spki_sha256,
         https = https.port,
     );
-    let tree = KnotTree::start(&records);
-    let good = pki.postfix(false);
-    let stripped = pki.postfix(true);
-    let stranger = Postfix::start_with_tls();
+    let (tree, good, stripped, stranger) = start_peers(&pki, &records);
     let setup = Setup {
         tree: &tree,
         pki: &pki,
@@ -706,6 +728,7 @@ plain.test. _smtp._tls.sts IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@reports.exampl
         metrics.contains("dimegate_tls_policy_total{policy=\"mta_sts\",result=\"refused\"} 1"),
         "{metrics}"
     );
+    stop_all(vec![good, stripped, stranger]);
 }
 
 /// The binary end to end: `[dns] trust_anchor` and `[outbound_tls]` from the configuration file,
@@ -727,8 +750,12 @@ plain.test. mxopp IN A 127.0.0.1
 ",
         spki = pki.spki_sha256,
     );
-    let tree = KnotTree::start(&records);
-    let mx = pki.postfix(false);
+    // Started side by side: each takes seconds.
+    let (tree, mx) = std::thread::scope(|s| {
+        let tree = s.spawn(|| KnotTree::start(&records));
+        let mx = pki.postfix(false);
+        (tree.join().unwrap(), mx)
+    });
     let backend = Sink::start(&[]);
     let gw = Gateway::start(&format!(
         "[backend]\naddress = \"{backend}\"\n\

@@ -62,7 +62,7 @@ impl DeliveryMetrics {
             "tls_policy",
             "Outbound TLS decisions per MX host, by policy (dane, mta_sts, mta_sts_testing, \
              destination, none) and requirement (dane, webpki, encrypt_only, report_only, \
-             opportunistic, disabled, refused)",
+             opportunistic, disabled, refused; mx_bogus: a DNSSEC-bogus MX RRset)",
             self.tls_policy.clone(),
         );
         r.register(
