@@ -554,6 +554,11 @@ plain.test. _smtp._tls.sts IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@reports.exampl
         &send(&to_stranger, "bob@stsredir.plain.test", false).await,
         "MTA-STS redirect",
     );
+    // A failed fetch is not retried for every message (FETCH_BACKOFF).
+    assert_delivered(
+        &send(&to_stranger, "bob@stsredir.plain.test", false).await,
+        "MTA-STS redirect, again",
+    );
     assert_eq!(fetches("mta-sts.stsredir.plain.test"), 1);
     assert_eq!(
         fetches("mta-sts.sts.plain.test"),

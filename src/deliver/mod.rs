@@ -1242,6 +1242,9 @@ impl Deliverer {
         {
             return Some(policy.clone());
         }
+        if self.sts_cache.fetch_backing_off(domain, &record.id, now) {
+            return cached.map(|(_, policy)| policy);
+        }
         let host = format!("mta-sts.{domain}");
         let fetched = match self.resolver.addresses(&host).await {
             Ok(addresses) => self.fetcher.fetch(domain, &addresses).await,
@@ -1259,6 +1262,8 @@ impl Deliverer {
             }
             Err(error) => {
                 tracing::warn!(%queue_id, %domain, %error, "MTA-STS policy fetch failed");
+                self.sts_cache
+                    .fetch_failed(domain, &record.id, Instant::now());
                 self.tlsrpt.record(
                     domain,
                     tlsrpt::PolicyType::Sts,

@@ -18,6 +18,10 @@ pub const MAX_AGE_LIMIT: u64 = 31_557_600;
 /// The most policies kept in memory.
 pub const MAX_CACHED: usize = 10_000;
 
+/// After a failed fetch, the same record id is not fetched again for this long: a broken
+/// policy server gets one request per interval, not one per message.
+pub const FETCH_BACKOFF: Duration = Duration::from_secs(300);
+
 /// A `_mta-sts` TXT record (RFC 8461 §3.1) that parses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StsRecord {
@@ -265,6 +269,8 @@ struct Cached {
 #[derive(Debug, Default)]
 pub struct PolicyCache {
     entries: Mutex<HashMap<String, Cached>>,
+    /// Domain -> (record id, no new fetch before).
+    failed: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 impl PolicyCache {
@@ -308,6 +314,32 @@ impl PolicyCache {
                 expires,
             },
         );
+    }
+
+    /// Whether a fetch for `id` of `domain` failed less than [`FETCH_BACKOFF`] ago.
+    pub fn fetch_backing_off(&self, domain: &str, id: &str, now: Instant) -> bool {
+        let failed = match self.failed.lock() {
+            Ok(f) => f,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        failed
+            .get(domain)
+            .is_some_and(|(failed_id, until)| failed_id == id && now < *until)
+    }
+
+    /// Notes a failed fetch of `id` for `domain`.
+    pub fn fetch_failed(&self, domain: &str, id: &str, now: Instant) {
+        let mut failed = match self.failed.lock() {
+            Ok(f) => f,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if failed.len() >= MAX_CACHED {
+            failed.retain(|_, (_, until)| now < *until);
+            if failed.len() >= MAX_CACHED {
+                failed.clear();
+            }
+        }
+        failed.insert(domain.to_owned(), (id.to_owned(), now + FETCH_BACKOFF));
     }
 
     /// Number of cached policies (expired ones included until swept).
@@ -499,6 +531,14 @@ mod tests {
                 .get("example.com", now + Duration::from_secs(60))
                 .is_none()
         );
+        assert!(!cache.fetch_backing_off("bad.com", "1", now));
+        cache.fetch_failed("bad.com", "1", now);
+        assert!(cache.fetch_backing_off("bad.com", "1", now + Duration::from_secs(299)));
+        assert!(
+            !cache.fetch_backing_off("bad.com", "2", now),
+            "a new id is fetched"
+        );
+        assert!(!cache.fetch_backing_off("bad.com", "1", now + FETCH_BACKOFF));
         cache.put("zero.com", "id".into(), policy(0), now);
         assert!(cache.get("zero.com", now).is_none());
         for i in 0..MAX_CACHED + 10 {
