@@ -839,76 +839,8 @@ impl Deliverer {
                         plan.handle_addresses(&host, result.map(|(a, _)| a));
                         continue;
                     };
-                    let (addresses, addresses_secure) = match result {
-                        Ok((addresses, verdict)) => (Ok(addresses), verdict.is_secure()),
-                        Err(failure) => (Err(failure), false),
-                    };
-                    if addresses.as_ref().is_ok_and(|a| !a.is_empty()) {
-                        let dane = self
-                            .dane_lookup(context, &host, addresses_secure, queue_id)
-                            .await;
-                        let decision = policy::tls_policy(PolicyInputs {
-                            host: &host,
-                            mx_secure: context.mx_secure,
-                            dane: &dane,
-                            sts: context.sts.as_deref(),
-                            destination_require_tls: context.destination_require_tls,
-                            envelope_require_tls: envelope.require_tls,
-                            default: self.settings.mx_tls,
-                        });
-                        self.metrics
-                            .tls_policy
-                            .get_or_create(&metrics::TlsLabels {
-                                policy: decision.policy.as_str(),
-                                result: decision.requirement.as_str(),
-                            })
-                            .inc();
-                        tracing::info!(
-                            %queue_id,
-                            domain = %context.domain,
-                            mx = %host,
-                            policy = decision.policy.as_str(),
-                            requirement = decision.requirement.as_str(),
-                            requiretls = envelope.require_tls,
-                            "TLS policy"
-                        );
-                        let (tls, verify) = match decision.requirement {
-                            TlsRequirement::Refuse { status, text } => {
-                                tracing::info!(%queue_id, mx = %host, reason = %text, "MX host not used");
-                                if let DaneLookup::Failed { bogus, .. } = dane {
-                                    let kind = if bogus {
-                                        "dnssec-invalid"
-                                    } else {
-                                        "tlsa-invalid"
-                                    };
-                                    self.tlsrpt
-                                        .record_tlsa_failure(&context.domain, &host, kind);
-                                }
-                                plan.handle_refused(&host, status, text);
-                                continue;
-                            }
-                            TlsRequirement::Disabled => (TlsPolicy::Disabled, Verify::Any),
-                            TlsRequirement::Opportunistic => {
-                                (TlsPolicy::Opportunistic, Verify::Any)
-                            }
-                            TlsRequirement::ReportOnly => {
-                                (TlsPolicy::Opportunistic, Verify::ReportOnly)
-                            }
-                            TlsRequirement::Dane(records) => {
-                                (TlsPolicy::Required, Verify::Dane(records))
-                            }
-                            TlsRequirement::EncryptOnly => (TlsPolicy::Required, Verify::Any),
-                            TlsRequirement::WebPki => (TlsPolicy::Required, Verify::WebPki),
-                        };
-                        plan.handle_addresses_with(&host, addresses, tls, verify);
-                    } else {
-                        plan.handle_addresses_with(
-                            &host,
-                            addresses,
-                            self.settings.mx_tls,
-                            Verify::Any,
-                        );
-                    }
+                    self.handle_mx_host(&mut plan, context, &host, result, envelope, queue_id)
+                        .await;
                 }
                 Step::Attempt(target) => {
                     match self
@@ -1181,6 +1113,79 @@ impl Deliverer {
             connection.quit(&self.connectors).await;
         }
         result
+    }
+
+    /// Applies the TLS policy to one MX host whose addresses were looked up: DANE lookup, the
+    /// decision, its log line and metric, then the host's targets (or its refusal) into `plan`.
+    /// Cancel-safe: DNS only.
+    async fn handle_mx_host(
+        &self,
+        plan: &mut Plan,
+        context: &MxContext,
+        host: &str,
+        result: Result<(Vec<std::net::IpAddr>, crate::resolve::Verdict), DnsFailure>,
+        envelope: &Envelope,
+        queue_id: QueueId,
+    ) {
+        let (addresses, addresses_secure) = match result {
+            Ok((addresses, verdict)) => (Ok(addresses), verdict.is_secure()),
+            Err(failure) => (Err(failure), false),
+        };
+        if !addresses.as_ref().is_ok_and(|a| !a.is_empty()) {
+            // Nothing to connect to: the plan only learns the failure or the empty answer.
+            plan.handle_addresses_with(host, addresses, self.settings.mx_tls, Verify::Any);
+            return;
+        }
+        let dane = self
+            .dane_lookup(context, host, addresses_secure, queue_id)
+            .await;
+        let decision = policy::tls_policy(PolicyInputs {
+            host,
+            mx_secure: context.mx_secure,
+            dane: &dane,
+            sts: context.sts.as_deref(),
+            destination_require_tls: context.destination_require_tls,
+            envelope_require_tls: envelope.require_tls,
+            default: self.settings.mx_tls,
+        });
+        self.metrics
+            .tls_policy
+            .get_or_create(&metrics::TlsLabels {
+                policy: decision.policy.as_str(),
+                result: decision.requirement.as_str(),
+            })
+            .inc();
+        tracing::info!(
+            %queue_id,
+            domain = %context.domain,
+            mx = %host,
+            policy = decision.policy.as_str(),
+            requirement = decision.requirement.as_str(),
+            requiretls = envelope.require_tls,
+            "TLS policy"
+        );
+        let (tls, verify) = match decision.requirement {
+            TlsRequirement::Refuse { status, text } => {
+                tracing::info!(%queue_id, mx = %host, reason = %text, "MX host not used");
+                if let DaneLookup::Failed { bogus, .. } = dane {
+                    let kind = if bogus {
+                        "dnssec-invalid"
+                    } else {
+                        "tlsa-invalid"
+                    };
+                    self.tlsrpt.record_tlsa_failure(&context.domain, host, kind);
+                }
+                plan.handle_refused(host, status, text);
+                return;
+            }
+            TlsRequirement::Disabled => (TlsPolicy::Disabled, Verify::Any),
+            TlsRequirement::Opportunistic => (TlsPolicy::Opportunistic, Verify::Any),
+            TlsRequirement::ReportOnly => (TlsPolicy::Opportunistic, Verify::ReportOnly),
+            TlsRequirement::Dane(records) => (TlsPolicy::Required, Verify::Dane(records)),
+            TlsRequirement::EncryptOnly => (TlsPolicy::Required, Verify::Any),
+            TlsRequirement::WebPki => (TlsPolicy::Required, Verify::WebPki),
+        };
+        plan.handle_addresses_with(host, addresses, tls, verify);
     }
 
     /// DANE for one MX host (RFC 7672 §2.2): looked up only when the resolver validates and
