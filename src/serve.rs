@@ -317,6 +317,16 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     );
     let deliverer = crate::deliver::Deliverer::new(config.delivery.clone(), resolver.clone())?;
     deliverer.register_metrics(&mut registry);
+    let tls_reporter = Arc::new(crate::tlsrpt::TlsReporter::new(
+        deliverer.tls_report_source(),
+        &config.smtp.hostname,
+        &config
+            .delivery
+            .tlsrpt_contact
+            .clone()
+            .unwrap_or_else(|| format!("postmaster@{}", config.smtp.hostname)),
+        crate::time::UnixTime::now(),
+    ));
     let smtp: Arc<dyn crate::runner::Transport<crate::deliver::NextHop>> = Arc::new(deliverer);
     let runner = Arc::new(crate::runner::QueueRunner::new(
         store.clone(),
@@ -351,6 +361,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let tracker = TaskTracker::new();
     let queue_task = tokio::spawn(Arc::clone(&runner).run(token.clone()));
     let pressure_task = tokio::spawn(probe.run(pressure, token.clone()));
+    let tlsrpt_task = tokio::spawn(crate::tlsrpt::run_daily(
+        Arc::clone(&tls_reporter),
+        store.clone(),
+        Arc::clone(&runner),
+        token.clone(),
+    ));
 
     info!(
         domains = ?config.domains,
@@ -393,6 +409,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         ready: true.into(),
         ingress: Arc::clone(&ingress),
         data_dir: data_dir.clone(),
+        tls_reporter: Some(Arc::clone(&tls_reporter)),
     });
     if let Ok(addr) = admin_listener.local_addr() {
         info!(%addr, "admin HTTP listening (/metrics, /healthz, /readyz, /api/queue)");
@@ -424,6 +441,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         warn!("sessions still open after {wait:?}; stopping anyway");
     }
     let _ = pressure_task.await;
+    let _ = tlsrpt_task.await;
     let _ = tokio::time::timeout(Duration::from_secs(35), queue_task).await;
     admin_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;

@@ -423,6 +423,43 @@ impl Resolver {
         }
     }
 
+    /// The TXT records at `<prefix>.<domain>` (`_mta-sts`, `_smtp._tls`), each record's
+    /// character-strings concatenated (RFC 8461 §3.1, RFC 8460 §3), with the DNSSEC verdict.
+    /// Records that are not valid UTF-8 are kept lossily: the callers' parsers refuse them.
+    ///
+    /// - None published (NXDOMAIN or NODATA): `Ok(None)`.
+    /// - DNSSEC-bogus: `Err(Bogus)`; SERVFAIL, timeout: `Err(Temporary)`.
+    ///
+    /// Cancel-safe: it only reads.
+    pub async fn txt(
+        &self,
+        prefix: &str,
+        domain: &str,
+    ) -> Result<Option<(Vec<String>, Verdict)>, ResolveError> {
+        let name = prefixed(prefix, domain)?;
+        match self.query(&name, RecordType::TXT, "TXT").await? {
+            Found::NxDomain(_) | Found::NoData(_) => Ok(None),
+            Found::Records(records, verdict) => {
+                let texts: Vec<String> = records
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        RData::TXT(txt) => Some(
+                            txt.txt_data
+                                .iter()
+                                .map(|s| String::from_utf8_lossy(s).into_owned())
+                                .collect::<String>(),
+                        ),
+                        _ => None,
+                    })
+                    .collect();
+                if texts.is_empty() {
+                    return Ok(None);
+                }
+                Ok(Some((texts, verdict)))
+            }
+        }
+    }
+
     /// TLSA records for a TCP service: `_<port>._tcp.<host>` (RFC 6698 §3; `_25._tcp.<mx>` for
     /// SMTP, RFC 7672 §2.2), with the DNSSEC verdict. Only a [`Verdict::Secure`] set may be
     /// used for DANE (RFC 7672 §2.2: insecure TLSA records are ignored).
