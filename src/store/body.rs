@@ -63,11 +63,17 @@ impl BodyDir {
     }
 
     /// The whole body of `id`, read into one buffer of exactly its size.
-    pub(crate) fn read(&self, id: u64, size: u64) -> std::io::Result<Vec<u8>> {
+    pub(crate) fn read(&self, id: u64) -> std::io::Result<Vec<u8>> {
         let mut file = File::open(self.path(id))?;
+        let size = file.metadata()?.len();
         let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
         file.read_to_end(&mut out)?;
         Ok(out)
+    }
+
+    /// Whether `id` has a file.
+    pub(crate) fn exists(&self, id: u64) -> bool {
+        self.path(id).exists()
     }
 
     /// A reader over the body of `id`, for callers that stream it.
@@ -139,14 +145,14 @@ mod tests {
         bodies.sync_dir().unwrap();
         // An id is written once: a second write is refused, not an overwrite.
         assert!(bodies.write(7, b"again").is_err());
-        assert_eq!(bodies.read(7, 5).unwrap(), b"seven");
+        assert_eq!(bodies.read(7).unwrap(), b"seven");
         std::fs::write(bodies.dir.join("README"), b"not a body").unwrap();
         let removed = bodies.remove_orphans(|id| Ok(id == 7)).unwrap();
         assert_eq!(removed, 1);
-        assert!(bodies.read(8, 5).is_err());
+        assert!(bodies.read(8).is_err());
         assert!(bodies.dir.join("README").exists());
         bodies.remove(7);
         bodies.remove(7);
-        assert!(bodies.read(7, 5).is_err());
+        assert!(bodies.read(7).is_err());
     }
 }

@@ -133,8 +133,34 @@ async fn corrupt_record_is_an_error_not_a_panic() {
         store.list(&ListFilter::default(), None),
         Err(StoreError::Corrupt { .. })
     ));
-    // The body is still there for the operator to rescue.
-    assert_eq!(store.body(id).unwrap(), Some(b"body".to_vec()));
+    // The body was inline in the damaged record: an error, not a guess.
+    assert!(matches!(store.body(id), Err(StoreError::Corrupt { .. })));
+    // A body kept apart (a file, or a row of a release-1 `bodies` table) is still there for the
+    // operator to rescue.
+    let big = store
+        .append(envelope("a@x.org", &["b@y.org"], 1), vec![b'b'; 9000])
+        .await
+        .unwrap();
+    store
+        .inner
+        .slot
+        .with_db(|db| {
+            let txn = db.begin_write()?;
+            let mut messages = txn.open_table(MESSAGES)?;
+            messages.insert(big.0, &b"\x01{not json"[..])?;
+            messages.insert(big.0 + 1000, &b"\x07"[..])?;
+            txn.open_table(BODIES)?
+                .insert(big.0 + 1000, &b"old body"[..])?;
+            drop(messages);
+            txn.commit()?;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(store.body(big).unwrap(), Some(vec![b'b'; 9000]));
+    assert_eq!(
+        store.body(QueueId(big.0 + 1000)).unwrap(),
+        Some(b"old body".to_vec())
+    );
 }
 
 #[tokio::test]
@@ -587,7 +613,7 @@ async fn large_bodies_are_files_that_go_when_the_message_goes() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let small = store
-        .append(envelope("s@x.org", &["a@y.org"], 1), vec![b'x'; 4096])
+        .append(envelope("s@x.org", &["a@y.org"], 1), vec![b'x'; 3584])
         .await
         .unwrap();
     let big = big_body(1, 300_000);
@@ -596,7 +622,7 @@ async fn large_bodies_are_files_that_go_when_the_message_goes() {
         .await
         .unwrap();
     let b = store
-        .append(envelope("s@x.org", &["a@y.org"], 3), big_body(2, 5000))
+        .append(envelope("s@x.org", &["a@y.org"], 3), big_body(2, 3585))
         .await
         .unwrap();
     // Only the bodies above inline_body_max are files, named by queue id.
@@ -606,7 +632,7 @@ async fn large_bodies_are_files_that_go_when_the_message_goes() {
     );
     assert_eq!(store.get(a).unwrap().unwrap().size, 300_000);
     assert_eq!(store.body(a).unwrap().as_deref(), Some(&big[..]));
-    assert_eq!(store.body(small).unwrap().unwrap().len(), 4096);
+    assert_eq!(store.body(small).unwrap().unwrap().len(), 3584);
     let mut streamed = Vec::new();
     std::io::Read::read_to_end(&mut store.body_reader(a).unwrap().unwrap(), &mut streamed).unwrap();
     assert_eq!(streamed, big);
