@@ -40,6 +40,15 @@ impl BodyDir {
         self.dir.join(format!("{id:016x}"))
     }
 
+    /// Creates the (empty) file of `id`, for a body written in pieces; see `stream.rs`.
+    pub(crate) fn create_file(&self, id: u64) -> std::io::Result<File> {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(self.path(id))
+    }
+
     /// Writes `body` as the file of `id` and fsyncs it. The name is not durable until
     /// [`BodyDir::sync_dir`]. On failure nothing is left behind (best effort).
     pub(crate) fn write(&self, id: u64, body: &[u8]) -> std::io::Result<()> {

@@ -77,12 +77,14 @@ mod reader;
 mod record;
 mod schedule;
 mod state;
+mod stream;
 
 pub use error::{AppendError, StoreError};
 pub use reader::{QueueStats, StoreReader};
 pub use record::{DecodeError, ListFilter, MessageRecord, MessageSummary, RecipientSummary};
 pub use schedule::{AdminAction, Lease, Outcome, Settlement};
 pub use state::{BadStateKind, RecipientState, RecipientStatus, StateKind, TransitionError};
+pub use stream::BodyWriter;
 
 use crate::envelope::{Envelope, QueueId};
 use body::BodyDir;
@@ -411,7 +413,9 @@ impl Store {
         body: Vec<u8>,
         max_messages: Option<u64>,
     ) -> Result<QueueId, AppendError> {
-        let requests = self.inner.requests.as_ref().ok_or(AppendError::Closed)?;
+        if self.inner.requests.is_none() {
+            return Err(AppendError::Closed);
+        }
         let id = self.inner.ids.next();
         let size = body.len() as u64;
         let body = if body.len() > self.inner.inline_body_max {
@@ -428,6 +432,20 @@ impl Store {
         } else {
             committer::Body::Inline(body)
         };
+        self.submit_request(id, envelope, size, body, max_messages)
+            .await
+    }
+
+    /// Hands one message, its body in place, to the committer and waits for the commit.
+    async fn submit_request(
+        &self,
+        id: u64,
+        envelope: Envelope,
+        size: u64,
+        body: committer::Body,
+        max_messages: Option<u64>,
+    ) -> Result<QueueId, AppendError> {
+        let requests = self.inner.requests.as_ref().ok_or(AppendError::Closed)?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         requests
             .send(committer::Request {

@@ -1022,3 +1022,53 @@ async fn a_drained_queue_gives_its_database_space_back() {
         .unwrap();
     assert_eq!(store.body(id).unwrap(), Some(vec![1; 10]));
 }
+
+#[tokio::test]
+async fn streamed_bodies_are_written_in_pieces_and_abandoned_ones_leave_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let body = big_body(3, 600_000);
+    let mut writer = store.body_writer().unwrap();
+    for piece in body[..590_000].chunks(100_000) {
+        writer.write(piece.to_vec()).await.unwrap();
+    }
+    assert_eq!(writer.written(), 590_000);
+    // Not yet a message: the file exists, no record does.
+    assert_eq!(body_files(&dir).len(), 1);
+    assert_eq!(store.count().unwrap(), 0);
+    let id = store
+        .append_streamed(
+            envelope("s@x.org", &["a@y.org"], 1),
+            writer,
+            body[590_000..].to_vec(),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(body_files(&dir), [format!("{:016x}", id.0)]);
+    assert_eq!(store.get(id).unwrap().unwrap().size, 600_000);
+    assert_eq!(store.body(id).unwrap(), Some(body.clone()));
+
+    // Refused by max_messages: the file goes with the refusal.
+    let mut refused = store.body_writer().unwrap();
+    refused.write(vec![b'r'; 10_000]).await.unwrap();
+    let err = store
+        .append_streamed(envelope("s@x.org", &["a@y.org"], 2), refused, vec![], 1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppendError::TooManyMessages { max: 1 }),
+        "{err}"
+    );
+    // Abandoned mid-message (the client went away): dropping the writer removes its file.
+    let mut abandoned = store.body_writer().unwrap();
+    abandoned.write(vec![b'a'; 10_000]).await.unwrap();
+    drop(abandoned);
+    assert_eq!(body_files(&dir), [format!("{:016x}", id.0)]);
+    // Ids of streamed messages stay unique and above the abandoned ones.
+    let next = store
+        .append(envelope("s@x.org", &["a@y.org"], 3), vec![b'z'; 10])
+        .await
+        .unwrap();
+    assert!(next > id);
+}
