@@ -87,7 +87,7 @@ fn large_bodies_stream_to_the_store_and_arrive_byte_for_byte() {
     let mut message = b"Subject: streamed\r\nFrom: a@client.test\r\n\r\n".to_vec();
     let mut i = 0u64;
     while message.len() < 1_000_000 {
-        let dots = if i % 7 == 0 { "." } else { "" };
+        let dots = if i.is_multiple_of(7) { "." } else { "" };
         message.extend_from_slice(
             format!("{dots}line {i} {}\r\n", "z".repeat((i % 89) as usize)).as_bytes(),
         );

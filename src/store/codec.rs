@@ -221,7 +221,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<StoredRecord, DecodeError> {
         } else {
             None
         };
-        let notify = (rflags & R_NOTIFY != 0).then(|| Notify {
+        let notify = (rflags & R_NOTIFY != 0).then_some(Notify {
             never: rflags & R_NEVER != 0,
             success: rflags & R_SUCCESS != 0,
             failure: rflags & R_FAILURE != 0,
