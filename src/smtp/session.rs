@@ -1264,7 +1264,9 @@ impl Session {
     /// A body begins: with streaming, the glue discards any chunks of an unfinished one.
     fn start_body(&mut self) {
         if self.body_chunk.is_some() {
-            self.emit(Output::BodyStart);
+            // Not `emit`: that would flush the pending replies, and the 250s before a pipelined
+            // DATA would leave in a write of their own instead of one with the 354.
+            self.out.push_back(Output::BodyStart);
         }
     }
 
@@ -1288,7 +1290,8 @@ impl Session {
         }
         body.last_spilled = part.last().copied();
         body.spilled += part.len();
-        self.emit(Output::BodyChunk(part));
+        // Not `emit`, for the reason given in `start_body`: a chunk is not a reply.
+        self.out.push_back(Output::BodyChunk(part));
     }
 
     fn finish_message(&mut self, txn: Transaction, body: Body) {

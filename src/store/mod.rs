@@ -39,6 +39,12 @@
 //! received. Values of 2 to 3.5 KiB fit one to a leaf and cost up to 2x; a file would cost the
 //! same (a 4 KiB block each), so those sizes are where this layout is weakest.
 //!
+//! Below 4 GiB redb grows its file by doubling its length; the new space is a hole in a sparse
+//! file until pages are written, so the file's length (`ls`, `du -b`) can be up to twice what it
+//! holds while the blocks it occupies (`du`, what the file system gives up) follow the data.
+//! The disk use that matters, and the one benches/queue-scale.sh compares with the bytes
+//! queued, is the blocks allocated; it prints the length too.
+//!
 //! A body above the threshold is a file of `<name>.bodies/` (see `body.rs`): redb would put it in
 //! a run of pages rounded up to a power of two (a 1 MiB body took 2 MiB) and never give the space
 //! back to the file system, while a file costs at most one block beyond its bytes and is gone at

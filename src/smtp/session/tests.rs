@@ -191,6 +191,8 @@ fn check_with(
                 "row {name:?}, split {split}, streamed in {chunk}"
             );
             assert_eq!(streamed.messages, replay.messages, "row {name:?}, {chunk}");
+            // Replies leave in the same writes: pipelined replies stay batched.
+            assert_eq!(streamed.sends, replay.sends, "row {name:?}, {chunk}");
         }
         first.get_or_insert(replay);
     }
