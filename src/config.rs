@@ -72,6 +72,8 @@ pub struct Config {
     pub org_key_files: std::collections::BTreeMap<String, crate::identity::OrgKeyFiles>,
     /// `[dmtp]`: the DMTP listener and what `_dx` records publish.
     pub dmtp: DmtpConfig,
+    /// `[bridge]` and `[[destination]] dime`/`fallback`: which mail goes out as DIME.
+    pub dime_policies: crate::runner::DimePolicies,
 }
 
 /// `[dmtp]`.
@@ -474,6 +476,18 @@ impl Config {
             ..crate::deliver::DeliverySettings::default()
         };
         delivery.greeting_timeout = delivery.command_timeout;
+        let mut dime_policies = crate::runner::DimePolicies {
+            default: dime_policy(
+                "bridge",
+                Some(&raw.bridge.dime),
+                Some(&raw.bridge.fallback),
+                crate::runner::DimePolicy::default(),
+            )?,
+            domains: Default::default(),
+        };
+        if dime_policies.default.fallback == crate::runner::Fallback::SmtpTls {
+            delivery.mx_tls = crate::deliver::TlsPolicy::Required;
+        }
         for (i, dest) in raw.destination.iter().enumerate() {
             let domain = crate::domain::Domain::parse(&dest.domain)
                 .ok()
@@ -484,12 +498,37 @@ impl Config {
                         format!("not a domain name: {:?}", dest.domain),
                     )
                 })?;
+            let policy = dime_policy(
+                &format!("destination[{i}]"),
+                dest.dime.as_deref(),
+                dest.fallback.as_deref(),
+                dime_policies.default,
+            )?;
+            if policy != dime_policies.default {
+                dime_policies.domains.insert(domain.clone(), policy);
+            }
             delivery
                 .destinations
                 .push(crate::deliver::DestinationPolicy {
                     domain,
-                    require_tls: dest.require_tls,
+                    require_tls: dest.require_tls
+                        || policy.fallback == crate::runner::Fallback::SmtpTls,
                 });
+        }
+        let smtp_tls_anywhere = dime_policies.default.fallback == crate::runner::Fallback::SmtpTls
+            || dime_policies
+                .domains
+                .values()
+                .any(|p| p.fallback == crate::runner::Fallback::SmtpTls);
+        if smtp_tls_anywhere
+            && let Some(crate::deliver::NextHop::Smarthost { tls, .. }) = &smarthost
+            && *tls != crate::deliver::TlsPolicy::Required
+        {
+            // The smarthost takes every domain's mail; TLS to it is what `smtp_tls` can mean.
+            return Err(ConfigError::new(
+                "relay.smarthost_tls",
+                "a fallback of \"smtp_tls\" needs relay.smarthost_tls = \"required\"",
+            ));
         }
 
         let mut dns = crate::resolve::ResolverSettings::default();
@@ -568,6 +607,7 @@ impl Config {
             users,
             org_key_files,
             dmtp,
+            dime_policies,
         })
     }
 
@@ -818,6 +858,7 @@ pub struct RawConfig {
     dns: RawDns,
     queue: RawQueue,
     dmtp: RawDmtp,
+    bridge: RawBridge,
 }
 
 impl Default for RawConfig {
@@ -840,8 +881,73 @@ impl Default for RawConfig {
             dns: RawDns::default(),
             queue: RawQueue::default(),
             dmtp: RawDmtp::default(),
+            bridge: RawBridge::default(),
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBridge {
+    dime: String,
+    fallback: String,
+}
+
+impl Default for RawBridge {
+    fn default() -> Self {
+        RawBridge {
+            dime: "prefer".into(),
+            fallback: "smtp".into(),
+        }
+    }
+}
+
+/// A DIME policy from `dime` and `fallback` under `path`, each defaulting to `base`'s. A policy
+/// that requires DIME cannot fall back to SMTP: that would be `prefer`.
+fn dime_policy(
+    path: &str,
+    dime: Option<&str>,
+    fallback: Option<&str>,
+    base: crate::runner::DimePolicy,
+) -> Result<crate::runner::DimePolicy, ConfigError> {
+    use crate::runner::{DimeMode, Fallback};
+    let mode = match dime {
+        None => base.mode,
+        Some("require") => DimeMode::Require,
+        Some("prefer") => DimeMode::Prefer,
+        Some("off") => DimeMode::Off,
+        Some(other) => {
+            return Err(ConfigError::new(
+                format!("{path}.dime"),
+                format!("{other:?} is not one of \"require\", \"prefer\", \"off\""),
+            ));
+        }
+    };
+    let fallback = match fallback {
+        None if mode == DimeMode::Require
+            && matches!(base.fallback, Fallback::Smtp | Fallback::SmtpTls) =>
+        {
+            Fallback::Bounce
+        }
+        None => base.fallback,
+        Some("smtp") => Fallback::Smtp,
+        Some("smtp_tls") => Fallback::SmtpTls,
+        Some("hold") => Fallback::Hold,
+        Some("bounce") => Fallback::Bounce,
+        Some(other) => {
+            return Err(ConfigError::new(
+                format!("{path}.fallback"),
+                format!("{other:?} is not one of \"smtp\", \"smtp_tls\", \"hold\", \"bounce\""),
+            ));
+        }
+    };
+    if mode == DimeMode::Require && matches!(fallback, Fallback::Smtp | Fallback::SmtpTls) {
+        return Err(ConfigError::new(
+            format!("{path}.fallback"),
+            "dime = \"require\" cannot fall back to SMTP: use \"hold\" or \"bounce\" (or dime = \"prefer\")",
+        ));
+    }
+    Ok(crate::runner::DimePolicy { mode, fallback })
 }
 
 /// A string, or a list of strings.
@@ -1041,6 +1147,8 @@ struct RawDestination {
     domain: String,
     #[serde(default)]
     require_tls: bool,
+    dime: Option<String>,
+    fallback: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1104,6 +1212,74 @@ struct RawUser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dime_policies() {
+        use crate::runner::{DimeMode, DimePolicy, Fallback};
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.dime_policies.default, DimePolicy::default());
+        assert_eq!(c.dime_policies.default.mode, DimeMode::Prefer);
+        assert_eq!(c.dime_policies.default.fallback, Fallback::Smtp);
+        let c = Config::parse(
+            "[bridge]\nfallback = \"hold\"\n\
+             [[destination]]\ndomain = \"a.example\"\ndime = \"require\"\n\
+             [[destination]]\ndomain = \"b.example\"\nfallback = \"smtp_tls\"\n\
+             [[destination]]\ndomain = \"c.example\"\ndime = \"off\"\nfallback = \"hold\"\n",
+        )
+        .unwrap();
+        let get = |d: &str| {
+            c.dime_policies
+                .get(&crate::domain::Domain::parse(d).unwrap())
+        };
+        assert_eq!(get("a.example").mode, DimeMode::Require);
+        assert_eq!(
+            get("a.example").fallback,
+            Fallback::Hold,
+            "inherits [bridge]"
+        );
+        assert_eq!(get("b.example").fallback, Fallback::SmtpTls);
+        assert_eq!(get("c.example").mode, DimeMode::Off);
+        assert_eq!(get("other.example").fallback, Fallback::Hold);
+        let b = c
+            .delivery
+            .destinations
+            .iter()
+            .find(|d| d.domain.as_str() == "b.example")
+            .unwrap();
+        assert!(
+            b.require_tls,
+            "smtp_tls falls back to SMTP with TLS required"
+        );
+        // `require` alone means bounce; with an SMTP fallback it is refused.
+        let c =
+            Config::parse("[[destination]]\ndomain = \"a.example\"\ndime = \"require\"\n").unwrap();
+        assert_eq!(
+            c.dime_policies
+                .get(&crate::domain::Domain::parse("a.example").unwrap())
+                .fallback,
+            Fallback::Bounce
+        );
+        for (text, path) in [
+            (
+                "[bridge]\ndime = \"require\"\nfallback = \"smtp\"\n",
+                "bridge.fallback",
+            ),
+            ("[bridge]\ndime = \"always\"\n", "bridge.dime"),
+            (
+                "[[destination]]\ndomain = \"a.example\"\nfallback = \"smtp_tls\"\n[relay]\nsmarthost = \"relay.example\"\n",
+                "relay.smarthost_tls",
+            ),
+            (
+                "[[destination]]\ndomain = \"a.example\"\nfallback = \"later\"\n",
+                "destination[0].fallback",
+            ),
+        ] {
+            let e = Config::parse(text).unwrap_err();
+            assert_eq!(e.path, path, "{text}: {e:?}");
+        }
+        let c = Config::parse("[bridge]\nfallback = \"smtp_tls\"\n").unwrap();
+        assert_eq!(c.delivery.mx_tls, crate::deliver::TlsPolicy::Required);
+    }
 
     #[test]
     fn defaults_serve_localhost_on_loopback() {

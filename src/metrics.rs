@@ -33,10 +33,18 @@ pub struct CodeLabel {
 /// A delivery attempt's route and outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeliveryLabel {
-    /// `backend`, `smarthost`, `mx`, `peer` (handed to a peer by `queue drain --peer`).
+    /// `backend`, `smarthost`, `mx`, `peer` (handed to a peer by `queue drain --peer`), `dmtp`,
+    /// `unwrap`, `pass_sealed`, `protect`.
     pub route: &'static str,
     /// `delivered`, `deferred`, `failed`.
     pub outcome: &'static str,
+}
+
+/// A routing decision's flow (DESIGN.md §1).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlowLabel {
+    /// `backend`, `relay`, `wrap`, `unwrap`, `pass_sealed`, `protect`, `hold`, `fail`.
+    pub flow: &'static str,
 }
 
 /// The class and subject of an enhanced status code (`4.4`, `4.7`).
@@ -83,6 +91,8 @@ pub struct Metrics {
     pub queue_messages: Gauge,
     /// Delivery attempts per recipient, by route and outcome.
     pub deliveries: Family<DeliveryLabel, Counter>,
+    /// Routing decisions per recipient and attempt, by flow.
+    pub route_decisions: Family<FlowLabel, Counter>,
     /// Time of one delivery transaction (all recipients of one message to one next hop).
     pub delivery_seconds: Histogram,
     /// Deferrals by enhanced status class.
@@ -124,6 +134,7 @@ impl Metrics {
             store_commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             queue_messages: Gauge::default(),
             deliveries: Family::default(),
+            route_decisions: Family::default(),
             // 1 ms .. ~65 s
             delivery_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             deferrals: Family::default(),
@@ -186,6 +197,11 @@ impl Metrics {
             "deliveries",
             "Delivery attempts per recipient by route and outcome",
             m.deliveries.clone(),
+        );
+        r.register(
+            "route_decisions",
+            "Routing decisions per recipient and attempt by flow (wrap, unwrap, protect, relay...)",
+            m.route_decisions.clone(),
         );
         r.register(
             "delivery_seconds",

@@ -114,6 +114,36 @@ fn dmtp_context(
     })
 }
 
+/// The runner's DIME side, sharing the DMTP listener's identities and signet resolver.
+fn dime_transports(
+    config: &Config,
+    dmtp: &crate::dmtp::listener::DmtpContext,
+    smtp: Arc<dyn crate::runner::Transport<crate::deliver::NextHop>>,
+) -> crate::runner::DimeTransports {
+    let orgs = Arc::new(dmtp.orgs.clone());
+    let padding = crate::bridge::Buckets::default();
+    crate::runner::DimeTransports {
+        dmtp: Box::new(crate::runner::DmtpTransport::new(
+            Arc::clone(&dmtp.discovery),
+            dmtp.keystore.clone(),
+            Arc::clone(&orgs),
+            padding,
+        )),
+        bridge: Box::new(crate::runner::BridgeTransport::new(
+            smtp,
+            Arc::clone(&dmtp.discovery),
+            dmtp.keystore.clone(),
+            orgs,
+            config.smtp.hostname.clone(),
+            padding,
+        )),
+        directory: Box::new(crate::runner::DimeDirectory::new(
+            Arc::clone(&dmtp.discovery),
+            dmtp.keystore.clone(),
+        )),
+    }
+}
+
 /// Every served domain as a DIME organization: loaded, or created on first start.
 pub fn load_identities(
     config: &Config,
@@ -131,6 +161,13 @@ pub fn load_identities(
             created,
             fingerprint = %org.signet.crypto_fingerprint(),
             "DIME organization"
+        );
+        let (bridge, created) = keystore.ensure_bridge(&org, &mut rand::rngs::OsRng)?;
+        info!(
+            address = %bridge.address,
+            created,
+            fingerprint = %bridge.current().map(|g| g.signet.crypto_fingerprint().to_string()).unwrap_or_default(),
+            "DIME bridge identity"
         );
         orgs.push(org);
     }
@@ -254,11 +291,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     )?);
     let deliverer = crate::deliver::Deliverer::new(config.delivery.clone(), resolver)?;
     deliverer.register_metrics(&mut registry);
+    let smtp: Arc<dyn crate::runner::Transport<crate::deliver::NextHop>> = Arc::new(deliverer);
     let runner = Arc::new(crate::runner::QueueRunner::new(
         store.clone(),
         crate::runner::Transports {
-            smtp: Box::new(deliverer),
-            dmtp: None,
+            smtp: Arc::clone(&smtp),
+            dime: Some(dime_transports(&config, &dmtp, smtp)),
         },
         crate::queue::Scheduler::new(config.queue.clone()),
         crate::runner::RouteConfig {
@@ -271,6 +309,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             ),
             backend: config.backend.as_ref().map(|b| b.hop.clone()),
             smarthost: config.smarthost.clone(),
+            dime: config.dime_policies.clone(),
         },
         config.smtp.hostname.clone(),
         metrics.clone(),

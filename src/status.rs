@@ -108,6 +108,9 @@ pub struct Diagnosis {
 pub enum DiagnosticType {
     /// An SMTP or LMTP reply (RFC 3464 §2.3.6: `smtp`), code first.
     Smtp,
+    /// A DMTP reply, code first. DMTP has no registered diagnostic type, so it takes the
+    /// `X-` form RFC 3464 §2.3.6 leaves for unregistered ones.
+    Dmtp,
 }
 
 impl DiagnosticType {
@@ -115,6 +118,7 @@ impl DiagnosticType {
     pub fn as_str(self) -> &'static str {
         match self {
             DiagnosticType::Smtp => "smtp",
+            DiagnosticType::Dmtp => "X-DMTP",
         }
     }
 }
@@ -143,6 +147,8 @@ impl DiagnosticCode {
     pub fn status(&self) -> Option<EnhancedStatus> {
         match self.diagnostic_type {
             DiagnosticType::Smtp => EnhancedStatus::from_reply(&self.text),
+            // DMTP replies carry none (DIME.md §10.3); the transport sets the diagnosis's own.
+            DiagnosticType::Dmtp => None,
         }
     }
 }

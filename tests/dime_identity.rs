@@ -191,7 +191,16 @@ fn hosted_users_are_managed_while_the_server_runs() {
         .iter()
         .map(|u| u["address"].as_str().unwrap())
         .collect();
-    assert_eq!(addresses, ["alice@example.test", "bob@example.test"]);
+    // Each served domain's bridge identity is a hosted user too (made at start).
+    assert_eq!(
+        addresses,
+        [
+            "alice@example.test",
+            "bob@example.test",
+            "dime-bridge@example.test",
+            "dime-bridge@localhost"
+        ]
+    );
 
     // Alice's signet validates under the org signet, through the binary.
     let alice = json(&run(c, &["users", "show", "alice@example.test", "--json"]));
@@ -278,7 +287,20 @@ fn hosted_users_are_managed_while_the_server_runs() {
         Some(1)
     );
     let list = json(&run(c, &["users", "list", "--json"]));
-    assert_eq!(list.as_array().unwrap().len(), 1);
+    let left: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        left,
+        [
+            "bob@example.test",
+            "dime-bridge@example.test",
+            "dime-bridge@localhost"
+        ]
+    );
     // The server kept running through all of it.
     assert_eq!(common::http_get(gw.admin, "/healthz").unwrap().0, 200);
 }

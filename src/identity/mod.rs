@@ -111,6 +111,9 @@ pub enum IdentityError {
         /// The user.
         address: String,
     },
+    /// A hosted user whose current signet's private key is not held here (a cautious user).
+    #[error("{0}: no private key held here for the current signet")]
+    NoKey(String),
     /// Another process changed the same user at the same moment.
     #[error("{0}: changed concurrently by another process; try again")]
     Conflict(String),
@@ -227,6 +230,14 @@ impl UserAddress {
     fn text(&self) -> String {
         format!("{}@{}", self.local, self.domain)
     }
+}
+
+/// The local part of every served domain's bridge identity (see [`Keystore::ensure_bridge`]).
+pub const BRIDGE_LOCAL_PART: &str = "dime-bridge";
+
+/// The bridge identity's address in `domain`.
+pub fn bridge_address(domain: &str) -> String {
+    format!("{BRIDGE_LOCAL_PART}@{domain}")
 }
 
 /// The key store under `data_dir/dime`, for the given served domains.
@@ -513,6 +524,32 @@ impl Keystore {
         std::fs::rename(&dir, &target).map_err(io(&dir))?;
         files::sync_dir(dir.parent().unwrap_or(&dir))?;
         files::sync_dir(&removed)
+    }
+
+    /// The bridge identity of `org`'s domain ([`bridge_address`]), a trustful hosted user
+    /// created on first use: the author of legacy mail wrapped for DIME recipients, and the
+    /// recipient DIME authors seal mail to when it leaves for a legacy mailbox (the exit).
+    /// Returns whether it was created now.
+    pub fn ensure_bridge<R: CryptoRng + RngCore>(
+        &self,
+        org: &OrgIdentity,
+        rng: &mut R,
+    ) -> Result<(HostedUser, bool), IdentityError> {
+        let address = bridge_address(&org.domain);
+        match self.add_user(org, &address, Mode::Trustful, rng) {
+            Ok(user) => Ok((user, true)),
+            Err(IdentityError::UserExists(_)) => Ok((self.user(&address)?, false)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The current signet and private key of a trustful hosted user: what signs as author.
+    pub fn signing_identity(&self, address: &str) -> Result<(Signet, PrivateKey), IdentityError> {
+        let user = self.user(address)?;
+        match user.current() {
+            Some(g) if g.has_key => Ok((g.signet.clone(), self.user_key(address, g.number)?)),
+            _ => Err(IdentityError::NoKey(user.address)),
+        }
     }
 
     /// A hosted user by address.

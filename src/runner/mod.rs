@@ -18,16 +18,23 @@
 //! 4. state changes and removal in one `settle` transaction (fsync), batched across messages
 //!    like the ingress group commit.
 
+mod bridged;
+mod directory;
+mod dmtp;
 mod route;
 #[cfg(test)]
 mod tests;
 mod transport;
 
+pub use bridged::BridgeTransport;
+pub use directory::DimeDirectory;
+pub use dmtp::DmtpTransport;
 pub use route::{
-    DmtpHop, DxLookup, Hold, Lookups, NextHop, RouteConfig, RouteError, ServedDomains,
-    recipient_domain, route,
+    Arrival, Author, BridgeHop, Conversion, DimeMode, DimePolicies, DimePolicy, DmtpHop, DxLookup,
+    Fallback, Hold, Hosted, Lookups, NextHop, RouteConfig, RouteError, ServedDomains, SignetLookup,
+    author_of, recipient_domain, route, wants_dx,
 };
-pub use transport::{Delivery, Message, Transport};
+pub use transport::{Delivery, Directory, Lookup, Message, Transport};
 
 use crate::deliver::NextHop as SmtpHop;
 use crate::domain::Domain;
@@ -48,18 +55,31 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
-/// The transports the runner can hand a message to, one per kind of [`NextHop`].
+/// The transports the runner can hand a message to, one per kind of [`NextHop`], and the
+/// directory its lookup phase asks.
 pub struct Transports {
     /// SMTP and LMTP: backend, smarthost, MX.
-    pub smtp: Box<dyn Transport<SmtpHop>>,
-    /// DMTP, once built; while `None`, `_dx` is not looked up, so [`route`] never picks it.
-    pub dmtp: Option<Box<dyn Transport<DmtpHop>>>,
+    pub smtp: Arc<dyn Transport<SmtpHop>>,
+    /// DIME: wrap and DMTP, the conversions before the backend, and the lookups they need.
+    /// While `None`, `_dx` is not looked up, so [`route`] never picks DMTP, and D/MIME that
+    /// arrived over DMTP is held.
+    pub dime: Option<DimeTransports>,
+}
+
+/// The DIME side of [`Transports`].
+pub struct DimeTransports {
+    /// Wrap, then DMTP to the recipient domain's DX.
+    pub dmtp: Box<dyn Transport<DmtpHop>>,
+    /// Convert for the recipient (unwrap, protect), then SMTP/LMTP to the backend.
+    pub bridge: Box<dyn Transport<BridgeHop>>,
+    /// `_dx` records, signets, hosted users.
+    pub directory: Box<dyn Directory>,
 }
 
 impl std::fmt::Debug for Transports {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transports")
-            .field("dmtp", &self.dmtp.is_some())
+            .field("dime", &self.dime.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -290,7 +310,7 @@ impl QueueRunner {
     ) -> Vec<(usize, DeliveryOutcome)> {
         let mut outcomes = Vec::with_capacity(indices.len());
         let handoff = self.handoff();
-        for (hop, group) in self.plan(message.envelope, indices, handoff.as_ref()) {
+        for (hop, group) in self.plan(message, indices, handoff.as_ref()).await {
             match &hop {
                 NextHop::Fail(e) => {
                     let outcome = DeliveryOutcome::Failed(e.diagnosis());
@@ -310,56 +330,72 @@ impl QueueRunner {
                     let transport = &*self.transports.smtp;
                     outcomes.extend(self.call(transport, smtp, label, message, &group).await);
                 }
-                NextHop::Dmtp(dmtp) => match &self.transports.dmtp {
-                    Some(transport) => {
-                        let transport = &**transport;
+                // `plan` routes to these only when the DIME transports exist.
+                NextHop::Dmtp(dmtp) => {
+                    if let Some(dime) = &self.transports.dime {
+                        let transport = &*dime.dmtp;
                         outcomes.extend(self.call(transport, dmtp, "dmtp", message, &group).await);
                     }
-                    None => {
-                        let outcome = DeliveryOutcome::Deferred(Diagnosis {
-                            local_reason: Some("no DMTP transport configured".into()),
-                            status: Some(EnhancedStatus::new(4, 3, 5)),
-                            ..Diagnosis::default()
-                        });
-                        outcomes.extend(group.iter().map(|&i| (i, outcome.clone())));
+                }
+                NextHop::Bridge(bridge) => {
+                    if let Some(dime) = &self.transports.dime {
+                        let transport = &*dime.bridge;
+                        let label = bridge.conversion.as_str();
+                        outcomes.extend(self.call(transport, bridge, label, message, &group).await);
                     }
-                },
+                }
             }
         }
         outcomes
     }
 
-    /// Routes the recipients at `indices` and groups them by next hop, hops in order of their
-    /// first recipient, so each hop gets one transaction with all its recipients (RFC 5321 §3.3
-    /// allows many RCPTs per transaction, and the receiver stores the message once). Indices
-    /// past the envelope's recipients are skipped.
-    fn plan(
+    /// Looks up, routes and groups the recipients at `indices` by next hop, hops in order of
+    /// their first recipient, so each hop gets one transaction with all its recipients (RFC
+    /// 5321 §3.3 allows many RCPTs per transaction, and the receiver stores the message once).
+    /// Indices past the envelope's recipients are skipped. Each decision is logged with the
+    /// queue id (the span's) and counted.
+    async fn plan(
         &self,
-        envelope: &crate::envelope::Envelope,
+        message: Message<'_>,
         indices: &[usize],
         handoff: Option<&SmtpHop>,
     ) -> Vec<(NextHop, Vec<usize>)> {
-        let mut lookups: HashMap<Option<Domain>, Lookups> = HashMap::new();
+        let envelope = message.envelope;
+        let directory = self.transports.dime.as_ref().map(|d| &*d.directory);
+        let arrival = match (&envelope.dime, directory) {
+            (Some(_), _) => Arrival::Dime,
+            (None, Some(directory)) => {
+                let hosted = directory.hosted(&envelope.sender) == Hosted::Trustful;
+                Arrival::Smtp {
+                    author: author_of(&envelope.sender, hosted, &self.route.served),
+                }
+            }
+            // Without DIME transports nothing is wrapped: `_dx` is never asked.
+            (None, None) => Arrival::Smtp { author: None },
+        };
+        let mut dx: HashMap<Domain, DxLookup> = HashMap::new();
         let mut plan: Vec<(NextHop, Vec<usize>)> = Vec::new();
         for &index in indices {
             let Some(recipient) = envelope.recipients.get(index) else {
                 continue;
             };
-            let domain = recipient_domain(&recipient.address).ok().flatten();
-            let found = lookups
-                .entry(domain)
-                .or_insert_with_key(|domain| self.lookups(domain.as_ref()));
-            let hop = if envelope.dime.is_some() {
-                dime_arrival_hold()
-            } else {
-                match (route(&recipient.address, found, &self.route), handoff) {
-                    // A draining node hands what it would deliver or hold to its peer.
-                    (NextHop::Smtp(_) | NextHop::Hold(_) | NextHop::Dmtp(_), Some(peer)) => {
+            let address = &recipient.address;
+            let lookups = self.lookups(address, &arrival, directory, &mut dx).await;
+            let hop = match (&envelope.dime, directory) {
+                // Sealed bytes, not RFC 5322: never to an SMTP hop as they are.
+                (Some(_), None) => dime_arrival_hold(),
+                _ => match (route(address, &arrival, &lookups, &self.route), handoff) {
+                    // A draining node hands what it would deliver or hold to its peer; what
+                    // needs our keys (DIME arrivals, wrapping, conversions) stays here.
+                    (NextHop::Smtp(_) | NextHop::Hold(_), Some(peer))
+                        if envelope.dime.is_none() =>
+                    {
                         NextHop::Smtp(peer.clone())
                     }
                     (hop, _) => hop,
-                }
+                },
             };
+            self.decided(address, &hop, &lookups);
             match plan.iter_mut().find(|(h, _)| *h == hop) {
                 Some((_, members)) => members.push(index),
                 None => plan.push((hop, vec![index])),
@@ -368,12 +404,61 @@ impl QueueRunner {
         plan
     }
 
-    /// The lookup phase for one recipient domain: what [`route`] needs beyond the address and
-    /// the configuration. Only the `_dx` record could change a route, and only to DMTP, so it is
-    /// asked only when a DMTP transport exists; there is none yet (the DMTP transport adds the
-    /// `_dx` query here).
-    fn lookups(&self, _domain: Option<&Domain>) -> Lookups {
-        Lookups::default()
+    /// The lookup phase for one recipient: what [`route`] needs beyond the address, the
+    /// arrival and the configuration. `_dx` is asked once per domain per attempt (in `dx`), and
+    /// only where [`wants_dx`]; the recipient's signet only where `_dx` was found.
+    async fn lookups(
+        &self,
+        address: &str,
+        arrival: &Arrival,
+        directory: Option<&dyn Directory>,
+        dx: &mut HashMap<Domain, DxLookup>,
+    ) -> Lookups {
+        let mut lookups = Lookups::default();
+        let Some(directory) = directory else {
+            return lookups;
+        };
+        let domain = match recipient_domain(address) {
+            Ok(Some(domain)) => domain,
+            Ok(None) => return lookups,
+            Err(_) => return lookups,
+        };
+        if self.route.served.contains(&domain) {
+            lookups.hosted = directory.hosted(address);
+            return lookups;
+        }
+        if !wants_dx(&domain, arrival, &self.route) {
+            return lookups;
+        }
+        lookups.dx = match dx.get(&domain) {
+            Some(found) => found.clone(),
+            None => {
+                let found = directory.dx(&domain).await;
+                dx.insert(domain.clone(), found.clone());
+                found
+            }
+        };
+        if lookups.dx == DxLookup::Found {
+            lookups.signet = directory.signet(address).await;
+        }
+        lookups
+    }
+
+    /// Logs and counts a routing decision.
+    fn decided(&self, address: &str, hop: &NextHop, lookups: &Lookups) {
+        let flow = hop.flow();
+        self.metrics
+            .route_decisions
+            .get_or_create(&crate::metrics::FlowLabel { flow })
+            .inc();
+        match hop {
+            NextHop::Hold(hold) => info!(rcpt = %address, flow, reason = %hold.reason, "routed"),
+            NextHop::Fail(e) => info!(rcpt = %address, flow, reason = %e, "routed"),
+            NextHop::Dmtp(dmtp) => {
+                info!(rcpt = %address, flow, author = ?dmtp.author, dx = ?lookups.dx, "routed")
+            }
+            _ => info!(rcpt = %address, flow, dx = ?lookups.dx, hosted = ?lookups.hosted, "routed"),
+        }
     }
 
     /// Hands `group` to `transport` and returns one outcome per index of `group`, counting them
@@ -728,8 +813,9 @@ async fn settler(store: Store, mut rx: mpsc::UnboundedReceiver<SettleRequest>) {
 }
 
 /// A D/MIME message that arrived over DMTP holds sealed bytes, not RFC 5322: it must never be
-/// handed to an SMTP next hop as it is. It waits until the bridge (unwrap for trustful users,
-/// at-rest delivery for cautious ones) can take it; the hold keeps it visible in `queue list`.
+/// handed to an SMTP next hop as it is. Without the DIME transports (which open it for trustful
+/// users and pass it on sealed for cautious ones) it waits; the hold keeps it visible in `queue
+/// list`.
 fn dime_arrival_hold() -> NextHop {
     NextHop::Hold(route::Hold {
         status: EnhancedStatus::new(4, 3, 0),

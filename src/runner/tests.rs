@@ -74,17 +74,18 @@ fn harness(
     let runner = QueueRunner::new(
         store.clone(),
         Transports {
-            smtp: Box::new(FakeSmtp {
+            smtp: Arc::new(FakeSmtp {
                 calls: Arc::clone(&calls),
                 answer,
             }),
-            dmtp: None,
+            dime: None,
         },
         Scheduler::new(crate::queue::Policy::default()),
         RouteConfig {
             served: ServedDomains::new([Domain::parse("example.org").expect("domain")]),
             backend,
             smarthost: None,
+            dime: Default::default(),
         },
         "gw.example.org".into(),
         Metrics::register(&mut registry),

@@ -6,7 +6,9 @@
 //! Outcomes are keyed by recipient index, not by address: an envelope may name one address
 //! twice with different NOTIFY or ORCPT, and each RCPT keeps its own.
 
+use super::route::{DxLookup, Hosted, SignetLookup};
 use crate::deliver::{Deliverer, NextHop as SmtpHop};
+use crate::domain::Domain;
 use crate::envelope::{Envelope, QueueId};
 use crate::status::DeliveryOutcome;
 use std::future::Future;
@@ -41,6 +43,22 @@ pub trait Transport<Hop>: Send + Sync {
         message: Message<'a>,
         recipients: &'a [usize],
     ) -> Delivery<'a>;
+}
+
+/// A lookup's future.
+pub type Lookup<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the runner's lookup phase asks before [`super::route`]: the network (`_dx`, signets,
+/// each with its own cache) and the key store (hosted users). Answers are typed for the route;
+/// why a lookup failed is in their text, for the hold's reason.
+pub trait Directory: Send + Sync {
+    /// The `_dx` record of `domain`.
+    fn dx<'a>(&'a self, domain: &'a Domain) -> Lookup<'a, DxLookup>;
+    /// The user signet of `address` at its DIME domain.
+    fn signet<'a>(&'a self, address: &'a str) -> Lookup<'a, SignetLookup>;
+    /// Whether `address` is a hosted DIME user here, and in which mode. A key store that
+    /// cannot be read answers [`Hosted::No`] and logs why.
+    fn hosted(&self, address: &str) -> Hosted;
 }
 
 /// SMTP and LMTP through the outbound client; diagnostics are `smtp`

@@ -83,10 +83,16 @@ impl Gateway {
         // Without a [dns] of its own, the test's outbound mail must not wander off to the
         // system resolver: a dead server makes every MX lookup fail temporarily, so relayed
         // mail stays deferred in the queue where the test can look at it.
+        // With that dead server no `_dx` lookup can be answered either, and DIME's policy holds
+        // what it cannot look up: such a test speaks legacy SMTP only, unless it says otherwise.
         let text = if extra.contains("[dns]") {
             text
-        } else {
+        } else if extra.contains("[bridge]") {
             format!("{text}[dns]\nservers = [\"127.0.0.1:9\"]\ntimeout = \"1s\"\n")
+        } else {
+            format!(
+                "{text}[dns]\nservers = [\"127.0.0.1:9\"]\ntimeout = \"1s\"\n[bridge]\ndime = \"off\"\n"
+            )
         };
         std::fs::write(&config, text).unwrap();
         let log = dir.path().join("gateway.log");

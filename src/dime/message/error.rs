@@ -36,6 +36,14 @@ pub enum SealError {
         /// Whose.
         actor: Actor,
     },
+    /// The size policy gave no length padding can reach ([`super::padding_reaches`]).
+    #[error("cannot pad a message of at least {minimum} bytes to {target:?} bytes")]
+    SizeUnreachable {
+        /// The least length the message can be sealed to.
+        minimum: usize,
+        /// The length the policy asked for, if any.
+        target: Option<usize>,
+    },
     /// The message to be signed as origin does not open as origin.
     #[error("cannot sign as origin: {0}")]
     Open(#[from] OpenError),

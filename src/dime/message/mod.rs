@@ -105,7 +105,7 @@ pub use open::{
     open,
 };
 pub use rfc5322::canonical_form;
-pub use seal::{SealOptions, seal, sign_as_origin};
+pub use seal::{SealOptions, SizePolicy, padding_reaches, seal, seal_sized, sign_as_origin};
 
 /// The four actors of a D/MIME message (DIME.md §2.1), in keyslot order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -29,9 +29,18 @@ pub(crate) fn plain_len(d: usize, r: u8) -> usize {
     d + PREFIX_LEN + pad_len(d, r)
 }
 
-/// Writes the signed, padded plaintext for `data` into `out` (which must be empty).
-pub(crate) fn encode_into(out: &mut Vec<u8>, data: &[u8], flags: u8, r: u8, author: &SigningKey) {
-    let pad = pad_len(data.len(), r);
+/// Writes the signed plaintext for `data` with `pad` padding bytes into `out` (which must be
+/// empty). `pad` is [`pad_len`] for the spec's random padding, or that minimum plus a multiple of
+/// 16 when padding to an exact size: both decoders accept any length whose low 8 bits are the pad
+/// byte (ours in [`decode`]; libdime's `dmsg_chunk_data_get` compares truncated values and checks
+/// the first `pad mod 256` bytes), and every pad byte is written equal to it.
+pub(crate) fn encode_into(
+    out: &mut Vec<u8>,
+    data: &[u8],
+    flags: u8,
+    pad: usize,
+    author: &SigningKey,
+) {
     out.reserve(PREFIX_LEN + data.len() + pad);
     out.extend_from_slice(&[0u8; SIG_LEN]);
     let d = u32::try_from(data.len()).unwrap_or(u32::MAX).to_be_bytes();
@@ -111,7 +120,7 @@ mod tests {
         let key = SigningKey::from_bytes(&[7u8; 32]);
         for (data, r) in [(&b""[..], 0u8), (b"hello", 9), (&[0xAAu8; 187][..], 255)] {
             let mut out = Vec::new();
-            encode_into(&mut out, data, 0, r, &key);
+            encode_into(&mut out, data, 0, pad_len(data.len(), r), &key);
             let dec = decode(&out, ChunkType::Common, Actor::Recipient).unwrap();
             assert_eq!(dec.data, data);
             let sig = ed25519_dalek::Signature::from_bytes(out[..64].try_into().unwrap());

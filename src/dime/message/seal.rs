@@ -28,9 +28,16 @@ pub struct SealOptions<'a> {
     pub origin_signing_key: Option<&'a SigningKey>,
 }
 
+/// Largest standard payload a chunk's u24 length can carry, kept block-aligned.
+const MAX_PAYLOAD: usize = 0xFF_FFF0;
+/// A tracing block's header: magic and u16 length (DIME.md §7.1).
+const TRACING_HEADER: usize = 4;
+
 /// Chunk area bounds of the chunks written so far, for the hashes and signature prefixes.
 struct Writer<'r, R> {
     out: Vec<u8>,
+    /// Offset of the message header in `out` (after the tracing block, if any).
+    base: usize,
     /// (type, start, end) of each chunk, offsets in `out`.
     spans: Vec<(ChunkType, usize, usize)>,
     keks: [AesKeyIv; 4],
@@ -52,40 +59,127 @@ impl<R: CryptoRng + RngCore> Writer<'_, R> {
         self.spans.push((kind, start, self.out.len()));
     }
 
-    fn standard(&mut self, kind: ChunkType, data: &[u8], flags: u8, author: &SigningKey) {
-        let r = (self.rng.next_u32() & 0xff) as u8;
+    /// A standard chunk; `pad` is the padding length, or `None` for the spec's random padding.
+    fn standard(&mut self, c: &Planned<'_>, pad: Option<usize>, author: &SigningKey) {
+        let pad = pad.unwrap_or_else(|| {
+            let r = (self.rng.next_u32() & 0xff) as u8;
+            payload::pad_len(c.data.len(), r)
+        });
         let mut plain = Vec::new();
-        payload::encode_into(&mut plain, data, flags, r, author);
-        self.encrypted(kind, plain);
-    }
-
-    /// Standard chunks of a repeatable type carrying `data`, cut into chunk-sized pieces.
-    fn spanning(&mut self, kind: ChunkType, data: &[u8], author: &SigningKey) {
-        let mut pieces = data.chunks(MAX_CHUNK_DATA).peekable();
-        if pieces.peek().is_none() {
-            self.standard(kind, &[], 0, author);
-        }
-        while let Some(piece) = pieces.next() {
-            let flags = if pieces.peek().is_some() {
-                FLAG_CONTINUED
-            } else {
-                0
-            };
-            self.standard(kind, piece, flags, author);
-        }
+        payload::encode_into(&mut plain, c.data, c.flags, pad, author);
+        self.encrypted(c.kind, plain);
     }
 
     /// The message bytes from the first chunk to the end of the last chunk below `limit`.
     fn prefix_below(&self, limit: u8) -> &[u8] {
+        let area = self.base + 6;
         let end = self
             .spans
             .iter()
             .filter(|(k, _, _)| (*k as u8) < limit)
             .map(|(_, _, e)| *e)
             .max()
-            .unwrap_or(6);
-        &self.out[6..end]
+            .unwrap_or(area);
+        &self.out[area..end]
     }
+}
+
+/// One standard chunk to be written: its type, data and flags.
+struct Planned<'d> {
+    kind: ChunkType,
+    data: &'d [u8],
+    flags: u8,
+}
+
+impl Planned<'_> {
+    /// Serialized size with the least padding the spec allows.
+    fn min_len(&self) -> usize {
+        4 + self.min_payload() + chunk::SLOT_LEN * self.kind.actors().len()
+    }
+
+    fn min_payload(&self) -> usize {
+        payload::PREFIX_LEN + self.data.len() + payload::pad_len(self.data.len(), 0)
+    }
+}
+
+/// Pieces of a repeatable type carrying `data`, cut into chunk-sized pieces, each but the last
+/// flagged as continuing.
+fn spanning<'d>(plan: &mut Vec<Planned<'d>>, kind: ChunkType, data: &'d [u8]) {
+    let mut pieces = data.chunks(MAX_CHUNK_DATA).peekable();
+    if pieces.peek().is_none() {
+        plan.push(Planned {
+            kind,
+            data: &[],
+            flags: 0,
+        });
+    }
+    while let Some(piece) = pieces.next() {
+        let flags = if pieces.peek().is_some() {
+            FLAG_CONTINUED
+        } else {
+            0
+        };
+        plan.push(Planned {
+            kind,
+            data: piece,
+            flags,
+        });
+    }
+}
+
+/// The signature chunks every sealed message ends with.
+const SIGNATURE_CHUNKS: [ChunkType; 5] = [
+    ChunkType::AuthorTree,
+    ChunkType::AuthorFull,
+    ChunkType::OriginMetaBounce,
+    ChunkType::OriginDisplayBounce,
+    ChunkType::OriginFull,
+];
+
+/// Chooses the exact length of a sealed message, for size privacy: given the least length the
+/// message can have, the length to seal it to, or `None` to refuse (see [`seal_sized`]).
+pub trait SizePolicy: std::fmt::Debug {
+    /// The target length; it must satisfy [`padding_reaches`]`(minimum, target)`.
+    fn sealed_len(&self, minimum: usize) -> Option<usize>;
+}
+
+/// Whether [`seal_sized`] can take a message whose least sealed length is `minimum` to exactly
+/// `target` bytes: equal, a multiple of 16 more (padding only), or at least 5 more (padding and a
+/// tracing block of 5 to 20 bytes).
+pub fn padding_reaches(minimum: usize, target: usize) -> bool {
+    target >= minimum
+        && ((target - minimum).is_multiple_of(16) || target - minimum > TRACING_HEADER)
+}
+
+/// How the bytes between the least and the target length are spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SizePlan {
+    /// Length of the tracing block's data (0: no block).
+    tracing: usize,
+    /// Extra padding, a multiple of 16, over the least padding of every chunk.
+    extra: usize,
+}
+
+fn size_plan(minimum: usize, target: usize) -> Option<SizePlan> {
+    if !padding_reaches(minimum, target) {
+        return None;
+    }
+    let delta = target - minimum;
+    if delta.is_multiple_of(16) {
+        return Some(SizePlan {
+            tracing: 0,
+            extra: delta,
+        });
+    }
+    // Chunk sizes move in steps of 16 and every D/MIME message has an odd length (DIME.md §7.2:
+    // 4-byte chunk headers, 64-byte slots, block-aligned payloads, a 33-byte key), so only the
+    // unsigned tracing block in front (DIME.md §7.1) can take up the rest. libdime refuses an
+    // empty one (`dmsg_tracing_load`), hence 1..=16 data bytes.
+    let tracing = (delta - TRACING_HEADER - 1) % 16 + 1;
+    Some(SizePlan {
+        tracing,
+        extra: delta - TRACING_HEADER - tracing,
+    })
 }
 
 /// The data the tree signature signs, computed over serialized chunks 2..131 (DIME.md §7.8).
@@ -115,12 +209,44 @@ fn envelope_line(out: &mut Vec<u8>, key: &str, open: char, value: &str, close: c
 ///
 /// Without `options.origin_signing_key` the origin chunks 248/249/255 are zero placeholders for
 /// [`sign_as_origin`] to fill. Randomness (ephemeral key, chunk keys, IVs, keyslot salts, padding)
-/// comes from `rng` only.
+/// comes from `rng` only. Each chunk is padded as DIME.md §7.5's primary algorithm says, with a
+/// random byte; [`seal_sized`] pads to an exact length instead.
 pub fn seal(
     message: &[u8],
     parties: &Parties<'_>,
     author_key: &SigningKey,
     options: &SealOptions<'_>,
+    rng: &mut (impl CryptoRng + RngCore),
+) -> Result<Vec<u8>, SealError> {
+    seal_inner(message, parties, author_key, options, None, rng)
+}
+
+/// [`seal`], padded so that the output is exactly `size.sealed_len(minimum)` bytes long, where
+/// `minimum` is the least length the message can take.
+///
+/// Every chunk gets the least padding of DIME.md §7.5 (`r = 0`) and the extra padding goes into
+/// the last content chunk (then the ones before it, when a chunk is full), still as §7.5 padding:
+/// pad bytes equal to the pad byte, which is the padding length truncated to 8 bits. Chunk sizes
+/// move in steps of 16 and a D/MIME message always has an odd length, so any remainder goes into a
+/// zero-filled tracing block of 1..=16 bytes in front of the message (DIME.md §7.1): unsigned,
+/// skipped by both our parser and libdime's, and absent when padding alone reaches the target.
+pub fn seal_sized(
+    message: &[u8],
+    parties: &Parties<'_>,
+    author_key: &SigningKey,
+    options: &SealOptions<'_>,
+    size: &dyn SizePolicy,
+    rng: &mut (impl CryptoRng + RngCore),
+) -> Result<Vec<u8>, SealError> {
+    seal_inner(message, parties, author_key, options, Some(size), rng)
+}
+
+fn seal_inner(
+    message: &[u8],
+    parties: &Parties<'_>,
+    author_key: &SigningKey,
+    options: &SealOptions<'_>,
+    size: Option<&dyn SizePolicy>,
     rng: &mut (impl CryptoRng + RngCore),
 ) -> Result<Vec<u8>, SealError> {
     // Signet identifiers come from the network; one holding CRLF or a delimiter could forge
@@ -147,22 +273,6 @@ pub fn seal(
             });
         }
     }
-    let ephemeral = SecretKey::random(rng);
-    let keks = Actor::ALL.map(|a| derive_kek(&ephemeral, &parties.get(a).encryption_key));
-    let body_len = split.body.map_or(0, <[u8]>::len);
-    let mut w = Writer {
-        out: Vec::with_capacity(2048 + body_len + body_len / 8),
-        spans: Vec::new(),
-        keks,
-        rng,
-    };
-    w.out.extend_from_slice(&chunk::MESSAGE_MAGIC.to_be_bytes());
-    w.out.extend_from_slice(&[0; 4]);
-
-    let eph = ephemeral.public_key().to_encoded_point(true);
-    chunk::put_header(&mut w.out, ChunkType::Ephemeral, eph.len());
-    w.out.extend_from_slice(eph.as_bytes());
-    w.spans.push((ChunkType::Ephemeral, 6, w.out.len()));
 
     let mut origin_text = Vec::new();
     envelope_line(&mut origin_text, "Author", '<', &parties.author.name, '>');
@@ -187,8 +297,6 @@ pub fn seal(
         &parties.destination.fingerprint,
         ']',
     );
-    w.standard(ChunkType::Origin, &origin_text, 0, author_key);
-
     let mut dest_text = Vec::new();
     envelope_line(
         &mut dest_text,
@@ -212,11 +320,30 @@ pub fn seal(
         &parties.origin.fingerprint,
         ']',
     );
-    w.standard(ChunkType::Destination, &dest_text, 0, author_key);
 
-    w.standard(ChunkType::Common, &split.common, 0, author_key);
+    let mut plan = vec![
+        Planned {
+            kind: ChunkType::Origin,
+            data: &origin_text,
+            flags: 0,
+        },
+        Planned {
+            kind: ChunkType::Destination,
+            data: &dest_text,
+            flags: 0,
+        },
+        Planned {
+            kind: ChunkType::Common,
+            data: &split.common,
+            flags: 0,
+        },
+    ];
     if !split.other.is_empty() {
-        w.standard(ChunkType::Other, &split.other, 0, author_key);
+        plan.push(Planned {
+            kind: ChunkType::Other,
+            data: &split.other,
+            flags: 0,
+        });
     }
     if let Some(body) = split.body {
         let first = split
@@ -224,12 +351,78 @@ pub fn seal(
             .first()
             .copied()
             .unwrap_or(body.len());
-        w.spanning(ChunkType::Display, &body[..first], author_key);
+        spanning(&mut plan, ChunkType::Display, &body[..first]);
         let mut bounds = split.attachment_starts.clone();
         bounds.push(body.len());
         for pair in bounds.windows(2) {
-            w.spanning(ChunkType::Attachment, &body[pair[0]..pair[1]], author_key);
+            spanning(&mut plan, ChunkType::Attachment, &body[pair[0]..pair[1]]);
         }
+    }
+
+    // Exact padding: the least length, the target, and where the difference goes.
+    let mut pads: Vec<Option<usize>> = vec![None; plan.len()];
+    let mut tracing = 0;
+    if let Some(policy) = size {
+        let minimum = 6
+            + 4
+            + 33
+            + plan.iter().map(Planned::min_len).sum::<usize>()
+            + SIGNATURE_CHUNKS
+                .iter()
+                .map(|k| 4 + SIG_LEN + chunk::SLOT_LEN * k.actors().len())
+                .sum::<usize>();
+        let target = policy.sealed_len(minimum);
+        let sp = target
+            .and_then(|t| size_plan(minimum, t))
+            .ok_or(SealError::SizeUnreachable { minimum, target })?;
+        tracing = sp.tracing;
+        let mut extra = sp.extra;
+        for (c, pad) in plan.iter().zip(pads.iter_mut()).rev() {
+            let more = extra.min(MAX_PAYLOAD - c.min_payload());
+            extra -= more;
+            *pad = Some(payload::pad_len(c.data.len(), 0) + more);
+        }
+        if extra > 0 {
+            return Err(SealError::TooLarge {
+                what: "padded message",
+                len: target.unwrap_or(minimum),
+                max: target.unwrap_or(minimum) - extra,
+            });
+        }
+    }
+
+    let ephemeral = SecretKey::random(rng);
+    let keks = Actor::ALL.map(|a| derive_kek(&ephemeral, &parties.get(a).encryption_key));
+    let body_len = split.body.map_or(0, <[u8]>::len);
+    let base = if tracing > 0 {
+        TRACING_HEADER + tracing
+    } else {
+        0
+    };
+    let mut w = Writer {
+        out: Vec::with_capacity(base + 2048 + body_len + body_len / 8),
+        base,
+        spans: Vec::new(),
+        keks,
+        rng,
+    };
+    if tracing > 0 {
+        w.out.extend_from_slice(&chunk::TRACING_MAGIC.to_be_bytes());
+        w.out
+            .extend_from_slice(&u16::try_from(tracing).unwrap_or(16).to_be_bytes());
+        w.out.resize(base, 0);
+    }
+    w.out.extend_from_slice(&chunk::MESSAGE_MAGIC.to_be_bytes());
+    w.out.extend_from_slice(&[0; 4]);
+
+    let eph = ephemeral.public_key().to_encoded_point(true);
+    let eph_start = w.out.len();
+    chunk::put_header(&mut w.out, ChunkType::Ephemeral, eph.len());
+    w.out.extend_from_slice(eph.as_bytes());
+    w.spans.push((ChunkType::Ephemeral, eph_start, w.out.len()));
+
+    for (c, pad) in plan.iter().zip(&pads) {
+        w.standard(c, *pad, author_key);
     }
 
     let tree = tree_data(
@@ -255,13 +448,13 @@ pub fn seal(
         w.encrypted(kind, sig.to_vec());
     }
 
-    let len = w.out.len() - 6;
+    let len = w.out.len() - base - 6;
     let len32 = u32::try_from(len).map_err(|_| SealError::TooLarge {
         what: "message",
         len,
         max: u32::MAX as usize,
     })?;
-    w.out[2..6].copy_from_slice(&len32.to_be_bytes());
+    w.out[base + 2..base + 6].copy_from_slice(&len32.to_be_bytes());
     Ok(w.out)
 }
 

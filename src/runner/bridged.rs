@@ -1,0 +1,301 @@
+//! The conversions before the backend (DESIGN.md §1): *unwrap* D/MIME that arrived over DMTP
+//! for a trustful user, pass it on *sealed* for a cautious one, and *protect* legacy mail for a
+//! cautious user at rest. Each recipient gets its own converted copy (its own keys), handed to
+//! the SMTP/LMTP transport for that recipient alone. The conversions are [`crate::bridge`]'s; this
+//! is where their keys and signets come from.
+//!
+//! A conversion that fails for good (a message not sealed for us, a broken signature) fails the
+//! recipient with the bridge's status; one that may work later (the origin's signet cannot be
+//! fetched now) defers it. An author whose signet cannot be had at all does not stop delivery:
+//! the mail arrives with `dime=fail` in its `Authentication-Results`.
+
+use super::dmtp::{bridge_outcome, discovery_outcome};
+use super::route::{BridgeHop, Conversion};
+use super::transport::{Delivery, Message, Transport};
+use crate::bridge::{self, Identity, ProtectInput, UnwrapInput};
+use crate::deliver::NextHop as SmtpHop;
+use crate::dime::Signet;
+use crate::discovery::Discovery;
+use crate::envelope::Envelope;
+use crate::identity::{Keystore, OrgIdentity, bridge_address};
+use crate::status::{DeliveryOutcome, Diagnosis, EnhancedStatus};
+use crate::time::UnixTime;
+use std::sync::Arc;
+use tracing::info;
+
+/// Convert, then SMTP/LMTP.
+pub struct BridgeTransport {
+    smtp: Arc<dyn Transport<SmtpHop>>,
+    discovery: Arc<Discovery>,
+    keystore: Keystore,
+    orgs: Arc<Vec<OrgIdentity>>,
+    hostname: String,
+    padding: bridge::Buckets,
+}
+
+impl std::fmt::Debug for BridgeTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgeTransport")
+            .field("hostname", &self.hostname)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One recipient's converted copy: the envelope to send it with and the bytes.
+struct Converted {
+    envelope: Envelope,
+    body: Vec<u8>,
+}
+
+impl BridgeTransport {
+    /// Conversions with our `orgs` and `keystore`, delivered through `smtp`; `hostname` names us
+    /// in the trace fields of unwrapped mail.
+    pub fn new(
+        smtp: Arc<dyn Transport<SmtpHop>>,
+        discovery: Arc<Discovery>,
+        keystore: Keystore,
+        orgs: Arc<Vec<OrgIdentity>>,
+        hostname: String,
+        padding: bridge::Buckets,
+    ) -> BridgeTransport {
+        BridgeTransport {
+            smtp,
+            discovery,
+            keystore,
+            orgs,
+            hostname,
+            padding,
+        }
+    }
+
+    fn org(&self, address: &str) -> Result<&OrgIdentity, DeliveryOutcome> {
+        let domain = address.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+        self.orgs
+            .iter()
+            .find(|o| o.domain.eq_ignore_ascii_case(domain))
+            .ok_or_else(|| {
+                failed(
+                    EnhancedStatus::new(5, 1, 2),
+                    format!("{domain} is not a DIME organization here"),
+                )
+            })
+    }
+
+    async fn convert(
+        &self,
+        conversion: Conversion,
+        message: Message<'_>,
+        address: &str,
+    ) -> Result<Converted, DeliveryOutcome> {
+        match conversion {
+            Conversion::Unwrap => self.unwrap(message, address).await,
+            Conversion::Protect => self.protect(message, address),
+            Conversion::PassSealed => self.pass_sealed(message, address),
+        }
+    }
+
+    async fn unwrap(
+        &self,
+        message: Message<'_>,
+        address: &str,
+    ) -> Result<Converted, DeliveryOutcome> {
+        let Some(arrival) = message.envelope.dime.as_deref() else {
+            return Err(failed(
+                EnhancedStatus::new(5, 6, 0),
+                "not a D/MIME message".into(),
+            ));
+        };
+        let org = self.org(address)?;
+        let origin = self
+            .discovery
+            .org_signet(&arrival.origin)
+            .await
+            .map_err(|e| discovery_outcome(&e, "origin org signet"))?
+            .signet;
+        let user = self
+            .keystore
+            .user(address)
+            .map_err(|e| failed(EnhancedStatus::new(5, 1, 1), format!("hosted user: {e}")))?;
+        // The generation the message was sealed to: after a rotation, mail sealed to the
+        // previous key still opens.
+        let generation = user
+            .generations
+            .iter()
+            .rev()
+            .find(|g| g.signet.crypto_fingerprint().to_string() == arrival.recipient_fingerprint)
+            .ok_or_else(|| {
+                failed(
+                    EnhancedStatus::new(5, 1, 1),
+                    format!(
+                        "{address} has no key generation with fingerprint {}",
+                        arrival.recipient_fingerprint
+                    ),
+                )
+            })?;
+        let key = self
+            .keystore
+            .user_key(address, generation.number)
+            .map_err(|e| deferred(EnhancedStatus::new(4, 3, 0), format!("user key: {e}")))?;
+        let queue_id = message.queue_id.to_string();
+        let input = UnwrapInput {
+            message: message.body,
+            destination_key: &org.key,
+            recipient_key: &key,
+            hostname: &self.hostname,
+            queue_id: &queue_id,
+            received_at: UnixTime(message.envelope.arrival_unix),
+            origin_signet: &origin,
+            origin_domain: &arrival.origin,
+        };
+        let need = bridge::unwrap_prepare(&input).map_err(|e| bridge_outcome(&e))?;
+        let author: Option<Signet> = match self.discovery.user_signet(&need.author).await {
+            Ok(found) => Some(found.signet),
+            // Worth another try later; a signet that cannot be had for good is `dime=fail`.
+            Err(e) if !e.is_permanent() || e.is_bogus() => {
+                return Err(discovery_outcome(&e, "author signet"));
+            }
+            Err(_) => None,
+        };
+        let opened =
+            bridge::unwrap_finish(&input, author.as_ref()).map_err(|e| bridge_outcome(&e))?;
+        info!(rcpt = %address, author = %opened.author, origin = %opened.origin, dime = ?opened.dime, "unwrapped");
+        let mut envelope = message.envelope.clone();
+        if let Some(from) = opened.envelope_from {
+            envelope.sender = from;
+        }
+        Ok(Converted {
+            envelope,
+            body: opened.rfc5322,
+        })
+    }
+
+    fn protect(&self, message: Message<'_>, address: &str) -> Result<Converted, DeliveryOutcome> {
+        let org = self.org(address)?;
+        let user = self
+            .keystore
+            .user(address)
+            .map_err(|e| deferred(EnhancedStatus::new(4, 3, 0), format!("hosted user: {e}")))?;
+        let Some(current) = user.current() else {
+            return Err(deferred(
+                EnhancedStatus::new(4, 7, 0),
+                format!("{address} has no signet to seal to"),
+            ));
+        };
+        let bridge_address = bridge_address(&org.domain);
+        let (bridge_signet, bridge_key) =
+            self.keystore
+                .signing_identity(&bridge_address)
+                .map_err(|e| {
+                    deferred(
+                        EnhancedStatus::new(4, 3, 0),
+                        format!("bridge identity: {e}"),
+                    )
+                })?;
+        let input = ProtectInput {
+            message: message.body,
+            mail_from: &message.envelope.sender,
+            recipient: address,
+            recipient_signet: &current.signet,
+            bridge: Identity {
+                signet: &bridge_signet,
+                key: &bridge_key,
+            },
+            bridge_address: &bridge_address,
+            org: Identity {
+                signet: &org.signet,
+                key: &org.key,
+            },
+            domain: &org.domain,
+            authentication_results: None,
+            padding: self.padding,
+        };
+        let body =
+            bridge::protect(&input, &mut rand::rngs::OsRng).map_err(|e| bridge_outcome(&e))?;
+        info!(rcpt = %address, size = body.len(), "protected at rest");
+        let mut envelope = message.envelope.clone();
+        envelope.body_8bit = false;
+        Ok(Converted { envelope, body })
+    }
+
+    fn pass_sealed(
+        &self,
+        message: Message<'_>,
+        address: &str,
+    ) -> Result<Converted, DeliveryOutcome> {
+        let origin = message
+            .envelope
+            .dime
+            .as_deref()
+            .map(|a| a.origin.as_str())
+            .unwrap_or_default();
+        let body = bridge::protect::carry(
+            message.body,
+            origin,
+            address,
+            crate::time::UnixTime(message.envelope.arrival_unix),
+        )
+        .map_err(|e| bridge_outcome(&e))?;
+        info!(rcpt = %address, size = body.len(), "passed on sealed");
+        let mut envelope = message.envelope.clone();
+        envelope.body_8bit = false;
+        Ok(Converted { envelope, body })
+    }
+
+    async fn send(
+        &self,
+        hop: &BridgeHop,
+        message: Message<'_>,
+        recipients: &[usize],
+    ) -> Vec<(usize, DeliveryOutcome)> {
+        let mut outcomes = Vec::with_capacity(recipients.len());
+        for &index in recipients {
+            let Some(recipient) = message.envelope.recipients.get(index) else {
+                continue;
+            };
+            let converted = match self
+                .convert(hop.conversion, message, &recipient.address)
+                .await
+            {
+                Ok(c) => c,
+                Err(outcome) => {
+                    outcomes.push((index, outcome));
+                    continue;
+                }
+            };
+            let copy = Message {
+                queue_id: message.queue_id,
+                envelope: &converted.envelope,
+                body: &converted.body,
+            };
+            outcomes.extend(self.smtp.deliver(&hop.hop, copy, &[index]).await);
+        }
+        outcomes
+    }
+}
+
+impl Transport<BridgeHop> for BridgeTransport {
+    fn deliver<'a>(
+        &'a self,
+        hop: &'a BridgeHop,
+        message: Message<'a>,
+        recipients: &'a [usize],
+    ) -> Delivery<'a> {
+        Box::pin(self.send(hop, message, recipients))
+    }
+}
+
+fn failed(status: EnhancedStatus, reason: String) -> DeliveryOutcome {
+    DeliveryOutcome::Failed(Diagnosis {
+        local_reason: Some(reason),
+        status: Some(status),
+        ..Diagnosis::default()
+    })
+}
+
+fn deferred(status: EnhancedStatus, reason: String) -> DeliveryOutcome {
+    DeliveryOutcome::Deferred(Diagnosis {
+        local_reason: Some(reason),
+        status: Some(status),
+        ..Diagnosis::default()
+    })
+}

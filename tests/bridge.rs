@@ -1,0 +1,463 @@
+//! The bridge end to end: a legacy SMTP client hands mail to gateway A (secure.test, 127.0.0.2),
+//! which finds other.test's `_dx` in a DNSSEC-signed Knot tree, wraps the mail for the recipient
+//! and sends it over DMTP, through a recording TCP tap, to gateway B (other.test, 127.0.0.3);
+//! B verifies, stores, unwraps and delivers to its backend, an smtp-sink. The tap's bytes and
+//! the delivered mail are the evidence: what crossed the wire, and what arrived.
+
+mod common;
+
+use common::{Gateway, KnotTree, Sink, bin, free_port, smtp_send, wait_until};
+use dimegate::bridge::Buckets;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A TCP tap on `listen` in front of `upstream`: records every byte each side sent, per
+/// connection.
+/// Per connection: what the client sent, what the server sent.
+type Sessions = Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
+
+struct Tap {
+    sessions: Sessions,
+}
+
+impl Tap {
+    fn start(listen: SocketAddr, upstream: SocketAddr) -> Tap {
+        let listener = TcpListener::bind(listen).expect("bind tap");
+        let sessions: Sessions = Arc::default();
+        let record = Arc::clone(&sessions);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let slot = {
+                    let mut s = record.lock().unwrap();
+                    s.push((Vec::new(), Vec::new()));
+                    s.len() - 1
+                };
+                for (mut from, mut to, upstream_side) in [
+                    (
+                        client.try_clone().unwrap(),
+                        server.try_clone().unwrap(),
+                        true,
+                    ),
+                    (server, client, false),
+                ] {
+                    let record = Arc::clone(&record);
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 65536];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            let mut s = record.lock().unwrap();
+                            let (up, down) = &mut s[slot];
+                            if upstream_side { up } else { down }.extend_from_slice(&buf[..n]);
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Tap { sessions }
+    }
+
+    /// Every byte of every connection, both ways.
+    fn all(&self) -> Vec<u8> {
+        let s = self.sessions.lock().unwrap();
+        s.iter()
+            .flat_map(|(a, b)| a.iter().chain(b))
+            .copied()
+            .collect()
+    }
+
+    /// Bytes the client side sent, per connection.
+    fn sent(&self) -> Vec<usize> {
+        self.sessions
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(a, _)| a.len())
+            .collect()
+    }
+}
+
+struct Side {
+    domain: &'static str,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    smtp: SocketAddr,
+    admin: SocketAddr,
+    dmtp: SocketAddr,
+}
+
+impl Side {
+    fn new(domain: &'static str, ip: &str, dmtp_port: u16) -> Side {
+        let dir = common::tempdir();
+        let config = dir.path().join("dimegate.toml");
+        Side {
+            domain,
+            smtp: format!("{ip}:{}", free_port()).parse().unwrap(),
+            admin: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            dmtp: format!("{ip}:{dmtp_port}").parse().unwrap(),
+            dir,
+            config,
+        }
+    }
+
+    fn write_config(&self, dns: &str, connect_port: u16, extra: &str) {
+        let text = format!(
+            "data_dir = {:?}\n{extra}\n[[domain]]\nname = \"{d}\"\n[smtp]\nlisten = \"{}\"\nhostname = \"mx.{d}\"\n[admin]\nlisten = \"{}\"\n[dmtp]\nlisten = \"{}\"\ndx = [\"dx.{d}\"]\nconnect_port = {connect_port}\n{dns}",
+            self.dir.path().join("data"),
+            self.smtp,
+            self.admin,
+            self.dmtp,
+            d = self.domain,
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap()
+    }
+
+    fn record_line(&self) -> String {
+        let out = ok(&self.cli(&["record", self.domain]));
+        let rdata = out
+            .trim()
+            .split_once(" IN TXT ")
+            .map(|(_, r)| r.to_owned())
+            .expect("record line");
+        format!("{}. _dx IN TXT {rdata}\n", self.domain)
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("data/dime/{}/{rel}", self.domain))
+    }
+
+    fn start(&self) -> Gateway {
+        let mut gw = Gateway {
+            dir: common::tempdir(),
+            config: self.config.clone(),
+            smtp: self.smtp,
+            tls_smtp: self.smtp,
+            admin: self.admin,
+            child: None,
+            log: self.dir.path().join("gateway.log"),
+        };
+        gw.spawn();
+        gw
+    }
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn mail(to: &str, subject: &str, body: &str) -> String {
+    format!(
+        "Date: Tue, 01 Dec 2026 12:00:00 +0000\r\nFrom: Alice <alice@secure.test>\r\nTo: <{to}>\r\nSubject: {subject}\r\nMessage-ID: <m{}.{}@secure.test>\r\n\r\n{body}",
+        subject.len(),
+        body.len()
+    )
+}
+
+/// The sizes A logged for the copies it sealed.
+fn wrapped_sizes(gw: &Gateway) -> Vec<usize> {
+    gw.log_text()
+        .lines()
+        .filter(|l| l.contains("wrapped"))
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("size=")?;
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+fn flow_count(gw: &Gateway, flow: &str) -> f64 {
+    common::metric(
+        &gw.metrics(),
+        &format!("dimegate_route_decisions_total{{flow=\"{flow}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+#[test]
+fn legacy_mail_crosses_two_gateways_sealed_and_arrives_as_sent() {
+    let port = free_port();
+    let tap_port = free_port();
+    let a = Side::new("secure.test", "127.0.0.2", port);
+    let b = Side::new("other.test", "127.0.0.3", port);
+    let relay_sink = Sink::start(&[]);
+    let backend = Sink::start(&[]);
+    // Identities first (`users add` creates the org on first use), then the records.
+    a.write_config("", port, "");
+    b.write_config("", port, "");
+    ok(&a.cli(&["users", "add", "alice@secure.test"]));
+    ok(&b.cli(&["users", "add", "bob@other.test"]));
+    ok(&b.cli(&["users", "add", "dave@other.test"]));
+    ok(&b.cli(&["users", "add", "carol@other.test", "--mode", "cautious"]));
+    let carol_keys = b.dir.path().join("carol-keys");
+    ok(&Command::new(bin())
+        .args(["keys", "user", "carol@other.test", "--org-key"])
+        .arg(b.path("org.key"))
+        .arg("--out")
+        .arg(&carol_keys)
+        .output()
+        .unwrap());
+    let carol_signet = carol_keys.join("carol@other.test.signet");
+    ok(&b.cli(&[
+        "users",
+        "import-signet",
+        "carol@other.test",
+        carol_signet.to_str().unwrap(),
+    ]));
+    let tree = KnotTree::start(&(a.record_line() + &b.record_line()));
+    let dns = format!(
+        "[dns]\nservers = [\"{}\"]\ntimeout = \"2s\"\ntrust_anchor = {:?}\n",
+        tree.addr,
+        tree.trust_anchor()
+    );
+    // A reaches B's DX through the tap; B reaches A's DX (for A's org signet) directly.
+    let tap = Tap::start(format!("127.0.0.3:{tap_port}").parse().unwrap(), b.dmtp);
+    a.write_config(
+        &dns,
+        tap_port,
+        &format!(
+            "[relay]\nnetworks = [\"127.0.0.0/8\"]\nsmarthost = \"{}\"\nsmarthost_tls = \"off\"\n\
+             [[destination]]\ndomain = \"strict.other.test\"\ndime = \"require\"\n\
+             [queue]\nretry = [\"1s\"]\njitter_percent = 0\npoll_interval = \"200ms\"\n",
+            relay_sink.addr
+        ),
+    );
+    b.write_config(
+        &dns,
+        port,
+        &format!(
+            "[backend]\naddress = \"{}\"\nstarttls = \"off\"\n",
+            backend.addr
+        ),
+    );
+    let gw_a = a.start();
+    let gw_b = b.start();
+
+    // 1. Wrap and unwrap: two messages whose sizes differ but fall in one bucket.
+    let secret_subject = "Quarterly-figures-zebra";
+    let secret_body = "The vault code is 1234-orchid.\r\n";
+    let first = mail("bob@other.test", secret_subject, secret_body);
+    let longer = mail(
+        "dave@other.test",
+        "Second-note-walrus",
+        &"A few more words.\r\n".repeat(4),
+    );
+    smtp_send(gw_a.smtp, "alice@secure.test", &["bob@other.test"], &first).expect("accepted");
+    smtp_send(
+        gw_a.smtp,
+        "alice@secure.test",
+        &["dave@other.test"],
+        &longer,
+    )
+    .expect("accepted");
+    wait_until(
+        Duration::from_secs(60),
+        || backend.messages().len() >= 2,
+        || format!("A:\n{}\nB:\n{}", gw_a.log_text(), gw_b.log_text()),
+    );
+    let delivered = backend.messages();
+    let to_bob = delivered
+        .iter()
+        .find(|m| m.contains(secret_subject))
+        .expect("bob's mail");
+    // The delivered mail is the sent one, with our trace on top.
+    for line in first.split("\r\n").filter(|l| !l.is_empty()) {
+        assert!(to_bob.contains(line), "{line:?} missing from\n{to_bob}");
+    }
+    assert!(
+        to_bob.contains("Authentication-Results: mx.other.test; dime=pass"),
+        "{to_bob}"
+    );
+    assert!(to_bob.contains("with DMTP"), "{to_bob}");
+    assert_eq!(flow_count(&gw_a, "wrap"), 2.0);
+    assert_eq!(flow_count(&gw_b, "unwrap"), 2.0);
+
+    // What the wire between A and B carried: TLS, with none of the mail in it, and two
+    // transfers whose sizes say only their bucket.
+    let wire = tap.all();
+    assert!(!wire.is_empty(), "the tap saw the transfers");
+    for secret in [
+        "alice",
+        "bob",
+        "dave",
+        secret_subject,
+        "vault",
+        "orchid",
+        "walrus",
+        "Alice",
+        "secure.test>",
+        "longer body",
+    ] {
+        assert!(
+            !wire.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret:?} visible on the wire"
+        );
+    }
+    let sizes = wrapped_sizes(&gw_a);
+    assert_eq!(sizes.len(), 2, "{sizes:?} {}", gw_a.log_text());
+    let buckets = Buckets::default();
+    for s in &sizes {
+        assert!(buckets.is_bucket(*s), "{s} is not a bucket size");
+    }
+    assert_eq!(sizes[0], sizes[1], "both messages fit one bucket");
+    // Signet lookups are sessions of their own, a few hundred bytes; the two transfers differ
+    // only by the digits of SIZE= and TLS framing.
+    let sent = tap.sent();
+    let transfers: Vec<usize> = sent.iter().copied().filter(|&n| n > sizes[0]).collect();
+    assert_eq!(transfers.len(), 2, "{sent:?}");
+    assert!(
+        transfers[0].abs_diff(transfers[1]) < 64,
+        "the transfers' sizes differ by more than framing: {sent:?}"
+    );
+
+    // 2. Protect at rest: legacy mail for cautious Carol reaches the backend sealed to her.
+    smtp_send(
+        gw_b.smtp,
+        "someone@legacy.example",
+        &["carol@other.test"],
+        &mail(
+            "carol@other.test",
+            "Private-matter-heron",
+            "Only for Carol.\r\n",
+        ),
+    )
+    .expect("accepted");
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            backend
+                .messages()
+                .iter()
+                .any(|m| m.contains("application/vnd.dime.dmime"))
+        },
+        || gw_b.log_text(),
+    );
+    let protected = backend
+        .messages()
+        .into_iter()
+        .find(|m| m.contains("application/vnd.dime.dmime"))
+        .unwrap();
+    assert!(
+        !protected.contains("heron") && !protected.contains("Only for Carol"),
+        "{protected}"
+    );
+    let b64: String = protected
+        .split("filename=\"message.dmime\"")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| !l.starts_with("--"))
+        .collect();
+    use base64::Engine;
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .expect("base64 D/MIME");
+    let mut open = Command::new(bin())
+        .args(["message", "open", "--as", "recipient", "--key"])
+        .arg(carol_keys.join("carol@other.test.key"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    open.stdin.take().unwrap().write_all(&sealed).unwrap();
+    let opened = open.wait_with_output().unwrap();
+    let opened_text = String::from_utf8_lossy(&opened.stdout);
+    assert!(
+        opened_text.contains("Only for Carol."),
+        "carol's key opens it: {opened_text}{}",
+        String::from_utf8_lossy(&opened.stderr)
+    );
+
+    // 3. Policy: no `_dx` (a secure denial) falls back to SMTP by default, and bounces where
+    // DIME is required; a DIME domain that knows no such user falls back too.
+    smtp_send(
+        gw_a.smtp,
+        "alice@secure.test",
+        &[
+            "erin@legacy.other.test",
+            "frank@other.test",
+            "gina@strict.other.test",
+        ],
+        &mail(
+            "erin@legacy.other.test",
+            "Legacy-path-otter",
+            "Plain mail.\r\n",
+        ),
+    )
+    .expect("accepted");
+    wait_until(
+        Duration::from_secs(30),
+        || !relay_sink.messages().is_empty() && flow_count(&gw_a, "fail") >= 1.0,
+        || format!("{}\n{:?}", gw_a.log_text(), relay_sink.dumps()),
+    );
+    let relayed = relay_sink.messages().join("\n");
+    assert!(relayed.contains("erin@legacy.other.test"), "{relayed}");
+    assert!(relayed.contains("frank@other.test"), "{relayed}");
+    assert!(!relayed.contains("gina@"), "{relayed}");
+    let log = gw_a.log_text();
+    assert!(log.contains("publishes no _dx record"), "{log}");
+    assert!(
+        log.contains("strict.other.test's policy requires DIME"),
+        "{log}"
+    );
+
+    // 4. B down: A keeps the wrapped mail queued and delivers when B is back.
+    let mut gw_b = gw_b;
+    gw_b.stop();
+    smtp_send(
+        gw_a.smtp,
+        "alice@secure.test",
+        &["bob@other.test"],
+        &mail("bob@other.test", "While-you-were-out-lynx", "Later.\r\n"),
+    )
+    .expect("accepted");
+    wait_until(
+        Duration::from_secs(30),
+        || gw_a.log_text().contains("DIME DMTP session"),
+        || gw_a.log_text(),
+    );
+    assert!(!backend.messages().iter().any(|m| m.contains("lynx")));
+    let gw_b = b.start();
+    wait_until(
+        Duration::from_secs(60),
+        || {
+            backend
+                .messages()
+                .iter()
+                .any(|m| m.contains("While-you-were-out-lynx"))
+        },
+        || format!("A:\n{}\nB:\n{}", gw_a.log_text(), gw_b.log_text()),
+    );
+}
