@@ -5,8 +5,10 @@
 #
 # 1. N messages of 1 KiB (smtp-source -s 20 -l 1024) are queued while the backend is down, then
 #    LARGE messages of LARGE_BYTES (smtp-source -s 4). Printed: RSS (peak while sampling every
-#    0.2 s, and now), queue size on disk (du of queue.redb + queue.bodies) against the bytes
-#    acknowledged (dimegate_smtp_accepted_bytes_total), each after the small and after the large batch.
+#    0.2 s, and now), queue size on disk against the bytes acknowledged
+#    (dimegate_smtp_accepted_bytes_total), each after the small and after the large batch: the
+#    blocks allocated to queue.redb + queue.bodies (du), which is the disk used, and their length
+#    (du -b), which is larger because redb grows its file by doubling it as a sparse file.
 # 2. With the queue full: a /metrics scrape, `queue list --limit 100`, `queue retry --domain D`
 #    (through the server's admin API, as an operator would), and a restart (SIGTERM, start, until
 #    /readyz), each timed.
@@ -58,7 +60,8 @@ secs() { echo "$2 - $1" | bc -l; }
 metric() {  # metric NAME -> sum of its samples
     curl -s "http://127.0.0.1:$ADMIN_PORT/metrics" | awk -v m="$1" '$1 == m || index($1, m"{") == 1 {s += $NF} END {printf "%.0f\n", s + 0}'
 }
-disk() { du -sb "$TB/gw/data/queue.redb" "$TB/gw/data/queue.bodies" 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }
+disk() { du -s --block-size=1 "$TB/gw/data/queue.redb" "$TB/gw/data/queue.bodies" 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }
+length() { du -sb "$TB/gw/data/queue.redb" "$TB/gw/data/queue.bodies" 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }
 rss_now() { awk '$1 == "VmRSS:" {print $2}' "/proc/$GW_PID/status"; }
 
 # RSS sampler: the gateway's VmRSS every 0.2 s, labelled with the phase named in $TB/phase.
@@ -84,10 +87,10 @@ sampler & SAMPLER_PID=$!
 start_gateway
 
 report_disk() {  # report_disk LABEL
-    local d b
-    d=$(disk); b=$(metric dimegate_smtp_accepted_bytes_total)
-    printf "%-22s queued %8d msgs, %12d bytes acknowledged, %12d bytes on disk = %.3fx; RSS now %d KiB\n" \
-        "$1" "$(metric dimegate_queue_messages)" "$b" "$d" "$(echo "$d / $b" | bc -l)" "$(rss_now)"
+    local d l b
+    d=$(disk); l=$(length); b=$(metric dimegate_smtp_accepted_bytes_total)
+    printf "%-22s queued %8d msgs, %12d bytes acknowledged, %12d bytes on disk = %.3fx (length %d = %.3fx); RSS now %d KiB\n" \
+        "$1" "$(metric dimegate_queue_messages)" "$b" "$d" "$(echo "$d / $b" | bc -l)" "$l" "$(echo "$l / $b" | bc -l)" "$(rss_now)"
 }
 
 # --- 1. fill the queue with the backend down ---------------------------------------------------

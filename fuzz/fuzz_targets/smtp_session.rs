@@ -2,7 +2,10 @@
 //!
 //! Asserts: no panic; buffered bytes stay bounded; while an `Enqueue` is unanswered nothing is
 //! sent (so no `250` can precede durable storage); nothing is output after `Close`; and the
-//! conversation is the same whether client input arrives whole or in the fuzzed split.
+//! conversation is the same whether client input arrives whole or in the fuzzed split, and
+//! whether the body is handed out in chunks (the split session streams bodies in chunks of 2 to
+//! 9 bytes, the whole one does not): the chunks since the last `BodyStart` plus the `Enqueue`'s
+//! rest are the message the whole session enqueued.
 //!
 //! Input layout: a stream of ops. Op byte `% 8`: 0-3 feed client bytes (a length byte, then that
 //! many source bytes mapped partly onto SMTP tokens, then a split byte), 4 answer AUTH, 5 answer
@@ -101,7 +104,9 @@ fuzz_target!(|data: &[u8]| {
         now,
         0,
     ));
-    let mut split = Driver::new(Session::new(policy, limits, client, now, 0));
+    let mut streaming = Session::new(policy, limits, client, now, 0);
+    streaming.stream_bodies(2 + usize::from(data.get(1).copied().unwrap_or(0) % 8));
+    let mut split = Driver::new(streaming);
     let mut bytes = data.iter().copied();
 
     while let Some(op) = bytes.next() {
@@ -205,6 +210,8 @@ struct Driver {
     closed: bool,
     /// Replies and events in order (replies byte for byte, events as markers).
     transcript: Vec<u8>,
+    /// Body chunks since the last `BodyStart`.
+    streamed: Vec<u8>,
 }
 
 impl Driver {
@@ -214,6 +221,7 @@ impl Driver {
             awaiting_store: false,
             closed: false,
             transcript: Vec::new(),
+            streamed: Vec::new(),
         };
         driver.drain();
         driver
@@ -228,7 +236,14 @@ impl Driver {
                     assert!(bytes.ends_with(b"\r\n"));
                     self.transcript.extend_from_slice(&bytes);
                 }
+                Output::BodyStart => self.streamed.clear(),
+                Output::BodyChunk(bytes) => {
+                    assert!(!bytes.is_empty());
+                    self.streamed.extend_from_slice(&bytes);
+                    assert!(self.streamed.len() <= MAX_MESSAGE + 2);
+                }
                 Output::Enqueue { envelope, body } => {
+                    let body = [std::mem::take(&mut self.streamed), body].concat();
                     assert!(body.len() <= MAX_MESSAGE);
                     self.awaiting_store = true;
                     self.transcript

@@ -28,6 +28,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 /// Read buffer per connection.
 const READ_CHUNK: usize = 64 * 1024;
+/// A message body is written to its store file in pieces of about this size as it arrives, so a
+/// session holds at most this much of a message (plus one read) however large it is.
+const BODY_CHUNK: usize = 256 * 1024;
 /// Longest wait for one write once the server is shutting down: a client that does not read
 /// must not hold the exit past the grace.
 const SHUTDOWN_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -437,6 +440,11 @@ async fn serve_connection(
         // Before any input this marks the session encrypted from the start (RFC 8314).
         session.handle_tls_established(std::time::Instant::now(), info);
     }
+    session.stream_bodies(BODY_CHUNK);
+    // The body file of the message being received, once it has outgrown one chunk.
+    let mut body_writer: Option<crate::store::BodyWriter> = None;
+    // Writing the body file failed: the message is refused at its end, like a failed commit.
+    let mut body_failed: Option<StoreFailure> = None;
     let mut buf = vec![0u8; READ_CHUNK];
     let mut shutting_down = false;
     loop {
@@ -475,18 +483,55 @@ async fn serve_connection(
                     let result = ingress.authenticate(peer.ip(), username, password).await;
                     session.handle_auth_result(std::time::Instant::now(), result);
                 }
+                Output::BodyStart => {
+                    // Dropping an unfinished writer removes its file.
+                    body_writer = None;
+                    body_failed = None;
+                }
+                Output::BodyChunk(bytes) => {
+                    if body_failed.is_some() {
+                        continue;
+                    }
+                    let written = match body_writer.as_mut() {
+                        Some(w) => w.write(bytes).await,
+                        None => match ingress.store.body_writer() {
+                            Ok(mut w) => {
+                                let r = w.write(bytes).await;
+                                body_writer = Some(w);
+                                r
+                            }
+                            Err(e) => Err(e),
+                        },
+                    };
+                    if let Err(e) = written {
+                        warn!(error = %e, "writing a message body to the store failed");
+                        body_writer = None;
+                        body_failed = Some(if e.is_disk_full() {
+                            StoreFailure::Full
+                        } else {
+                            StoreFailure::Failed
+                        });
+                    }
+                }
                 Output::Enqueue { envelope, body } => {
-                    let size = body.len() as u64;
+                    if let Some(failure) = body_failed.take() {
+                        session.handle_stored(std::time::Instant::now(), Err(failure));
+                        continue;
+                    }
+                    let writer = body_writer.take();
+                    let size = body.len() as u64 + writer.as_ref().map_or(0, |w| w.written());
                     let rcpts = envelope.recipients.len();
                     let sender = envelope.sender.clone();
                     // Not in a select!: the commit must be allowed to finish. Dropping this
                     // future would not undo a commit anyway (the committer thread owns it).
-                    // The body moves into the store (no copy); max_messages is checked in
-                    // the committer's transaction, exact under concurrency.
-                    let result = ingress
-                        .store
-                        .append_limited(envelope, body, ingress.pressure.max_messages())
-                        .await;
+                    // The body moves into the store (no copy), or ends the file its chunks
+                    // went to; max_messages is checked in the committer's transaction, exact
+                    // under concurrency.
+                    let max = ingress.pressure.max_messages();
+                    let result = match writer {
+                        Some(w) => ingress.store.append_streamed(envelope, w, body, max).await,
+                        None => ingress.store.append_limited(envelope, body, max).await,
+                    };
                     let result = match result {
                         Ok(queue_id) => {
                             ingress.pressure.note_stored(size);

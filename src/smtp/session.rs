@@ -166,9 +166,20 @@ pub enum Output {
     Enqueue {
         /// Sender, recipients and connection facts.
         envelope: Envelope,
-        /// The message as received (dot-unstuffed, CRLF line ends).
+        /// The message as received (dot-unstuffed, CRLF line ends); with
+        /// [`Session::stream_bodies`], what follows the [`Output::BodyChunk`]s since the last
+        /// [`Output::BodyStart`].
         body: Vec<u8>,
     },
+    /// Only with [`Session::stream_bodies`]: a message body begins (DATA accepted, or its first
+    /// BDAT chunk). Whatever chunks came before belong to a message that was refused or
+    /// abandoned: discard them.
+    BodyStart,
+    /// Only with [`Session::stream_bodies`]: the next bytes of the body begun at the last
+    /// [`Output::BodyStart`] (dot-unstuffed), handed out as they arrive so the session holds a
+    /// bounded part of a large message. Its [`Output::Enqueue`] carries the rest; size limits
+    /// and the body checks are the session's, over the whole body.
+    BodyChunk(Vec<u8>),
     /// The last reply has been queued before this: flush it and close the connection.
     Close(CloseReason),
     /// `STARTTLS <host> MODE=DMTPv1` was answered `220` (DIME.md §10.1): flush, run the TLS
@@ -245,6 +256,34 @@ struct Transaction {
     require_tls: bool,
 }
 
+/// The body of the message being received: the part not yet handed out, and what is known of the
+/// part that was (see [`Session::stream_bodies`]).
+struct Body {
+    buf: Vec<u8>,
+    /// Bytes already handed out in [`Output::BodyChunk`]s.
+    spilled: usize,
+    /// The last byte handed out: a LF at the start of `buf` is bare unless this is a CR.
+    last_spilled: Option<u8>,
+    /// The first reason found to refuse the part handed out.
+    refusal: Option<&'static str>,
+}
+
+impl Body {
+    fn new() -> Body {
+        Body {
+            buf: Vec::new(),
+            spilled: 0,
+            last_spilled: None,
+            refusal: None,
+        }
+    }
+
+    /// The body's length so far, handed out or not.
+    fn len(&self) -> usize {
+        self.spilled + self.buf.len()
+    }
+}
+
 /// Consuming a DATA or BDAT payload that will be refused.
 struct Skip {
     rx: DummyDataReceiver,
@@ -265,13 +304,13 @@ enum State {
     /// At least one recipient accepted.
     Rcpt(Transaction),
     /// Between BDAT chunks: body so far.
-    Chunking(Transaction, Vec<u8>),
+    Chunking(Transaction, Body),
     /// A BDAT chunk of this message was refused; later chunks are consumed and get this reply.
     BdatRefused(&'static str),
     /// Inside DATA.
-    Data(Transaction, DataReceiver, Vec<u8>),
+    Data(Transaction, DataReceiver, Body),
     /// Inside one BDAT chunk.
-    Bdat(Transaction, BdatReceiver, Vec<u8>),
+    Bdat(Transaction, BdatReceiver, Body),
     /// Consuming a payload to be refused.
     Skip(Skip),
     /// SASL exchange waiting for a client line.
@@ -349,6 +388,8 @@ pub struct Session {
     /// Replies not yet handed out, so that pipelined replies leave in one write.
     replies: Vec<u8>,
     out: VecDeque<Output>,
+    /// Set by [`Session::stream_bodies`]: hand out body chunks of about this many bytes.
+    body_chunk: Option<usize>,
 }
 
 impl Session {
@@ -385,6 +426,7 @@ impl Session {
             held_overflow: false,
             replies: Vec::new(),
             out: VecDeque::new(),
+            body_chunk: None,
         };
         // libdime's dual-mode client wants the token `DMTPv1` in the SMTP greeting (§10.1).
         let greeting = if session.policy.dmtp_dual_mode {
@@ -395,6 +437,13 @@ impl Session {
         session.reply(&greeting);
         session.flush_replies();
         session
+    }
+
+    /// From now on, hand message bodies out as they arrive: [`Output::BodyStart`] when a body
+    /// begins, then an [`Output::BodyChunk`] whenever `chunk` bytes (at least 2) are buffered, so
+    /// the session holds at most about `chunk` bytes of a message however large it is.
+    pub fn stream_bodies(&mut self, chunk: usize) {
+        self.body_chunk = Some(chunk.max(2));
     }
 
     /// Sets the time used as `arrival_unix` for messages that end after this call. Optional: without
@@ -568,12 +617,14 @@ impl Session {
         matches!(self.state, State::Closed | State::HandedOver)
     }
 
-    /// Bytes the session buffers: line, held input and message body. Bounded by roughly
-    /// `max_message_size + 2 + 12288 + HELD_INPUT_MAX` plus unread output; for metrics and fuzzing.
+    /// Bytes the session buffers: line, held input and the part of the message body not handed
+    /// out. Bounded by roughly `max_message_size + 2 + 12288 + HELD_INPUT_MAX` plus unread
+    /// output, and with [`Session::stream_bodies`] by the chunk size plus one input instead of
+    /// `max_message_size`; for metrics and fuzzing.
     pub fn buffered_len(&self) -> usize {
         let body = match &self.state {
             State::Chunking(_, body) | State::Data(_, _, body) | State::Bdat(_, _, body) => {
-                body.len()
+                body.buf.len()
             }
             _ => 0,
         };
@@ -1020,11 +1071,12 @@ impl Session {
         match mem::replace(&mut self.state, State::Closed) {
             State::Rcpt(txn) => {
                 let mut rx = DataReceiver::new();
-                let mut body = Vec::new();
+                let mut body = Body::new();
                 // smtp-proto's receiver only recognises "." after a CRLF it has seen; the DATA
                 // line's own CRLF counts (RFC 5321 §4.1.1.4), so the first line may be "." too.
-                rx.ingest(&mut b"\r\n".iter(), &mut body);
-                body.clear();
+                rx.ingest(&mut b"\r\n".iter(), &mut body.buf);
+                body.buf.clear();
+                self.start_body();
                 self.state = State::Data(txn, rx, body);
                 self.reply("354 End data with <CR><LF>.<CR><LF>");
             }
@@ -1054,7 +1106,10 @@ impl Session {
         };
         let max = self.limits.max_message_size;
         self.state = match mem::replace(&mut self.state, State::Closed) {
-            State::Rcpt(txn) => start_chunk(txn, Vec::new(), chunk_size, is_last, max, skip),
+            State::Rcpt(txn) => {
+                self.start_body();
+                start_chunk(txn, Body::new(), chunk_size, is_last, max, skip)
+            }
             State::Chunking(txn, body) => start_chunk(txn, body, chunk_size, is_last, max, skip),
             State::BdatRefused(reply) => {
                 let next = if is_last {
@@ -1201,7 +1256,7 @@ impl Session {
                 let room = max.saturating_add(2).saturating_sub(body.len()).max(1);
                 let (head, _) = input.split_at(room.min(input.len()));
                 let mut bytes = head.iter();
-                let done = rx.ingest(&mut bytes, &mut body);
+                let done = rx.ingest(&mut bytes, &mut body.buf);
                 let used = head.len() - bytes.as_slice().len();
                 *input = &input[used..];
                 if done {
@@ -1219,14 +1274,16 @@ impl Session {
                         next: Box::new(State::Ready),
                     });
                 } else {
+                    self.spill(&mut body);
                     self.state = State::Data(txn, rx, body);
                 }
             }
             State::Bdat(mut txn, mut rx, mut body) => {
                 let mut bytes = input.iter();
-                let done = rx.ingest(&mut bytes, &mut body);
+                let done = rx.ingest(&mut bytes, &mut body.buf);
                 *input = bytes.as_slice();
                 if !done {
+                    self.spill(&mut body);
                     self.state = State::Bdat(txn, rx, body);
                 } else if rx.is_last {
                     txn.body_8bit = true;
@@ -1256,8 +1313,45 @@ impl Session {
         }
     }
 
-    fn finish_message(&mut self, txn: Transaction, body: Vec<u8>) {
-        if let Some(reply) = check_body(&body) {
+    /// A body begins: with streaming, the glue discards any chunks of an unfinished one.
+    fn start_body(&mut self) {
+        if self.body_chunk.is_some() {
+            // Not `emit`: that would flush the pending replies, and the 250s before a pipelined
+            // DATA would leave in a write of their own instead of one with the 354.
+            self.out.push_back(Output::BodyStart);
+        }
+    }
+
+    /// With streaming, hands out all of the buffered body but its last byte once the buffer
+    /// reaches the chunk size. The last byte stays because the DATA receiver may take back the
+    /// byte it pushed last (the CR of the final CRLF.CRLF), and because a CR can only be judged
+    /// by the byte after it.
+    fn spill(&mut self, body: &mut Body) {
+        let Some(chunk) = self.body_chunk else {
+            return;
+        };
+        if body.buf.len() < chunk {
+            return;
+        }
+        let mut rest = Vec::with_capacity(chunk);
+        rest.extend_from_slice(&body.buf[body.buf.len() - 1..]);
+        let mut part = mem::replace(&mut body.buf, rest);
+        part.pop();
+        if body.refusal.is_none() {
+            body.refusal = check_body(body.last_spilled, &part, body.buf.first().copied());
+        }
+        body.last_spilled = part.last().copied();
+        body.spilled += part.len();
+        // Not `emit`, for the reason given in `start_body`: a chunk is not a reply.
+        self.out.push_back(Output::BodyChunk(part));
+    }
+
+    fn finish_message(&mut self, txn: Transaction, body: Body) {
+        let refusal = body
+            .refusal
+            .or_else(|| check_body(body.last_spilled, &body.buf, None));
+        let body = body.buf;
+        if let Some(reply) = refusal {
             self.state = State::Ready;
             self.error(reply);
             return;
@@ -1328,7 +1422,7 @@ impl Session {
 /// take the message over `max`.
 fn start_chunk(
     txn: Transaction,
-    body: Vec<u8>,
+    body: Body,
     chunk_size: usize,
     is_last: bool,
     max: usize,
@@ -1350,15 +1444,17 @@ fn verb_prefix(line: &[u8], more: &[u8]) -> Vec<u8> {
     line.iter().chain(more).take(5).copied().collect()
 }
 
-/// The first reason to refuse a message body, if any: NUL, bare LF or bare CR (RFC 5321 §2.3.8).
-fn check_body(body: &[u8]) -> Option<&'static str> {
+/// The first reason to refuse a part of a message body, if any: NUL, bare LF or bare CR (RFC 5321
+/// §2.3.8). `before` is the byte preceding the part, `after` the one following it (`None` at the
+/// start and at the end of the body).
+fn check_body(before: Option<u8>, body: &[u8], after: Option<u8>) -> Option<&'static str> {
     for (i, &b) in body.iter().enumerate() {
         match b {
             0 => return Some("550 5.6.0 Message contains NUL characters"),
-            b'\n' if i == 0 || body[i - 1] != b'\r' => {
+            b'\n' if i.checked_sub(1).map_or(before, |p| body.get(p).copied()) != Some(b'\r') => {
                 return Some("550 5.6.0 Message contains bare LF; lines must end with CRLF");
             }
-            b'\r' if body.get(i + 1) != Some(&b'\n') => {
+            b'\r' if body.get(i + 1).copied().or(after) != Some(b'\n') => {
                 return Some("550 5.6.0 Message contains bare CR; lines must end with CRLF");
             }
             _ => {}

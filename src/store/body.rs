@@ -40,6 +40,15 @@ impl BodyDir {
         self.dir.join(format!("{id:016x}"))
     }
 
+    /// Creates the (empty) file of `id`, for a body written in pieces; see `stream.rs`.
+    pub(crate) fn create_file(&self, id: u64) -> std::io::Result<File> {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(self.path(id))
+    }
+
     /// Writes `body` as the file of `id` and fsyncs it. The name is not durable until
     /// [`BodyDir::sync_dir`]. On failure nothing is left behind (best effort).
     pub(crate) fn write(&self, id: u64, body: &[u8]) -> std::io::Result<()> {
@@ -63,11 +72,17 @@ impl BodyDir {
     }
 
     /// The whole body of `id`, read into one buffer of exactly its size.
-    pub(crate) fn read(&self, id: u64, size: u64) -> std::io::Result<Vec<u8>> {
+    pub(crate) fn read(&self, id: u64) -> std::io::Result<Vec<u8>> {
         let mut file = File::open(self.path(id))?;
+        let size = file.metadata()?.len();
         let mut out = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
         file.read_to_end(&mut out)?;
         Ok(out)
+    }
+
+    /// Whether `id` has a file.
+    pub(crate) fn exists(&self, id: u64) -> bool {
+        self.path(id).exists()
     }
 
     /// A reader over the body of `id`, for callers that stream it.
@@ -139,14 +154,14 @@ mod tests {
         bodies.sync_dir().unwrap();
         // An id is written once: a second write is refused, not an overwrite.
         assert!(bodies.write(7, b"again").is_err());
-        assert_eq!(bodies.read(7, 5).unwrap(), b"seven");
+        assert_eq!(bodies.read(7).unwrap(), b"seven");
         std::fs::write(bodies.dir.join("README"), b"not a body").unwrap();
         let removed = bodies.remove_orphans(|id| Ok(id == 7)).unwrap();
         assert_eq!(removed, 1);
-        assert!(bodies.read(8, 5).is_err());
+        assert!(bodies.read(8).is_err());
         assert!(bodies.dir.join("README").exists());
         bodies.remove(7);
         bodies.remove(7);
-        assert!(bodies.read(7, 5).is_err());
+        assert!(bodies.read(7).is_err());
     }
 }

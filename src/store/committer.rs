@@ -6,9 +6,9 @@
 
 use super::body::BodyDir;
 use super::error::{AppendError, StoreError};
-use super::record::StoredRecord;
+use super::record::{StoredBody, StoredRecord};
 use super::schedule::{Tables, write_record};
-use super::{BODIES, DbSlot, LAST_QUEUE_ID, MESSAGES, META, StoreOptions};
+use super::{DbSlot, LAST_QUEUE_ID, MESSAGES, META, StoreOptions};
 use crate::envelope::{Envelope, QueueId};
 use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use std::sync::Arc;
@@ -30,7 +30,7 @@ pub(super) struct Request {
 
 /// Where a request's body is on its way to the commit.
 pub(super) enum Body {
-    /// Small: written into the `bodies` table by the commit.
+    /// Small: written into the record's own value by the commit.
     Inline(Vec<u8>),
     /// Large: already in its file, fsync'd.
     File(PendingFile),
@@ -123,7 +123,11 @@ fn run(receiver: Receiver<Request>, slot: Arc<DbSlot>, options: StoreOptions) {
         match commit_batch(&slot, &options, &mut batch, bytes) {
             Ok(answers) => {
                 for (request, answer) in batch.into_iter().zip(answers) {
-                    let _ = request.reply.send(answer);
+                    // A refused request's file goes before its answer, so a caller that sees
+                    // the refusal never sees the file.
+                    let Request { reply, body, .. } = request;
+                    drop(body);
+                    let _ = reply.send(answer);
                 }
             }
             Err(error) => {
@@ -200,26 +204,27 @@ fn commit_batch(
         txn.set_durability(Durability::Immediate)?;
         let answers = {
             let mut tables = Tables::open(&txn)?;
-            let mut bodies = txn.open_table(BODIES)?;
             let mut meta = txn.open_table(META)?;
             // Exact: the committer is the only writer of new records, and this transaction
             // holds the write lock, so nothing can add a message between count and insert.
             let mut queued = tables.messages.len()?;
             let mut last = meta.get(LAST_QUEUE_ID)?.map(|v| v.value()).unwrap_or(0);
             let mut answers = Vec::with_capacity(batch.len());
-            for request in batch.iter() {
+            for request in batch.iter_mut() {
                 if let Some(max) = request.max_messages
                     && queued >= max
                 {
                     answers.push(Err(AppendError::TooManyMessages { max }));
                     continue;
                 }
-                let in_file = matches!(request.body, Body::File(_));
-                let record = StoredRecord::new(request.envelope.clone(), request.size, in_file);
+                // The transaction runs once: an inline body is moved into its record, not copied.
+                let body = match &mut request.body {
+                    Body::Inline(b) => StoredBody::Inline(std::mem::take(b)),
+                    Body::File(_) => StoredBody::File,
+                };
+                let envelope = request.envelope.clone();
+                let record = StoredRecord::new(envelope, request.size, body);
                 write_record(&mut tables, request.id, None, &record)?;
-                if let Body::Inline(body) = &request.body {
-                    bodies.insert(request.id, body.as_slice())?;
-                }
                 queued += 1;
                 last = last.max(request.id);
                 answers.push(Ok(QueueId(request.id)));

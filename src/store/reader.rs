@@ -8,7 +8,7 @@
 
 use super::body::BodyDir;
 use super::error::StoreError;
-use super::record::{ListFilter, MessageRecord, MessageSummary};
+use super::record::{ListFilter, MessageRecord, MessageSummary, StoredBody};
 use super::schedule::STATE_KINDS;
 use super::state::StateKind;
 use super::{BODIES, COUNTS, COUNTS_VERSION, MESSAGES, META, decode, open_error};
@@ -70,28 +70,48 @@ pub(super) fn get(
     Ok(Some(MessageRecord::from_stored(queue_id, record)))
 }
 
-/// Where the body of `queue_id` is: `None` without a record, else whether it is a file and its
-/// size. A record that does not decode still has a body for the operator to rescue: it is a file
-/// if the `bodies` table has no row for it.
+/// Where a body is, as [`locate`] found it.
+enum Located {
+    /// Read from the record's own value (small, at most `inline_body_max`).
+    Inline(Vec<u8>),
+    /// A row of the legacy `bodies` table, read in the same snapshot as the record.
+    Table(Vec<u8>),
+    /// A file of the body directory.
+    File,
+}
+
+/// Where the body of `queue_id` is: `None` without a record. A record that does not decode may
+/// still have a body for the operator to rescue, a row of `bodies` or a file; a body inline in a
+/// damaged record is not told apart from it, and the record's error is returned.
 fn locate(
     db: &impl ReadableDatabase,
+    bodies: &BodyDir,
     queue_id: QueueId,
-) -> Result<Option<(bool, u64, redb::ReadTransaction)>, StoreError> {
+) -> Result<Option<Located>, StoreError> {
     let txn = db.begin_read()?;
-    let located = {
-        let table = txn.open_table(MESSAGES)?;
-        match table.get(queue_id.0)? {
-            None => None,
-            Some(value) => match decode(queue_id, value.value()) {
-                Ok(record) => Some((record.body_in_file, record.size)),
-                Err(_) => {
-                    let inline = txn.open_table(BODIES)?.get(queue_id.0)?.is_some();
-                    Some((!inline, 0))
-                }
-            },
-        }
+    let table = txn.open_table(MESSAGES)?;
+    let Some(value) = table.get(queue_id.0)? else {
+        return Ok(None);
     };
-    Ok(located.map(|(in_file, size)| (in_file, size, txn)))
+    let place = decode(queue_id, value.value()).map(|r| r.body);
+    let from_table = || -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(txn
+            .open_table(BODIES)?
+            .get(queue_id.0)?
+            .map(|v| v.value().to_vec()))
+    };
+    Ok(Some(match place {
+        Ok(StoredBody::Inline(b)) => Located::Inline(b),
+        Ok(StoredBody::File) => Located::File,
+        Ok(StoredBody::Table) => {
+            Located::Table(from_table()?.ok_or(StoreError::MissingBody { queue_id })?)
+        }
+        Err(e) => match from_table()? {
+            Some(b) => Located::Table(b),
+            None if bodies.exists(queue_id.0) => Located::File,
+            None => return Err(e),
+        },
+    }))
 }
 
 fn missing_body(queue_id: QueueId, e: std::io::Error) -> StoreError {
@@ -107,13 +127,12 @@ pub(super) fn body(
     bodies: &BodyDir,
     queue_id: QueueId,
 ) -> Result<Option<Vec<u8>>, StoreError> {
-    let Some((in_file, size, txn)) = locate(db, queue_id)? else {
-        return Ok(None);
-    };
-    if in_file {
-        // The record is read in `txn`; the file is unlinked only after a commit removing it,
-        // so a missing file here means the message was removed meanwhile or is damaged.
-        return match bodies.read(queue_id.0, size) {
+    match locate(db, bodies, queue_id)? {
+        None => Ok(None),
+        Some(Located::Inline(b) | Located::Table(b)) => Ok(Some(b)),
+        // The file is unlinked only after a commit removing its record, so a missing file here
+        // means the message was removed meanwhile or is damaged.
+        Some(Located::File) => match bodies.read(queue_id.0) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if get(db, queue_id)?.is_none() {
@@ -123,12 +142,7 @@ pub(super) fn body(
                 }
             }
             Err(e) => Err(StoreError::Io(e)),
-        };
-    }
-    let table = txn.open_table(BODIES)?;
-    match table.get(queue_id.0)? {
-        Some(v) => Ok(Some(v.value().to_vec())),
-        None => Err(StoreError::MissingBody { queue_id }),
+        },
     }
 }
 
@@ -137,20 +151,15 @@ pub(super) fn body_reader(
     bodies: &BodyDir,
     queue_id: QueueId,
 ) -> Result<Option<Box<dyn Read + Send>>, StoreError> {
-    let Some((in_file, _, txn)) = locate(db, queue_id)? else {
-        return Ok(None);
-    };
-    if in_file {
-        let file = bodies
-            .open(queue_id.0)
-            .map_err(|e| missing_body(queue_id, e))?;
-        return Ok(Some(Box::new(std::io::BufReader::new(file))));
-    }
-    let table = txn.open_table(BODIES)?;
-    match table.get(queue_id.0)? {
-        // Small by construction (at most inline_body_max).
-        Some(v) => Ok(Some(Box::new(std::io::Cursor::new(v.value().to_vec())))),
-        None => Err(StoreError::MissingBody { queue_id }),
+    match locate(db, bodies, queue_id)? {
+        None => Ok(None),
+        Some(Located::Inline(b) | Located::Table(b)) => Ok(Some(Box::new(std::io::Cursor::new(b)))),
+        Some(Located::File) => {
+            let file = bodies
+                .open(queue_id.0)
+                .map_err(|e| missing_body(queue_id, e))?;
+            Ok(Some(Box::new(std::io::BufReader::new(file))))
+        }
     }
 }
 

@@ -1,10 +1,13 @@
 //! The queue record of one message, its on-disk encoding, and the views the admin API prints.
 //!
-//! On disk a record is one version byte followed by JSON. JSON because the record is small next to
-//! the body and an operator can read it with redb tooling; the version byte because the scheduler
-//! and later releases will change the record, and an old dimegate must refuse a newer record
-//! rather than misread it.
+//! On disk a record is one version byte followed by the encoding of that version. Version 2 (what
+//! this release writes) is the compact binary of `codec.rs`, with a small body in the same value;
+//! version 1, one byte then JSON, is what earlier releases wrote and is still read, so a queue
+//! left by the previous release opens and delivers (a v1 record becomes v2 at its next write; its
+//! body stays where v1 put it). The version byte also makes an old dimegate refuse a newer
+//! record rather than misread it.
 
+use super::codec;
 use super::state::{RecipientStatus, StateKind};
 use crate::envelope::{Envelope, QueueId};
 use crate::time::UnixTime;
@@ -12,11 +15,24 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// The current record encoding.
-const RECORD_VERSION: u8 = 1;
+/// JSON, written by releases before the binary encoding.
+const RECORD_V1_JSON: u8 = 1;
+/// The binary encoding of `codec.rs`; what this release writes.
+const RECORD_VERSION: u8 = 2;
+
+/// Where a message's body is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StoredBody {
+    /// In the record's own value, after the record (small bodies, this release).
+    Inline(Vec<u8>),
+    /// A row of the `bodies` table (small bodies written by version-1 releases).
+    Table,
+    /// A file of the body directory.
+    File,
+}
 
 /// What the messages table holds for one queue id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StoredRecord {
     pub(crate) envelope: Envelope,
     /// One per `envelope.recipients`, same order.
@@ -24,12 +40,22 @@ pub(crate) struct StoredRecord {
     /// Body length in bytes, so listing needs no body read.
     pub(crate) size: u64,
     /// The delay DSN went out, so it is not sent again after every later retry or a restart.
-    #[serde(default)]
     pub(crate) delay_warned: bool,
-    /// The body is a file of the body directory, not a row of the `bodies` table. Absent (false)
-    /// in records written before body files existed, and for small bodies.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub(crate) body_in_file: bool,
+    /// Where the body is.
+    pub(crate) body: StoredBody,
+}
+
+/// A version-1 (JSON) record, as earlier releases wrote it.
+#[derive(Deserialize)]
+struct V1Record {
+    envelope: Envelope,
+    recipients: Vec<RecipientStatus>,
+    size: u64,
+    #[serde(default)]
+    delay_warned: bool,
+    /// Absent (false) in records written before body files existed, and for small bodies.
+    #[serde(default)]
+    body_in_file: bool,
 }
 
 /// Why a stored record could not be read back.
@@ -41,7 +67,7 @@ pub enum DecodeError {
     /// Written by a newer (or unknown) release.
     #[error("unknown record version {0}")]
     UnknownVersion(u8),
-    /// The JSON does not parse as a record.
+    /// The bytes do not decode as a record.
     #[error("malformed record: {0}")]
     Malformed(String),
     /// The record parses but its recipient list does not match its envelope.
@@ -55,7 +81,7 @@ pub enum DecodeError {
 }
 
 impl StoredRecord {
-    pub(crate) fn new(envelope: Envelope, size: u64, body_in_file: bool) -> StoredRecord {
+    pub(crate) fn new(envelope: Envelope, size: u64, body: StoredBody) -> StoredRecord {
         let recipients = envelope
             .recipients
             .iter()
@@ -66,26 +92,47 @@ impl StoredRecord {
             recipients,
             size,
             delay_warned: false,
-            body_in_file,
+            body,
         }
     }
 
+    /// Whether the body is a file of the body directory.
+    pub(crate) fn body_in_file(&self) -> bool {
+        self.body == StoredBody::File
+    }
+
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = vec![RECORD_VERSION];
-        // Serializing plain structs of strings and integers into a Vec cannot fail.
-        if let Err(e) = serde_json::to_writer(&mut out, self) {
-            unreachable!("serializing a queue record failed: {e}");
-        }
+        let inline = match &self.body {
+            StoredBody::Inline(b) => b.len(),
+            _ => 0,
+        };
+        let mut out = Vec::with_capacity(128 + inline);
+        out.push(RECORD_VERSION);
+        codec::encode(self, &mut out);
         out
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<StoredRecord, DecodeError> {
-        let (&version, json) = bytes.split_first().ok_or(DecodeError::Empty)?;
-        if version != RECORD_VERSION {
-            return Err(DecodeError::UnknownVersion(version));
-        }
-        let record: StoredRecord =
-            serde_json::from_slice(json).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let (&version, rest) = bytes.split_first().ok_or(DecodeError::Empty)?;
+        let record = match version {
+            RECORD_VERSION => codec::decode(rest)?,
+            RECORD_V1_JSON => {
+                let v1: V1Record = serde_json::from_slice(rest)
+                    .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+                StoredRecord {
+                    envelope: v1.envelope,
+                    recipients: v1.recipients,
+                    size: v1.size,
+                    delay_warned: v1.delay_warned,
+                    body: if v1.body_in_file {
+                        StoredBody::File
+                    } else {
+                        StoredBody::Table
+                    },
+                }
+            }
+            other => return Err(DecodeError::UnknownVersion(other)),
+        };
         if record.recipients.len() != record.envelope.recipients.len() {
             return Err(DecodeError::RecipientMismatch {
                 recipients: record.envelope.recipients.len(),
@@ -229,31 +276,187 @@ pub(crate) mod tests {
         Envelope::for_test(sender, rcpts, arrival_unix)
     }
 
-    #[test]
-    fn record_round_trips_and_refuses_bad_bytes() {
-        let r = StoredRecord::new(envelope("a@x.org", &["b@y.org", "c@z.org"], 7), 123, false);
-        // Old records (no body_in_file) still read; a file body round-trips.
-        let filed = StoredRecord::new(envelope("a@x.org", &["b@y.org"], 7), 9, true);
-        assert_eq!(StoredRecord::decode(&filed.encode()), Ok(filed.clone()));
-        assert!(!String::from_utf8_lossy(&r.encode()).contains("body_in_file"));
-        let bytes = r.encode();
-        assert_eq!(bytes[0], RECORD_VERSION);
-        assert_eq!(StoredRecord::decode(&bytes), Ok(r.clone()));
-        assert_eq!(StoredRecord::decode(&[]), Err(DecodeError::Empty));
-        let mut newer = bytes.clone();
-        newer[0] = 2;
-        assert_eq!(
-            StoredRecord::decode(&newer),
-            Err(DecodeError::UnknownVersion(2))
+    /// An envelope with every optional field set, so the encoding of each one is exercised.
+    fn full_envelope() -> Envelope {
+        use crate::envelope::{DimeArrival, DsnReturn, Notify};
+        let mut e = envelope(
+            "Ünï@x.org",
+            &["b@y.org", "c@z.org", "d@w.org"],
+            1_799_000_000,
         );
+        e.client = "[2001:db8::7]:2525".parse().unwrap();
+        e.dsn_ret = Some(DsnReturn::Headers);
+        e.dsn_envid = Some("QQ+2B314".into());
+        e.body_8bit = true;
+        e.smtputf8 = true;
+        e.require_tls = true;
+        e.tls = Some("TLSv1.3 TLS13_AES_256_GCM_SHA384".into());
+        e.auth_user = Some("alice".into());
+        e.recipients[0].notify = Some(Notify {
+            never: false,
+            success: true,
+            failure: true,
+            delay: false,
+        });
+        e.recipients[1].notify = Some(Notify {
+            never: true,
+            ..Notify::default()
+        });
+        e.recipients[1].orcpt = Some("rfc822;c@z.org".into());
+        e.dime = Some(Box::new(DimeArrival {
+            origin: "origin.test".into(),
+            origin_fingerprint: "AAAA".into(),
+            recipient_fingerprint: "BBBB".into(),
+        }));
+        e
+    }
+
+    #[test]
+    fn binary_record_round_trips_every_field_and_state() {
+        let states = [
+            RecipientState::Queued,
+            RecipientState::Leased {
+                until: UnixTime(u64::MAX),
+            },
+            RecipientState::Deferred {
+                next_at: UnixTime(1_799_000_600),
+            },
+            RecipientState::Held,
+            RecipientState::Delivered { at: UnixTime(0) },
+            RecipientState::Failed {
+                at: UnixTime(127),
+                reply: "550 5.1.1 no such user".into(),
+            },
+        ];
+        for (i, state) in states.into_iter().enumerate() {
+            for body in [
+                StoredBody::Inline(b"Subject: x\r\n\r\n\0\xff".to_vec()),
+                StoredBody::Inline(Vec::new()),
+                StoredBody::File,
+                StoredBody::Table,
+            ] {
+                let size = match &body {
+                    StoredBody::Inline(b) => b.len() as u64,
+                    _ => 1 << 40,
+                };
+                let mut r = StoredRecord::new(full_envelope(), size, body);
+                r.delay_warned = i % 2 == 0;
+                r.recipients[1].state = state.clone();
+                r.recipients[1].attempts = 300;
+                r.recipients[1].last_error = Some("451 later".into());
+                r.recipients[2].address = "changed@w.org".into();
+                let bytes = r.encode();
+                assert_eq!(bytes[0], RECORD_VERSION);
+                assert_eq!(StoredRecord::decode(&bytes), Ok(r.clone()), "state {i}");
+                // Every truncation is refused, never misread.
+                for cut in 0..bytes.len() {
+                    assert!(StoredRecord::decode(&bytes[..cut]).is_err(), "cut {cut}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn binary_record_is_small() {
+        let r = StoredRecord::new(
+            envelope("a@client.test", &["b@example.test"], 1_799_000_000),
+            1100,
+            StoredBody::File,
+        );
+        // The JSON of version 1 took about 440 bytes for this.
+        assert!(r.encode().len() < 80, "{} bytes", r.encode().len());
+    }
+
+    #[test]
+    fn damaged_binary_records_are_errors_not_panics() {
+        let r = StoredRecord::new(full_envelope(), 3, StoredBody::Inline(b"abc".to_vec()));
+        let bytes = r.encode();
+        // Flip each byte through a few values: decode must return, whatever it returns.
+        for i in 1..bytes.len() {
+            for x in [0x00, 0x01, 0x7f, 0x80, 0xff] {
+                let mut b = bytes.clone();
+                b[i] = x;
+                let _ = StoredRecord::decode(&b);
+            }
+        }
+        let mut huge_count = vec![
+            RECORD_VERSION,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            4,
+            1,
+            2,
+            3,
+            4,
+            0,
+            25,
+            0,
+            0,
+            0,
+            0,
+        ];
+        huge_count.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
         assert!(matches!(
-            StoredRecord::decode(&bytes[..bytes.len() - 1]),
+            StoredRecord::decode(&huge_count),
             Err(DecodeError::Malformed(_))
         ));
-        let mut short = r.clone();
-        short.recipients.pop();
+    }
+
+    #[test]
+    fn version_1_json_records_still_read() {
+        let env = full_envelope();
+        let statuses: Vec<RecipientStatus> = env
+            .recipients
+            .iter()
+            .map(|r| RecipientStatus::new(r.address.clone()))
+            .collect();
+        for (in_file, body) in [(true, StoredBody::File), (false, StoredBody::Table)] {
+            let mut json = serde_json::json!({
+                "envelope": env, "recipients": statuses, "size": 9, "delay_warned": true,
+            });
+            if in_file {
+                json["body_in_file"] = true.into();
+            }
+            let mut bytes = vec![RECORD_V1_JSON];
+            bytes.extend_from_slice(json.to_string().as_bytes());
+            let r = StoredRecord::decode(&bytes).unwrap();
+            assert_eq!(r.envelope, env);
+            assert_eq!(r.recipients, statuses);
+            assert_eq!((r.size, r.delay_warned, r.body), (9, true, body));
+            assert!(matches!(
+                StoredRecord::decode(&bytes[..bytes.len() - 1]),
+                Err(DecodeError::Malformed(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn record_refuses_bad_bytes() {
+        let r = StoredRecord::new(
+            envelope("a@x.org", &["b@y.org", "c@z.org"], 7),
+            0,
+            StoredBody::File,
+        );
+        let bytes = r.encode();
+        assert_eq!(StoredRecord::decode(&[]), Err(DecodeError::Empty));
+        let mut newer = bytes.clone();
+        newer[0] = 3;
         assert_eq!(
-            StoredRecord::decode(&short.encode()),
+            StoredRecord::decode(&newer),
+            Err(DecodeError::UnknownVersion(3))
+        );
+        // Binary records share one count; a v1 record can disagree with itself.
+        let json = serde_json::json!({
+            "envelope": r.envelope, "recipients": [r.recipients[0]], "size": 0,
+        });
+        let mut v1 = vec![RECORD_V1_JSON];
+        v1.extend_from_slice(json.to_string().as_bytes());
+        assert_eq!(
+            StoredRecord::decode(&v1),
             Err(DecodeError::RecipientMismatch {
                 recipients: 2,
                 states: 1
@@ -269,7 +472,7 @@ pub(crate) mod tests {
             StoredRecord::new(
                 envelope("Alice@X.org", &["b@y.org", "c@Z.org"], 10_000 - 3600),
                 10,
-                false,
+                StoredBody::File,
             ),
         );
         rec.recipients[1].state = RecipientState::Held;

@@ -210,7 +210,7 @@ pub(crate) fn remove_message(
     match StoredRecord::decode(&old) {
         Ok(old) => {
             unindex(t, id, &old)?;
-            Ok((true, old.body_in_file))
+            Ok((true, old.body_in_file()))
         }
         // A corrupt record has no readable index keys; lease_due drops its dangling schedule
         // entry when it meets it. Its body file, if any, goes at the next open (an orphan).

@@ -133,8 +133,34 @@ async fn corrupt_record_is_an_error_not_a_panic() {
         store.list(&ListFilter::default(), None),
         Err(StoreError::Corrupt { .. })
     ));
-    // The body is still there for the operator to rescue.
-    assert_eq!(store.body(id).unwrap(), Some(b"body".to_vec()));
+    // The body was inline in the damaged record: an error, not a guess.
+    assert!(matches!(store.body(id), Err(StoreError::Corrupt { .. })));
+    // A body kept apart (a file, or a row of a release-1 `bodies` table) is still there for the
+    // operator to rescue.
+    let big = store
+        .append(envelope("a@x.org", &["b@y.org"], 1), vec![b'b'; 9000])
+        .await
+        .unwrap();
+    store
+        .inner
+        .slot
+        .with_db(|db| {
+            let txn = db.begin_write()?;
+            let mut messages = txn.open_table(MESSAGES)?;
+            messages.insert(big.0, &b"\x01{not json"[..])?;
+            messages.insert(big.0 + 1000, &b"\x07"[..])?;
+            txn.open_table(BODIES)?
+                .insert(big.0 + 1000, &b"old body"[..])?;
+            drop(messages);
+            txn.commit()?;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(store.body(big).unwrap(), Some(vec![b'b'; 9000]));
+    assert_eq!(
+        store.body(QueueId(big.0 + 1000)).unwrap(),
+        Some(b"old body".to_vec())
+    );
 }
 
 #[tokio::test]
@@ -587,7 +613,7 @@ async fn large_bodies_are_files_that_go_when_the_message_goes() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
     let small = store
-        .append(envelope("s@x.org", &["a@y.org"], 1), vec![b'x'; 4096])
+        .append(envelope("s@x.org", &["a@y.org"], 1), vec![b'x'; 3584])
         .await
         .unwrap();
     let big = big_body(1, 300_000);
@@ -596,7 +622,7 @@ async fn large_bodies_are_files_that_go_when_the_message_goes() {
         .await
         .unwrap();
     let b = store
-        .append(envelope("s@x.org", &["a@y.org"], 3), big_body(2, 5000))
+        .append(envelope("s@x.org", &["a@y.org"], 3), big_body(2, 3585))
         .await
         .unwrap();
     // Only the bodies above inline_body_max are files, named by queue id.
@@ -606,7 +632,7 @@ async fn large_bodies_are_files_that_go_when_the_message_goes() {
     );
     assert_eq!(store.get(a).unwrap().unwrap().size, 300_000);
     assert_eq!(store.body(a).unwrap().as_deref(), Some(&big[..]));
-    assert_eq!(store.body(small).unwrap().unwrap().len(), 4096);
+    assert_eq!(store.body(small).unwrap().unwrap().len(), 3584);
     let mut streamed = Vec::new();
     std::io::Read::read_to_end(&mut store.body_reader(a).unwrap().unwrap(), &mut streamed).unwrap();
     assert_eq!(streamed, big);
@@ -995,4 +1021,54 @@ async fn a_drained_queue_gives_its_database_space_back() {
         .await
         .unwrap();
     assert_eq!(store.body(id).unwrap(), Some(vec![1; 10]));
+}
+
+#[tokio::test]
+async fn streamed_bodies_are_written_in_pieces_and_abandoned_ones_leave_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let body = big_body(3, 600_000);
+    let mut writer = store.body_writer().unwrap();
+    for piece in body[..590_000].chunks(100_000) {
+        writer.write(piece.to_vec()).await.unwrap();
+    }
+    assert_eq!(writer.written(), 590_000);
+    // Not yet a message: the file exists, no record does.
+    assert_eq!(body_files(&dir).len(), 1);
+    assert_eq!(store.count().unwrap(), 0);
+    let id = store
+        .append_streamed(
+            envelope("s@x.org", &["a@y.org"], 1),
+            writer,
+            body[590_000..].to_vec(),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(body_files(&dir), [format!("{:016x}", id.0)]);
+    assert_eq!(store.get(id).unwrap().unwrap().size, 600_000);
+    assert_eq!(store.body(id).unwrap(), Some(body.clone()));
+
+    // Refused by max_messages: the file goes with the refusal.
+    let mut refused = store.body_writer().unwrap();
+    refused.write(vec![b'r'; 10_000]).await.unwrap();
+    let err = store
+        .append_streamed(envelope("s@x.org", &["a@y.org"], 2), refused, vec![], 1)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AppendError::TooManyMessages { max: 1 }),
+        "{err}"
+    );
+    // Abandoned mid-message (the client went away): dropping the writer removes its file.
+    let mut abandoned = store.body_writer().unwrap();
+    abandoned.write(vec![b'a'; 10_000]).await.unwrap();
+    drop(abandoned);
+    assert_eq!(body_files(&dir), [format!("{:016x}", id.0)]);
+    // Ids of streamed messages stay unique and above the abandoned ones.
+    let next = store
+        .append(envelope("s@x.org", &["a@y.org"], 3), vec![b'z'; 10])
+        .await
+        .unwrap();
+    assert!(next > id);
 }

@@ -65,6 +65,10 @@ struct Replay {
     sends: Vec<Vec<u8>>,
     /// Every `Close` reason, in order.
     closes: Vec<CloseReason>,
+    /// The streamed chunks of the body in progress, as the glue would have written them.
+    streamed: Vec<u8>,
+    /// Chunks handed out over the replay.
+    chunks: usize,
 }
 
 fn drain(session: &mut Session, replay: &mut Replay) {
@@ -87,7 +91,15 @@ fn drain(session: &mut Session, replay: &mut Replay) {
             Output::Authenticate { username, password } => replay
                 .transcript
                 .push_str(&format!("[AUTH {username} {password}]\n")),
+            Output::BodyStart => replay.streamed.clear(),
+            Output::BodyChunk(bytes) => {
+                assert!(!bytes.is_empty(), "empty chunk");
+                replay.chunks += 1;
+                replay.streamed.extend_from_slice(&bytes);
+            }
             Output::Enqueue { envelope, body } => {
+                // The message is the streamed chunks and then the rest.
+                let body = [mem::take(&mut replay.streamed), body].concat();
                 let to: Vec<&str> = envelope
                     .recipients
                     .iter()
@@ -110,6 +122,17 @@ fn drain(session: &mut Session, replay: &mut Replay) {
 }
 
 fn replay_with(policy: Policy, limits: Limits, acts: &[Act], split: usize) -> Replay {
+    replay_streaming(policy, limits, acts, split, None)
+}
+
+/// [`replay_with`], the session handing out body chunks of `stream` bytes when given.
+fn replay_streaming(
+    policy: Policy,
+    limits: Limits,
+    acts: &[Act],
+    split: usize,
+    stream: Option<usize>,
+) -> Replay {
     let mut now = Instant::now();
     let greeting = if policy.dmtp_dual_mode {
         DUAL_MODE_GREETING
@@ -117,6 +140,9 @@ fn replay_with(policy: Policy, limits: Limits, acts: &[Act], split: usize) -> Re
         GREETING
     };
     let mut session = Session::new(policy, limits, CLIENT, now, 1_700_000_000);
+    if let Some(chunk) = stream {
+        session.stream_bodies(chunk);
+    }
     let mut replay = Replay::default();
     drain(&mut session, &mut replay);
     assert_eq!(replay.transcript, greeting);
@@ -168,6 +194,17 @@ fn check_with(
     for &split in SPLITS {
         let replay = replay_with(p.clone(), l.clone(), acts, split);
         assert_eq!(replay.transcript, expected, "row {name:?}, split {split}");
+        // Streaming bodies changes nothing the client or the store sees.
+        for chunk in [2, 5, 64] {
+            let streamed = replay_streaming(p.clone(), l.clone(), acts, split, Some(chunk));
+            assert_eq!(
+                streamed.transcript, expected,
+                "row {name:?}, split {split}, streamed in {chunk}"
+            );
+            assert_eq!(streamed.messages, replay.messages, "row {name:?}, {chunk}");
+            // Replies leave in the same writes: pipelined replies stay batched.
+            assert_eq!(streamed.sends, replay.sends, "row {name:?}, {chunk}");
+        }
         first.get_or_insert(replay);
     }
     first.expect("SPLITS is not empty")
@@ -1722,4 +1759,111 @@ fn dmtp_dual_mode_hands_the_connection_over() {
         &[In(b"STARTTLS <mx.example.org> MODE=DMTPv1\n")],
         "500 5.5.2 Bare LF in command line; lines must end with CRLF\n",
     );
+}
+
+/// A large message through DATA and BDAT with streaming: the session never holds much more than
+/// one chunk and one read, and the chunks plus the rest are the message, byte for byte.
+#[test]
+fn streamed_bodies_stay_bounded_and_arrive_whole() {
+    let mut l = limits();
+    l.max_message_size = 4 << 20;
+    let mut body = Vec::new();
+    let mut i = 0u32;
+    while body.len() < 1 << 20 {
+        // Dot-stuffed lines, and CRLFs that fall on every chunk boundary sooner or later.
+        body.extend_from_slice(
+            format!("..line {i} {}\r\n", "x".repeat((i % 97) as usize)).as_bytes(),
+        );
+        i += 1;
+    }
+    let unstuffed: Vec<u8> = body
+        .split(|&b| b == b'\n')
+        .map(|line| line.strip_prefix(b".").unwrap_or(line))
+        .collect::<Vec<_>>()
+        .join(&b'\n');
+    let data: Vec<u8> = [
+        &b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"[..],
+        &body,
+        b".\r\n",
+    ]
+    .concat();
+    let bdat_chunk = &unstuffed[..300_000];
+    let bdat: Vec<u8> = [
+        format!(
+            "EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<b@example.org>\r\nBDAT {}\r\n",
+            bdat_chunk.len()
+        )
+        .as_bytes(),
+        bdat_chunk,
+        format!("BDAT {} LAST\r\n", unstuffed.len() - bdat_chunk.len()).as_bytes(),
+        &unstuffed[bdat_chunk.len()..],
+    ]
+    .concat();
+    for (input, stored_as) in [(data, 1u64), (bdat, 2)] {
+        let mut session = Session::new(policy(), l.clone(), CLIENT, Instant::now(), 1);
+        session.stream_bodies(8192);
+        let mut replay = Replay::default();
+        for piece in input.chunks(1500) {
+            session.handle_input(Instant::now(), piece);
+            assert!(
+                session.buffered_len() <= 8192 + 1500 + 512,
+                "{}",
+                session.buffered_len()
+            );
+            drain(&mut session, &mut replay);
+        }
+        assert_eq!(replay.messages.len(), 1, "{}", replay.transcript);
+        assert_eq!(replay.messages[0].1, unstuffed);
+        assert!(replay.chunks > 100, "{} chunks", replay.chunks);
+        session.handle_stored(Instant::now(), Ok(QueueId(stored_as)));
+    }
+}
+
+/// Bare LF, bare CR and NUL are found wherever chunk boundaries fall, and a CRLF split across
+/// two chunks is not mistaken for either.
+#[test]
+fn streamed_body_checks_see_across_chunk_boundaries() {
+    let ok = b"ab\r\ncd\r\nef\r\n".to_vec();
+    let bad_lf = b"ab\r\ncd\nef\r\n".to_vec();
+    let bad_cr = b"ab\r\ncd\ref\r\n".to_vec();
+    let nul = b"ab\r\ncd\0f\r\n".to_vec();
+    let lead_lf = b"\nab\r\n".to_vec();
+    for chunk in 2..8 {
+        for (body, want) in [
+            (&ok, "250 2.0.0 Ok"),
+            (&bad_lf, "550 5.6.0 Message contains bare LF"),
+            (&bad_cr, "550 5.6.0 Message contains bare CR"),
+            (&nul, "550 5.6.0 Message contains NUL"),
+            (&lead_lf, "550 5.6.0 Message contains bare LF"),
+        ] {
+            let input = [
+                &b"EHLO c\r\nMAIL FROM:<a@remote.test>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"[..],
+                body,
+                b".\r\n",
+            ]
+            .concat();
+            for split in [1, 3, usize::MAX] {
+                let mut session = Session::new(policy(), limits(), CLIENT, Instant::now(), 1);
+                session.stream_bodies(chunk);
+                let mut replay = Replay::default();
+                for piece in input.chunks(split.min(input.len())) {
+                    session.handle_input(Instant::now(), piece);
+                    drain(&mut session, &mut replay);
+                }
+                session.handle_stored(Instant::now(), Ok(QueueId(1)));
+                drain(&mut session, &mut replay);
+                let last = replay
+                    .transcript
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .to_owned();
+                assert!(
+                    last.starts_with(want),
+                    "chunk {chunk} split {split} {body:?}: {}",
+                    replay.transcript
+                );
+            }
+        }
+    }
 }
