@@ -90,6 +90,7 @@ fn dmtp_context(
     let mut settings = crate::discovery::DiscoverySettings::new(Arc::new(roots));
     settings.connect_port = config.dmtp.connect_port;
     settings.dual_mode_port = config.dmtp.dual_mode_port;
+    settings.statics = config.dmtp.statics.clone();
     let ehlo = config
         .domains
         .first()
