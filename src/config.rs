@@ -1368,9 +1368,18 @@ mod tests {
         assert!(Config::parse("").unwrap().dmtp.statics.is_empty());
         let cases = [
             (file("a b", &rdata, "127.0.0.1:1"), "dmtp.static[0].domain"),
-            (file("s.test", "\"ver=1", "127.0.0.1:1"), "dmtp.static[0].record"),
-            (file("s.test", "\"ver=1\"", "127.0.0.1:1"), "dmtp.static[0].record"),
-            (file("s.test", &rdata, "localhost:26"), "dmtp.static[0].address"),
+            (
+                file("s.test", "\"ver=1", "127.0.0.1:1"),
+                "dmtp.static[0].record",
+            ),
+            (
+                file("s.test", "\"ver=1\"", "127.0.0.1:1"),
+                "dmtp.static[0].record",
+            ),
+            (
+                file("s.test", &rdata, "localhost:26"),
+                "dmtp.static[0].address",
+            ),
             (
                 file("s.test", &rdata, "127.0.0.1:1") + &file("S.test", &rdata, "127.0.0.1:2"),
                 "dmtp.static[1].domain",
