@@ -95,6 +95,10 @@ pub struct DmtpConfig {
     /// Largest D/MIME message accepted over DMTP (default: `smtp.max_message_size` plus the
     /// sealing overhead).
     pub max_message_size: u64,
+    /// `[[dmtp.static]]`: domains whose `_dx` record and DX address are configured here instead
+    /// of looked up in DNS, by lower-case domain name. Operator configuration: trusted as a
+    /// DNSSEC-secure record is.
+    pub statics: std::collections::BTreeMap<String, crate::discovery::StaticDx>,
 }
 
 /// `[backend]`.
@@ -356,6 +360,7 @@ impl Config {
                     out
                 }
             },
+            statics: static_dx_map(&raw.dmtp.statics)?,
             connect_port: port("dmtp.connect_port", raw.dmtp.connect_port)?,
             dual_mode_port: port("dmtp.dual_mode_port", raw.dmtp.dual_mode_port)?,
             ca_file: raw.dmtp.ca_file,
@@ -764,6 +769,41 @@ fn port(path: &str, v: u32) -> Result<u16, ConfigError> {
     }
 }
 
+fn static_dx_map(
+    raw: &[RawStaticDx],
+) -> Result<std::collections::BTreeMap<String, crate::discovery::StaticDx>, ConfigError> {
+    let mut map = std::collections::BTreeMap::new();
+    for (i, entry) in raw.iter().enumerate() {
+        let path = |key: &str| format!("dmtp.static[{i}].{key}");
+        let domain = entry.domain.trim_end_matches('.').to_ascii_lowercase();
+        if domain.is_empty() || !domain.bytes().all(is_hostname_byte) {
+            return Err(ConfigError::new(
+                path("domain"),
+                format!("not a domain name: {:?}", entry.domain),
+            ));
+        }
+        let record = crate::dime::DxRecord::parse_zone_rdata(&entry.record)
+            .map_err(|e| ConfigError::new(path("record"), e.to_string()))?;
+        if record.poks.is_empty() {
+            return Err(ConfigError::new(path("record"), "names no pok="));
+        }
+        let address = parse_addr(&path("address"), &entry.address)?;
+        if map
+            .insert(
+                domain.clone(),
+                crate::discovery::StaticDx { record, address },
+            )
+            .is_some()
+        {
+            return Err(ConfigError::new(
+                path("domain"),
+                format!("{domain} is listed twice"),
+            ));
+        }
+    }
+    Ok(map)
+}
+
 fn is_hostname_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'
 }
@@ -1062,6 +1102,16 @@ struct RawDmtp {
     dual_mode_port: u32,
     ca_file: Option<PathBuf>,
     max_message_size: Option<Scalar>,
+    #[serde(rename = "static")]
+    statics: Vec<RawStaticDx>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStaticDx {
+    domain: String,
+    record: String,
+    address: String,
 }
 
 impl Default for RawDmtp {
@@ -1075,6 +1125,7 @@ impl Default for RawDmtp {
             dual_mode_port: 25,
             ca_file: None,
             max_message_size: None,
+            statics: Vec::new(),
         }
     }
 }
@@ -1369,6 +1420,49 @@ mod tests {
             !c.may_relay("127.0.0.1".parse().unwrap()),
             "loopback must not relay by default"
         );
+    }
+
+    #[test]
+    fn static_dx_map_parses_and_names_bad_keys() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let record = crate::dime::DxRecord {
+            poks: vec![key.verifying_key()],
+            dx: vec!["dx.south.test".into()],
+            ..Default::default()
+        };
+        let rdata = record.to_zone_rdata().unwrap();
+        let file = |domain: &str, rdata: &str, address: &str| {
+            format!(
+                "[[dmtp.static]]\ndomain = {domain:?}\nrecord = {rdata:?}\naddress = {address:?}\n"
+            )
+        };
+        let c = Config::parse(&file("South.Test.", &rdata, "127.0.0.1:2627")).unwrap();
+        let s = &c.dmtp.statics["south.test"];
+        assert_eq!(s.record, record);
+        assert_eq!(s.address, "127.0.0.1:2627".parse().unwrap());
+        assert!(Config::parse("").unwrap().dmtp.statics.is_empty());
+        let cases = [
+            (file("a b", &rdata, "127.0.0.1:1"), "dmtp.static[0].domain"),
+            (
+                file("s.test", "\"ver=1", "127.0.0.1:1"),
+                "dmtp.static[0].record",
+            ),
+            (
+                file("s.test", "\"ver=1\"", "127.0.0.1:1"),
+                "dmtp.static[0].record",
+            ),
+            (
+                file("s.test", &rdata, "localhost:26"),
+                "dmtp.static[0].address",
+            ),
+            (
+                file("s.test", &rdata, "127.0.0.1:1") + &file("S.test", &rdata, "127.0.0.1:2"),
+                "dmtp.static[1].domain",
+            ),
+        ];
+        for (text, path) in cases {
+            assert_eq!(Config::parse(&text).unwrap_err().path, path, "{text}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod dane;
 pub mod deliver;
+pub mod demo;
 pub mod dime;
 pub mod discovery;
 pub mod dmtp;

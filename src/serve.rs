@@ -89,6 +89,7 @@ pub fn discovery(
     let mut settings = crate::discovery::DiscoverySettings::new(Arc::new(roots));
     settings.connect_port = config.dmtp.connect_port;
     settings.dual_mode_port = config.dmtp.dual_mode_port;
+    settings.statics = config.dmtp.statics.clone();
     let ehlo = config
         .domains
         .first()

@@ -649,10 +649,21 @@ pub fn record_from_config(
         eprintln!("error: {domain} is not a served domain ([[domain]] in the configuration)");
         return Ok(ExitCode::from(2));
     }
+    println!(
+        "{}.{domain}. IN TXT {}",
+        dime::DX_PREFIX,
+        zone_rdata(config, &domain)?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `_dx` record of served `domain` as zone-file RDATA (creating the org identity and the
+/// DMTP certificate on first use), its `tls=` pin checked.
+pub(crate) fn zone_rdata(config: &crate::config::Config, domain: &str) -> anyhow::Result<String> {
     let ks = crate::identity::Keystore::new(&config.data_dir, &config.domains);
     let (org, _) = ks.ensure_org(
-        &domain,
-        config.org_key_files.get(&domain),
+        domain,
+        config.org_key_files.get(domain),
         &mut rand::rngs::OsRng,
     )?;
     let cert_path = crate::serve::dmtp_certificate(config)?.0;
@@ -668,12 +679,7 @@ pub fn record_from_config(
     if !matches!(rec.check_tls(&cert), TlsPin::Verified { .. }) {
         bail!("tls= pin does not verify");
     }
-    println!(
-        "{}.{domain}. IN TXT {}",
-        dime::DX_PREFIX,
-        rec.to_zone_rdata()?
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok(rec.to_zone_rdata()?)
 }
 
 fn record(args: &RecordArgs) -> anyhow::Result<ExitCode> {

@@ -92,6 +92,15 @@ pub enum Command {
     },
     /// Hash a password read from standard input, for `[[user]] password_hash`.
     Passwd,
+    /// Show the bridge end to end on loopback: two gateways, one mail from alice@north.test to
+    /// bob@south.test, and what each hop saw. Needs no configuration; exit 0 when the mail
+    /// arrives as sent.
+    Demo {
+        /// Keep everything (configurations, keys, logs, the mailbox) under this directory
+        /// instead of a temporary one that is removed.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// DIME: keys, signets, `_dx` records, D/MIME messages.
     #[command(flatten)]
     Dime(dime::DimeCommand),
@@ -199,6 +208,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = load_config(config.as_ref())?;
             dmtp::run_lookup(&config, &name)
         }
+        Command::Demo { dir } => match crate::demo::run(dir) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) => Err(Exit {
+                code: 1,
+                message: format!("demo failed: {e}"),
+            }
+            .into()),
+        },
         Command::Passwd => {
             let mut line = String::new();
             std::io::stdin()

@@ -312,6 +312,45 @@ impl DxRecord {
             .join(" "))
     }
 
+    /// Parse zone-file RDATA as [`DxRecord::to_zone_rdata`] writes it (and `dimegate record`
+    /// prints it): quoted character-strings with `\\` and `\"` escapes, separated by blanks.
+    /// Text without a leading quote is read as one unquoted record text.
+    pub fn parse_zone_rdata(rdata: &str) -> Result<DxRecord, Error> {
+        let rdata = rdata.trim();
+        if !rdata.starts_with('"') {
+            return Self::parse_str(rdata);
+        }
+        let unterminated = || Error::DxSyntax {
+            reason: "unterminated quoted string",
+            token: Error::clip(rdata),
+        };
+        let mut strings: Vec<String> = Vec::new();
+        let mut chars = rdata.chars();
+        loop {
+            match chars.find(|c| !c.is_ascii_whitespace()) {
+                None => break,
+                Some('"') => {}
+                Some(_) => {
+                    return Err(Error::DxSyntax {
+                        reason: "text outside quoted strings",
+                        token: Error::clip(chars.as_str()),
+                    });
+                }
+            }
+            let mut s = String::new();
+            loop {
+                match chars.next().ok_or_else(unterminated)? {
+                    '"' => break,
+                    '\\' => s.push(chars.next().ok_or_else(unterminated)?),
+                    c => s.push(c),
+                }
+            }
+            strings.push(s);
+        }
+        let parts: Vec<&[u8]> = strings.iter().map(|s| s.as_bytes()).collect();
+        Self::parse(&parts)
+    }
+
     /// Policy, defaulting to `experimental`.
     pub fn policy(&self) -> Policy {
         self.policy.unwrap_or_default()
@@ -444,6 +483,26 @@ mod tests {
         let parts: Vec<&[u8]> = strings.iter().map(|s| s.as_bytes()).collect();
         assert_eq!(DxRecord::parse(&parts).unwrap(), r);
         assert!(r.to_zone_rdata().unwrap().starts_with("\"ver=1 pok="));
+    }
+
+    #[test]
+    fn zone_rdata_parses_back() {
+        let mut r = DxRecord {
+            poks: (1..=5).map(|i| key(i).verifying_key()).collect(),
+            ..Default::default()
+        };
+        r.tls = vec![tls_signature(&key(1), b"cert")];
+        r.dx = vec!["dx.example".into()];
+        let rdata = r.to_zone_rdata().unwrap();
+        assert_eq!(DxRecord::parse_zone_rdata(&rdata).unwrap(), r);
+        // Escapes, blanks around, and the unquoted form.
+        let text = r.to_text().unwrap();
+        let escaped = format!(" \"{}\" ", text.replace("ver=1", "v\\er=1"));
+        assert_eq!(DxRecord::parse_zone_rdata(&escaped).unwrap(), r);
+        assert_eq!(DxRecord::parse_zone_rdata(&text).unwrap(), r);
+        for bad in ["\"ver=1", "\"ver=1\\", "\"ver=1\" x", "\"pok=AAAA\""] {
+            assert!(DxRecord::parse_zone_rdata(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

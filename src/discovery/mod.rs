@@ -16,6 +16,10 @@
 //! ([`Discovery::with_store`], [`crate::store::StoredSignet`]) and warmed from it at start, so a
 //! restart asks no DX again for what it knew; backoffs are not persisted (the store module says
 //! why).
+//!
+//! A domain in the static DX map (`[[dmtp.static]]`, [`StaticDx`]) takes its record and its one
+//! DX address from there instead of DNS. The map is the operator's configuration, so its record
+//! is trusted as a DNSSEC-secure answer would be: a matching `tls=` pin suffices.
 
 pub mod cache;
 pub mod connection;
@@ -33,7 +37,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use rustls::RootCertStore;
 use rustls::pki_types::ServerName;
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,6 +57,31 @@ pub struct DiscoverySettings {
     pub reply_timeout: Duration,
     /// Signet cache lifetimes.
     pub cache: CachePolicy,
+    /// Domains found without DNS, by lower-case domain name.
+    pub statics: BTreeMap<String, StaticDx>,
+}
+
+/// A domain's `_dx` record and DX address from the configuration (`[[dmtp.static]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticDx {
+    /// The record, as if published.
+    pub record: DxRecord,
+    /// The DX: TLS from the first byte; the certificate is checked against the record's pins
+    /// under the name of its first `dx=` host (the domain itself without one).
+    pub address: SocketAddr,
+}
+
+impl StaticDx {
+    /// The one place to try for `domain`, and its address.
+    fn place(&self, domain: &str) -> (Target, IpAddr) {
+        let host = self.record.dx.first().map_or(domain, String::as_str);
+        let target = Target {
+            host: host.to_ascii_lowercase(),
+            port: self.address.port(),
+            transport: Transport::Tls,
+        };
+        (target, self.address.ip())
+    }
 }
 
 impl DiscoverySettings {
@@ -64,6 +94,7 @@ impl DiscoverySettings {
             connect_timeout: Duration::from_secs(30),
             reply_timeout: Duration::from_secs(120),
             cache: CachePolicy::default(),
+            statics: BTreeMap::new(),
         }
     }
 }
@@ -358,7 +389,11 @@ impl Discovery {
     }
 
     /// The `_dx` record of `domain` with its verdict; no record is [`DiscoveryError::NoRecord`].
+    /// A domain of the static map answers from there, as secure.
     pub async fn record(&self, domain: &str) -> Result<(DxRecord, Verdict), DiscoveryError> {
+        if let Some(s) = self.static_dx(domain) {
+            return Ok((s.record.clone(), Verdict::Secure));
+        }
         match self.resolver.dx(domain).await {
             Ok(Some(found)) => Ok(found),
             Ok(None) => Err(DiscoveryError::NoRecord {
@@ -392,8 +427,15 @@ impl Discovery {
         Ok(targets(domain, record, &mx, &self.settings))
     }
 
+    fn static_dx(&self, domain: &str) -> Option<&StaticDx> {
+        self.settings
+            .statics
+            .get(domain.trim_end_matches('.').to_ascii_lowercase().as_str())
+    }
+
     /// Runs `jobs` in one session with the first DX of `domain` that can be reached and trusted,
-    /// and returns their events and where they ran.
+    /// and returns their events and where they ran. A domain of the static map has one place,
+    /// its configured address.
     pub async fn run(
         &self,
         domain: &str,
@@ -401,9 +443,20 @@ impl Discovery {
         verdict: Verdict,
         jobs: Vec<Job>,
     ) -> Result<(Vec<ClientEvent>, Contact), DiscoveryError> {
+        let (places, configured_ip) = match self.static_dx(domain) {
+            Some(s) => {
+                let (target, ip) = s.place(domain);
+                (vec![target], Some(ip))
+            }
+            None => (self.targets_of(domain, record).await?, None),
+        };
         let mut attempts = Vec::new();
-        for target in self.targets_of(domain, record).await? {
-            let addrs = match self.resolver.addresses(&target.host).await {
+        for target in places {
+            let resolved = match configured_ip {
+                Some(ip) => Ok(vec![ip]),
+                None => self.resolver.addresses(&target.host).await,
+            };
+            let addrs = match resolved {
                 Ok(a) => a,
                 Err(e) if e.is_bogus() => return Err(DiscoveryError::Dns(Arc::new(e))),
                 Err(e) => {
@@ -801,6 +854,46 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].transport, Transport::DualMode);
         assert_eq!(got[1].transport, Transport::Tls);
+    }
+
+    #[tokio::test]
+    async fn a_static_domain_is_found_without_dns() {
+        let mut settings = DiscoverySettings::new(Arc::new(RootCertStore::empty()));
+        let record = DxRecord {
+            dx: vec!["DX.South.test".into()],
+            ..Default::default()
+        };
+        let address: SocketAddr = "127.0.0.1:2626".parse().unwrap();
+        settings.statics.insert(
+            "south.test".into(),
+            StaticDx {
+                record: record.clone(),
+                address,
+            },
+        );
+        // A DNS server nobody answers on: any question to it would fail, not hang.
+        let resolver = Resolver::with_servers(&["127.0.0.1:9".parse().unwrap()]).unwrap();
+        let d = Discovery::new(
+            resolver,
+            settings,
+            Domain::parse("north.test").unwrap(),
+            DiscoveryMetrics::unregistered(),
+        );
+        let (got, verdict) = d.record("SOUTH.test.").await.unwrap();
+        assert_eq!(got, record);
+        assert_eq!(verdict, Verdict::Secure);
+        let (target, ip) = d.static_dx("south.test").unwrap().place("south.test");
+        assert_eq!(
+            (target.host.as_str(), target.port, target.transport, ip),
+            ("dx.south.test", 2626, Transport::Tls, address.ip())
+        );
+        // Without dx= the certificate name is the domain's.
+        let bare = StaticDx {
+            record: DxRecord::default(),
+            address,
+        };
+        assert_eq!(bare.place("south.test").0.host, "south.test");
+        assert!(d.static_dx("other.test").is_none());
     }
 
     #[test]

@@ -325,8 +325,11 @@ pub async fn verify_and_store(
             recipient_fingerprint: envelope.recipient_fingerprint.clone(),
         })),
     };
+    // The destination's view of the transfer, for operators (and `dimegate demo`).
+    let sealed_size = t.body.len();
+    let origin_fingerprint = origin_party.fingerprint.clone();
     // fsync before 2xx: after this the origin may drop its copy.
-    let size = t.body.len() as u64;
+    let size = sealed_size as u64;
     match ctx
         .store
         .append_limited(env, t.body, ctx.pressure.max_messages())
@@ -334,7 +337,7 @@ pub async fn verify_and_store(
     {
         Ok(queue_id) => {
             ctx.pressure.note_stored(size);
-            info!(%queue_id, origin = %origin_name, recipient = %recipient, "DMTP message stored");
+            info!(%queue_id, origin = %origin_name, recipient = %recipient, %origin_fingerprint, sealed_size, "DMTP message stored");
             // The queue id is the transaction id the sender logs: one name on both sides.
             TxId::parse(&queue_id.to_string()).map_err(|_| TransferRefusal::StoreFailed)
         }
