@@ -13,11 +13,12 @@
 # sink as its relayhost.
 #
 # Each run: smtp-source -s 20 -d pushes MESSAGES 10 KiB messages from alice@secure.test to
-# bob@other.test, Subject "dimegate bench" (D/MIME requires one); the clock runs from the first message sent until the sink holds the last one
-# (the sink dumps each transaction into its own file, -d). Durability: A acknowledges after its
+# bob@other.test, Subject "dimegate bench" (D/MIME requires one); the clock runs from the first
+# message sent until the sink holds the last one (the sink dumps each transaction into its own file, -d). Durability: A acknowledges after its
 # fsync, B answers DMTP's 250 after its own, Postfix after cleanup's fsync of the queue file.
 # One warm-up of 50 messages through each first (signet cache, Postfix processes); then three
 # rounds of bridge, Postfix; the median of three of each is reported, with every run.
+# Also per bridge run: the CPU time A and B used (utime + stime from /proc), per message.
 # Peak RSS: VmHWM of A and of B over the whole run; for Postfix as in e2e-vs-postfix.sh (largest
 # sum of VmRSS and of PSS over its processes while polling, and the largest single VmHWM).
 # Needs root, postfix (smtp-source, smtp-sink), knot, bc, curl, perf for PERF=1.
@@ -59,6 +60,7 @@ stop_sink() {
     while (exec 3<>"/dev/tcp/127.0.0.1/$SINK_PORT") 2>/dev/null; do sleep 0.1; done
 }
 delivered() { find "$TB/dump" -type f | wc -l; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime, in clock ticks
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 # run ADDR PORT COUNT [POLL_FN]: smtp-source into ADDR:PORT, wait until the sink holds COUNT.
@@ -162,11 +164,16 @@ pf_poll() { load_sample; sample_postfix; }
 run 127.0.0.2 "$A_SMTP" 50 dime_poll
 run 127.0.0.1 "$PF_PORT" 50
 DIME=(); PF=()
+HZ=$(getconf CLK_TCK)
 for round in 1 2 3; do
+    a0=$(cpu_ticks "$A_PID"); b0=$(cpu_ticks "$B_PID")
     run 127.0.0.2 "$A_SMTP" "$M" dime_poll; DIME+=("$E2E_S")
+    a1=$(cpu_ticks "$A_PID"); b1=$(cpu_ticks "$B_PID")
     run 127.0.0.1 "$PF_PORT" "$M" pf_poll; PF+=("$E2E_S")
-    printf "round %d: bridge %.2f s (%.0f msg/s), postfix %.2f s (%.0f msg/s)\n" "$round" \
-        "${DIME[-1]}" "$(echo "$M / ${DIME[-1]}" | bc -l)" "${PF[-1]}" "$(echo "$M / ${PF[-1]}" | bc -l)"
+    printf "round %d: bridge %.2f s (%.0f msg/s; CPU per message: A %.2f ms, B %.2f ms), postfix %.2f s (%.0f msg/s)\n" \
+        "$round" "${DIME[-1]}" "$(echo "$M / ${DIME[-1]}" | bc -l)" \
+        "$(echo "($a1 - $a0) * 1000 / $HZ / $M" | bc -l)" "$(echo "($b1 - $b0) * 1000 / $HZ / $M" | bc -l)" \
+        "${PF[-1]}" "$(echo "$M / ${PF[-1]}" | bc -l)"
 done
 median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
 DIME_MED=$(median "${DIME[@]}"); PF_MED=$(median "${PF[@]}")
@@ -196,12 +203,16 @@ if [ -n "${PERF:-}" ]; then
     printf "profiled run: %.2f s = %.0f msg/s (under perf)\n" "$E2E_S" "$(rate "$E2E_S")"
     kill -INT "$PA" "$PB"; wait "$PA" "$PB" 2>/dev/null || true
     for side in a b; do
+        printf "gateway %s: %s samples at 499 Hz over the run (CPU seconds = samples / 499)\n" "${side^^}" \
+            "$(perf report -i "$TB/$side.perf" --stdio --sort dso -g none 2>/dev/null | awk '/^# Samples:/ {print $3}')"
+    done
+    for side in a b; do
         echo "--- gateway ${side^^}: top self cost (perf report --no-children) ---"
         perf report -i "$TB/$side.perf" --no-children --stdio --sort dso,symbol -g none 2>/dev/null |
-            grep -E '^ +[0-9]' | head -25
+            grep -E '^ +[0-9]' | head -25 || true
         echo "--- gateway ${side^^}: top inclusive cost (perf report --children) ---"
         perf report -i "$TB/$side.perf" --children --stdio --sort symbol -g none 2>/dev/null |
-            grep -E '^ +[0-9]' | head -40
+            grep -E '^ +[0-9]' | grep -E 'dimegate::|rustls::|redb::|fsync|fdatasync|sys_write|tcp_' | head -40 || true
     done
     [ -z "${PERF_KEEP:-}" ] || cp "$TB/a.perf" "$TB/b.perf" "$PERF_KEEP"/
 fi
