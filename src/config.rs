@@ -476,6 +476,7 @@ impl Config {
             ..crate::deliver::DeliverySettings::default()
         };
         delivery.greeting_timeout = delivery.command_timeout;
+        apply_outbound_tls(&raw.outbound_tls, &mut delivery)?;
         let mut dime_policies = crate::runner::DimePolicies {
             default: dime_policy(
                 "bridge",
@@ -858,6 +859,7 @@ pub struct RawConfig {
     dns: RawDns,
     queue: RawQueue,
     dmtp: RawDmtp,
+    outbound_tls: RawOutboundTls,
     bridge: RawBridge,
 }
 
@@ -881,6 +883,7 @@ impl Default for RawConfig {
             dns: RawDns::default(),
             queue: RawQueue::default(),
             dmtp: RawDmtp::default(),
+            outbound_tls: RawOutboundTls::default(),
             bridge: RawBridge::default(),
         }
     }
@@ -1209,6 +1212,78 @@ struct RawUser {
     password_hash: String,
 }
 
+// --- [outbound_tls]: DANE, MTA-STS, REQUIRETLS and TLS-RPT on egress (deliver::policy) -------
+//
+// [outbound_tls]
+// mta_sts = true                 # look up and apply MTA-STS policies (RFC 8461)
+// mta_sts_https_port = 443       # test setting: the policy URL is fixed at 443 in production
+// mta_sts_timeout = "1m"         # the whole policy fetch
+// ca_file = "/etc/dimegate/private-ca.pem"   # extra roots for WebPKI-verified TLS
+// tlsrpt_contact = "postmaster@gw.example"  # TLS-RPT contact-info and report sender
+//                                           # (default postmaster@<smtp.hostname>)
+//
+// DANE needs no key of its own: it applies when `[dns] trust_anchor` makes the resolver validate.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawOutboundTls {
+    mta_sts: bool,
+    mta_sts_https_port: u16,
+    mta_sts_timeout: Scalar,
+    ca_file: Option<PathBuf>,
+    tlsrpt_contact: Option<String>,
+}
+
+impl Default for RawOutboundTls {
+    fn default() -> Self {
+        RawOutboundTls {
+            mta_sts: true,
+            mta_sts_https_port: 443,
+            mta_sts_timeout: Scalar::Text("1m".into()),
+            ca_file: None,
+            tlsrpt_contact: None,
+        }
+    }
+}
+
+fn apply_outbound_tls(
+    raw: &RawOutboundTls,
+    delivery: &mut crate::deliver::DeliverySettings,
+) -> Result<(), ConfigError> {
+    delivery.mta_sts = raw.mta_sts;
+    if raw.mta_sts_https_port == 0 {
+        return Err(ConfigError::new(
+            "outbound_tls.mta_sts_https_port",
+            "must be a TCP port (1-65535)",
+        ));
+    }
+    delivery.mta_sts_port = raw.mta_sts_https_port;
+    delivery.mta_sts_timeout = duration_in(
+        "outbound_tls.mta_sts_timeout",
+        &raw.mta_sts_timeout,
+        Duration::from_secs(1),
+        Duration::from_secs(600),
+    )?;
+    // Read when the deliverer is built at start: a bad file fails `serve`.
+    delivery.tls_ca_file = raw.ca_file.clone();
+    if let Some(contact) = &raw.tlsrpt_contact {
+        let valid = contact
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+            && contact
+                .bytes()
+                .all(|b| b > b' ' && b != b'<' && b != b'>' && b != 0x7f);
+        if !valid {
+            return Err(ConfigError::new(
+                "outbound_tls.tlsrpt_contact",
+                format!("not a mail address: {contact:?}"),
+            ));
+        }
+    }
+    delivery.tlsrpt_contact = raw.tlsrpt_contact.clone();
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1377,6 +1452,35 @@ mod tests {
             let err = Config::parse(text).expect_err(text);
             assert_eq!(&err.path, path, "{text:?} gave {err}");
             assert!(!err.reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn outbound_tls_keys() {
+        let c = Config::parse("").unwrap();
+        assert!(c.delivery.mta_sts);
+        assert_eq!(c.delivery.mta_sts_port, 443);
+        assert_eq!(c.delivery.mta_sts_timeout, Duration::from_secs(60));
+        let c = Config::parse(
+            "[outbound_tls]\nmta_sts = false\nmta_sts_https_port = 8443\nmta_sts_timeout = \"5s\"\n\
+             ca_file = \"/x.pem\"",
+        )
+        .unwrap();
+        assert!(!c.delivery.mta_sts);
+        assert_eq!(c.delivery.mta_sts_port, 8443);
+        assert_eq!(c.delivery.mta_sts_timeout, Duration::from_secs(5));
+        assert_eq!(c.delivery.tls_ca_file, Some(PathBuf::from("/x.pem")));
+        for (text, path) in [
+            (
+                "[outbound_tls]\nmta_sts_https_port = 0",
+                "outbound_tls.mta_sts_https_port",
+            ),
+            (
+                "[outbound_tls]\nmta_sts_timeout = \"1h\"",
+                "outbound_tls.mta_sts_timeout",
+            ),
+        ] {
+            assert_eq!(Config::parse(text).unwrap_err().path, path, "{text}");
         }
     }
 

@@ -27,3 +27,4 @@ pub mod status;
 pub mod store;
 pub mod time;
 pub mod tls;
+pub mod tlsrpt;

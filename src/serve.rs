@@ -77,14 +77,13 @@ pub fn dmtp_certificate(config: &Config) -> Result<(PathBuf, PathBuf), crate::tl
     }
 }
 
-/// What the DMTP listener needs: identities, the signet resolver, the store, limits.
-fn dmtp_context(
+/// The DX finder and signet resolver as `[dmtp]` and `[dns]` configure it (the server's, and
+/// the `dmtp`/`lookup` commands').
+pub fn discovery(
     config: &Config,
-    orgs: Vec<crate::identity::OrgIdentity>,
     resolver: &crate::resolve::Resolver,
-    store: Store,
-    registry: &mut Registry,
-) -> Result<crate::dmtp::listener::DmtpContext, ServeError> {
+    metrics: crate::discovery::DiscoveryMetrics,
+) -> Result<crate::discovery::Discovery, ServeError> {
     let roots = crate::dmtp::trust::root_store(config.dmtp.ca_file.as_deref())
         .map_err(ServeError::DmtpCa)?;
     let mut settings = crate::discovery::DiscoverySettings::new(Arc::new(roots));
@@ -95,22 +94,40 @@ fn dmtp_context(
         .first()
         .and_then(|d| crate::dmtp::codec::Domain::parse(d).ok())
         .ok_or_else(|| ServeError::DmtpCa("no served domain to name in EHLO".into()))?;
-    let discovery = crate::discovery::Discovery::new(
+    Ok(crate::discovery::Discovery::new(
         resolver.clone(),
         settings,
         ehlo,
+        metrics,
+    ))
+}
+
+/// What the DMTP listener needs: identities, the signet resolver, the store, limits.
+fn dmtp_context(
+    config: &Config,
+    orgs: Vec<crate::identity::OrgIdentity>,
+    resolver: &crate::resolve::Resolver,
+    store: Store,
+    pressure: Arc<PressureGauge>,
+    registry: &mut Registry,
+) -> Result<crate::dmtp::listener::DmtpContext, ServeError> {
+    let discovery = discovery(
+        config,
+        resolver,
         crate::discovery::DiscoveryMetrics::register(registry),
-    );
+    )?;
     Ok(crate::dmtp::listener::DmtpContext {
         orgs,
         keystore: crate::identity::Keystore::new(&config.data_dir, &config.domains),
-        discovery: Arc::new(discovery),
+        // The store owns the signet cache (DESIGN.md): written through, warmed here.
+        discovery: Arc::new(discovery.with_store(store.clone())),
         store,
         hostname: config.smtp.hostname.clone(),
         limits: crate::dmtp::server::Limits {
             max_message_size: config.dmtp.max_message_size,
             ..crate::dmtp::server::Limits::default()
         },
+        pressure,
     })
 }
 
@@ -119,6 +136,7 @@ fn dime_transports(
     config: &Config,
     dmtp: &crate::dmtp::listener::DmtpContext,
     smtp: Arc<dyn crate::runner::Transport<crate::deliver::NextHop>>,
+    resolver: &crate::resolve::Resolver,
 ) -> crate::runner::DimeTransports {
     let orgs = Arc::new(dmtp.orgs.clone());
     let padding = crate::bridge::Buckets::default();
@@ -128,6 +146,7 @@ fn dime_transports(
             dmtp.keystore.clone(),
             Arc::clone(&orgs),
             padding,
+            crate::runner::SenderChecks::new(resolver, config.smtp.hostname.clone()),
         )),
         bridge: Box::new(crate::runner::BridgeTransport::new(
             smtp,
@@ -273,30 +292,47 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         data_dir: data_dir.clone(),
     };
     probe.refresh(&pressure).await;
-    let ingress = Arc::new(Ingress::new(
-        &config,
-        Some(tls),
-        store.clone(),
-        metrics.clone(),
-        Arc::clone(&queued),
-        Arc::clone(&pressure),
-    ));
     let resolver = crate::resolve::Resolver::new(&config.dns)?;
     let dmtp = Arc::new(dmtp_context(
         &config,
         orgs,
         &resolver,
         store.clone(),
+        Arc::clone(&pressure),
         &mut registry,
     )?);
-    let deliverer = crate::deliver::Deliverer::new(config.delivery.clone(), resolver)?;
+    let ingress = Arc::new(
+        Ingress::new(
+            &config,
+            Some(tls),
+            store.clone(),
+            metrics.clone(),
+            Arc::clone(&queued),
+            Arc::clone(&pressure),
+        )
+        .with_dual_mode(crate::smtp::server::DualMode {
+            tls: dmtp_tls.clone(),
+            ctx: Arc::clone(&dmtp),
+        }),
+    );
+    let deliverer = crate::deliver::Deliverer::new(config.delivery.clone(), resolver.clone())?;
     deliverer.register_metrics(&mut registry);
+    let tls_reporter = Arc::new(crate::tlsrpt::TlsReporter::new(
+        deliverer.tls_report_source(),
+        &config.smtp.hostname,
+        &config
+            .delivery
+            .tlsrpt_contact
+            .clone()
+            .unwrap_or_else(|| format!("postmaster@{}", config.smtp.hostname)),
+        crate::time::UnixTime::now(),
+    ));
     let smtp: Arc<dyn crate::runner::Transport<crate::deliver::NextHop>> = Arc::new(deliverer);
     let runner = Arc::new(crate::runner::QueueRunner::new(
         store.clone(),
         crate::runner::Transports {
             smtp: Arc::clone(&smtp),
-            dime: Some(dime_transports(&config, &dmtp, smtp)),
+            dime: Some(dime_transports(&config, &dmtp, smtp, &resolver)),
         },
         crate::queue::Scheduler::new(config.queue.clone()),
         crate::runner::RouteConfig {
@@ -325,6 +361,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let tracker = TaskTracker::new();
     let queue_task = tokio::spawn(Arc::clone(&runner).run(token.clone()));
     let pressure_task = tokio::spawn(probe.run(pressure, token.clone()));
+    let tlsrpt_task = tokio::spawn(crate::tlsrpt::run_daily(
+        Arc::clone(&tls_reporter),
+        store.clone(),
+        Arc::clone(&runner),
+        token.clone(),
+    ));
 
     info!(
         domains = ?config.domains,
@@ -367,6 +409,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         ready: true.into(),
         ingress: Arc::clone(&ingress),
         data_dir: data_dir.clone(),
+        tls_reporter: Some(Arc::clone(&tls_reporter)),
     });
     if let Ok(addr) = admin_listener.local_addr() {
         info!(%addr, "admin HTTP listening (/metrics, /healthz, /readyz, /api/queue)");
@@ -398,6 +441,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         warn!("sessions still open after {wait:?}; stopping anyway");
     }
     let _ = pressure_task.await;
+    let _ = tlsrpt_task.await;
     let _ = tokio::time::timeout(Duration::from_secs(35), queue_task).await;
     admin_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;

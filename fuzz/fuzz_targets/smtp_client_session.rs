@@ -76,6 +76,7 @@ fuzz_target!(|data: &[u8]| {
             _ => TlsPolicy::Required,
         },
         try_tls: first & 8 == 0,
+        relay: true,
         timeouts: Timeouts {
             greeting: Duration::from_secs(300),
             command: Duration::from_secs(60),

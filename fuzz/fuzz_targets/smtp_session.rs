@@ -77,6 +77,7 @@ fuzz_target!(|data: &[u8]| {
         relay_allowed: data.first().is_some_and(|b| b & 1 == 1),
         tls_available: true,
         auth_available: true,
+        dmtp_dual_mode: data.first().is_some_and(|b| b & 2 == 2),
     };
     let limits = Limits {
         max_message_size: MAX_MESSAGE,
@@ -238,6 +239,12 @@ impl Driver {
                     self.transcript.extend_from_slice(b"[close]");
                 }
                 Output::StartTls => self.transcript.extend_from_slice(b"[starttls]"),
+                Output::UpgradeToDmtp { host } => {
+                    // The connection belongs to DMTP now: nothing more from this session.
+                    self.closed = true;
+                    self.transcript
+                        .extend_from_slice(format!("[dmtp {host}]").as_bytes());
+                }
                 Output::Authenticate { username, password } => self
                     .transcript
                     .extend_from_slice(format!("[auth {username:?} {password:?}]").as_bytes()),

@@ -11,6 +11,7 @@
 //! | DELETE | `/api/queue/{queue_id}` | 204, or 404 if absent |
 //! | POST | `/api/queue/{queue_id}/{retry,hold,release,bounce}` | JSON record after the action, 404 if absent |
 //! | POST | `/api/queue/retry?domain=D` | retry every message with a recipient in D now; JSON count |
+//! | POST | `/api/tlsrpt/send` | send the TLS-RPT reports counted so far now (RFC 8460; also run daily at 00:00 UTC); JSON summary |
 //! | POST | `/api/drain?peer=HOST:PORT` | stop ingress (421 4.3.2), make everything due now, and with `peer` hand every recipient to that SMTP peer; JSON |
 
 use crate::envelope::QueueId;
@@ -41,6 +42,8 @@ pub struct AdminState {
     pub data_dir: std::path::PathBuf,
     /// SMTP ingress, whose `draining` flag `/api/drain` sets.
     pub ingress: Arc<crate::smtp::server::Ingress>,
+    /// TLS-RPT reports, which `/api/tlsrpt/send` sends now.
+    pub tls_reporter: Option<Arc<crate::tlsrpt::TlsReporter>>,
 }
 
 /// Builds the router.
@@ -57,6 +60,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         )
         .route("/api/queue/{queue_id}/{action}", post(queue_action))
         .route("/api/drain", post(drain))
+        .route("/api/tlsrpt/send", post(tlsrpt_send))
         .with_state(state)
 }
 
@@ -222,6 +226,23 @@ async fn queue_action(
 #[derive(Deserialize)]
 struct FlushQuery {
     domain: Option<String>,
+}
+
+async fn tlsrpt_send(State(state): State<Arc<AdminState>>) -> Response {
+    let Some(reporter) = &state.tls_reporter else {
+        return (StatusCode::NOT_FOUND, "TLS-RPT is not enabled\n").into_response();
+    };
+    let summary = reporter
+        .run(&state.store, crate::time::UnixTime::now())
+        .await;
+    tracing::info!(
+        domains = summary.domains.len(),
+        mailed = summary.mailed.len(),
+        posted = summary.posted.len(),
+        "TLS-RPT reports sent by admin"
+    );
+    state.runner.wake();
+    Json(summary).into_response()
 }
 
 async fn queue_flush(

@@ -262,6 +262,32 @@ mod tests {
         }
     }
 
+    /// A policy asking for a length padding cannot reach gets a typed refusal, not a wrong size.
+    #[derive(Debug)]
+    struct Off(usize);
+
+    impl SizePolicy for Off {
+        fn sealed_len(&self, minimum: usize) -> Option<usize> {
+            Some(minimum + self.0)
+        }
+    }
+
+    #[test]
+    fn unreachable_targets_are_refused() {
+        let w = testkit::world();
+        let mut rng = StdRng::seed_from_u64(6);
+        let msg = message_of(100);
+        for off in [1, 2, 3, 4] {
+            let e = w.seal_with(&msg, &Off(off), &mut rng).unwrap_err();
+            assert!(matches!(e, crate::bridge::BridgeError::TooLarge(_)), "{e}");
+        }
+        for off in [0, 5, 16, 21, 4000] {
+            let sealed = w.seal_with(&msg, &Off(off), &mut rng).unwrap();
+            let again = w.seal_with(&msg, &Off(0), &mut rng).unwrap();
+            assert_eq!(sealed.len(), again.len() + off);
+        }
+    }
+
     /// A sealed message with a tracing block as libdime frames it: magic 1837, a u16 length of
     /// at least 1, then the message whose u32 length covers the rest exactly.
     #[test]

@@ -173,20 +173,16 @@ pub fn unwrap_finish(
 ) -> Result<Unwrapped, BridgeError> {
     trace_safe(input.hostname, input.queue_id)?;
     let origin = named(input.origin_signet, input.origin_domain);
-    let (need, _) = open_inbound(input, &origin, None)?;
-    let (author, mut reason) = match author_signet {
-        None => (
-            None,
-            Some(FailReason::AuthorSignetMissing {
-                fingerprint: need.author_fingerprint.clone(),
-            }),
-        ),
-        Some(s) => match author_signet_check(s, &need, input.origin_signet) {
-            Ok(()) => (Some(named(s, &need.author)), None),
-            Err(r) => (None, Some(r)),
-        },
+    // One pass as each actor: the report only uses the author signet if its fingerprint is the
+    // one named, and every other check on it follows from the envelope the pass reads.
+    let author = author_signet.map(|s| named(s, s.identifier().unwrap_or_default()));
+    let (need, report) = open_inbound(input, &origin, author.as_ref())?;
+    let mut reason = match author_signet {
+        None => Some(FailReason::AuthorSignetMissing {
+            fingerprint: need.author_fingerprint.clone(),
+        }),
+        Some(s) => author_signet_check(s, &need, input.origin_signet).err(),
     };
-    let (_, report) = open_inbound(input, &origin, author.as_ref())?;
     if reason.is_none() {
         reason = match report.check() {
             Ok(()) => None,

@@ -4,6 +4,7 @@
 //! configuration.
 
 pub mod dime;
+pub mod dmtp;
 mod queue;
 mod summary;
 mod users;
@@ -69,6 +70,25 @@ pub enum Command {
         /// Ask `/readyz` instead (503 while draining or shutting down).
         #[arg(long)]
         ready: bool,
+    },
+    /// Ask a DMTP server like `dig` asks DNS: SGNT, VRFY, HIST (exit 1 if it fails or the
+    /// signet does not validate).
+    Dmtp {
+        /// Configuration file, for `[dns]` and `[dmtp]` (ports, ca_file).
+        #[arg(long, short, global = true, env = "DIMEGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// What to ask.
+        #[command(subcommand)]
+        command: dmtp::DmtpCommand,
+    },
+    /// Print the whole discovery chain for an address or domain: `_dx` record, DNSSEC verdict,
+    /// DX targets and the one chosen, certificate check, org and user signets, cache state.
+    Lookup {
+        /// `user@domain` or `domain`.
+        name: String,
+        /// Configuration file, for `[dns]` and `[dmtp]`.
+        #[arg(long, short, env = "DIMEGATE_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Hash a password read from standard input, for `[[user]] password_hash`.
     Passwd,
@@ -170,6 +190,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+        Command::Dmtp { config, command } => {
+            let config = load_config(config.as_ref())?;
+            dmtp::run_dmtp(&config, command)
+        }
+        Command::Lookup { name, config } => {
+            let config = load_config(config.as_ref())?;
+            dmtp::run_lookup(&config, &name)
         }
         Command::Passwd => {
             let mut line = String::new();

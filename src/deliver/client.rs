@@ -72,6 +72,9 @@ pub struct SessionConfig {
     pub tls: TlsPolicy,
     /// `false` on the plain-text retry after a failed opportunistic STARTTLS.
     pub try_tls: bool,
+    /// A relay hop (MX or smarthost): messages with REQUIRETLS go only over TLS to a server
+    /// offering REQUIRETLS (RFC 8689). `false` for the backend, the final delivery.
+    pub relay: bool,
     /// Reply timeouts.
     pub timeouts: Timeouts,
 }
@@ -271,6 +274,8 @@ pub struct ClientSession {
     output: VecDeque<Output>,
     /// `Output::Close` was emitted (the state may be a placeholder mid-transition).
     closed: bool,
+    /// The TLS handshake succeeded on this connection.
+    encrypted: bool,
 }
 
 impl ClientSession {
@@ -288,6 +293,7 @@ impl ClientSession {
             }),
             output: VecDeque::new(),
             closed: false,
+            encrypted: false,
         }
     }
 
@@ -313,6 +319,7 @@ impl ClientSession {
         if matches!(self.state, State::TlsHandshake) {
             self.parser.reset();
             self.caps = Capabilities::default();
+            self.encrypted = true;
             self.send_hello(false, true, now);
         }
     }
@@ -357,6 +364,13 @@ impl ClientSession {
             return Err(NotReady);
         }
         let unsendable = wire::check_capabilities(envelope, recipients, &self.caps, message_len)
+            .and_then(|()| {
+                if self.config.relay {
+                    wire::check_requiretls(envelope, &self.caps, self.encrypted)
+                } else {
+                    Ok(())
+                }
+            })
             .and_then(|()| wire::mail_from_command(envelope, recipients, &self.caps, message_len));
         let mail = match unsendable {
             Ok(mail) => mail,

@@ -44,14 +44,25 @@
 //! [[destination]]           # DestinationPolicy
 //! domain = "bank.example"
 //! require_tls = true
+//! [outbound_tls]            # DeliverySettings' TLS block; DANE follows [dns] trust_anchor
+//! mta_sts = true
+//! ca_file = "/etc/dimegate/private-ca.pem"
 //! ```
+//!
+//! Outbound TLS policy (DANE, MTA-STS, REQUIRETLS, per-destination `require_tls`) is decided per
+//! MX host by the pure [`policy::tls_policy`]; MTA-STS records and policies are parsed by
+//! `mta_sts.rs` and fetched by `sts_fetch.rs`; `tlsrpt.rs` counts sessions for TLS-RPT.
 
 pub mod client;
 mod metrics;
+pub mod mta_sts;
 mod plan;
+pub mod policy;
 mod received;
 mod reply;
 mod session;
+pub mod sts_fetch;
+pub mod tlsrpt;
 mod wire;
 
 pub use received::received_header;
@@ -61,8 +72,9 @@ use crate::envelope::{Envelope, QueueId, Recipient};
 use crate::resolve::{MxAnswer, ResolveError, Resolver};
 use crate::status::{DeliveryOutcome, Diagnosis, DiagnosticCode, DiagnosticType, EnhancedStatus};
 use client::{HopFailure, TransactionResult};
-use plan::{DnsFailure, Plan, Step, Target};
-use session::{Connection, Timeouts, TlsConnectors};
+use plan::{DnsFailure, Plan, Step, Target, Verify};
+use policy::{DaneLookup, PolicyInputs, TlsRequirement};
+use session::{Connection, Timeouts, TlsConnectors, TlsSeen};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -561,6 +573,18 @@ pub struct DeliverySettings {
     pub max_addresses_per_delivery: usize,
     /// Shuffle MX hosts of equal preference (RFC 5321 §5.1). Off only for reproducible tests.
     pub shuffle_equal_mx: bool,
+    // --- outbound TLS policy (DANE, MTA-STS, REQUIRETLS, TLS-RPT) ---
+    /// Look up and apply MTA-STS policies (RFC 8461).
+    pub mta_sts: bool,
+    /// The HTTPS port of `mta-sts.<domain>`: 443; a test setting.
+    pub mta_sts_port: u16,
+    /// The whole policy fetch (connect, TLS, request, response).
+    pub mta_sts_timeout: Duration,
+    /// Extra trusted roots (PEM) for WebPKI-verified TLS: MTA-STS policy hosts and MX hosts
+    /// under MTA-STS or `require_tls`. For private CAs and tests.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// TLS-RPT `contact-info` and the sender of report mail; `None`: `postmaster@<helo_name>`.
+    pub tlsrpt_contact: Option<String>,
 }
 
 impl Default for DeliverySettings {
@@ -581,6 +605,11 @@ impl Default for DeliverySettings {
             max_messages_per_connection: 100,
             max_addresses_per_delivery: 5,
             shuffle_equal_mx: true,
+            mta_sts: true,
+            mta_sts_port: 443,
+            mta_sts_timeout: Duration::from_secs(60),
+            tls_ca_file: None,
+            tlsrpt_contact: None,
         }
     }
 }
@@ -592,6 +621,14 @@ pub enum DeliverError {
     /// The TLS client configuration could not be built.
     #[error("cannot build the TLS client configuration: {0}")]
     Tls(#[from] rustls::Error),
+    /// `tls_ca_file` could not be read or holds no certificate.
+    #[error("CA file {path}: {reason}")]
+    CaFile {
+        /// The configured file.
+        path: std::path::PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
 }
 
 impl DeliverError {
@@ -616,6 +653,30 @@ pub struct Deliverer {
     // std Mutex: never held across an await, only to push or pop a connection.
     idle: Mutex<HashMap<Target, Vec<IdleConnection>>>,
     metrics: metrics::DeliveryMetrics,
+    sts_cache: mta_sts::PolicyCache,
+    fetcher: sts_fetch::Fetcher,
+    tlsrpt: Arc<tlsrpt::Collector>,
+}
+
+/// What the TLS-RPT sender (`crate::tlsrpt`) needs from the deliverer: the counts, a resolver
+/// for `_smtp._tls` and report hosts, and WebPKI-verifying TLS for `https:` destinations.
+#[derive(Clone)]
+pub struct TlsReportSource {
+    /// The counts, shared with the deliverer.
+    pub collector: Arc<tlsrpt::Collector>,
+    /// The deliverer's resolver.
+    pub resolver: Resolver,
+    /// WebPKI-verifying TLS (webpki roots plus `tls_ca_file`).
+    pub https: tokio_rustls::TlsConnector,
+}
+
+/// What the TLS decisions of an MX delivery need beyond the plan.
+#[derive(Debug, Clone)]
+struct MxContext {
+    domain: String,
+    mx_secure: bool,
+    sts: Option<Arc<mta_sts::Policy>>,
+    destination_require_tls: bool,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -630,8 +691,21 @@ impl Deliverer {
     /// Builds a deliverer; fails only if the TLS configuration cannot be built.
     pub fn new(settings: DeliverySettings, resolver: Resolver) -> Result<Deliverer, DeliverError> {
         let total = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+        let extra_roots = match &settings.tls_ca_file {
+            Some(path) => load_roots(path)?,
+            None => Vec::new(),
+        };
+        let connectors = TlsConnectors::new(&extra_roots)?;
+        let fetcher = sts_fetch::Fetcher {
+            connector: connectors.verified.clone(),
+            port: settings.mta_sts_port,
+            timeout: settings.mta_sts_timeout,
+        };
         Ok(Deliverer {
-            connectors: TlsConnectors::new()?,
+            connectors,
+            fetcher,
+            sts_cache: mta_sts::PolicyCache::default(),
+            tlsrpt: Arc::new(tlsrpt::Collector::default()),
             total,
             settings,
             resolver,
@@ -742,25 +816,42 @@ impl Deliverer {
         message_len: usize,
     ) -> Vec<Outcome> {
         let all = |outcome: Outcome| -> Vec<Outcome> { vec![outcome; recipients.len()] };
-        let mut plan = match self.plan(hop).await {
+        let (mut plan, context) = match self.plan(hop, envelope, queue_id).await {
             Ok(plan) => plan,
             Err(outcome) => return all(outcome),
         };
         loop {
             match plan.next() {
                 Step::Lookup(host) => {
-                    let result = self.resolver.addresses(&host).await.map_err(|error| {
-                        tracing::info!(%queue_id, %host, %error, "MX host address lookup failed");
-                        DnsFailure {
-                            permanent: error.is_permanent(),
-                            text: error.to_string(),
-                        }
-                    });
-                    plan.handle_addresses(&host, result);
+                    let result = self
+                        .resolver
+                        .addresses_with_verdict(&host)
+                        .await
+                        .map_err(|error| {
+                            tracing::info!(%queue_id, %host, %error, "MX host address lookup failed");
+                            DnsFailure {
+                                permanent: error.is_permanent(),
+                                text: error.to_string(),
+                            }
+                        });
+                    let Some(context) = &context else {
+                        // Only MX plans look hosts up, and they always have a context.
+                        plan.handle_addresses(&host, result.map(|(a, _)| a));
+                        continue;
+                    };
+                    self.handle_mx_host(&mut plan, context, &host, result, envelope, queue_id)
+                        .await;
                 }
                 Step::Attempt(target) => {
                     match self
-                        .attempt(&target, envelope, recipients, payload, message_len)
+                        .attempt(
+                            &target,
+                            envelope,
+                            recipients,
+                            payload,
+                            message_len,
+                            context.as_ref(),
+                        )
                         .await
                     {
                         Ok(outcomes) => return outcomes,
@@ -777,7 +868,12 @@ impl Deliverer {
 
     /// The failover plan of the hop (its targets, or MX hosts to expand), or a final outcome for
     /// every recipient. Cancel-safe: DNS lookups only.
-    async fn plan(&self, hop: &NextHop) -> Result<Plan, Outcome> {
+    async fn plan(
+        &self,
+        hop: &NextHop,
+        envelope: &Envelope,
+        queue_id: QueueId,
+    ) -> Result<(Plan, Option<MxContext>), Outcome> {
         let cap = self.settings.max_addresses_per_delivery;
         // Nothing tried at all. For MX routing that is the recipient domain's fault (5.4.4); a
         // relay or backend that cannot be found is our own configuration, which must not bounce
@@ -802,17 +898,42 @@ impl Deliverer {
                 format!("backend {addr} could not be tried"),
             ),
         };
+        // RFC 8689 §4.2.1 for hops without DNS-based policy: a relay host must be verified by
+        // WebPKI, and an address literal authenticates nothing.
+        let requiretls_unmet = |what: String| {
+            tracing::info!(%queue_id, reason = %what, "REQUIRETLS cannot be met");
+            Outcome::local(false, None, policy::REQUIRETLS_STATUS, what)
+        };
         match hop {
-            NextHop::Backend { addr, lmtp, tls } => Ok(Plan::fixed(
-                vec![Target {
-                    name: addr.ip().to_string(),
-                    addr: *addr,
-                    lmtp: *lmtp,
-                    tls: *tls,
-                }],
-                cap,
-                if_nothing_tried,
+            NextHop::Backend { addr, lmtp, tls } => Ok((
+                Plan::fixed(
+                    vec![Target {
+                        name: addr.ip().to_string(),
+                        addr: *addr,
+                        lmtp: *lmtp,
+                        tls: *tls,
+                        verify: Verify::for_policy(*tls),
+                        relay: false,
+                    }],
+                    cap,
+                    if_nothing_tried,
+                ),
+                None,
             )),
+            NextHop::Smarthost { host, tls, .. }
+                if envelope.require_tls && *tls != TlsPolicy::Required =>
+            {
+                Err(requiretls_unmet(format!(
+                    "the message requires TLS (REQUIRETLS) and relay host {host} is not \
+                     configured with smarthost_tls = \"required\""
+                )))
+            }
+            NextHop::Mx { domain } if envelope.require_tls && domain.is_address_literal() => {
+                Err(requiretls_unmet(format!(
+                    "the message requires TLS (REQUIRETLS) and {domain} is an address literal: \
+                     no certificate can be verified for it"
+                )))
+            }
             NextHop::Smarthost { host, port, tls } => {
                 let addresses = self
                     .resolver
@@ -823,18 +944,23 @@ impl Deliverer {
                     .trim_start_matches('[')
                     .trim_end_matches(']')
                     .to_owned();
-                Ok(Plan::fixed(
-                    addresses
-                        .into_iter()
-                        .map(|ip| Target {
-                            name: name.clone(),
-                            addr: SocketAddr::new(ip, *port),
-                            lmtp: false,
-                            tls: *tls,
-                        })
-                        .collect(),
-                    cap,
-                    if_nothing_tried,
+                Ok((
+                    Plan::fixed(
+                        addresses
+                            .into_iter()
+                            .map(|ip| Target {
+                                name: name.clone(),
+                                addr: SocketAddr::new(ip, *port),
+                                lmtp: false,
+                                tls: *tls,
+                                verify: Verify::for_policy(*tls),
+                                relay: true,
+                            })
+                            .collect(),
+                        cap,
+                        if_nothing_tried,
+                    ),
+                    None,
                 ))
             }
             NextHop::Mx { domain } if domain.is_address_literal() => {
@@ -855,23 +981,40 @@ impl Deliverer {
                         format!("{domain} is not a valid address literal"),
                     )
                 })?;
-                Ok(Plan::fixed(
-                    vec![Target {
-                        name: ip.to_string(),
-                        addr: SocketAddr::new(ip, self.settings.mx_port),
-                        lmtp: false,
-                        tls: self.settings.mx_tls,
-                    }],
-                    cap,
-                    if_nothing_tried,
+                Ok((
+                    Plan::fixed(
+                        vec![Target {
+                            name: ip.to_string(),
+                            addr: SocketAddr::new(ip, self.settings.mx_port),
+                            lmtp: false,
+                            tls: self.settings.mx_tls,
+                            verify: Verify::for_policy(self.settings.mx_tls),
+                            relay: true,
+                        }],
+                        cap,
+                        if_nothing_tried,
+                    ),
+                    None,
                 ))
             }
             NextHop::Mx { domain } => {
-                let answer = self
-                    .resolver
-                    .mx_hosts(domain.as_str())
-                    .await
-                    .map_err(|e| dns_outcome(&e))?;
+                let (answer, mx_verdict) = match self.resolver.mx(domain.as_str()).await {
+                    Ok(found) => found,
+                    Err(error) => {
+                        if error.is_bogus() {
+                            // RFC 7672 §2.2.1: a bogus MX RRset is not "no MX"; hold the mail.
+                            self.metrics
+                                .tls_policy
+                                .get_or_create(&metrics::TlsLabels {
+                                    policy: "dane",
+                                    result: "mx_bogus",
+                                })
+                                .inc();
+                            tracing::warn!(%queue_id, %domain, %error, "MX lookup DNSSEC-bogus: deferred");
+                        }
+                        return Err(dns_outcome(&error));
+                    }
+                };
                 if answer == MxAnswer::NullMx {
                     return Err(Outcome::local(
                         true,
@@ -890,15 +1033,29 @@ impl Deliverer {
                 } else {
                     self.settings.mx_tls
                 };
+                let sts = if self.settings.mta_sts {
+                    self.sts_policy(domain.as_str(), queue_id).await
+                } else {
+                    None
+                };
+                let context = MxContext {
+                    domain: domain.as_str().to_owned(),
+                    mx_secure: mx_verdict.is_secure(),
+                    sts,
+                    destination_require_tls: require,
+                };
                 let mut rng = rand::thread_rng();
-                Ok(Plan::mx(
-                    &answer,
-                    self.settings.shuffle_equal_mx.then_some(&mut rng),
-                    self.settings.mx_port,
-                    tls,
-                    self.resolver.families(),
-                    cap,
-                    if_nothing_tried,
+                Ok((
+                    Plan::mx(
+                        &answer,
+                        self.settings.shuffle_equal_mx.then_some(&mut rng),
+                        self.settings.mx_port,
+                        tls,
+                        self.resolver.families(),
+                        cap,
+                        if_nothing_tried,
+                    ),
+                    Some(context),
                 ))
             }
         }
@@ -913,6 +1070,7 @@ impl Deliverer {
         recipients: &[&Recipient],
         payload: &[u8],
         message_len: usize,
+        context: Option<&MxContext>,
     ) -> Result<Vec<Outcome>, HopFailure> {
         let mut connection = match self.take_idle(target).await {
             Some(connection) => {
@@ -920,13 +1078,19 @@ impl Deliverer {
                 connection
             }
             None => {
-                let connection = Connection::open(
+                let mut seen = TlsSeen::None;
+                let opened = Connection::open(
                     target,
                     &self.settings.helo_name,
                     self.timeouts(),
                     &self.connectors,
+                    &mut seen,
                 )
-                .await?;
+                .await;
+                if let Some(context) = context {
+                    self.record_session(context, target, seen);
+                }
+                let connection = opened?;
                 self.metrics.connections_opened.inc();
                 tracing::debug!(mta = %target.label(), tls = ?connection.tls, "connected");
                 connection
@@ -949,6 +1113,250 @@ impl Deliverer {
             connection.quit(&self.connectors).await;
         }
         result
+    }
+
+    /// Applies the TLS policy to one MX host whose addresses were looked up: DANE lookup, the
+    /// decision, its log line and metric, then the host's targets (or its refusal) into `plan`.
+    /// Cancel-safe: DNS only.
+    async fn handle_mx_host(
+        &self,
+        plan: &mut Plan,
+        context: &MxContext,
+        host: &str,
+        result: Result<(Vec<std::net::IpAddr>, crate::resolve::Verdict), DnsFailure>,
+        envelope: &Envelope,
+        queue_id: QueueId,
+    ) {
+        let (addresses, addresses_secure) = match result {
+            Ok((addresses, verdict)) => (Ok(addresses), verdict.is_secure()),
+            Err(failure) => (Err(failure), false),
+        };
+        if !addresses.as_ref().is_ok_and(|a| !a.is_empty()) {
+            // Nothing to connect to: the plan only learns the failure or the empty answer.
+            plan.handle_addresses_with(host, addresses, self.settings.mx_tls, Verify::Any);
+            return;
+        }
+        let dane = self
+            .dane_lookup(context, host, addresses_secure, queue_id)
+            .await;
+        let decision = policy::tls_policy(PolicyInputs {
+            host,
+            mx_secure: context.mx_secure,
+            dane: &dane,
+            sts: context.sts.as_deref(),
+            destination_require_tls: context.destination_require_tls,
+            envelope_require_tls: envelope.require_tls,
+            default: self.settings.mx_tls,
+        });
+        self.metrics
+            .tls_policy
+            .get_or_create(&metrics::TlsLabels {
+                policy: decision.policy.as_str(),
+                result: decision.requirement.as_str(),
+            })
+            .inc();
+        tracing::info!(
+            %queue_id,
+            domain = %context.domain,
+            mx = %host,
+            policy = decision.policy.as_str(),
+            requirement = decision.requirement.as_str(),
+            requiretls = envelope.require_tls,
+            "TLS policy"
+        );
+        let (tls, verify) = match decision.requirement {
+            TlsRequirement::Refuse { status, text } => {
+                tracing::info!(%queue_id, mx = %host, reason = %text, "MX host not used");
+                if let DaneLookup::Failed { bogus, .. } = dane {
+                    let kind = if bogus {
+                        "dnssec-invalid"
+                    } else {
+                        "tlsa-invalid"
+                    };
+                    self.tlsrpt.record_tlsa_failure(&context.domain, host, kind);
+                }
+                plan.handle_refused(host, status, text);
+                return;
+            }
+            TlsRequirement::Disabled => (TlsPolicy::Disabled, Verify::Any),
+            TlsRequirement::Opportunistic => (TlsPolicy::Opportunistic, Verify::Any),
+            TlsRequirement::ReportOnly => (TlsPolicy::Opportunistic, Verify::ReportOnly),
+            TlsRequirement::Dane(records) => (TlsPolicy::Required, Verify::Dane(records)),
+            TlsRequirement::EncryptOnly => (TlsPolicy::Required, Verify::Any),
+            TlsRequirement::WebPki => (TlsPolicy::Required, Verify::WebPki),
+        };
+        plan.handle_addresses_with(host, addresses, tls, verify);
+    }
+
+    /// DANE for one MX host (RFC 7672 §2.2): looked up only when the resolver validates and
+    /// the MX RRset and the host's addresses are secure. Cancel-safe: DNS only.
+    async fn dane_lookup(
+        &self,
+        context: &MxContext,
+        host: &str,
+        addresses_secure: bool,
+        queue_id: QueueId,
+    ) -> DaneLookup {
+        if !self.resolver.is_validating() || !context.mx_secure || !addresses_secure {
+            return DaneLookup::NotApplicable;
+        }
+        match self.resolver.tlsa(25, host).await {
+            Ok(Some((records, verdict))) if verdict.is_secure() => {
+                if records.iter().any(|r| r.usable().is_ok()) {
+                    DaneLookup::Usable(records)
+                } else {
+                    DaneLookup::NoUsableRecords
+                }
+            }
+            Ok(_) => DaneLookup::NotApplicable,
+            Err(error) => {
+                tracing::warn!(%queue_id, mx = %host, %error, "TLSA lookup failed");
+                DaneLookup::Failed {
+                    bogus: error.is_bogus(),
+                    text: error.to_string(),
+                }
+            }
+        }
+    }
+
+    /// The MTA-STS policy of `domain` (RFC 8461 §5): the cached one while the `_mta-sts` id is
+    /// unchanged, else fetched; a failed fetch or lookup keeps an unexpired cached policy.
+    /// Cancel-safe: DNS and one HTTPS request.
+    async fn sts_policy(&self, domain: &str, queue_id: QueueId) -> Option<Arc<mta_sts::Policy>> {
+        let now = Instant::now();
+        let cached = self.sts_cache.get(domain, now);
+        let record = match self.resolver.txt("_mta-sts", domain).await {
+            Ok(Some((texts, _))) => match mta_sts::select_record(&texts) {
+                Ok(record) => Some(record),
+                Err(error) => {
+                    tracing::info!(%queue_id, %domain, %error, "MTA-STS record not usable");
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(error) => {
+                tracing::info!(%queue_id, %domain, %error, "MTA-STS record lookup failed");
+                None
+            }
+        };
+        let Some(record) = record else {
+            return cached.map(|(_, policy)| policy);
+        };
+        if let Some((id, policy)) = &cached
+            && *id == record.id
+        {
+            return Some(policy.clone());
+        }
+        if self.sts_cache.fetch_backing_off(domain, &record.id, now) {
+            return cached.map(|(_, policy)| policy);
+        }
+        let host = format!("mta-sts.{domain}");
+        let fetched = match self.resolver.addresses(&host).await {
+            Ok(addresses) => self.fetcher.fetch(domain, &addresses).await,
+            Err(error) => Err(sts_fetch::FetchError::Fetch {
+                domain: domain.to_owned(),
+                text: format!("{host}: {error}"),
+            }),
+        };
+        match fetched {
+            Ok(policy) => {
+                tracing::info!(%queue_id, %domain, id = %record.id, mode = policy.mode.as_str(), max_age = policy.max_age.as_secs(), "MTA-STS policy fetched");
+                self.sts_cache
+                    .put(domain, record.id, policy.clone(), Instant::now());
+                Some(policy)
+            }
+            Err(error) => {
+                tracing::warn!(%queue_id, %domain, %error, "MTA-STS policy fetch failed");
+                self.sts_cache
+                    .fetch_failed(domain, &record.id, Instant::now());
+                self.tlsrpt.record(
+                    domain,
+                    tlsrpt::PolicyType::Sts,
+                    Vec::new(),
+                    &host,
+                    "",
+                    tlsrpt::SessionResult::Failure(error.result_type()),
+                );
+                self.metrics
+                    .tls_sessions
+                    .get_or_create(&metrics::TlsLabels {
+                        policy: "mta_sts",
+                        result: error.result_type(),
+                    })
+                    .inc();
+                cached.map(|(_, policy)| policy)
+            }
+        }
+    }
+
+    /// Counts a new connection's TLS result for TLS-RPT and the metrics.
+    fn record_session(&self, context: &MxContext, target: &Target, seen: TlsSeen) {
+        let sts = context
+            .sts
+            .as_deref()
+            .filter(|p| p.mode != mta_sts::Mode::None);
+        let (policy_type, policy_string, label) = match (&target.verify, sts) {
+            (Verify::Dane(records), _) => (
+                tlsrpt::PolicyType::Tlsa,
+                records
+                    .iter()
+                    .map(|r| {
+                        let data: String = r.data.iter().map(|b| format!("{b:02x}")).collect();
+                        format!("{} {} {} {data}", r.usage, r.selector, r.matching)
+                    })
+                    .collect(),
+                "dane",
+            ),
+            (_, Some(policy)) if !context.destination_require_tls => {
+                (tlsrpt::PolicyType::Sts, policy.policy_strings(), "mta_sts")
+            }
+            _ => (tlsrpt::PolicyType::NoPolicyFound, Vec::new(), "none"),
+        };
+        let result = match seen {
+            TlsSeen::Established { .. } => tlsrpt::SessionResult::Success,
+            TlsSeen::Failed(kind) | TlsSeen::ReportOnlyFailed(kind) => {
+                tlsrpt::SessionResult::Failure(kind)
+            }
+            // Plain text: a failure only where a policy wanted TLS.
+            TlsSeen::None if target.verify == Verify::ReportOnly => {
+                tlsrpt::SessionResult::Failure("starttls-not-supported")
+            }
+            TlsSeen::None => return,
+        };
+        let result_label = match result {
+            tlsrpt::SessionResult::Success => "success",
+            tlsrpt::SessionResult::Failure(kind) => kind,
+        };
+        self.metrics
+            .tls_sessions
+            .get_or_create(&metrics::TlsLabels {
+                policy: label,
+                result: result_label,
+            })
+            .inc();
+        self.tlsrpt.record(
+            &context.domain,
+            policy_type,
+            policy_string,
+            &target.name,
+            &target.addr.ip().to_string(),
+            result,
+        );
+    }
+
+    /// The TLS-RPT reports counted since the last call (RFC 8460), one per policy domain; the
+    /// counters restart from zero.
+    pub fn take_tls_reports(&self, meta: &tlsrpt::ReportMeta) -> Vec<(String, tlsrpt::Report)> {
+        self.tlsrpt.take_reports(meta)
+    }
+
+    /// A handle for sending TLS-RPT reports (`crate::tlsrpt::TlsReporter`), sharing the counts.
+    pub fn tls_report_source(&self) -> TlsReportSource {
+        TlsReportSource {
+            collector: self.tlsrpt.clone(),
+            resolver: self.resolver.clone(),
+            https: self.connectors.verified.clone(),
+        }
     }
 
     fn timeouts(&self) -> Timeouts {
@@ -1060,6 +1468,25 @@ impl Deliverer {
         };
         idle.values().map(Vec::len).sum()
     }
+}
+
+/// Reads PEM certificates to trust as roots (`tls_ca_file`).
+fn load_roots(
+    path: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, DeliverError> {
+    use rustls::pki_types::pem::PemObject;
+    let bad = |reason: String| DeliverError::CaFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let roots = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if roots.is_empty() {
+        return Err(bad("no certificate in the file".into()));
+    }
+    Ok(roots)
 }
 
 /// Decrements the in-flight gauge when a delivery ends or is dropped.

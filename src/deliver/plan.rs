@@ -27,6 +27,35 @@ pub(crate) struct Target {
     pub(crate) addr: SocketAddr,
     pub(crate) lmtp: bool,
     pub(crate) tls: TlsPolicy,
+    /// How the certificate is checked when TLS is used.
+    pub(crate) verify: Verify,
+    /// A relay hop (MX or smarthost): REQUIRETLS is enforced (RFC 8689 §4.2.1). The backend is
+    /// the final delivery and is not asked to relay further.
+    pub(crate) relay: bool,
+}
+
+/// How a target's TLS certificate is checked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Verify {
+    /// Not at all (opportunistic or encrypt-only TLS).
+    Any,
+    /// Accepted whatever it is, then checked by WebPKI for the TLS-RPT report only (MTA-STS
+    /// `testing`).
+    ReportOnly,
+    /// WebPKI roots and the host name.
+    WebPki,
+    /// The TLSA records (DANE), with the host name as reference identifier.
+    Dane(Vec<crate::dane::Tlsa>),
+}
+
+impl Verify {
+    /// The checking that goes with a configured [`TlsPolicy`] (backends, relays).
+    pub(crate) fn for_policy(tls: TlsPolicy) -> Verify {
+        match tls {
+            TlsPolicy::Required => Verify::WebPki,
+            TlsPolicy::Disabled | TlsPolicy::Opportunistic => Verify::Any,
+        }
+    }
 }
 
 impl Target {
@@ -134,8 +163,24 @@ impl Plan {
         Step::Finish(self.verdict())
     }
 
-    /// The addresses of `host` (asked for by [`Step::Lookup`]).
+    /// The addresses of `host` (asked for by [`Step::Lookup`]), connected to under the plan's
+    /// default TLS policy.
     pub(crate) fn handle_addresses(&mut self, host: &str, result: Result<Vec<IpAddr>, DnsFailure>) {
+        let Some(mx) = self.mx else {
+            return;
+        };
+        let verify = Verify::for_policy(mx.tls);
+        self.handle_addresses_with(host, result, mx.tls, verify);
+    }
+
+    /// The addresses of `host`, connected to with the TLS policy decided for it.
+    pub(crate) fn handle_addresses_with(
+        &mut self,
+        host: &str,
+        result: Result<Vec<IpAddr>, DnsFailure>,
+        tls: TlsPolicy,
+        verify: Verify,
+    ) {
         let Some(mx) = self.mx else {
             return;
         };
@@ -146,7 +191,9 @@ impl Plan {
                         name: host.to_owned(),
                         addr: SocketAddr::new(ip, mx.port),
                         lmtp: false,
-                        tls: mx.tls,
+                        tls,
+                        verify: verify.clone(),
+                        relay: true,
                     }));
             }
             Err(failure) => {
@@ -155,6 +202,22 @@ impl Plan {
                 }
             }
         }
+    }
+
+    /// The TLS policy forbids connecting to `host` now (DANE lookup failed, not in the MTA-STS
+    /// policy, REQUIRETLS unmet): counted as a temporary failure of the host, so the delivery
+    /// defers with this reason when no other host takes it.
+    pub(crate) fn handle_refused(&mut self, host: &str, status: EnhancedStatus, text: String) {
+        self.handle_failure(HopFailure {
+            stage: super::Stage::Connect,
+            reason: Reason::Local {
+                host: Some(host.to_owned()),
+                text,
+            },
+            status,
+            permanent: false,
+            retry_without_tls: false,
+        });
     }
 
     /// The attempt did not take the transaction.

@@ -5,13 +5,13 @@
 //! session asks for after a failed opportunistic STARTTLS (as Postfix does at
 //! `smtp_tls_security_level = may`: a broken TLS stack must not stall mail).
 
+use super::Stage;
 use super::client::{
     ClientSession, HopFailure, Output, Peer, SessionConfig, Timeouts as ReplyTimeouts,
     TransactionResult,
 };
-use super::plan::Target;
+use super::plan::{Target, Verify};
 use super::wire::Capabilities;
-use super::{Stage, TlsPolicy};
 use crate::envelope::{Envelope, Recipient};
 use rustls::ClientConfig;
 use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
@@ -80,21 +80,37 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// The two TLS client configurations, built once.
+/// The TLS client configurations, built once (DANE ones are built per connection from the
+/// host's TLSA records).
 #[derive(Clone)]
 pub(crate) struct TlsConnectors {
     /// Opportunistic: encrypts against passive listeners, authenticates nothing (RFC 7435).
     pub(crate) unverified: TlsConnector,
-    /// Required: the certificate must chain to a webpki (Mozilla) root and match the name.
+    /// Required: the certificate must chain to a webpki (Mozilla) root, or to a root of
+    /// `[delivery] tls_ca_file`, and match the name.
     pub(crate) verified: TlsConnector,
+    /// The same check as `verified`, run after an unverified handshake for TLS-RPT only.
+    pub(crate) webpki: Arc<rustls::client::WebPkiServerVerifier>,
 }
 
 impl TlsConnectors {
-    pub(crate) fn new() -> Result<TlsConnectors, rustls::Error> {
+    pub(crate) fn new(
+        extra_roots: &[CertificateDer<'static>],
+    ) -> Result<TlsConnectors, rustls::Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let roots = rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
+        for root in extra_roots {
+            roots.add(root.clone())?;
+        }
+        let roots = Arc::new(roots);
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            roots.clone(),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
         let verified = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
@@ -107,7 +123,43 @@ impl TlsConnectors {
         Ok(TlsConnectors {
             unverified: TlsConnector::from(Arc::new(unverified)),
             verified: TlsConnector::from(Arc::new(verified)),
+            webpki,
         })
+    }
+}
+
+/// What TLS did on one connection attempt, for TLS-RPT (RFC 8460 §4.3.2) and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum TlsSeen {
+    /// No TLS was attempted (disabled, or not offered under the opportunistic policy).
+    #[default]
+    None,
+    /// Established; `verified`: the certificate passed the check the target asked for (for
+    /// report-only targets, the WebPKI check run afterwards).
+    Established {
+        /// The certificate was verified.
+        verified: bool,
+    },
+    /// A report-only WebPKI check failed after an accepted handshake; TLS-RPT result type.
+    ReportOnlyFailed(&'static str),
+    /// TLS failed; TLS-RPT result type (`starttls-not-supported`, `certificate-expired`...).
+    Failed(&'static str),
+}
+
+/// TLS-RPT's result type for a failed handshake (RFC 8460 §4.3.2.2).
+fn result_type(error: &rustls::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    match error {
+        rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        ) => "certificate-host-mismatch",
+        rustls::Error::InvalidCertificate(
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },
+        ) => "certificate-expired",
+        rustls::Error::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+            "certificate-not-trusted"
+        }
+        _ => "validation-failure",
     }
 }
 
@@ -159,6 +211,8 @@ pub(crate) struct Connection {
     pub(crate) tls: Option<String>,
     /// Transactions attempted on this connection.
     pub(crate) transactions: u32,
+    /// What TLS did, for TLS-RPT.
+    pub(crate) seen: TlsSeen,
 }
 
 impl Connection {
@@ -172,11 +226,14 @@ impl Connection {
         helo_name: &str,
         timeouts: Timeouts,
         connectors: &TlsConnectors,
+        seen: &mut TlsSeen,
     ) -> Result<Connection, HopFailure> {
-        match Connection::open_once(target, helo_name, timeouts, connectors, true).await {
+        match Connection::open_once(target, helo_name, timeouts, connectors, true, seen).await {
             Err(failure) if failure.retry_without_tls => {
                 tracing::info!(mta = %target.label(), reason = %failure.reason, "STARTTLS failed, retrying without TLS");
-                Connection::open_once(target, helo_name, timeouts, connectors, false).await
+                let mut plain = TlsSeen::None;
+                Connection::open_once(target, helo_name, timeouts, connectors, false, &mut plain)
+                    .await
             }
             other => other,
         }
@@ -189,6 +246,7 @@ impl Connection {
         timeouts: Timeouts,
         connectors: &TlsConnectors,
         try_tls: bool,
+        seen: &mut TlsSeen,
     ) -> Result<Connection, HopFailure> {
         let peer = Peer {
             host: target.name.clone(),
@@ -219,6 +277,7 @@ impl Connection {
                 lmtp: target.lmtp,
                 tls: target.tls,
                 try_tls,
+                relay: target.relay,
                 timeouts: timeouts.replies,
             },
             std::time::Instant::now(),
@@ -229,8 +288,18 @@ impl Connection {
             target: target.clone(),
             tls: None,
             transactions: 0,
+            seen: TlsSeen::None,
         };
-        match connection.drive(None, connectors).await {
+        let event = connection.drive(None, connectors).await;
+        *seen = connection.seen;
+        if let Event::Failed(failure) = &event
+            && failure.stage == Stage::StartTls
+            && connection.seen == TlsSeen::None
+            && !connection.session.capabilities().starttls
+        {
+            *seen = TlsSeen::Failed("starttls-not-supported");
+        }
+        match event {
             Event::Ready => Ok(connection),
             Event::Failed(failure) => {
                 // Let the session finish its QUIT (bounded by its own timer).
@@ -439,12 +508,27 @@ impl Connection {
             ));
             return;
         };
-        let connector = if self.target.tls == TlsPolicy::Required {
-            &connectors.verified
-        } else {
-            &connectors.unverified
+        let dane;
+        let connector = match &self.target.verify {
+            Verify::Dane(records) => {
+                match crate::dane::client_config(records.clone(), &[self.target.name.as_str()]) {
+                    Ok(config) => {
+                        dane = TlsConnector::from(Arc::new(config));
+                        &dane
+                    }
+                    // Only sets with a usable record become `Verify::Dane`; kept total.
+                    Err(error) => {
+                        self.seen = TlsSeen::Failed("tlsa-invalid");
+                        self.session
+                            .handle_tls_failed(&format!("DANE configuration: {error}"));
+                        return;
+                    }
+                }
+            }
+            Verify::WebPki => &connectors.verified,
+            Verify::Any | Verify::ReportOnly => &connectors.unverified,
         };
-        let handshake = connector.connect(name, tcp);
+        let handshake = connector.connect(name.clone(), tcp);
         let result = match self.session.poll_timeout() {
             Some(deadline) => {
                 tokio::time::timeout_at(tokio::time::Instant::from_std(deadline.at), handshake)
@@ -467,12 +551,59 @@ impl Connection {
                         .map(|c| format!("{:?}", c.suite()))
                         .unwrap_or_default()
                 ));
+                self.seen = match &self.target.verify {
+                    Verify::ReportOnly => match report_only_check(connectors, state, &name) {
+                        Ok(()) => TlsSeen::Established { verified: true },
+                        Err(kind) => TlsSeen::ReportOnlyFailed(kind),
+                    },
+                    Verify::Any => TlsSeen::Established { verified: false },
+                    Verify::WebPki | Verify::Dane(_) => TlsSeen::Established { verified: true },
+                };
                 self.stream = Stream::Tls(Box::new(tls));
                 self.session
                     .handle_tls_established(std::time::Instant::now());
             }
-            Some(Err(error)) => self.session.handle_tls_failed(&error.to_string()),
-            None => self.session.handle_tls_failed("timed out"),
+            Some(Err(error)) => {
+                let rustls_error = error
+                    .get_ref()
+                    .and_then(|e| e.downcast_ref::<rustls::Error>());
+                self.seen = TlsSeen::Failed(rustls_error.map_or("validation-failure", result_type));
+                // rustls shows a verifier's own error with Debug; say why DANE refused in words.
+                let dane = match rustls_error {
+                    Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+                        other,
+                    ))) => other.0.downcast_ref::<crate::dane::DaneMismatch>(),
+                    _ => None,
+                };
+                match dane {
+                    Some(mismatch) => self.session.handle_tls_failed(&mismatch.to_string()),
+                    None => self.session.handle_tls_failed(&error.to_string()),
+                }
+            }
+            None => {
+                self.seen = TlsSeen::Failed("validation-failure");
+                self.session.handle_tls_failed("timed out")
+            }
         }
     }
+}
+
+/// The WebPKI check of an MTA-STS `testing` target, after a handshake that accepted any
+/// certificate: the verdict is only reported.
+fn report_only_check(
+    connectors: &TlsConnectors,
+    state: &rustls::ClientConnection,
+    name: &ServerName<'static>,
+) -> Result<(), &'static str> {
+    let Some((end_entity, intermediates)) = state
+        .peer_certificates()
+        .and_then(|chain| chain.split_first())
+    else {
+        return Err("validation-failure");
+    };
+    connectors
+        .webpki
+        .verify_server_cert(end_entity, intermediates, name, &[], UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| result_type(&e))
 }

@@ -14,6 +14,8 @@ pub(crate) struct Capabilities {
     pub(crate) starttls: bool,
     /// RFC 2920: MAIL FROM and the RCPT TOs may go in one write.
     pub(crate) pipelining: bool,
+    /// RFC 8689: the server takes `MAIL FROM ... REQUIRETLS`.
+    pub(crate) requiretls: bool,
     /// The SIZE limit, 0 when none was announced.
     pub(crate) size: usize,
     pub(crate) size_announced: bool,
@@ -35,6 +37,7 @@ impl Capabilities {
                 "8BITMIME" => caps.eight_bit_mime = true,
                 "STARTTLS" => caps.starttls = true,
                 "PIPELINING" => caps.pipelining = true,
+                "REQUIRETLS" => caps.requiretls = true,
                 "SIZE" => {
                     caps.size_announced = true;
                     // RFC 1870 §4: no number or 0 means no fixed limit; a number too big for
@@ -109,6 +112,31 @@ pub(crate) fn check_capabilities(
     Ok(())
 }
 
+/// RFC 8689 §4.2.1: a REQUIRETLS message is relayed only over TLS (verified: the caller chose
+/// the hop's TLS policy so) to a server that offers REQUIRETLS. Another MX may; so may a later
+/// attempt, until the message expires with 5.7.30.
+pub(crate) fn check_requiretls(
+    envelope: &Envelope,
+    caps: &Capabilities,
+    encrypted: bool,
+) -> Result<(), Unsendable> {
+    if !envelope.require_tls {
+        return Ok(());
+    }
+    let missing = if !encrypted {
+        "the session is not encrypted"
+    } else if !caps.requiretls {
+        "the next hop does not offer REQUIRETLS"
+    } else {
+        return Ok(());
+    };
+    Err(Unsendable {
+        status: EnhancedStatus::new(4, 7, 30),
+        text: format!("the message requires TLS (REQUIRETLS) and {missing}"),
+        hop_specific: true,
+    })
+}
+
 /// `MAIL FROM:<sender> [SIZE=] [BODY=8BITMIME] [SMTPUTF8] [RET=] [ENVID=]\r\n`.
 pub(crate) fn mail_from_command(
     envelope: &Envelope,
@@ -134,6 +162,9 @@ pub(crate) fn mail_from_command(
     }
     if needs_smtputf8(envelope, recipients) && caps.smtputf8 {
         command.push_str(" SMTPUTF8");
+    }
+    if envelope.require_tls && caps.requiretls {
+        command.push_str(" REQUIRETLS");
     }
     if caps.dsn {
         match envelope.dsn_ret {
@@ -259,6 +290,7 @@ mod tests {
         eight_bit_mime: true,
         starttls: false,
         pipelining: true,
+        requiretls: true,
         size: 1000,
         size_announced: true,
     };
@@ -268,9 +300,36 @@ mod tests {
         eight_bit_mime: false,
         starttls: false,
         pipelining: false,
+        requiretls: false,
         size: 0,
         size_announced: false,
     };
+
+    #[test]
+    fn requiretls_table() {
+        let mut env = envelope();
+        env.require_tls = true;
+        for (caps, encrypted, ok) in [(ALL, true, true), (ALL, false, false), (NONE, true, false)] {
+            let got = check_requiretls(&env, &caps, encrypted);
+            assert_eq!(got.is_ok(), ok, "{caps:?} {encrypted}");
+            if let Err(u) = got {
+                assert_eq!(u.status, EnhancedStatus::new(4, 7, 30));
+                assert!(u.hop_specific);
+            }
+        }
+        assert!(
+            mail_from_command(&env, &[], &ALL, 10)
+                .unwrap()
+                .ends_with(" REQUIRETLS\r\n")
+        );
+        env.require_tls = false;
+        assert!(check_requiretls(&env, &NONE, false).is_ok());
+        assert!(
+            !mail_from_command(&env, &[], &ALL, 10)
+                .unwrap()
+                .contains("REQUIRETLS")
+        );
+    }
 
     #[test]
     fn data_payload_table() {
@@ -534,6 +593,7 @@ mod tests {
                 eight_bit_mime: true,
                 starttls: true,
                 pipelining: true,
+                requiretls: false,
                 size: 10_240_000,
                 size_announced: true,
             }

@@ -17,6 +17,9 @@ pub struct CachePolicy {
     pub backoff_max: Duration,
     /// Most names kept; the stalest entry goes first when full.
     pub max_entries: usize,
+    /// A signet kept in the store and not confirmed for this long is dropped at start and
+    /// fetched afresh (`SGNT`) rather than re-checked (`VRFY`).
+    pub keep_for: Duration,
 }
 
 impl Default for CachePolicy {
@@ -26,6 +29,7 @@ impl Default for CachePolicy {
             backoff_base: Duration::from_secs(30),
             backoff_max: Duration::from_secs(3600),
             max_entries: 10_000,
+            keep_for: Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -149,6 +153,22 @@ impl SignetCache {
         retry_at
     }
 
+    /// Warms the cache with a signet the store kept, confirmed `age` before `now`: fresh if
+    /// `age` is within `fresh_for`, stale (re-checked by `VRFY`) after that; `false` (not
+    /// taken) once it is older than `keep_for`.
+    pub fn restore(&mut self, name: &str, signet: Signet, age: Duration, now: Instant) -> bool {
+        if age > self.policy.keep_for {
+            return false;
+        }
+        // An age beyond what Instant can go back (just after boot) counts as stale.
+        let checked = now
+            .checked_sub(age)
+            .or_else(|| now.checked_sub(self.policy.fresh_for))
+            .unwrap_or(now);
+        self.found(name, signet, checked);
+        true
+    }
+
     /// Names cached, for metrics.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -181,6 +201,18 @@ impl SignetCache {
 mod tests {
     use super::*;
 
+    #[test]
+    fn restored_entries_are_fresh_stale_or_expired_by_age() {
+        let now = Instant::now() + Duration::from_secs(10_000);
+        let mut c = SignetCache::new(policy());
+        assert!(c.restore("fresh.test", signet(), Duration::from_secs(99), now));
+        assert!(matches!(c.get("fresh.test", now), CacheAnswer::Hit(_)));
+        assert!(c.restore("stale.test", signet(), Duration::from_secs(101), now));
+        assert!(matches!(c.get("stale.test", now), CacheAnswer::Stale(_)));
+        assert!(!c.restore("old.test", signet(), Duration::from_secs(1001), now));
+        assert!(matches!(c.get("old.test", now), CacheAnswer::Miss));
+    }
+
     fn signet() -> Signet {
         let v = concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -195,6 +227,7 @@ mod tests {
             backoff_base: Duration::from_secs(10),
             backoff_max: Duration::from_secs(35),
             max_entries: 2,
+            keep_for: Duration::from_secs(1000),
         }
     }
 

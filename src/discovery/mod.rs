@@ -12,7 +12,10 @@
 //! must validate to at least the full level under a POK of the record (§9.5); a user signet with
 //! `SGNT <mailbox>` from the same DX must validate under that org signet. Both are cached
 //! ([`cache`]): fresh entries answer from memory, stale ones are re-checked with `VRFY`, failures
-//! back off exponentially. The cache is in memory: a restart starts it empty.
+//! back off exponentially. Found signets are written through to the store
+//! ([`Discovery::with_store`], [`crate::store::StoredSignet`]) and warmed from it at start, so a
+//! restart asks no DX again for what it knew; backoffs are not persisted (the store module says
+//! why).
 
 pub mod cache;
 pub mod connection;
@@ -259,6 +262,8 @@ pub struct Discovery {
     ehlo: Domain,
     cache: Mutex<SignetCache>,
     metrics: DiscoveryMetrics,
+    /// Where found signets are kept across restarts.
+    store: Option<crate::store::Store>,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -292,6 +297,59 @@ impl Discovery {
             settings,
             ehlo,
             metrics,
+            store: None,
+        }
+    }
+
+    /// Writes found signets through to `store` and warms the cache from what it kept (stale or
+    /// expired ones as [`SignetCache::restore`] says; expired ones are deleted). Blocking: call
+    /// it at start, before the listeners. A store that cannot be read leaves the cache empty.
+    pub fn with_store(mut self, store: crate::store::Store) -> Discovery {
+        let now_unix = crate::time::UnixTime::now().0;
+        let now = Instant::now();
+        let policy = self.settings.cache;
+        match store.signets(policy.max_entries) {
+            Ok(kept) => {
+                let (mut warmed, mut dropped) = (0usize, 0usize);
+                for s in kept {
+                    let age = Duration::from_secs(now_unix.saturating_sub(s.confirmed_unix));
+                    let restored = Signet::parse(&s.signet)
+                        .is_ok_and(|signet| self.cache().restore(&s.name, signet, age, now));
+                    if restored {
+                        warmed += 1;
+                    } else {
+                        dropped += 1;
+                        if let Err(e) = store.remove_signet(&s.name) {
+                            tracing::warn!(name = %s.name, error = %e, "could not drop an expired cached signet");
+                        }
+                    }
+                }
+                tracing::info!(warmed, dropped, "signet cache warmed from the store");
+            }
+            Err(e) => tracing::warn!(error = %e, "signet cache: the store could not be read"),
+        }
+        self.store = Some(store);
+        self
+    }
+
+    /// Keeps the cache's change in the store (off the async threads: a redb commit fsyncs).
+    /// Best effort: a failure costs a network look-up after the next restart, nothing else.
+    async fn persist(&self, name: &str, found: Option<&Signet>) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let name = name.to_owned();
+        let bytes = found.map(|s| s.as_bytes().to_vec());
+        let now_unix = crate::time::UnixTime::now().0;
+        let result = tokio::task::spawn_blocking(move || match bytes {
+            Some(b) => store.put_signet(&name, &b, now_unix),
+            None => store.remove_signet(&name),
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "signet cache: store write failed"),
+            Err(e) => tracing::warn!(error = %e, "signet cache: store write did not run"),
         }
     }
 
@@ -310,6 +368,30 @@ impl Discovery {
         }
     }
 
+    /// The addresses of a DX host (bogus answers are errors).
+    pub async fn addresses(&self, host: &str) -> Result<Vec<std::net::IpAddr>, DiscoveryError> {
+        self.resolver
+            .addresses(host)
+            .await
+            .map_err(|e| DiscoveryError::Dns(Arc::new(e)))
+    }
+
+    /// The places to try for `domain` in order (§9.3): [`targets`] over the record and, when
+    /// the record names no DX, the domain's MX hosts. A failing MX look-up is one attempt less,
+    /// not a failure of the whole look-up; a bogus one is an error.
+    pub async fn targets_of(
+        &self,
+        domain: &str,
+        record: &DxRecord,
+    ) -> Result<Vec<Target>, DiscoveryError> {
+        let mx: Vec<String> = match self.resolver.mx(domain).await {
+            Ok((answer, _)) => answer.hosts().iter().map(|h| h.host.clone()).collect(),
+            Err(e) if e.is_bogus() => return Err(DiscoveryError::Dns(Arc::new(e))),
+            Err(_) => Vec::new(),
+        };
+        Ok(targets(domain, record, &mx, &self.settings))
+    }
+
     /// Runs `jobs` in one session with the first DX of `domain` that can be reached and trusted,
     /// and returns their events and where they ran.
     pub async fn run(
@@ -319,15 +401,8 @@ impl Discovery {
         verdict: Verdict,
         jobs: Vec<Job>,
     ) -> Result<(Vec<ClientEvent>, Contact), DiscoveryError> {
-        // MX hosts only matter when the record names no DX; a failing MX look-up is one
-        // attempt less, not a failure of the whole look-up.
-        let mx: Vec<String> = match self.resolver.mx(domain).await {
-            Ok((answer, _)) => answer.hosts().iter().map(|h| h.host.clone()).collect(),
-            Err(e) if e.is_bogus() => return Err(DiscoveryError::Dns(Arc::new(e))),
-            Err(_) => Vec::new(),
-        };
         let mut attempts = Vec::new();
-        for target in targets(domain, record, &mx, &self.settings) {
+        for target in self.targets_of(domain, record).await? {
             let addrs = match self.resolver.addresses(&target.host).await {
                 Ok(a) => a,
                 Err(e) if e.is_bogus() => return Err(DiscoveryError::Dns(Arc::new(e))),
@@ -338,94 +413,12 @@ impl Discovery {
             };
             for ip in addrs {
                 let addr = SocketAddr::new(ip, target.port);
-                let Ok(name) = ServerName::try_from(target.host.clone()) else {
-                    attempts.push(format!("{}: not a TLS server name", target.host));
-                    break;
-                };
-                let verifier =
-                    match DxCertVerifier::new(record.clone(), verdict, self.settings.roots.clone())
-                    {
-                        Ok(v) => Arc::new(v),
-                        Err(e) => {
-                            attempts.push(format!("{addr}: {e}"));
-                            continue;
-                        }
-                    };
-                let connector = match connection::connector(verifier.clone()) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        attempts.push(format!("{addr}: {e}"));
-                        continue;
-                    }
-                };
-                let mut config = ClientConfig::new(self.ehlo.clone());
-                config.reply_timeout = self.settings.reply_timeout;
-                let now = Instant::now();
-                let session = match target.transport {
-                    Transport::Tls => ClientSession::new(config, now),
-                    Transport::DualMode => match Domain::parse(&target.host) {
-                        Ok(host) => ClientSession::new_dual_mode(config, host, now),
-                        Err(_) => break,
-                    },
-                };
-                let result = connection::run(
-                    addr,
-                    target.transport,
-                    name,
-                    connector,
-                    session,
-                    jobs.clone(),
-                    self.settings.connect_timeout,
-                )
-                .await;
-                let refusal: Option<Refusal> = verifier.verdict().and_then(Result::err);
-                match result {
-                    Ok(events) => {
-                        // A session that failed before any job ran (banner, EHLO) is a place
-                        // that did not work: try the next.
-                        if let Some(ClientEvent::Failed { job: None, error }) = events
-                            .iter()
-                            .find(|e| matches!(e, ClientEvent::Failed { job: None, .. }))
-                            && !events.iter().any(|e| {
-                                matches!(
-                                    e,
-                                    ClientEvent::Signet { .. }
-                                        | ClientEvent::Verified { .. }
-                                        | ClientEvent::History { .. }
-                                        | ClientEvent::Delivered { .. }
-                                )
-                            })
-                            && !error.is_permanent()
-                        {
-                            attempts.push(format!("{addr} ({}): {error}", target.host));
-                            continue;
-                        }
-                        let trust = match verifier.verdict() {
-                            Some(Ok(t)) => t,
-                            _ => {
-                                attempts.push(format!("{addr}: no certificate verdict"));
-                                continue;
-                            }
-                        };
-                        return Ok((
-                            events,
-                            Contact {
-                                host: target.host.clone(),
-                                addr,
-                                transport: target.transport,
-                                trust,
-                                record_verdict: verdict,
-                            },
-                        ));
-                    }
-                    Err(e) => {
-                        let why = match (&e, refusal) {
-                            (ConnectError::Tls { .. }, Some(r)) => r.to_string(),
-                            _ => e.to_string(),
-                        };
-                        tracing::info!(%domain, host = %target.host, %addr, reason = %why, "DX not usable");
-                        attempts.push(format!("{addr} ({}): {why}", target.host));
-                    }
+                match self
+                    .attempt(domain, record, verdict, &target, addr, &jobs)
+                    .await
+                {
+                    Ok(done) => return Ok(done),
+                    Err(line) => attempts.push(line),
                 }
             }
         }
@@ -433,6 +426,109 @@ impl Discovery {
             domain: domain.to_owned(),
             attempts,
         })
+    }
+
+    /// Runs `jobs` at one given place (`dimegate dmtp --server`), with the certificate checked
+    /// against `record` as [`Discovery::run`] would.
+    pub async fn run_at(
+        &self,
+        domain: &str,
+        record: &DxRecord,
+        verdict: Verdict,
+        target: &Target,
+        addr: SocketAddr,
+        jobs: Vec<Job>,
+    ) -> Result<(Vec<ClientEvent>, Contact), DiscoveryError> {
+        self.attempt(domain, record, verdict, target, addr, &jobs)
+            .await
+            .map_err(|line| DiscoveryError::Unreachable {
+                domain: domain.to_owned(),
+                attempts: vec![line],
+            })
+    }
+
+    /// One session at `addr`; `Err` is the line for [`DiscoveryError::Unreachable`].
+    async fn attempt(
+        &self,
+        domain: &str,
+        record: &DxRecord,
+        verdict: Verdict,
+        target: &Target,
+        addr: SocketAddr,
+        jobs: &[Job],
+    ) -> Result<(Vec<ClientEvent>, Contact), String> {
+        let Ok(name) = ServerName::try_from(target.host.clone()) else {
+            return Err(format!("{}: not a TLS server name", target.host));
+        };
+        let verifier = DxCertVerifier::new(record.clone(), verdict, self.settings.roots.clone())
+            .map(Arc::new)
+            .map_err(|e| format!("{addr}: {e}"))?;
+        let connector =
+            connection::connector(verifier.clone()).map_err(|e| format!("{addr}: {e}"))?;
+        let mut config = ClientConfig::new(self.ehlo.clone());
+        config.reply_timeout = self.settings.reply_timeout;
+        let now = Instant::now();
+        let session = match target.transport {
+            Transport::Tls => ClientSession::new(config, now),
+            Transport::DualMode => match Domain::parse(&target.host) {
+                Ok(host) => ClientSession::new_dual_mode(config, host, now),
+                Err(_) => return Err(format!("{}: not a DX host name", target.host)),
+            },
+        };
+        let result = connection::run(
+            addr,
+            target.transport,
+            name,
+            connector,
+            session,
+            jobs.to_vec(),
+            self.settings.connect_timeout,
+        )
+        .await;
+        let refusal: Option<Refusal> = verifier.verdict().and_then(Result::err);
+        match result {
+            Ok(events) => {
+                // A session that failed before any job ran (banner, EHLO) is a place that did
+                // not work: try the next.
+                if let Some(ClientEvent::Failed { job: None, error }) = events
+                    .iter()
+                    .find(|e| matches!(e, ClientEvent::Failed { job: None, .. }))
+                    && !events.iter().any(|e| {
+                        matches!(
+                            e,
+                            ClientEvent::Signet { .. }
+                                | ClientEvent::Verified { .. }
+                                | ClientEvent::History { .. }
+                                | ClientEvent::Delivered { .. }
+                        )
+                    })
+                    && !error.is_permanent()
+                {
+                    return Err(format!("{addr} ({}): {error}", target.host));
+                }
+                let Some(Ok(trust)) = verifier.verdict() else {
+                    return Err(format!("{addr}: no certificate verdict"));
+                };
+                Ok((
+                    events,
+                    Contact {
+                        host: target.host.clone(),
+                        addr,
+                        transport: target.transport,
+                        trust,
+                        record_verdict: verdict,
+                    },
+                ))
+            }
+            Err(e) => {
+                let why = match (&e, refusal) {
+                    (ConnectError::Tls { .. }, Some(r)) => r.to_string(),
+                    _ => e.to_string(),
+                };
+                tracing::info!(%domain, host = %target.host, %addr, reason = %why, "DX not usable");
+                Err(format!("{addr} ({}): {why}", target.host))
+            }
+        }
     }
 
     /// The org signet of `domain`, valid to at least the full level under a POK of its record.
@@ -519,6 +615,7 @@ impl Discovery {
             CacheAnswer::Miss => None,
         };
         let started = Instant::now();
+        let had_signet = held.is_some();
         let result = self.network_lookup(&key, held, &check).await;
         let label = ResultLabel {
             kind: kind_label,
@@ -533,12 +630,18 @@ impl Discovery {
             .get_or_create(&label)
             .observe(started.elapsed().as_secs_f64());
         match &result {
-            Ok(found) => self
-                .cache()
-                .found(&key, found.signet.clone(), Instant::now()),
+            Ok(found) => {
+                self.cache()
+                    .found(&key, found.signet.clone(), Instant::now());
+                self.persist(&key, Some(&found.signet)).await;
+            }
             Err(e) => {
                 self.cache()
                     .failed(&key, e.to_string(), e.is_permanent(), Instant::now());
+                // The memory no longer serves it (see SignetCache::failed); nor may a restart.
+                if had_signet {
+                    self.persist(&key, None).await;
+                }
             }
         }
         result

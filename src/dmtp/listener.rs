@@ -8,7 +8,8 @@
 //! MAIL's (575, or 470/570 when it cannot be had); the message parses and our destination keyslot
 //! opens with the destination org key (451 / 576); the destination chunk names MAIL's origin
 //! and fingerprint and the origin's signatures verify (578); the recipient is hosted here (510);
-//! then the message is appended to the queue with its fsync (452/451 on failure). A refused or
+//! then the message is appended to the queue with its fsync, within `[queue] max_messages`
+//! (431 when the queue is full, 452 when the disk is, 451 on other failures). A refused or
 //! interrupted transfer leaves nothing behind: the store is written only at the end, in one
 //! commit.
 
@@ -47,6 +48,9 @@ pub struct DmtpContext {
     pub hostname: String,
     /// Session limits.
     pub limits: Limits,
+    /// `[queue] max_messages` (enforced in the store's commit) and the queue gauge SMTP
+    /// ingress shares, so both listeners count against one limit.
+    pub pressure: Arc<crate::smtp::pressure::PressureGauge>,
 }
 
 impl DmtpContext {
@@ -115,6 +119,9 @@ pub async fn run_listener(
         let (tls, ctx, shutdown) = (tls.clone(), ctx.clone(), shutdown.clone());
         tracker.spawn(
             async move {
+                // One line per connection: who asked us, for the operator and for peers'
+                // tests that prove a cache hit asked nobody.
+                info!("DMTP connection accepted");
                 if let Err(e) = serve_connection(tcp, tls, ctx, shutdown).await {
                     info!(error = %e, "DMTP session ended");
                 }
@@ -138,6 +145,23 @@ async fn serve_connection(
     };
     let mut session = ServerSession::new(ctx.policy(), ctx.limits.clone(), Instant::now());
     drive(&mut stream, &mut session, &ctx, peer, shutdown).await
+}
+
+/// Runs a DMTP session on an SMTP connection that asked for dual mode and has finished its TLS
+/// handshake with the DMTP certificate (DIME.md §10.1): it opens with `250 OK DMTPv1`. Not
+/// cancel-safe (see [`drive`]).
+pub async fn serve_dual_mode<S>(
+    stream: &mut S,
+    ctx: &DmtpContext,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut session =
+        ServerSession::after_dual_mode_upgrade(ctx.policy(), ctx.limits.clone(), Instant::now());
+    drive(stream, &mut session, ctx, peer, shutdown).await
 }
 
 /// Runs `session` on an established TLS stream (port 26, or an SMTP connection after the
@@ -302,11 +326,24 @@ pub async fn verify_and_store(
         })),
     };
     // fsync before 2xx: after this the origin may drop its copy.
-    match ctx.store.append(env, t.body).await {
+    let size = t.body.len() as u64;
+    match ctx
+        .store
+        .append_limited(env, t.body, ctx.pressure.max_messages())
+        .await
+    {
         Ok(queue_id) => {
+            ctx.pressure.note_stored(size);
             info!(%queue_id, origin = %origin_name, recipient = %recipient, "DMTP message stored");
             // The queue id is the transaction id the sender logs: one name on both sides.
             TxId::parse(&queue_id.to_string()).map_err(|_| TransferRefusal::StoreFailed)
+        }
+        Err(crate::store::AppendError::TooManyMessages { max }) => {
+            warn!(
+                max,
+                "DMTP transfer refused: the queue holds [queue] max_messages"
+            );
+            Err(TransferRefusal::QueueFull)
         }
         Err(e) if e.is_full() => Err(TransferRefusal::StoreFull),
         Err(e) => {

@@ -47,7 +47,8 @@
 //!   after the body are not CRLF the answer is `451` (the table's "data corrupted") and the
 //!   session reads commands again.
 //! * **Reply codes.** The draft table (§10.3) plus two SMTP codes it lacks: `552` (too large) and
-//!   `452` (storage full). `451` also answers other store failures and a message that does not
+//!   `452` (storage full), and `431` (the table's "destination limits exceeded") when the queue
+//!   holds `[queue] max_messages`. `451` also answers other store failures and a message that does not
 //!   parse (the table's "data corrupted", a temporary code: the sender retries). SGNT answers
 //!   `270`/`280 OK [base64]` (org/user), VRFY `271`/`281 CURRENT` or `270`/`280 UPDATE <fp>`,
 //!   HIST `290-[base64]` lines and `290 OK`; `291` is never sent. Unknown names get `510`,

@@ -157,9 +157,13 @@ pub enum TransferRefusal {
     /// Over a size limit the glue enforces: `552`.
     #[error("message too large")]
     TooLarge,
-    /// Disk full or queue over its limit: `452`.
+    /// Disk full: `452`.
     #[error("insufficient storage")]
     StoreFull,
+    /// The queue holds `[queue] max_messages`: `431`, the table's temporary "destination limits
+    /// exceeded" (the sender keeps the message and retries).
+    #[error("queue full")]
+    QueueFull,
     /// Any other storage failure: `451`.
     #[error("store failed")]
     StoreFailed,
@@ -178,6 +182,7 @@ impl TransferRefusal {
             TransferRefusal::Corrupted | TransferRefusal::StoreFailed => ReplyCode::DataCorrupted,
             TransferRefusal::TooLarge => ReplyCode::TooLarge,
             TransferRefusal::StoreFull => ReplyCode::InsufficientStorage,
+            TransferRefusal::QueueFull => ReplyCode::DestinationLimits,
         }
     }
 
@@ -196,6 +201,9 @@ impl TransferRefusal {
             TransferRefusal::Corrupted => "data corrupted: not a D/MIME message",
             TransferRefusal::TooLarge => "message too large",
             TransferRefusal::StoreFull => "insufficient storage, try again later",
+            TransferRefusal::QueueFull => {
+                "destination limits exceeded: queue full, try again later"
+            }
             TransferRefusal::StoreFailed => "local error in processing, try again later",
         }
     }

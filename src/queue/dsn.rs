@@ -147,6 +147,9 @@ pub struct Dsn {
     pub body_8bit: bool,
     /// Whether the recipient or headers need SMTPUTF8.
     pub smtputf8: bool,
+    /// The reported message was received with REQUIRETLS: its DSN, which carries its headers
+    /// or more, goes back under the same requirement (RFC 8689 §5).
+    pub require_tls: bool,
 }
 
 impl Dsn {
@@ -171,7 +174,7 @@ impl Dsn {
             tls: None,
             auth_user: None,
             arrival_unix: now.0,
-            require_tls: false,
+            require_tls: self.require_tls,
             dime: None,
         }
     }
@@ -337,6 +340,7 @@ pub fn build_dsn(input: &DsnInput<'_>) -> Option<Dsn> {
         message,
         body_8bit,
         smtputf8: !envelope.sender.is_ascii(),
+        require_tls: envelope.require_tls,
     })
 }
 

@@ -502,6 +502,12 @@ fn the_dsn_envelope_is_null_sender_to_original_sender() {
     assert_eq!(e.recipients.len(), 1);
     assert_eq!(e.recipients[0].address, "alice@example.org");
     assert_eq!(e.arrival_unix, NOW.0);
+    assert!(!e.require_tls);
+    // RFC 8689 §5: the report on a REQUIRETLS message goes back under REQUIRETLS.
+    let mut env = env;
+    env.require_tls = true;
+    let dsn = build(&env, MESSAGE, &[report(0, failed("550 5.1.1 no"))]).unwrap();
+    assert!(dsn.envelope("gw.example.org", NOW).require_tls);
 }
 
 #[test]

@@ -188,6 +188,11 @@ impl Scheduler {
                             {
                                 diagnosis.status = Some(EnhancedStatus::EXPIRED);
                             }
+                            // RFC 8689 §5: a message that never found a REQUIRETLS path bounces
+                            // with 5.7.30 ("REQUIRETLS support required").
+                            if diagnosis.status == Some(EnhancedStatus::new(4, 7, 30)) {
+                                diagnosis.status = Some(EnhancedStatus::new(5, 7, 30));
+                            }
                             let days = self.policy.expire.as_secs() / 86_400;
                             let reason = format!(
                                 "gave up after {} in the queue; last error: {}",

@@ -290,6 +290,46 @@ fn handle_outcome_table() {
 }
 
 #[test]
+fn requiretls_deferrals_expire_as_5_7_30() {
+    // RFC 8689 §5: every attempt deferred with 4.7.30 (no REQUIRETLS path); the bounce says 5.7.30.
+    let scheduler = Scheduler::new(exact_policy());
+    let mut r = record(&["bob@other.example"]);
+    r.recipients[0].state = RecipientState::Leased { until: at(6 * D) };
+    let view = QueuedMessage {
+        record: &r,
+        delay_warned: true,
+    };
+    let outcome = DeliveryOutcome::Deferred(Diagnosis {
+        local_reason: Some("the message requires TLS (REQUIRETLS) and ...".into()),
+        status: Some(EnhancedStatus::new(4, 7, 30)),
+        ..Diagnosis::default()
+    });
+    let early = scheduler.handle_outcomes(
+        &view,
+        &[(0, outcome.clone())],
+        at(D),
+        &mut StdRng::seed_from_u64(0),
+    );
+    assert!(
+        matches!(early.first(), Some(Action::Defer { .. })),
+        "{early:?}"
+    );
+    let actions = scheduler.handle_outcomes(
+        &view,
+        &[(0, outcome)],
+        at(5 * D),
+        &mut StdRng::seed_from_u64(0),
+    );
+    let Some(Action::SendDsn { reports, .. }) = actions.get(1) else {
+        panic!("{actions:?}");
+    };
+    let ReportOutcome::Failed(d) = &reports[0].outcome else {
+        panic!("{reports:?}");
+    };
+    assert_eq!(d.status, Some(EnhancedStatus::new(5, 7, 30)));
+}
+
+#[test]
 fn expiry_without_a_reply_says_delivery_time_expired() {
     let scheduler = Scheduler::new(exact_policy());
     let mut r = record(&["bob@other.example"]);

@@ -289,6 +289,12 @@ impl Resolver {
         })
     }
 
+    /// The underlying hickory resolver, for libraries that take one (mail-auth's SPF, DKIM and
+    /// DMARC checks) and should ask the same servers with the same validation.
+    pub fn hickory(&self) -> TokioResolver {
+        self.inner.clone()
+    }
+
     /// Resolver that asks only the given servers (tests, `[dns] servers`).
     pub fn with_servers(servers: &[SocketAddr]) -> Result<Resolver, ResolveError> {
         Resolver::new(&ResolverSettings {
@@ -413,6 +419,43 @@ impl Resolver {
                         count: more.len(),
                     }),
                 }
+            }
+        }
+    }
+
+    /// The TXT records at `<prefix>.<domain>` (`_mta-sts`, `_smtp._tls`), each record's
+    /// character-strings concatenated (RFC 8461 §3.1, RFC 8460 §3), with the DNSSEC verdict.
+    /// Records that are not valid UTF-8 are kept lossily: the callers' parsers refuse them.
+    ///
+    /// - None published (NXDOMAIN or NODATA): `Ok(None)`.
+    /// - DNSSEC-bogus: `Err(Bogus)`; SERVFAIL, timeout: `Err(Temporary)`.
+    ///
+    /// Cancel-safe: it only reads.
+    pub async fn txt(
+        &self,
+        prefix: &str,
+        domain: &str,
+    ) -> Result<Option<(Vec<String>, Verdict)>, ResolveError> {
+        let name = prefixed(prefix, domain)?;
+        match self.query(&name, RecordType::TXT, "TXT").await? {
+            Found::NxDomain(_) | Found::NoData(_) => Ok(None),
+            Found::Records(records, verdict) => {
+                let texts: Vec<String> = records
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        RData::TXT(txt) => Some(
+                            txt.txt_data
+                                .iter()
+                                .map(|s| String::from_utf8_lossy(s).into_owned())
+                                .collect::<String>(),
+                        ),
+                        _ => None,
+                    })
+                    .collect();
+                if texts.is_empty() {
+                    return Ok(None);
+                }
+                Ok(Some((texts, verdict)))
             }
         }
     }

@@ -2,12 +2,14 @@
 //! domain and one author it finds the domain's DX and org signet and each recipient's user
 //! signet (through [`Discovery`], cached), seals one D/MIME copy per recipient ([`bridge::wrap`]:
 //! author and origin signatures in one pass, padded to a size bucket), and hands all copies to
-//! one DMTP session, one transfer each. The receiver's `2xx OK [txid]` comes after its fsync, so
+//! one DMTP session, one transfer each. How the legacy sender authenticated (SPF, DKIM, DMARC,
+//! or SMTP AUTH: [`SenderChecks`]) travels inside, as a sealed `Authentication-Results` field. The receiver's `2xx OK [txid]` comes after its fsync, so
 //! a recipient is delivered exactly when its copy is durable there.
 //!
 //! Dropping the future can lose only the knowledge of a transfer that was accepted: the
 //! recipient stays leased, is tried again and may arrive twice; it cannot be lost.
 
+use super::authres::SenderChecks;
 use super::route::{Author, DmtpHop};
 use super::transport::{Delivery, Message, Transport};
 use crate::bridge::{self, BridgeError, Identity, WrapInput};
@@ -27,21 +29,25 @@ pub struct DmtpTransport {
     keystore: Keystore,
     orgs: Arc<Vec<OrgIdentity>>,
     padding: bridge::Buckets,
+    checks: SenderChecks,
 }
 
 impl DmtpTransport {
-    /// A transport that signs as origin for `orgs`, with authors from `keystore`.
+    /// A transport that signs as origin for `orgs`, with authors from `keystore`, sealing the
+    /// legacy sender's `checks` results into each copy.
     pub fn new(
         discovery: Arc<Discovery>,
         keystore: Keystore,
         orgs: Arc<Vec<OrgIdentity>>,
         padding: bridge::Buckets,
+        checks: SenderChecks,
     ) -> DmtpTransport {
         DmtpTransport {
             discovery,
             keystore,
             orgs,
             padding,
+            checks,
         }
     }
 
@@ -78,6 +84,7 @@ impl DmtpTransport {
                 format!("{domain} or {} cannot be named in DMTP", origin.domain),
             ));
         };
+        let authentication_results = self.checks.results(message.envelope, message.body).await;
         let mut outcomes = Vec::with_capacity(recipients.len());
         let mut jobs = Vec::new();
         let mut job_recipients = Vec::new();
@@ -110,7 +117,7 @@ impl DmtpTransport {
                 destination: &destination,
                 destination_domain: domain,
                 recipient_signet: &signet,
-                authentication_results: None,
+                authentication_results: Some(&authentication_results),
                 padding: self.padding,
             };
             let sealed = match bridge::wrap(&input, &mut rand::rngs::OsRng) {

@@ -18,6 +18,7 @@
 //! 4. state changes and removal in one `settle` transaction (fsync), batched across messages
 //!    like the ingress group commit.
 
+mod authres;
 mod bridged;
 mod directory;
 mod dmtp;
@@ -26,6 +27,7 @@ mod route;
 mod tests;
 mod transport;
 
+pub use authres::SenderChecks;
 pub use bridged::BridgeTransport;
 pub use directory::DimeDirectory;
 pub use dmtp::DmtpTransport;

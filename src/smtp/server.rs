@@ -52,6 +52,9 @@ pub struct Ingress {
     pub metrics: Metrics,
     /// Longest wait for a write to the client, and for a TLS handshake.
     pub io_timeout: Duration,
+    /// Dual mode (DIME.md §10.1): the DMTP certificate and server context for connections that
+    /// ask `STARTTLS <host> MODE=DMTPv1`; `None` refuses that with `502`.
+    pub dual_mode: Option<DualMode>,
     /// Connection caps.
     pub max_connections: usize,
     /// Connection cap per client IP.
@@ -100,6 +103,7 @@ impl Ingress {
             store,
             metrics,
             io_timeout: s.idle_timeout,
+            dual_mode: None,
             max_connections: s.max_connections,
             max_connections_per_ip: s.max_connections_per_ip,
             queued,
@@ -109,6 +113,12 @@ impl Ingress {
             connection_rate: Mutex::new(ConnectionRate::new(s.rate_limits.clone())),
             auth_failures: Mutex::new(AuthFailures::new(s.rate_limits.clone())),
         }
+    }
+
+    /// Offers DMTP dual mode on this listener's connections.
+    pub fn with_dual_mode(mut self, dual_mode: DualMode) -> Ingress {
+        self.dual_mode = Some(dual_mode);
+        self
     }
 
     /// Is this new connection within its client's rate?
@@ -169,6 +179,15 @@ impl Ingress {
             ip,
         })
     }
+}
+
+/// What an SMTP connection needs to become a DMTP one.
+pub struct DualMode {
+    /// TLS with the DMTP certificate and DMTP's TLS settings (not the SMTP certificate: the
+    /// client checks it against the `_dx` record's `tls=` pin, DIME.md §9.4).
+    pub tls: TlsAcceptor,
+    /// The DMTP server's identities, resolver and store.
+    pub ctx: Arc<crate::dmtp::listener::DmtpContext>,
 }
 
 /// Releases a connection's place in the caps when dropped.
@@ -405,6 +424,7 @@ async fn serve_connection(
         relay_allowed: crate::config::networks_contain(&ingress.relay_networks, peer.ip()),
         tls_available: ingress.tls.is_some(),
         auth_available: !ingress.credentials.is_empty(),
+        dmtp_dual_mode: ingress.dual_mode.is_some(),
     };
     let mut session = Session::new(
         policy,
@@ -493,6 +513,33 @@ async fn serve_connection(
                 Output::Close(reason) => {
                     conn.shutdown().await;
                     return reason.label();
+                }
+                Output::UpgradeToDmtp { host } => {
+                    let Some(dual) = &ingress.dual_mode else {
+                        return "tls_failed";
+                    };
+                    let Conn::Plain(tcp) = std::mem::replace(&mut conn, Conn::Upgrading) else {
+                        return "tls_failed";
+                    };
+                    let mut stream = match timeout(ingress.io_timeout, dual.tls.accept(tcp)).await {
+                        Ok(Ok(s)) => s,
+                        _ => return "tls_failed",
+                    };
+                    info!(%host, tls = %tls_description(&stream), "dual mode: SMTP connection continues as DMTP");
+                    return match crate::dmtp::listener::serve_dual_mode(
+                        &mut stream,
+                        &dual.ctx,
+                        peer,
+                        shutdown,
+                    )
+                    .await
+                    {
+                        Ok(()) => "dmtp",
+                        Err(e) => {
+                            info!(error = %e, "DMTP session ended");
+                            "dmtp_io_error"
+                        }
+                    };
                 }
             }
         }

@@ -141,6 +141,9 @@ pub struct Policy {
     pub tls_available: bool,
     /// Users are configured: AUTH is offered (under TLS only).
     pub auth_available: bool,
+    /// A DMTP server stands behind this listener: the greeting carries `DMTPv1` and
+    /// `STARTTLS <host> MODE=DMTPv1` hands the connection over to DMTP (DIME.md §10.1).
+    pub dmtp_dual_mode: bool,
 }
 
 /// What the glue must do next.
@@ -168,6 +171,14 @@ pub enum Output {
     },
     /// The last reply has been queued before this: flush it and close the connection.
     Close(CloseReason),
+    /// `STARTTLS <host> MODE=DMTPv1` was answered `220` (DIME.md §10.1): flush, run the TLS
+    /// handshake with the DMTP certificate and run a DMTP server session on the connection
+    /// (`dmtp::ServerSession::after_dual_mode_upgrade`). This SMTP session is over: it emits
+    /// nothing more and [`Session::is_closed`] is true.
+    UpgradeToDmtp {
+        /// The DX host name the client asked for.
+        host: crate::dmtp::codec::Domain,
+    },
 }
 
 /// Why the session ended, for logs and metrics.
@@ -273,6 +284,8 @@ enum State {
     TlsHandshake,
     /// `Output::Close` was emitted.
     Closed,
+    /// `Output::UpgradeToDmtp` was emitted: the connection belongs to DMTP now.
+    HandedOver,
 }
 
 impl State {
@@ -373,7 +386,12 @@ impl Session {
             replies: Vec::new(),
             out: VecDeque::new(),
         };
-        let greeting = format!("220 {} ESMTP dimegate", session.policy.hostname);
+        // libdime's dual-mode client wants the token `DMTPv1` in the SMTP greeting (§10.1).
+        let greeting = if session.policy.dmtp_dual_mode {
+            format!("220 {} ESMTP DMTPv1 dimegate", session.policy.hostname)
+        } else {
+            format!("220 {} ESMTP dimegate", session.policy.hostname)
+        };
         session.reply(&greeting);
         session.flush_replies();
         session
@@ -402,7 +420,7 @@ impl Session {
 
     /// When the glue must call [`Session::handle_timeout`] at the latest; `None` once closed.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if matches!(self.state, State::Closed) {
+        if matches!(self.state, State::Closed | State::HandedOver) {
             return None;
         }
         let idle = self
@@ -537,13 +555,17 @@ impl Session {
     pub fn wants_input(&self) -> bool {
         !matches!(
             self.state,
-            State::Authenticating | State::Storing | State::TlsHandshake | State::Closed
+            State::Authenticating
+                | State::Storing
+                | State::TlsHandshake
+                | State::Closed
+                | State::HandedOver
         )
     }
 
-    /// True once [`Output::Close`] has been emitted.
+    /// True once [`Output::Close`] or [`Output::UpgradeToDmtp`] has been emitted.
     pub fn is_closed(&self) -> bool {
-        matches!(self.state, State::Closed)
+        matches!(self.state, State::Closed | State::HandedOver)
     }
 
     /// Bytes the session buffers: line, held input and message body. Bounded by roughly
@@ -572,7 +594,7 @@ impl Session {
             }
             match self.state {
                 // After STARTTLS nothing sent in plaintext may be read as if it came over TLS.
-                State::Closed | State::TlsHandshake => return,
+                State::Closed | State::TlsHandshake | State::HandedOver => return,
                 State::Authenticating | State::Storing => {
                     self.hold(input);
                     return;
@@ -686,6 +708,10 @@ impl Session {
         if matches!(self.state, State::Auth(_)) {
             self.handle_sasl_line(body);
             return;
+        }
+        // Before smtp-proto, which would read the DMTP arguments as a syntax error.
+        if let Some(dual) = crate::dmtp::codec::parse_dual_mode_starttls(body) {
+            return self.handle_dual_mode_starttls(dual);
         }
         let line_is_utf8 = std::str::from_utf8(line).is_ok();
         let request = match Request::parse(&mut line.iter()) {
@@ -1067,6 +1093,32 @@ impl Session {
         self.held.clear();
         self.state = State::TlsHandshake;
         self.emit(Output::StartTls);
+    }
+
+    /// `STARTTLS <host> MODE=DMTPv1` (DIME.md §10.1): the same preconditions as STARTTLS, then
+    /// `220` and the hand-over. Plaintext pipelined after it is dropped (RFC 3207 §6, as for
+    /// STARTTLS): DMTP starts on the TLS stream with nothing carried over.
+    fn handle_dual_mode_starttls(
+        &mut self,
+        dual: Result<crate::dmtp::codec::Domain, crate::dmtp::codec::CommandError>,
+    ) {
+        if !self.policy.dmtp_dual_mode {
+            return self.error("502 5.5.1 DMTP dual mode not available");
+        }
+        let host = match dual {
+            Ok(host) => host,
+            Err(_) => return self.error("501 5.5.4 Syntax: STARTTLS <host> MODE=DMTPv1"),
+        };
+        if self.tls.is_some() {
+            return self.error("503 5.5.1 Already in TLS");
+        }
+        if !matches!(self.state, State::Connected | State::Ready) {
+            return self.error("503 5.5.1 STARTTLS not allowed during a mail transaction");
+        }
+        self.reply("220 2.0.0 Ready to start TLS for DMTPv1");
+        self.held.clear();
+        self.state = State::HandedOver;
+        self.emit(Output::UpgradeToDmtp { host });
     }
 
     fn handle_auth(&mut self, mechanism: u64, initial_response: &[u8]) {

@@ -50,12 +50,14 @@ mod error;
 mod reader;
 mod record;
 mod schedule;
+mod signets;
 mod state;
 
 pub use error::{AppendError, StoreError};
 pub use reader::{QueueStats, StoreReader};
 pub use record::{DecodeError, ListFilter, MessageRecord, MessageSummary, RecipientSummary};
 pub use schedule::{AdminAction, Lease, Outcome, Settlement};
+pub use signets::StoredSignet;
 pub use state::{BadStateKind, RecipientState, RecipientStatus, StateKind, TransitionError};
 
 use crate::envelope::{Envelope, QueueId};

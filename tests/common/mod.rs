@@ -395,6 +395,15 @@ impl Postfix {
     /// A Postfix whose main.cf gets the `postconf -e` settings that `settings` returns (it is
     /// given the instance's temporary directory for any files it needs).
     pub fn start(settings: impl FnOnce(&Path) -> Vec<String>) -> Postfix {
+        Postfix::start_mode(None, settings)
+    }
+
+    /// A Postfix in relay mode: everything it accepts goes to `relayhost` (`[ip]:port`).
+    pub fn start_relay(relayhost: &str) -> Postfix {
+        Postfix::start_mode(Some(relayhost), |_| Vec::new())
+    }
+
+    fn start_mode(relayhost: Option<&str>, settings: impl FnOnce(&Path) -> Vec<String>) -> Postfix {
         require_tool("postfix", "postfix");
         require_tool("postconf", "postfix");
         let dir = tempfile::tempdir().expect("temp dir");
@@ -410,19 +419,23 @@ impl Postfix {
             .arg(testbed().join("mk-postfix.sh"))
             .arg(&instance)
             .arg(port.to_string())
+            .args(relayhost)
             .stdout(Stdio::null())
             .status()
             .expect("run mk-postfix.sh");
         assert!(status.success(), "mk-postfix.sh failed");
         let etc = instance.join("etc");
-        let status = Command::new(tool_path("postconf"))
-            .arg("-c")
-            .arg(&etc)
-            .arg("-e")
-            .args(settings(dir.path()))
-            .status()
-            .expect("run postconf");
-        assert!(status.success(), "postconf failed");
+        let settings = settings(dir.path());
+        if !settings.is_empty() {
+            let status = Command::new(tool_path("postconf"))
+                .arg("-c")
+                .arg(&etc)
+                .arg("-e")
+                .args(settings)
+                .status()
+                .expect("run postconf");
+            assert!(status.success(), "postconf failed");
+        }
         let status = Command::new(tool_path("postfix"))
             .arg("-c")
             .arg(&etc)

@@ -26,6 +26,7 @@ fn config(lmtp: bool, tls: TlsPolicy) -> SessionConfig {
         lmtp,
         tls,
         try_tls: true,
+        relay: true,
         timeouts: TIMEOUTS,
     }
 }
@@ -1096,4 +1097,80 @@ fn a_pipelined_group_names_its_first_unanswered_command_when_lost_and_its_last_o
             failure.reason
         );
     }
+}
+
+#[test]
+fn requiretls_goes_only_over_tls_to_a_server_that_offers_it() {
+    const EHLO_REQUIRETLS: &[u8] = b"250-mx.test\r\n250-PIPELINING\r\n250 REQUIRETLS\r\n";
+    let mut env = envelope();
+    env.require_tls = true;
+    let rcpts = vec![rcpt("b@example.net")];
+    let mandatory = config(false, TlsPolicy::Required);
+    // Encrypted, offered: MAIL FROM carries REQUIRETLS.
+    let out = replay(
+        &mandatory,
+        &[
+            Server(GREETING),
+            Server(EHLO_STARTTLS),
+            Server(b"220 go ahead\r\n"),
+            TlsOk,
+            Server(EHLO_REQUIRETLS),
+            StartWith(env.clone(), rcpts.clone(), 10),
+            Server(b"250 ok\r\n250 ok\r\n"),
+        ],
+    );
+    assert!(
+        wire(&out).contains("MAIL FROM:<a@example.org> REQUIRETLS\r\nRCPT TO:<b@example.net>\r\n"),
+        "{}",
+        wire(&out)
+    );
+    // Encrypted, not offered (Postfix): a hop failure with 4.7.30 before any mail command.
+    let out = replay(
+        &mandatory,
+        &[
+            Server(GREETING),
+            Server(EHLO_STARTTLS),
+            Server(b"220 go ahead\r\n"),
+            TlsOk,
+            Server(EHLO_PIPELINING),
+            StartWith(env.clone(), rcpts.clone(), 10),
+        ],
+    );
+    assert!(!wire(&out).contains("MAIL FROM"), "{}", wire(&out));
+    match finished(&out) {
+        TransactionResult::HopFailed { failure, reusable } => {
+            assert_eq!(failure.status, EnhancedStatus::new(4, 7, 30));
+            assert!(!failure.permanent);
+            assert!(*reusable);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Offered but in plain text (it cannot be, but the session does not trust that): refused.
+    let out = replay(
+        &smtp(),
+        &[
+            Server(GREETING),
+            Server(EHLO_REQUIRETLS),
+            StartWith(env.clone(), rcpts.clone(), 10),
+        ],
+    );
+    assert!(!wire(&out).contains("MAIL FROM"), "{}", wire(&out));
+    // The backend (final delivery, not a relay) takes it without REQUIRETLS.
+    let backend = SessionConfig {
+        relay: false,
+        ..smtp()
+    };
+    let out = replay(
+        &backend,
+        &[
+            Server(GREETING),
+            Server(EHLO_PIPELINING),
+            StartWith(env, rcpts, 10),
+        ],
+    );
+    assert!(
+        wire(&out).contains("MAIL FROM:<a@example.org> SIZE=10\r\n"),
+        "{}",
+        wire(&out)
+    );
 }

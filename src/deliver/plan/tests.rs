@@ -131,6 +131,8 @@ fn target(n: u8) -> Target {
         addr: SocketAddr::new(IpAddr::from([192, 0, 2, n]), 25),
         lmtp: false,
         tls: TlsPolicy::Opportunistic,
+        verify: super::Verify::Any,
+        relay: true,
     }
 }
 

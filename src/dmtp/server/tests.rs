@@ -351,6 +351,10 @@ fn every_store_refusal_has_its_code() {
             "452 insufficient storage, try again later",
         ),
         (
+            TransferRefusal::QueueFull,
+            "431 destination limits exceeded: queue full, try again later",
+        ),
+        (
             TransferRefusal::StoreFailed,
             "451 local error in processing, try again later",
         ),

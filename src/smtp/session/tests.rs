@@ -7,6 +7,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 const CLIENT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)), 40000);
 const GREETING: &str = "220 mx.example.org ESMTP dimegate\n";
+/// libdime's dual-mode client wants `DMTPv1` as a token after the host name (DIME.md §10.1).
+const DUAL_MODE_GREETING: &str = "220 mx.example.org ESMTP DMTPv1 dimegate\n";
 /// Splits every input is replayed in; `usize::MAX` is "whole".
 const SPLITS: &[usize] = &[usize::MAX, 1, 2, 3, 7, 64];
 
@@ -17,6 +19,7 @@ fn policy() -> Policy {
         relay_allowed: false,
         tls_available: true,
         auth_available: true,
+        dmtp_dual_mode: false,
     }
 }
 
@@ -78,6 +81,9 @@ fn drain(session: &mut Session, replay: &mut Replay) {
                 replay.sends.push(bytes);
             }
             Output::StartTls => replay.transcript.push_str("[STARTTLS]\n"),
+            Output::UpgradeToDmtp { host } => {
+                replay.transcript.push_str(&format!("[DMTP {host}]\n"))
+            }
             Output::Authenticate { username, password } => replay
                 .transcript
                 .push_str(&format!("[AUTH {username} {password}]\n")),
@@ -105,10 +111,15 @@ fn drain(session: &mut Session, replay: &mut Replay) {
 
 fn replay_with(policy: Policy, limits: Limits, acts: &[Act], split: usize) -> Replay {
     let mut now = Instant::now();
+    let greeting = if policy.dmtp_dual_mode {
+        DUAL_MODE_GREETING
+    } else {
+        GREETING
+    };
     let mut session = Session::new(policy, limits, CLIENT, now, 1_700_000_000);
     let mut replay = Replay::default();
     drain(&mut session, &mut replay);
-    assert_eq!(replay.transcript, GREETING);
+    assert_eq!(replay.transcript, greeting);
     replay.transcript.clear();
     replay.sends.clear();
     for act in acts {
@@ -1639,5 +1650,76 @@ fn auth_back_off_answers_454_and_counts_as_an_error() {
              454 4.7.0 Too many authentication failures, try again later\n\
              421 4.7.0 Too many errors\n[CLOSE]\n"
         ),
+    );
+}
+
+const DMTP_READY: &str = "220 2.0.0 Ready to start TLS for DMTPv1\n";
+
+fn dual_mode(p: &mut Policy, _: &mut Limits) {
+    p.dmtp_dual_mode = true;
+}
+
+#[test]
+fn dmtp_dual_mode_hands_the_connection_over() {
+    let replay = check_with(
+        "libdime's form after EHLO; plaintext pipelined after it is dropped",
+        dual_mode,
+        &[
+            In(b"EHLO c\r\nSTARTTLS <mx.example.org> MODE=DMTPv1\r\nSGNT <example.org>\r\n"),
+            In(b"NOOP\r\n"),
+            Wait(100_000),
+            Shutdown,
+        ],
+        &format!("{EHLO_PLAIN}{DMTP_READY}[DMTP mx.example.org]\n"),
+    );
+    assert!(replay.closes.is_empty(), "handed over, not closed by SMTP");
+    check_with(
+        "the draft formatter's form, before EHLO, mode case-insensitive",
+        dual_mode,
+        &[In(b"starttls HOST=mx.example.org mode=dmtp\r\n")],
+        &format!("{DMTP_READY}[DMTP mx.example.org]\n"),
+    );
+    check_with(
+        "plain STARTTLS stays SMTP's",
+        dual_mode,
+        &[In(b"EHLO c\r\nSTARTTLS\r\n")],
+        &format!("{EHLO_PLAIN}{TLS_READY}"),
+    );
+    check(
+        "without a DMTP server behind the listener",
+        &[In(b"STARTTLS <mx.example.org> MODE=DMTPv1\r\nNOOP\r\n")],
+        "502 5.5.1 DMTP dual mode not available\n250 2.0.0 Ok\n",
+    );
+    check_with(
+        "a malformed host",
+        dual_mode,
+        &[In(b"STARTTLS <mx..example.org> MODE=DMTPv1\r\n")],
+        "501 5.5.4 Syntax: STARTTLS <host> MODE=DMTPv1\n",
+    );
+    check_with(
+        "inside a mail transaction",
+        dual_mode,
+        &[In(
+            b"EHLO c\r\nMAIL FROM:<>\r\nSTARTTLS <mx.example.org> MODE=DMTPv1\r\n",
+        )],
+        &format!(
+            "{EHLO_PLAIN}250 2.1.0 Ok\n503 5.5.1 STARTTLS not allowed during a mail transaction\n"
+        ),
+    );
+    check_with(
+        "after SMTP's own STARTTLS",
+        dual_mode,
+        &[
+            In(b"STARTTLS\r\n"),
+            Tls,
+            In(b"STARTTLS <mx.example.org> MODE=DMTPv1\r\n"),
+        ],
+        &format!("{TLS_READY}503 5.5.1 Already in TLS\n"),
+    );
+    check_with(
+        "a bare LF ending it is refused like any command line",
+        dual_mode,
+        &[In(b"STARTTLS <mx.example.org> MODE=DMTPv1\n")],
+        "500 5.5.2 Bare LF in command line; lines must end with CRLF\n",
     );
 }

@@ -1,0 +1,119 @@
+//! DMTP load client for `benches/dmtp-ingest.sh`: SESSIONS concurrent DMTP sessions, each
+//! sending PER_SESSION transfers of one sealed message, through dimegate's own client session
+//! and connection glue (the outbound path a gateway runs). The server's certificate is checked
+//! against the `_dx` record text given (its `tls=` pin, taken as DNSSEC-secure: the script made
+//! that record itself). Prints `delivered N failed M seconds S rate R`.
+//!
+//! usage: dmtp_load ADDR DX_HOST RECORD_TXT ORIGIN ORIGIN_FP DEST DEST_FP MESSAGE SESSIONS PER_SESSION
+
+use dimegate::dime::DxRecord;
+use dimegate::discovery::connection::{self, Transport};
+use dimegate::dmtp::client::{ClientConfig, ClientEvent, ClientSession, Delivery, Job};
+use dimegate::dmtp::codec::Domain;
+use dimegate::dmtp::trust::DxCertVerifier;
+use dimegate::resolve::Verdict;
+use rustls::pki_types::ServerName;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() != 10 {
+        eprintln!(
+            "usage: dmtp_load ADDR DX_HOST RECORD_TXT ORIGIN ORIGIN_FP DEST DEST_FP MESSAGE SESSIONS PER_SESSION"
+        );
+        return ExitCode::from(2);
+    }
+    match run(&args) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("dmtp_load: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<usize, Box<dyn std::error::Error>> {
+    let addr: SocketAddr = args[0].parse()?;
+    let host = args[1].clone();
+    let record = DxRecord::parse_str(args[2].trim().trim_matches('"'))?;
+    let origin = Domain::parse(&args[3])?;
+    let origin_fp = args[4].parse()?;
+    let dest = Domain::parse(&args[5])?;
+    let dest_fp = args[6].parse()?;
+    let message = std::fs::read(&args[7])?;
+    let sessions: usize = args[8].parse()?;
+    let per_session: usize = args[9].parse()?;
+    // The pin decides; the Web roots are only what the verifier is built with.
+    let roots = Arc::new(dimegate::dmtp::trust::root_store(None)?);
+    let delivery = Delivery {
+        origin: origin.clone(),
+        origin_fingerprint: origin_fp,
+        destination: dest,
+        destination_fingerprint: Some(dest_fp),
+        ret: None,
+        data_type: None,
+        message,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let started = Instant::now();
+    let (delivered, failed) = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..sessions {
+            let verifier = Arc::new(DxCertVerifier::new(
+                record.clone(),
+                Verdict::Secure,
+                roots.clone(),
+            )?);
+            let connector = connection::connector(verifier)?;
+            let name = ServerName::try_from(host.clone())?;
+            let jobs = vec![Job::Deliver(delivery.clone()); per_session];
+            let session = ClientSession::new(ClientConfig::new(origin.clone()), Instant::now());
+            tasks.push(tokio::spawn(connection::run(
+                addr,
+                Transport::Tls,
+                name,
+                connector,
+                session,
+                jobs,
+                Duration::from_secs(30),
+            )));
+        }
+        let (mut ok, mut bad) = (0usize, 0usize);
+        for t in tasks {
+            match t.await? {
+                Ok(events) => {
+                    let d = events
+                        .iter()
+                        .filter(|e| matches!(e, ClientEvent::Delivered { .. }))
+                        .count();
+                    if let Some(ClientEvent::Failed { error, .. }) = events
+                        .iter()
+                        .find(|e| matches!(e, ClientEvent::Failed { .. }))
+                    {
+                        eprintln!("dmtp_load: {error}");
+                    }
+                    ok += d;
+                    bad += per_session - d.min(per_session);
+                }
+                Err(e) => {
+                    eprintln!("dmtp_load: {e}");
+                    bad += per_session;
+                }
+            }
+        }
+        Ok::<_, Box<dyn std::error::Error>>((ok, bad))
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "delivered {delivered} failed {failed} seconds {secs:.3} rate {:.1}",
+        delivered as f64 / secs
+    );
+    Ok(failed)
+}
