@@ -164,7 +164,7 @@ impl DmtpTransport {
                         continue;
                     };
                     let txid = txid.map(|t| t.to_string()).unwrap_or_default();
-                    info!(rcpt_index = index, dx = %contact.host, addr = %contact.addr, trust = ?contact.trust, %txid, "sent over DMTP");
+                    info!(rcpt_index = index, dx = %contact.host, addr = %contact.addr, trust = %contact.trust, %txid, "sent over DMTP");
                     outcomes.push((
                         index,
                         // DMTP has no DSN extension: the receiver's acceptance is a relay.
