@@ -123,7 +123,7 @@ pub fn run(dir: Option<PathBuf>) -> Result<(), DemoError> {
         let mut term = signal(SignalKind::terminate()).map_err(io_err("handling SIGTERM"))?;
         let mut gateways = Vec::new();
         let result = tokio::select! {
-            r = demo(&root, &mut gateways) => r,
+            r = demo_retrying(&root, &mut gateways) => r,
             _ = int.recv() => Err(DemoError::Interrupted),
             _ = term.recv() => Err(DemoError::Interrupted),
         };
@@ -136,6 +136,27 @@ pub fn run(dir: Option<PathBuf>) -> Result<(), DemoError> {
         let _ = std::fs::remove_dir_all(&root);
     }
     result
+}
+
+/// [`demo`], started again on fresh ports (up to twice) when a gateway could not listen: a port
+/// found free can be taken by another process, even as the local end of its outbound
+/// connection, before the gateway binds it.
+async fn demo_retrying(root: &Path, gateways: &mut Vec<Gateway>) -> Result<(), DemoError> {
+    let mut attempt = 0;
+    loop {
+        match demo(root, gateways).await {
+            Err(DemoError::Gateway { ref tail, .. })
+                if attempt < 2 && tail.contains("Address already in use") =>
+            {
+                for gw in gateways.iter_mut() {
+                    gw.stop().await;
+                }
+                gateways.clear();
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// One `dimegate serve` child.
