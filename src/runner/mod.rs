@@ -319,6 +319,12 @@ impl QueueRunner {
                     outcomes.extend(group.iter().map(|&i| (i, outcome.clone())));
                 }
                 NextHop::Hold(hold) => {
+                    // A hold is a deferral like a transport's 4xx: the same metric sees both
+                    // (a `_dx` lookup that failed for now, a cautious user without a signet).
+                    for _ in &group {
+                        self.metrics
+                            .count_deferral(hold.status.class, hold.status.subject);
+                    }
                     let outcome = DeliveryOutcome::Deferred(hold.diagnosis());
                     outcomes.extend(group.iter().map(|&i| (i, outcome.clone())));
                 }
