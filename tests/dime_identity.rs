@@ -160,6 +160,16 @@ fn configured_org_key_files_are_used_and_checked() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("domain[0].org_signet"));
 }
 
+/// The addresses `users list --json` prints, in its order.
+fn listed(config: &Path) -> Vec<String> {
+    json(&run(config, &["users", "list", "--json"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["address"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 #[test]
 fn hosted_users_are_managed_while_the_server_runs() {
     let gw = Gateway::start("");
@@ -184,16 +194,9 @@ fn hosted_users_are_managed_while_the_server_runs() {
         Some(2)
     );
 
-    let list = json(&run(c, &["users", "list", "--json"]));
-    let addresses: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["address"].as_str().unwrap())
-        .collect();
     // Each served domain's bridge identity is a hosted user too (made at start).
     assert_eq!(
-        addresses,
+        listed(c),
         [
             "alice@example.test",
             "bob@example.test",
@@ -286,15 +289,8 @@ fn hosted_users_are_managed_while_the_server_runs() {
             .code(),
         Some(1)
     );
-    let list = json(&run(c, &["users", "list", "--json"]));
-    let left: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["address"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        left,
+        listed(c),
         [
             "bob@example.test",
             "dime-bridge@example.test",
