@@ -39,7 +39,7 @@ use crate::status::EnhancedStatus;
 pub use padding::Buckets;
 pub use protect::{ProtectInput, protect};
 pub use unwrap::{
-    DimeResult, ExitInput, Exited, FailReason, NeedSignets, UnwrapInput, Unwrapped,
+    DimeResult, ExitInput, Exited, FailReason, NeedSignets, Prepared, UnwrapInput, Unwrapped,
     unwrap_exit_finish, unwrap_exit_prepare, unwrap_finish, unwrap_prepare,
 };
 pub use wrap::{WrapInput, wrap};

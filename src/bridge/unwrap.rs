@@ -30,7 +30,7 @@ use std::fmt;
 use super::wrap::named;
 use super::{BridgeError, ENVELOPE_FROM_FIELD, Identity, headers, is_origin_chunk};
 use crate::dime::message::{
-    self, Actor, ChunkType, DestinationEnvelope, OpenError, OriginEnvelope, Party, Report,
+    self, Actor, ChunkType, Decrypted, DestinationEnvelope, OpenError, OriginEnvelope, Report,
 };
 use crate::dime::{PrivateKey, Signet};
 use crate::time::{UnixTime, rfc5322_date};
@@ -159,24 +159,77 @@ pub struct Unwrapped {
     pub dime: DimeResult,
 }
 
-/// Opens `input.message` as destination and recipient and says which author signet to resolve.
-pub fn unwrap_prepare(input: &UnwrapInput<'_>) -> Result<NeedSignets, BridgeError> {
-    let origin = named(input.origin_signet, input.origin_domain);
-    let (need, _) = open_inbound(input, &origin, None)?;
-    Ok(need)
+/// What [`unwrap_prepare`] found: whose signet to resolve, and the message opened once as
+/// destination (its checks passed) and decrypted once as recipient, for [`unwrap_finish`].
+#[derive(Debug)]
+pub struct Prepared<'a> {
+    /// Whose signet the caller must resolve.
+    pub need: NeedSignets,
+    recipient: Decrypted<'a>,
 }
 
-/// Opens `input.message` with the author's signet (or without: `dime=fail`) and rebuilds it.
+/// Opens `input.message` as destination (the origin checks) and decrypts it as recipient, and
+/// says which author signet to resolve.
+pub fn unwrap_prepare<'a>(input: &UnwrapInput<'a>) -> Result<Prepared<'a>, BridgeError> {
+    let origin = named(input.origin_signet, input.origin_domain);
+    let dest = message::inspect(
+        input.message,
+        Actor::Destination,
+        input.destination_key.encryption_secret(),
+        std::slice::from_ref(&origin),
+    )
+    .map_err(|e| super::open_error(Actor::Destination, e))?;
+    let denv = destination_envelope(&dest)?;
+    if !denv.origin.eq_ignore_ascii_case(input.origin_domain)
+        || denv.origin_fingerprint != origin.fingerprint
+    {
+        return Err(BridgeError::OriginMismatch {
+            expected: input.origin_domain.to_owned(),
+            found: denv.origin,
+            found_fingerprint: denv.origin_fingerprint,
+        });
+    }
+    dest.check()
+        .map_err(|e| super::open_error(Actor::Destination, e))?;
+    let recipient = message::decrypt(
+        input.message,
+        Actor::Recipient,
+        input.recipient_key.encryption_secret(),
+    )
+    .map_err(|e| super::open_error(Actor::Recipient, e))?;
+    let oenv = recipient
+        .origin_envelope()
+        .cloned()
+        .ok_or(BridgeError::Corrupt(OpenError::MalformedEnvelope {
+            chunk: ChunkType::Origin,
+        }))?;
+    Ok(Prepared {
+        need: NeedSignets {
+            author: oenv.author,
+            author_fingerprint: oenv.author_fingerprint,
+            origin: input.origin_domain.to_owned(),
+            origin_fingerprint: origin.fingerprint,
+            recipient: denv.recipient,
+        },
+        recipient,
+    })
+}
+
+/// Checks the recipient's signatures of what `prepared` opened (from the same `input`) with the
+/// author's signet (or without: `dime=fail`) and rebuilds the message.
 pub fn unwrap_finish(
     input: &UnwrapInput<'_>,
+    prepared: Prepared<'_>,
     author_signet: Option<&Signet>,
 ) -> Result<Unwrapped, BridgeError> {
     trace_safe(input.hostname, input.queue_id)?;
+    let Prepared { need, recipient } = prepared;
     let origin = named(input.origin_signet, input.origin_domain);
-    // One pass as each actor: the report only uses the author signet if its fingerprint is the
+    // One pass as recipient: the report only uses the author signet if its fingerprint is the
     // one named, and every other check on it follows from the envelope the pass reads.
-    let author = author_signet.map(|s| named(s, s.identifier().unwrap_or_default()));
-    let (need, report) = open_inbound(input, &origin, author.as_ref())?;
+    let mut signets = vec![origin];
+    signets.extend(author_signet.map(|s| named(s, s.identifier().unwrap_or_default())));
+    let report = recipient.verify(&signets);
     let mut reason = match author_signet {
         None => Some(FailReason::AuthorSignetMissing {
             fingerprint: need.author_fingerprint.clone(),
@@ -216,54 +269,6 @@ pub fn unwrap_finish(
         },
         dime,
     )
-}
-
-/// Destination then recipient: the origin checks, the envelopes, and the recipient's report
-/// (author verdicts as far as `author` allows).
-fn open_inbound(
-    input: &UnwrapInput<'_>,
-    origin: &Party,
-    author: Option<&Party>,
-) -> Result<(NeedSignets, Report), BridgeError> {
-    let dest = message::inspect(
-        input.message,
-        Actor::Destination,
-        input.destination_key.encryption_secret(),
-        std::slice::from_ref(origin),
-    )
-    .map_err(|e| super::open_error(Actor::Destination, e))?;
-    let denv = destination_envelope(&dest)?;
-    if !denv.origin.eq_ignore_ascii_case(input.origin_domain)
-        || denv.origin_fingerprint != origin.fingerprint
-    {
-        return Err(BridgeError::OriginMismatch {
-            expected: input.origin_domain.to_owned(),
-            found: denv.origin,
-            found_fingerprint: denv.origin_fingerprint,
-        });
-    }
-    dest.check()
-        .map_err(|e| super::open_error(Actor::Destination, e))?;
-    let mut signets = vec![origin.clone()];
-    signets.extend(author.cloned());
-    let report = message::inspect(
-        input.message,
-        Actor::Recipient,
-        input.recipient_key.encryption_secret(),
-        &signets,
-    )
-    .map_err(|e| super::open_error(Actor::Recipient, e))?;
-    let oenv = origin_envelope(&report)?;
-    Ok((
-        NeedSignets {
-            author: oenv.author,
-            author_fingerprint: oenv.author_fingerprint,
-            origin: input.origin_domain.to_owned(),
-            origin_fingerprint: origin.fingerprint.clone(),
-            recipient: denv.recipient,
-        },
-        report,
-    ))
 }
 
 fn origin_envelope(r: &Report) -> Result<OriginEnvelope, BridgeError> {
@@ -584,6 +589,14 @@ mod tests {
         .unwrap()
     }
 
+    /// Both halves, as the runner calls them.
+    fn open_all(
+        input: &UnwrapInput<'_>,
+        author: Option<&Signet>,
+    ) -> Result<Unwrapped, BridgeError> {
+        unwrap_finish(input, unwrap_prepare(input)?, author)
+    }
+
     fn text(u: &Unwrapped) -> String {
         String::from_utf8(u.rfc5322.clone()).unwrap()
     }
@@ -595,14 +608,14 @@ mod tests {
         let ar = "mx.north.test; spf=pass smtp.mailfrom=alice@north.test";
         let msg = sealed(w, &mail, Some(ar));
         let input = inbound(w, &msg);
-        let need = unwrap_prepare(&input).unwrap();
+        let need = unwrap_prepare(&input).unwrap().need;
         assert_eq!(need.author, "alice@north.test");
         assert_eq!(
             need.author_fingerprint,
             w.alice.signet.crypto_fingerprint().to_string()
         );
         assert_eq!(need.recipient, "bob@south.test");
-        let u = unwrap_finish(&input, Some(&w.alice.signet)).unwrap();
+        let u = open_all(&input, Some(&w.alice.signet)).unwrap();
         assert_eq!(u.dime, DimeResult::Pass);
         assert_eq!(u.envelope_from.as_deref(), Some("alice@north.test"));
         let afp = w.alice.signet.crypto_fingerprint();
@@ -632,7 +645,7 @@ mod tests {
             &testkit::mail("alice@north.test", "bob@south.test"),
             None,
         );
-        let u = unwrap_finish(&inbound(w, &msg), None).unwrap();
+        let u = open_all(&inbound(w, &msg), None).unwrap();
         let fp = w.alice.signet.crypto_fingerprint().to_string();
         assert_eq!(
             u.dime,
@@ -656,7 +669,7 @@ mod tests {
             &testkit::mail("alice@north.test", "bob@south.test"),
             None,
         );
-        let u = unwrap_finish(&inbound(w, &msg), Some(&w.bob.signet)).unwrap();
+        let u = open_all(&inbound(w, &msg), Some(&w.bob.signet)).unwrap();
         assert!(matches!(
             u.dime,
             DimeResult::Fail {
@@ -688,7 +701,7 @@ mod tests {
             &mut StdRng::seed_from_u64(8),
         )
         .unwrap();
-        let u = unwrap_finish(&inbound(w, &msg), Some(&w.mallory.signet)).unwrap();
+        let u = open_all(&inbound(w, &msg), Some(&w.mallory.signet)).unwrap();
         assert!(
             matches!(
                 &u.dime,
@@ -709,7 +722,7 @@ mod tests {
             "Authentication-Results: MX.south.test; dime=pass (forged)\r\nAuthentication-Results: mx.elsewhere; spf=none\r\nMIME-Version",
         ) + "hi\r\n";
         let msg = sealed(w, &mail, None);
-        let got = text(&unwrap_finish(&inbound(w, &msg), Some(&w.alice.signet)).unwrap());
+        let got = text(&open_all(&inbound(w, &msg), Some(&w.alice.signet)).unwrap());
         assert!(!got.contains("forged"));
         assert!(got.contains("\r\nAuthentication-Results: mx.elsewhere; spf=none\r\n"));
         assert_eq!(
@@ -741,7 +754,7 @@ mod tests {
         let mut input = inbound(w, &msg);
         input.recipient_key = &w.carol.key;
         assert_eq!(
-            unwrap_prepare(&input),
+            unwrap_prepare(&input).map(|p| p.need),
             Err(BridgeError::NotForUs(Actor::Recipient))
         );
         let mut input = inbound(w, &msg);
@@ -751,7 +764,7 @@ mod tests {
         let mut input = inbound(w, &msg);
         input.queue_id = "Q1\r\nX-Evil: 1";
         assert!(matches!(
-            unwrap_finish(&input, None),
+            open_all(&input, None),
             Err(BridgeError::BadValue { .. })
         ));
     }
@@ -764,12 +777,12 @@ mod tests {
             &testkit::mail("alice@north.test", "bob@south.test"),
             None,
         );
-        let good = unwrap_finish(&inbound(w, &msg), Some(&w.alice.signet)).unwrap();
+        let good = open_all(&inbound(w, &msg), Some(&w.alice.signet)).unwrap();
         let mut reported = 0;
         for at in (0..msg.len()).step_by(msg.len() / 97) {
             let mut bad = msg.clone();
             bad[at] ^= 0x20;
-            match unwrap_finish(&inbound(w, &bad), Some(&w.alice.signet)) {
+            match open_all(&inbound(w, &bad), Some(&w.alice.signet)) {
                 Err(e) => assert!(e.is_permanent(), "byte {at}: {e}"),
                 // Only what no signature covers may change without notice: the tracing block,
                 // and the author's and origin's keyslots of the last chunk (255), which neither
@@ -818,10 +831,10 @@ mod tests {
             origin_signet: &orig,
             origin_domain: "a.example",
         };
-        let need = unwrap_prepare(&input).unwrap();
+        let need = unwrap_prepare(&input).unwrap().need;
         assert_eq!(need.author, "alice@a.example");
         assert_eq!(need.recipient, "bob@b.example");
-        let u = unwrap_finish(&input, Some(&auth)).unwrap();
+        let u = open_all(&input, Some(&auth)).unwrap();
         assert_eq!(u.dime, DimeResult::Pass);
         assert_eq!(u.envelope_from, None);
         let got = text(&u);
@@ -831,7 +844,7 @@ mod tests {
         assert!(got.contains("; dime=pass (author alice@a.example ["));
         // The message before the destination hop is already complete: same result.
         let from_origin = vector("msg.from_origin.bin");
-        let u2 = unwrap_finish(
+        let u2 = open_all(
             &UnwrapInput {
                 message: &from_origin,
                 ..input

@@ -23,14 +23,18 @@
 
 pub mod cache;
 pub mod connection;
+pub mod pool;
 
 use crate::dime::{DxRecord, Fingerprint, Level, Signet, SignetKind};
-use crate::dmtp::client::{ClientConfig, ClientError, ClientEvent, ClientSession, Job, Lookup};
+use crate::dmtp::client::{
+    ClientConfig, ClientError, ClientEvent, ClientSession, Job, JobId, Lookup,
+};
 use crate::dmtp::codec::{Domain, SignetName};
 use crate::dmtp::trust::{DxCertVerifier, Refusal, Trust};
 use crate::resolve::{ResolveError, Resolver, Verdict};
 use cache::{CacheAnswer, CachePolicy, SignetCache};
-use connection::{ConnectError, Transport};
+use connection::{ConnectError, Connection, Transport};
+use pool::{Lifetime, PoolPolicy, SessionPool};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -59,6 +63,8 @@ pub struct DiscoverySettings {
     pub cache: CachePolicy,
     /// Domains found without DNS, by lower-case domain name.
     pub statics: BTreeMap<String, StaticDx>,
+    /// Idle DMTP sessions kept for the next transaction to the same destination.
+    pub pool: PoolPolicy,
 }
 
 /// A domain's `_dx` record and DX address from the configuration (`[[dmtp.static]]`).
@@ -95,6 +101,7 @@ impl DiscoverySettings {
             reply_timeout: Duration::from_secs(120),
             cache: CachePolicy::default(),
             statics: BTreeMap::new(),
+            pool: PoolPolicy::default(),
         }
     }
 }
@@ -236,6 +243,11 @@ pub struct Contact {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SessionLabel {
+    how: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     kind: &'static str,
     result: &'static str,
@@ -247,6 +259,8 @@ pub struct DiscoveryMetrics {
     lookups: Family<ResultLabel, Counter>,
     cache_hits: Counter,
     latency: Family<ResultLabel, Histogram, fn() -> Histogram>,
+    sessions: Family<SessionLabel, Counter>,
+    retries: Counter,
 }
 
 impl DiscoveryMetrics {
@@ -269,6 +283,16 @@ impl DiscoveryMetrics {
             "Time of signet look-ups that went to the network",
             m.latency.clone(),
         );
+        registry.register(
+            "dimegate_dmtp_client_sessions",
+            "Batches of DMTP jobs (transfers, look-ups) by session: new (connected for them) or reused (an idle pooled session)",
+            m.sessions.clone(),
+        );
+        registry.register(
+            "dimegate_dmtp_client_pool_retries",
+            "Pooled DMTP sessions found dead before their jobs were done, whose jobs went again on a new session",
+            m.retries.clone(),
+        );
         m
     }
 }
@@ -282,6 +306,8 @@ impl DiscoveryMetrics {
             latency: Family::new_with_constructor(|| {
                 Histogram::new([0.005, 0.02, 0.1, 0.5, 2.0, 10.0, 30.0])
             }),
+            sessions: Family::default(),
+            retries: Counter::default(),
         }
     }
 }
@@ -295,6 +321,23 @@ pub struct Discovery {
     metrics: DiscoveryMetrics,
     /// Where found signets are kept across restarts.
     store: Option<crate::store::Store>,
+    /// Idle sessions by destination domain.
+    pool: Arc<Mutex<PoolCell>>,
+}
+
+/// A session and what it was trusted under, in or out of the pool.
+struct Pooled {
+    conn: Connection,
+    record: DxRecord,
+    verdict: Verdict,
+    contact: Contact,
+    lifetime: Lifetime,
+}
+
+/// The pool and whether a task is closing its expired sessions.
+struct PoolCell {
+    pool: SessionPool<Pooled>,
+    reaper: bool,
 }
 
 impl std::fmt::Debug for Discovery {
@@ -322,6 +365,7 @@ impl Discovery {
         ehlo: Domain,
         metrics: DiscoveryMetrics,
     ) -> Discovery {
+        let settings_pool = settings.pool;
         Discovery {
             resolver,
             cache: Mutex::new(SignetCache::new(settings.cache)),
@@ -329,6 +373,10 @@ impl Discovery {
             ehlo,
             metrics,
             store: None,
+            pool: Arc::new(Mutex::new(PoolCell {
+                pool: SessionPool::new(settings_pool),
+                reaper: false,
+            })),
         }
     }
 
@@ -434,11 +482,77 @@ impl Discovery {
     }
 
     /// Runs `jobs` in one session with the first DX of `domain` that can be reached and trusted,
-    /// and returns their events and where they ran. A domain of the static map has one place,
-    /// its configured address.
+    /// and returns their events (jobs numbered from 1 in the order given) and where they ran. A
+    /// domain of the static map has one place, its configured address.
+    ///
+    /// An idle session to `domain` that was trusted under the same `record` and `verdict` is
+    /// reused when the pool holds one ([`pool`]); a new one goes back to the pool after its
+    /// jobs. A pooled session that turns out dead costs no job: the jobs it had not begun to
+    /// transfer (all but one whose message was sent and not yet answered) go once more, on a
+    /// new session.
     pub async fn run(
         &self,
         domain: &str,
+        record: &DxRecord,
+        verdict: Verdict,
+        jobs: Vec<Job>,
+    ) -> Result<(Vec<ClientEvent>, Contact), DiscoveryError> {
+        let key = domain.trim_end_matches('.').to_ascii_lowercase();
+        let Some(mut pooled) = self.take_pooled(&key, record, verdict) else {
+            return self.run_new(domain, &key, record, verdict, jobs).await;
+        };
+        self.metrics
+            .sessions
+            .get_or_create(&SessionLabel { how: "reused" })
+            .inc();
+        let events = match pooled.conn.run_jobs(jobs.clone()).await {
+            Ok(events) => events,
+            // Only a dual-mode STARTTLS fails so, and a pooled session is past it: no job ran.
+            Err(e) => session_lost(&e, jobs.len()),
+        };
+        let again = unfinished(&events);
+        if again.is_empty() {
+            let contact = pooled.contact.clone();
+            self.put_back(&key, pooled);
+            return Ok((events, contact));
+        }
+        self.metrics.retries.inc();
+        tracing::info!(%domain, addr = %pooled.contact.addr, jobs = again.len(), "pooled DMTP session was closed; sending again on a new one");
+        let retry: Vec<Job> = again
+            .iter()
+            .filter_map(|&n| jobs.get(position(n)?).cloned())
+            .collect();
+        match self.run_new(domain, &key, record, verdict, retry).await {
+            Ok((fresh, contact)) => {
+                let mut merged: Vec<ClientEvent> = events
+                    .into_iter()
+                    .filter(|e| match job_of(e) {
+                        Some(job) => !again.contains(&job),
+                        None => false,
+                    })
+                    .collect();
+                for mut e in fresh {
+                    if let Some(slot) = job_slot(&mut e) {
+                        // The new session numbered the retried jobs from 1, in order.
+                        match position(*slot).and_then(|i| again.get(i)) {
+                            Some(&original) => *slot = original,
+                            None => continue,
+                        }
+                    }
+                    merged.push(e);
+                }
+                Ok((merged, contact))
+            }
+            // The pooled session's failures stand: those jobs are for later.
+            Err(_) => Ok((events, pooled.contact)),
+        }
+    }
+
+    /// [`Discovery::run`] on a new session, trying each place in turn.
+    async fn run_new(
+        &self,
+        domain: &str,
+        key: &str,
         record: &DxRecord,
         verdict: Verdict,
         jobs: Vec<Job>,
@@ -470,7 +584,11 @@ impl Discovery {
                     .attempt(domain, record, verdict, &target, addr, &jobs)
                     .await
                 {
-                    Ok(done) => return Ok(done),
+                    Ok((events, pooled)) => {
+                        let contact = pooled.contact.clone();
+                        self.put_back(key, pooled);
+                        return Ok((events, contact));
+                    }
                     Err(line) => attempts.push(line),
                 }
             }
@@ -482,7 +600,7 @@ impl Discovery {
     }
 
     /// Runs `jobs` at one given place (`dimegate dmtp --server`), with the certificate checked
-    /// against `record` as [`Discovery::run`] would.
+    /// against `record` as [`Discovery::run`] would, on a session of its own.
     pub async fn run_at(
         &self,
         domain: &str,
@@ -492,15 +610,64 @@ impl Discovery {
         addr: SocketAddr,
         jobs: Vec<Job>,
     ) -> Result<(Vec<ClientEvent>, Contact), DiscoveryError> {
-        self.attempt(domain, record, verdict, target, addr, &jobs)
+        match self
+            .attempt(domain, record, verdict, target, addr, &jobs)
             .await
-            .map_err(|line| DiscoveryError::Unreachable {
+        {
+            Ok((events, pooled)) => {
+                if pooled.conn.is_reusable() {
+                    pooled.conn.quit().await;
+                }
+                Ok((events, pooled.contact))
+            }
+            Err(line) => Err(DiscoveryError::Unreachable {
                 domain: domain.to_owned(),
                 attempts: vec![line],
-            })
+            }),
+        }
     }
 
-    /// One session at `addr`; `Err` is the line for [`DiscoveryError::Unreachable`].
+    /// An idle session to `key` trusted under `record` and `verdict` whose peer has not
+    /// closed it; the others it meets are closed.
+    fn take_pooled(&self, key: &str, record: &DxRecord, verdict: Verdict) -> Option<Pooled> {
+        loop {
+            let (found, close) = {
+                let mut cell = lock(&self.pool);
+                cell.pool.checkout(key, Instant::now(), |p| {
+                    p.verdict == verdict && p.record == *record
+                })
+            };
+            close_all(close);
+            let (pooled, lifetime) = found?;
+            if pooled.conn.peer_gone() {
+                continue;
+            }
+            return Some(Pooled { lifetime, ..pooled });
+        }
+    }
+
+    /// Keeps `pooled` for the next batch to `key` when it can take one; closes it otherwise.
+    fn put_back(&self, key: &str, pooled: Pooled) {
+        if !pooled.conn.is_reusable() {
+            return; // closed, or in no state for more: dropping it closes the socket
+        }
+        let lifetime = pooled.lifetime;
+        let (close, start_reaper) = {
+            let mut cell = lock(&self.pool);
+            let close = cell.pool.checkin(key, pooled, lifetime, Instant::now());
+            let start = !cell.reaper && !cell.pool.is_empty();
+            if start {
+                cell.reaper = true;
+            }
+            (close, start)
+        };
+        close_all(close);
+        if start_reaper {
+            tokio::spawn(reap(Arc::clone(&self.pool)));
+        }
+    }
+
+    /// One new session at `addr`; `Err` is the line for [`DiscoveryError::Unreachable`].
     async fn attempt(
         &self,
         domain: &str,
@@ -509,7 +676,7 @@ impl Discovery {
         target: &Target,
         addr: SocketAddr,
         jobs: &[Job],
-    ) -> Result<(Vec<ClientEvent>, Contact), String> {
+    ) -> Result<(Vec<ClientEvent>, Pooled), String> {
         let Ok(name) = ServerName::try_from(target.host.clone()) else {
             return Err(format!("{}: not a TLS server name", target.host));
         };
@@ -528,19 +695,21 @@ impl Discovery {
                 Err(_) => return Err(format!("{}: not a DX host name", target.host)),
             },
         };
-        let result = connection::run(
-            addr,
-            target.transport,
-            name,
-            connector,
-            session,
-            jobs.to_vec(),
-            self.settings.connect_timeout,
-        )
+        let timeout = self.settings.connect_timeout;
+        let result = async {
+            let mut conn =
+                Connection::open(addr, target.transport, name, connector, session, timeout).await?;
+            let events = conn.run_jobs(jobs.to_vec()).await?;
+            Ok::<_, ConnectError>((conn, events))
+        }
         .await;
         let refusal: Option<Refusal> = verifier.verdict().and_then(Result::err);
         match result {
-            Ok(events) => {
+            Ok((conn, events)) => {
+                self.metrics
+                    .sessions
+                    .get_or_create(&SessionLabel { how: "new" })
+                    .inc();
                 // A session that failed before any job ran (banner, EHLO) is a place that did
                 // not work: try the next.
                 if let Some(ClientEvent::Failed { job: None, error }) = events
@@ -562,14 +731,21 @@ impl Discovery {
                 let Some(Ok(trust)) = verifier.verdict() else {
                     return Err(format!("{addr}: no certificate verdict"));
                 };
+                let contact = Contact {
+                    host: target.host.clone(),
+                    addr,
+                    transport: target.transport,
+                    trust,
+                    record_verdict: verdict,
+                };
                 Ok((
                     events,
-                    Contact {
-                        host: target.host.clone(),
-                        addr,
-                        transport: target.transport,
-                        trust,
-                        record_verdict: verdict,
+                    Pooled {
+                        conn,
+                        record: record.clone(),
+                        verdict,
+                        contact,
+                        lifetime: Lifetime::new(now),
                     },
                 ))
             }
@@ -814,6 +990,115 @@ fn first_result(
 /// The mailbox form the DMTP codec wants, for callers that hold a plain address.
 pub fn signet_name(name: &str) -> Option<SignetName> {
     SignetName::parse(name).ok()
+}
+
+fn lock(pool: &Mutex<PoolCell>) -> std::sync::MutexGuard<'_, PoolCell> {
+    pool.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Ends sessions the pool gave up, off the caller's path.
+fn close_all(sessions: Vec<Pooled>) {
+    for p in sessions {
+        if p.conn.peer_gone() {
+            continue; // dropping closes the socket; nobody listens for a QUIT
+        }
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), p.conn.quit()).await;
+        });
+    }
+}
+
+/// Closes idle sessions as they expire; ends when the pool is empty (the next put-back starts
+/// another).
+async fn reap(pool: Arc<Mutex<PoolCell>>) {
+    loop {
+        let next = {
+            let mut cell = lock(&pool);
+            match cell.pool.poll_timeout() {
+                Some(t) => t,
+                None => {
+                    cell.reaper = false;
+                    return;
+                }
+            }
+        };
+        tokio::time::sleep_until(next.into()).await;
+        let expired = lock(&pool).pool.expire(Instant::now());
+        close_all(expired);
+    }
+}
+
+/// The job a result event is about.
+fn job_of(e: &ClientEvent) -> Option<JobId> {
+    match e {
+        ClientEvent::Delivered { job, .. }
+        | ClientEvent::Signet { job, .. }
+        | ClientEvent::Verified { job, .. }
+        | ClientEvent::History { job, .. }
+        | ClientEvent::Failed { job: Some(job), .. } => Some(*job),
+        ClientEvent::Ready | ClientEvent::Failed { job: None, .. } => None,
+    }
+}
+
+fn job_slot(e: &mut ClientEvent) -> Option<&mut JobId> {
+    match e {
+        ClientEvent::Delivered { job, .. }
+        | ClientEvent::Signet { job, .. }
+        | ClientEvent::Verified { job, .. }
+        | ClientEvent::History { job, .. }
+        | ClientEvent::Failed { job: Some(job), .. } => Some(job),
+        ClientEvent::Ready | ClientEvent::Failed { job: None, .. } => None,
+    }
+}
+
+/// The index in a batch of the job numbered `n` (from 1).
+fn position(n: JobId) -> Option<usize> {
+    usize::try_from(n.0).ok()?.checked_sub(1)
+}
+
+/// The events of a session lost before any of its `n` jobs began.
+fn session_lost(e: &ConnectError, n: usize) -> Vec<ClientEvent> {
+    tracing::info!(error = %e, "pooled DMTP session lost");
+    let error = ClientError::ConnectionClosed {
+        step: crate::dmtp::client::Step::Idle,
+    };
+    let mut events = vec![ClientEvent::Failed {
+        job: None,
+        error: error.clone(),
+    }];
+    events.extend((1..=n as u64).map(|i| ClientEvent::Failed {
+        job: Some(JobId(i)),
+        error: error.clone(),
+    }));
+    events
+}
+
+/// The jobs of a batch that failed only because its session did, and that may go again: every
+/// one but a transfer whose message was sent and not answered (the peer may have stored it).
+/// The session's own failure comes first, then the job in flight, then those queued behind it
+/// ([`ClientEvent::Failed`]).
+fn unfinished(events: &[ClientEvent]) -> Vec<JobId> {
+    use crate::dmtp::client::Step;
+    let Some(at) = events
+        .iter()
+        .position(|e| matches!(e, ClientEvent::Failed { job: None, .. }))
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, e) in events[at + 1..].iter().enumerate() {
+        if let ClientEvent::Failed {
+            job: Some(job),
+            error,
+        } = e
+        {
+            if i == 0 && error.step() == Some(Step::Message) {
+                continue;
+            }
+            out.push(*job);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -246,6 +246,18 @@ impl ClientError {
         matches!(self, ClientError::Refused { code, .. } if code.class() == ReplyClass::Permanent)
     }
 
+    /// The step the session was at when this failed; `None` for [`ClientError::SessionEnded`].
+    pub fn step(&self) -> Option<Step> {
+        match self {
+            ClientError::Refused { step, .. }
+            | ClientError::Unexpected { step, .. }
+            | ClientError::BadReply { step, .. }
+            | ClientError::Timeout { step }
+            | ClientError::ConnectionClosed { step } => Some(*step),
+            ClientError::SessionEnded => None,
+        }
+    }
+
     /// The reply code, when the failure is a refusal.
     pub fn code(&self) -> Option<ReplyCode> {
         match self {
@@ -300,7 +312,8 @@ pub enum ClientEvent {
         signets: Vec<Vec<u8>>,
     },
     /// A job failed (`job: Some`), or the session did (`job: None`; every pending job then
-    /// also gets its own `Failed`).
+    /// also gets its own `Failed` with the same error, the job in flight first: the error's
+    /// [`ClientError::step`] is where that one was).
     Failed {
         /// Which job, if one.
         job: Option<JobId>,

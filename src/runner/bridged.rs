@@ -147,8 +147,8 @@ impl BridgeTransport {
             origin_signet: &origin,
             origin_domain: &arrival.origin,
         };
-        let need = bridge::unwrap_prepare(&input).map_err(|e| bridge_outcome(&e))?;
-        let author: Option<Signet> = match self.discovery.user_signet(&need.author).await {
+        let prepared = bridge::unwrap_prepare(&input).map_err(|e| bridge_outcome(&e))?;
+        let author: Option<Signet> = match self.discovery.user_signet(&prepared.need.author).await {
             Ok(found) => Some(found.signet),
             // Worth another try later; a signet that cannot be had for good is `dime=fail`.
             Err(e) if !e.is_permanent() || e.is_bogus() => {
@@ -156,8 +156,8 @@ impl BridgeTransport {
             }
             Err(_) => None,
         };
-        let opened =
-            bridge::unwrap_finish(&input, author.as_ref()).map_err(|e| bridge_outcome(&e))?;
+        let opened = bridge::unwrap_finish(&input, prepared, author.as_ref())
+            .map_err(|e| bridge_outcome(&e))?;
         info!(rcpt = %address, author = %opened.author, origin = %opened.origin, dime = ?opened.dime, "unwrapped");
         let mut envelope = message.envelope.clone();
         if let Some(from) = opened.envelope_from {

@@ -228,6 +228,32 @@ pub fn inspect(
     key: &SecretKey,
     signets: &[Party],
 ) -> Result<Report, OpenError> {
+    Ok(decrypt(message, actor, key)?.verify(signets))
+}
+
+/// A message decrypted as one actor, its signatures not checked yet: the first half of
+/// [`inspect`], for a caller that learns from the envelopes which signets it needs
+/// ([`Decrypted::origin_envelope`]) and then checks them with [`Decrypted::verify`], without
+/// decrypting twice.
+#[derive(Debug)]
+pub struct Decrypted<'a> {
+    actor: Actor,
+    raw: RawMessage<'a>,
+    chunks: Vec<ChunkReport>,
+    /// (chunk index, plaintext) of every chunk the actor's keyslots open.
+    plains: Vec<(usize, Vec<u8>)>,
+    origin_envelope: Option<OriginEnvelope>,
+    destination_envelope: Option<DestinationEnvelope>,
+    own_key: PublicKey,
+}
+
+/// Decrypts `message` as `actor` and reads its envelopes. Framing, keyslot and padding failures
+/// are errors.
+pub fn decrypt<'a>(
+    message: &'a [u8],
+    actor: Actor,
+    key: &SecretKey,
+) -> Result<Decrypted<'a>, OpenError> {
     let raw = chunk::parse(message)?;
     let eph = raw
         .find(ChunkType::Ephemeral)
@@ -237,7 +263,6 @@ pub fn inspect(
 
     // Decrypt what this actor's keyslots open.
     let mut chunks = Vec::with_capacity(raw.chunks.len());
-    // (chunk index, signature, signed range within the plaintext) of standard chunks.
     let mut plains: Vec<(usize, Vec<u8>)> = Vec::new();
     for (i, c) in raw.chunks.iter().enumerate() {
         let mut report = ChunkReport {
@@ -266,7 +291,6 @@ pub fn inspect(
         chunks.push(report);
     }
     check_spanning(&chunks)?;
-
     let text = |kind| {
         chunks
             .iter()
@@ -325,71 +349,105 @@ pub fn inspect(
         }
     };
 
-    let author = match &origin_envelope {
-        Some(env) => by_fingerprint(signets, &env.author_fingerprint),
-        None => Signer::NotDisclosed,
-    };
-    let origin = match (&destination_envelope, actor) {
-        (Some(env), _) => by_fingerprint(signets, &env.origin_fingerprint),
-        // The origin chunk does not name the origin; the origin knows itself by its key.
-        (None, _) => {
-            let own = key.public_key();
-            signets
-                .iter()
-                .find(|p| p.encryption_key == own)
-                .map_or(Signer::Missing(String::new()), Signer::Known)
-        }
-    };
-
-    let mut signatures = Vec::new();
-    let mut tree_signature = None;
-    for (i, plain) in &plains {
-        let c = &raw.chunks[*i];
-        let mut sig = [0u8; SIG_LEN];
-        sig.copy_from_slice(&plain[..SIG_LEN]);
-        let (signer, verdict) = match c.kind {
-            ChunkType::AuthorTree => {
-                let v = tree_verdict(&raw, &author, &sig);
-                tree_signature = match v {
-                    Verdict::Valid => Some(TreeSignature::Spec),
-                    Verdict::ValidLibdimeTree => Some(TreeSignature::LibdimeCompat),
-                    _ => None,
-                };
-                (Actor::Author, v)
-            }
-            ChunkType::AuthorFull => (Actor::Author, author.verdict(raw.prefix_below(226), &sig)),
-            ChunkType::OriginMetaBounce
-            | ChunkType::OriginDisplayBounce
-            | ChunkType::OriginFull => {
-                let limit = match c.kind {
-                    ChunkType::OriginMetaBounce => 64,
-                    ChunkType::OriginDisplayBounce => 128,
-                    _ => 255,
-                };
-                let v = if sig == [0u8; SIG_LEN] {
-                    Verdict::Placeholder
-                } else {
-                    origin.verdict(raw.prefix_below(limit), &sig)
-                };
-                (Actor::Origin, v)
-            }
-            _ => (Actor::Author, author.verdict(&plain[SIG_LEN..], &sig)),
-        };
-        signatures.push(SignatureCheck {
-            chunk: c.kind,
-            signer,
-            verdict,
-        });
-    }
-
-    Ok(Report {
+    Ok(Decrypted {
         actor,
+        raw,
         chunks,
+        plains,
         origin_envelope,
         destination_envelope,
-        signatures,
-        tree_signature,
+        own_key: key.public_key(),
     })
+}
+
+impl Decrypted<'_> {
+    /// The origin chunk, when the actor can read it.
+    pub fn origin_envelope(&self) -> Option<&OriginEnvelope> {
+        self.origin_envelope.as_ref()
+    }
+
+    /// The destination chunk, when the actor can read it.
+    pub fn destination_envelope(&self) -> Option<&DestinationEnvelope> {
+        self.destination_envelope.as_ref()
+    }
+
+    /// Checks every signature the actor can see under `signets` (found by the crypto
+    /// fingerprints in the envelope chunks, the origin's own by its encryption key) and reports.
+    pub fn verify(self, signets: &[Party]) -> Report {
+        let Decrypted {
+            actor,
+            raw,
+            chunks,
+            plains,
+            origin_envelope,
+            destination_envelope,
+            own_key,
+        } = self;
+        let author = match &origin_envelope {
+            Some(env) => by_fingerprint(signets, &env.author_fingerprint),
+            None => Signer::NotDisclosed,
+        };
+        let origin = match (&destination_envelope, actor) {
+            (Some(env), _) => by_fingerprint(signets, &env.origin_fingerprint),
+            // The origin chunk does not name the origin; the origin knows itself by its key.
+            (None, _) => signets
+                .iter()
+                .find(|p| p.encryption_key == own_key)
+                .map_or(Signer::Missing(String::new()), Signer::Known),
+        };
+
+        let mut signatures = Vec::new();
+        let mut tree_signature = None;
+        for (i, plain) in &plains {
+            let c = &raw.chunks[*i];
+            let mut sig = [0u8; SIG_LEN];
+            sig.copy_from_slice(&plain[..SIG_LEN]);
+            let (signer, verdict) = match c.kind {
+                ChunkType::AuthorTree => {
+                    let v = tree_verdict(&raw, &author, &sig);
+                    tree_signature = match v {
+                        Verdict::Valid => Some(TreeSignature::Spec),
+                        Verdict::ValidLibdimeTree => Some(TreeSignature::LibdimeCompat),
+                        _ => None,
+                    };
+                    (Actor::Author, v)
+                }
+                ChunkType::AuthorFull => {
+                    (Actor::Author, author.verdict(raw.prefix_below(226), &sig))
+                }
+                ChunkType::OriginMetaBounce
+                | ChunkType::OriginDisplayBounce
+                | ChunkType::OriginFull => {
+                    let limit = match c.kind {
+                        ChunkType::OriginMetaBounce => 64,
+                        ChunkType::OriginDisplayBounce => 128,
+                        _ => 255,
+                    };
+                    let v = if sig == [0u8; SIG_LEN] {
+                        Verdict::Placeholder
+                    } else {
+                        origin.verdict(raw.prefix_below(limit), &sig)
+                    };
+                    (Actor::Origin, v)
+                }
+                _ => (Actor::Author, author.verdict(&plain[SIG_LEN..], &sig)),
+            };
+            signatures.push(SignatureCheck {
+                chunk: c.kind,
+                signer,
+                verdict,
+            });
+        }
+
+        Report {
+            actor,
+            chunks,
+            origin_envelope,
+            destination_envelope,
+            signatures,
+            tree_signature,
+        }
+    }
 }
 
 fn tree_verdict(raw: &RawMessage<'_>, author: &Signer<'_>, sig: &[u8; SIG_LEN]) -> Verdict {
