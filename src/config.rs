@@ -99,6 +99,10 @@ pub struct DmtpConfig {
     /// of looked up in DNS, by lower-case domain name. Operator configuration: trusted as a
     /// DNSSEC-secure record is.
     pub statics: std::collections::BTreeMap<String, crate::discovery::StaticDx>,
+    /// `pool_sessions` (idle DMTP sessions kept per destination for the next transaction; 0:
+    /// close each after its jobs; at most `delivery.max_connections_per_hop` are open at once)
+    /// and `pool_idle_timeout` (how long one is kept idle).
+    pub pool: crate::discovery::pool::PoolPolicy,
 }
 
 /// `[backend]`.
@@ -361,6 +365,18 @@ impl Config {
                 }
             },
             statics: static_dx_map(&raw.dmtp.statics)?,
+            pool: crate::discovery::pool::PoolPolicy {
+                max_idle_per_destination: usize::try_from(raw.dmtp.pool_sessions)
+                    .unwrap_or(usize::MAX),
+                idle_timeout: duration_in(
+                    "dmtp.pool_idle_timeout",
+                    &raw.dmtp.pool_idle_timeout,
+                    SECOND,
+                    // Under the 5 min a server waits for the next command (RFC 5321 §4.5.3.2.7).
+                    Duration::from_secs(240),
+                )?,
+                ..crate::discovery::pool::PoolPolicy::default()
+            },
             connect_port: port("dmtp.connect_port", raw.dmtp.connect_port)?,
             dual_mode_port: port("dmtp.dual_mode_port", raw.dmtp.dual_mode_port)?,
             ca_file: raw.dmtp.ca_file,
@@ -1104,6 +1120,8 @@ struct RawDmtp {
     max_message_size: Option<Scalar>,
     #[serde(rename = "static")]
     statics: Vec<RawStaticDx>,
+    pool_sessions: u32,
+    pool_idle_timeout: Scalar,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1126,6 +1144,8 @@ impl Default for RawDmtp {
             ca_file: None,
             max_message_size: None,
             statics: Vec::new(),
+            pool_sessions: 20,
+            pool_idle_timeout: Scalar::Text("30s".into()),
         }
     }
 }

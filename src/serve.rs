@@ -90,6 +90,8 @@ pub fn discovery(
     settings.connect_port = config.dmtp.connect_port;
     settings.dual_mode_port = config.dmtp.dual_mode_port;
     settings.statics = config.dmtp.statics.clone();
+    settings.pool = config.dmtp.pool;
+    settings.max_sessions_per_destination = config.delivery.max_connections_per_hop;
     let ehlo = config
         .domains
         .first()

@@ -65,6 +65,9 @@ pub struct DiscoverySettings {
     pub statics: BTreeMap<String, StaticDx>,
     /// Idle DMTP sessions kept for the next transaction to the same destination.
     pub pool: PoolPolicy,
+    /// Most DMTP sessions open at once to one destination; a delivery beyond waits for one to
+    /// come free (and reuses it) rather than connecting.
+    pub max_sessions_per_destination: usize,
 }
 
 /// A domain's `_dx` record and DX address from the configuration (`[[dmtp.static]]`).
@@ -102,6 +105,7 @@ impl DiscoverySettings {
             cache: CachePolicy::default(),
             statics: BTreeMap::new(),
             pool: PoolPolicy::default(),
+            max_sessions_per_destination: 20,
         }
     }
 }
@@ -323,6 +327,8 @@ pub struct Discovery {
     store: Option<crate::store::Store>,
     /// Idle sessions by destination domain.
     pool: Arc<Mutex<PoolCell>>,
+    /// Session slots by destination domain ([`DiscoverySettings::max_sessions_per_destination`]).
+    slots: Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
 /// A session and what it was trusted under, in or out of the pool.
@@ -377,6 +383,7 @@ impl Discovery {
                 pool: SessionPool::new(settings_pool),
                 reaper: false,
             })),
+            slots: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -498,6 +505,7 @@ impl Discovery {
         jobs: Vec<Job>,
     ) -> Result<(Vec<ClientEvent>, Contact), DiscoveryError> {
         let key = domain.trim_end_matches('.').to_ascii_lowercase();
+        let _slot = self.slot(&key).acquire_owned().await;
         let Some(mut pooled) = self.take_pooled(&key, record, verdict) else {
             return self.run_new(domain, &key, record, verdict, jobs).await;
         };
@@ -625,6 +633,21 @@ impl Discovery {
                 attempts: vec![line],
             }),
         }
+    }
+
+    /// The session slots of destination `key`.
+    fn slot(&self, key: &str) -> Arc<tokio::sync::Semaphore> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.len() > 4096 {
+            // Forget destinations nobody is sending to, so the map does not grow with each.
+            slots.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        let limit = self.settings.max_sessions_per_destination.max(1);
+        Arc::clone(
+            slots
+                .entry(key.to_owned())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(limit))),
+        )
     }
 
     /// An idle session to `key` trusted under `record` and `verdict` whose peer has not

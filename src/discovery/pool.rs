@@ -34,7 +34,7 @@ impl Default for PoolPolicy {
             idle_timeout: Duration::from_secs(30),
             max_age: Duration::from_secs(600),
             max_uses: 1000,
-            max_idle_per_destination: 16,
+            max_idle_per_destination: 20,
             max_idle: 256,
         }
     }
