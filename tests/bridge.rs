@@ -22,6 +22,9 @@ type Sessions = Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
 
 struct Tap {
     sessions: Sessions,
+    /// Connections numbered below this are cut: the next bytes their client sends close them
+    /// both ways, unforwarded (a peer that went away without a word, seen only when used).
+    cut_below: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Tap {
@@ -29,6 +32,8 @@ impl Tap {
         let listener = TcpListener::bind(listen).expect("bind tap");
         let sessions: Sessions = Arc::default();
         let record = Arc::clone(&sessions);
+        let cut_below = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let cut = Arc::clone(&cut_below);
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
@@ -49,9 +54,15 @@ impl Tap {
                     (server, client, false),
                 ] {
                     let record = Arc::clone(&record);
+                    let cut = Arc::clone(&cut);
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 65536];
                         while let Ok(n) = from.read(&mut buf) {
+                            if upstream_side && slot < cut.load(std::sync::atomic::Ordering::SeqCst)
+                            {
+                                let _ = from.shutdown(std::net::Shutdown::Both);
+                                break;
+                            }
                             if n == 0 || to.write_all(&buf[..n]).is_err() {
                                 break;
                             }
@@ -64,7 +75,16 @@ impl Tap {
                 }
             }
         });
-        Tap { sessions }
+        Tap {
+            sessions,
+            cut_below,
+        }
+    }
+
+    /// Cuts every connection open now (see [`Tap::cut_below`]); new ones pass.
+    fn cut(&self) {
+        let n = self.sessions.lock().unwrap().len();
+        self.cut_below.store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Every byte of every connection, both ways.
@@ -217,6 +237,11 @@ struct Pair {
 
 impl Pair {
     fn new(more_b: impl FnOnce(&Side), a_extra: &str, b_extra: &str) -> Pair {
+        Pair::with(more_b, a_extra, b_extra, "")
+    }
+
+    /// As [`Pair::new`], with `a_dmtp` added to A's `[dmtp]` section.
+    fn with(more_b: impl FnOnce(&Side), a_extra: &str, b_extra: &str, a_dmtp: &str) -> Pair {
         let port = free_port();
         let tap_port = free_port();
         let a = Side::new("secure.test", "127.0.0.2", port);
@@ -236,7 +261,11 @@ impl Pair {
         let tap = Tap::start(format!("127.0.0.3:{tap_port}").parse().unwrap(), b.dmtp);
         let fast_retry =
             "[queue]\nretry = [\"1s\"]\njitter_percent = 0\npoll_interval = \"200ms\"\n";
-        a.write_config(&dns, tap_port, &format!("{a_extra}{fast_retry}"));
+        a.write_config(
+            &format!("{a_dmtp}{dns}"),
+            tap_port,
+            &format!("{a_extra}{fast_retry}"),
+        );
         b.write_config(&dns, port, &format!("{b_extra}{fast_retry}"));
         Pair { a, b, tree, tap }
     }
@@ -247,12 +276,14 @@ fn legacy_mail_crosses_two_gateways_sealed_and_arrives_as_sent() {
     let relay_sink = Sink::start(&[]);
     let backend = Sink::start(&[]);
     let a_mailbox = Sink::start(&[]);
+    // Each DMTP session on its own connection (no pooling), so the tap's byte count per
+    // connection isolates each transfer (the sizes checked below); pooling has its own test.
     let Pair {
         a,
         b,
         tap,
         tree: _tree,
-    } = Pair::new(
+    } = Pair::with(
         |b| {
             ok(&b.cli(&["users", "add", "dave@other.test"]));
             ok(&b.cli(&["users", "add", "carol@other.test", "--mode", "cautious"]));
@@ -281,6 +312,7 @@ fn legacy_mail_crosses_two_gateways_sealed_and_arrives_as_sent() {
             "[backend]\naddress = \"{}\"\nstarttls = \"off\"\n",
             backend.addr
         ),
+        "pool_sessions = 0\n",
     );
     let carol_keys = b.dir.path().join("carol-keys");
     let gw_a = a.start();
@@ -583,6 +615,123 @@ fn postfix_to_postfix_through_both_gateways() {
         pair.tap.sent().len(),
         before,
         "no DMTP session for a bogus domain"
+    );
+}
+
+/// Messages to one domain share pooled DMTP sessions (fewer sessions than messages, counted on
+/// the wire by the tap and by A's metrics), and a pooled session the peer dropped loses nothing:
+/// one cut silently (found dead only when used: the transfer goes again on a new session), and
+/// all of them when B is killed and restarted.
+#[test]
+fn pooled_sessions_carry_many_messages_and_a_dead_one_loses_nothing() {
+    let backend = Sink::start(&[]);
+    let pair = Pair::new(
+        |_| {},
+        "[relay]\nnetworks = [\"127.0.0.0/8\"]\n",
+        &format!(
+            "[backend]\naddress = \"{}\"\nstarttls = \"off\"\n",
+            backend.addr
+        ),
+    );
+    let gw_a = pair.a.start();
+    let mut gw_b = pair.b.start();
+    let send = |range: std::ops::Range<usize>| {
+        for i in range {
+            let subject = format!("pooled-{i:03}");
+            smtp_send(
+                gw_a.smtp,
+                "alice@secure.test",
+                &["bob@other.test"],
+                &mail("bob@other.test", &subject, "x\r\n"),
+            )
+            .expect("accepted");
+        }
+    };
+    let arrived = || {
+        let mut seen: Vec<String> = backend
+            .messages()
+            .iter()
+            .filter_map(|m| {
+                let at = m.find("Subject: pooled-")?;
+                Some(m[at + 9..at + 19].to_owned())
+            })
+            .collect();
+        seen.sort();
+        seen.dedup();
+        seen
+    };
+    let wait_for = |n: usize, gw_b: &Gateway| {
+        wait_until(
+            Duration::from_secs(60),
+            || arrived().len() >= n,
+            || {
+                format!(
+                    "{} of {n} arrived\nA:\n{}\nB:\n{}",
+                    arrived().len(),
+                    gw_a.log_text(),
+                    gw_b.log_text()
+                )
+            },
+        )
+    };
+    let sessions = |how: &str| {
+        common::metric(
+            &gw_a.metrics(),
+            &format!("dimegate_dmtp_client_sessions_total{{how=\"{how}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+
+    // 1. N messages, one after another: a handful of connections carry them all.
+    const N: usize = 12;
+    send(0..N);
+    wait_for(N, &gw_b);
+    let connections = pair.tap.sent().len();
+    assert!(
+        connections <= N / 2,
+        "{N} messages (and their signet look-ups) took {connections} DMTP connections"
+    );
+    let (new, reused) = (sessions("new"), sessions("reused"));
+    assert_eq!(new, connections as f64, "A's count of new sessions");
+    assert!(reused >= (N - connections) as f64, "reused {reused}");
+
+    // 2. The idle sessions die without a word; the next transfer finds out at MAIL and goes
+    // again on a new session, at once (no deferral, no bounce).
+    pair.tap.cut();
+    send(N..N + 1);
+    wait_for(N + 1, &gw_b);
+    let retries =
+        common::metric(&gw_a.metrics(), "dimegate_dmtp_client_pool_retries_total").unwrap_or(0.0);
+    assert!(
+        retries >= 1.0,
+        "no resend on a new session:\n{}",
+        gw_a.log_text()
+    );
+    assert!(
+        pair.tap.sent().len() > connections,
+        "a new connection after the cut"
+    );
+    assert!(
+        !gw_a.log_text().contains("DMTP transfer refused"),
+        "{}",
+        gw_a.log_text()
+    );
+
+    // 3. B killed and restarted under the pool: its sessions are gone; nothing is lost.
+    gw_b.kill9();
+    gw_b.spawn();
+    send(N + 1..2 * N);
+    wait_for(2 * N, &gw_b);
+    assert_eq!(arrived().len(), 2 * N);
+    wait_until(
+        Duration::from_secs(30),
+        || gw_a.queue_json().is_empty(),
+        || format!("A: {:?}", gw_a.queue_json()),
+    );
+    assert!(
+        !gw_a.log_text().contains("DSN queued"),
+        "{}",
+        gw_a.log_text()
     );
 }
 

@@ -1205,6 +1205,59 @@ mod tests {
     }
 
     #[test]
+    fn a_dead_pooled_session_resends_all_but_an_unanswered_message() {
+        use crate::dmtp::client::Step;
+        let closed = |step| ClientError::ConnectionClosed { step };
+        let failed = |job: Option<u64>, step| ClientEvent::Failed {
+            job: job.map(JobId),
+            error: closed(step),
+        };
+        // Dead before MAIL was answered: every job goes again.
+        let events = vec![
+            failed(None, Step::Mail),
+            failed(Some(1), Step::Mail),
+            failed(Some(2), Step::Mail),
+        ];
+        assert_eq!(unfinished(&events), vec![JobId(1), JobId(2)]);
+        // The first was delivered; the second's message was sent and not answered: only the
+        // third, which never began, goes again (the second is deferred: B may have stored it).
+        let events = vec![
+            ClientEvent::Delivered {
+                job: JobId(1),
+                txid: None,
+                commit: "h".into(),
+            },
+            failed(None, Step::Message),
+            failed(Some(2), Step::Message),
+            failed(Some(3), Step::Message),
+        ];
+        assert_eq!(unfinished(&events), vec![JobId(3)]);
+        // A job refused on its own merits stands; a healthy session resends nothing.
+        let refused = ClientEvent::Failed {
+            job: Some(JobId(1)),
+            error: ClientError::SessionEnded,
+        };
+        assert!(unfinished(&[refused.clone()]).is_empty());
+        assert_eq!(
+            unfinished(&[
+                refused,
+                failed(None, Step::Reset),
+                failed(Some(2), Step::Reset)
+            ]),
+            vec![JobId(2)]
+        );
+        // A session lost before anything ran.
+        let lost = session_lost(
+            &ConnectError::Io {
+                addr: "127.0.0.1:1".parse().unwrap(),
+                source: std::io::ErrorKind::BrokenPipe.into(),
+            },
+            2,
+        );
+        assert_eq!(unfinished(&lost), vec![JobId(1), JobId(2)]);
+    }
+
+    #[test]
     fn permanence_and_labels() {
         let e = DiscoveryError::NoRecord {
             domain: "x.test".into(),
