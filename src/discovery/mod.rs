@@ -1237,7 +1237,7 @@ mod tests {
             job: Some(JobId(1)),
             error: ClientError::SessionEnded,
         };
-        assert!(unfinished(&[refused.clone()]).is_empty());
+        assert!(unfinished(std::slice::from_ref(&refused)).is_empty());
         assert_eq!(
             unfinished(&[
                 refused,

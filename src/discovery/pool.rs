@@ -268,7 +268,7 @@ mod tests {
         // Other destinations are not mixed up.
         assert!(pool.checkin("c.test", 3, Lifetime::new(t0), t0).is_empty());
         assert!(pool.checkout("b.test", t0, |_| true).0.is_none());
-        assert!(pool.is_empty() == false && pool.len() == 1);
+        assert!(!pool.is_empty() && pool.len() == 1);
     }
 
     #[test]
