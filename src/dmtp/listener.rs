@@ -12,6 +12,11 @@
 //! (431 when the queue is full, 452 when the disk is, 451 on other failures). A refused or
 //! interrupted transfer leaves nothing behind: the store is written only at the end, in one
 //! commit.
+//!
+//! A transfer whose origin is one of our own domains is a *submission* from one of our DIME
+//! authors and takes the checks of [`submission`] instead.
+
+mod submission;
 
 use super::codec::{SignetName, TxId};
 use super::server::{
@@ -237,6 +242,10 @@ pub async fn verify_and_store(
     peer: SocketAddr,
 ) -> Result<TxId, TransferRefusal> {
     let origin_name = t.origin.as_str().to_owned();
+    // Our own domain as origin: one of our authors submitting (see `submission`).
+    if let Some(org) = ctx.org(&origin_name) {
+        return submission::accept(ctx, org, t, peer).await;
+    }
     let org = ctx
         .org(t.destination.as_str())
         .ok_or(TransferRefusal::WrongDestinationSignet)?;
