@@ -676,3 +676,246 @@ fn kill_9_of_either_gateway_during_a_flood_loses_nothing() {
     );
     assert!(all - unique <= N / 2, "{} duplicates", all - unique);
 }
+
+/// `dimegate message seal` as a DIME author's client: author-signed only, for submission.
+/// `recipient` names the mailbox the destination chunk carries (the exit: a legacy address).
+fn seal_submission(
+    side: &Side,
+    author_dir: &std::path::Path,
+    destination_signet: &std::path::Path,
+    recipient_signet: &std::path::Path,
+    recipient: Option<&str>,
+    mail: &str,
+) -> Vec<u8> {
+    let mut cmd = Command::new(bin());
+    cmd.args(["message", "seal", "--author-key"])
+        .arg(author_dir.join("1.key"))
+        .arg("--author-signet")
+        .arg(author_dir.join("1.signet"))
+        .arg("--origin-signet")
+        .arg(side.path("org.signet"))
+        .arg("--destination-signet")
+        .arg(destination_signet)
+        .arg("--recipient-signet")
+        .arg(recipient_signet);
+    if let Some(r) = recipient {
+        cmd.args(["--recipient", r]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(mail.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "seal: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// `dimegate dmtp send` of `message` to `origin`'s DX, as a submission to `origin`. The client
+/// runs with `client`'s configuration (its DNS and DMTP port); it holds no keys.
+fn submit(client: &Side, origin: &Side, message: &[u8]) -> Output {
+    let file = client
+        .dir
+        .path()
+        .join(format!("submission-{}.dmime", rand_suffix()));
+    std::fs::write(&file, message).unwrap();
+    client.cli(&[
+        "dmtp",
+        "send",
+        file.to_str().unwrap(),
+        "--origin",
+        origin.domain,
+        "--origin-signet",
+        origin.path("org.signet").to_str().unwrap(),
+    ])
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The exit flow: alice@secure.test, a DIME author hosted at A, submits over DMTP. Sealed to
+/// A's exit identity for a legacy mailbox, A opens it and relays it over SMTP with its body
+/// intact; sealed for bob@other.test, A signs it as origin and B delivers it. A submission
+/// whose author is not A's, or whose author signature is broken, is refused with the DMTP code
+/// and leaves nothing in A's queue.
+#[test]
+fn dime_authors_submit_over_dmtp_to_legacy_and_dime_recipients() {
+    let relay_sink = Sink::start(&[]);
+    let a_mailbox = Sink::start(&[]);
+    let backend = Sink::start(&[]);
+    let pair = Pair::new(
+        |_| {},
+        &format!(
+            "[relay]\nsmarthost = \"{}\"\nsmarthost_tls = \"off\"\n\
+             [backend]\naddress = \"{}\"\nstarttls = \"off\"\n",
+            relay_sink.addr, a_mailbox.addr
+        ),
+        &format!(
+            "[backend]\naddress = \"{}\"\nstarttls = \"off\"\n",
+            backend.addr
+        ),
+    );
+    let (a, b) = (&pair.a, &pair.b);
+    let gw_a = a.start();
+    let gw_b = b.start();
+    // The exit identity exists once A has started.
+    wait_until(
+        Duration::from_secs(20),
+        || a.path("users/dime-bridge/1.signet").exists(),
+        || gw_a.log_text(),
+    );
+    let alice = a.path("users/alice");
+    let alice_fp = ok(&Command::new(bin())
+        .args(["signet", "show"])
+        .arg(alice.join("1.signet"))
+        .output()
+        .unwrap());
+
+    // 1. To a legacy mailbox, through the exit.
+    let body = "Exit line one.\r\n..dot line\r\nLast: caf\u{e9}.\r\n";
+    let to_dave = mail("dave@legacy.other.test", "Exit-path-kestrel", body);
+    let sealed = seal_submission(
+        a,
+        &alice,
+        &a.path("org.signet"),
+        &a.path("users/dime-bridge/1.signet"),
+        Some("dave@legacy.other.test"),
+        &to_dave,
+    );
+    let sent = ok(&submit(b, a, &sealed));
+    assert!(sent.starts_with("accepted ["), "{sent}");
+    wait_until(
+        Duration::from_secs(30),
+        || !relay_sink.messages().is_empty(),
+        || gw_a.log_text(),
+    );
+    let relayed = relay_sink.messages().remove(0);
+    assert!(relayed.contains("dave@legacy.other.test"), "{relayed}");
+    // smtp-sink stores LF line ends and ends its dump with one more.
+    let message = common::dumped_message(&relayed);
+    let (head, got_body) = message.split_once("\n\n").expect("a message");
+    assert_eq!(
+        got_body.strip_suffix('\n'),
+        Some(body.replace("\r\n", "\n").as_str()),
+        "body bytes"
+    );
+    for line in to_dave.split_once("\r\n\r\n").unwrap().0.split("\r\n") {
+        assert!(head.contains(line), "{line:?} missing from\n{head}");
+    }
+    assert!(
+        head.contains("Received: from secure.test by mx.secure.test with DMTP id "),
+        "{head}"
+    );
+    let fp_line = alice_fp
+        .lines()
+        .find_map(|l| l.strip_prefix("crypto fingerprint: "))
+        .unwrap_or_else(|| panic!("{alice_fp}"));
+    assert!(
+        head.contains(&format!(
+            "Authentication-Results: mx.secure.test; dime=pass (author alice@secure.test [{}]",
+            fp_line.trim()
+        )),
+        "{head}"
+    );
+    assert!(
+        relayed.contains("alice@secure.test"),
+        "envelope sender: {relayed}"
+    );
+
+    // 2. To a DIME recipient: signed by A as origin, over DMTP to B, opened there for Bob.
+    let before = pair.tap.sent().len();
+    let to_bob = mail("bob@other.test", "Submitted-heron", "Sealed by Alice.\r\n");
+    let sealed = seal_submission(
+        a,
+        &alice,
+        &b.path("org.signet"),
+        &b.path("users/bob/1.signet"),
+        None,
+        &to_bob,
+    );
+    ok(&submit(b, a, &sealed));
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            backend
+                .messages()
+                .iter()
+                .any(|m| m.contains("Submitted-heron"))
+        },
+        || format!("A:\n{}\nB:\n{}", gw_a.log_text(), gw_b.log_text()),
+    );
+    let at_bob = backend
+        .messages()
+        .into_iter()
+        .find(|m| m.contains("Submitted-heron"))
+        .unwrap();
+    assert!(at_bob.contains("Sealed by Alice."), "{at_bob}");
+    assert!(
+        at_bob
+            .contains("Authentication-Results: mx.other.test; dime=pass (author alice@secure.test"),
+        "{at_bob}"
+    );
+    assert!(
+        pair.tap.sent().len() > before,
+        "A reached B through the tap"
+    );
+    let wire = pair.tap.all();
+    for secret in ["heron", "Sealed by Alice", "bob", "alice"] {
+        assert!(
+            !wire.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret:?} visible on the wire"
+        );
+    }
+    assert_eq!(flow_count(&gw_a, "submitted"), 1.0);
+    wait_until(
+        Duration::from_secs(20),
+        || gw_a.queue_json().is_empty(),
+        || format!("{:?}", gw_a.queue_json()),
+    );
+
+    // 3. Refused: an author who is not A's (bob@other.test, submitting through A), and Alice's
+    // message with one bit flipped in a content chunk (her tree signature covers it).
+    let bob = b.path("users/bob");
+    let foreign = seal_submission(
+        a,
+        &bob,
+        &a.path("org.signet"),
+        &a.path("users/dime-bridge/1.signet"),
+        Some("dave@legacy.other.test"),
+        &mail("dave@legacy.other.test", "Relay-attempt-magpie", "x\r\n"),
+    );
+    let refused = submit(b, a, &foreign);
+    assert_eq!(refused.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&refused.stdout);
+    assert!(text.contains("575"), "{text}");
+    let mut tampered = seal_submission(
+        a,
+        &alice,
+        &a.path("org.signet"),
+        &a.path("users/dime-bridge/1.signet"),
+        Some("dave@legacy.other.test"),
+        &mail("dave@legacy.other.test", "Tampered-wren", "y\r\n"),
+    );
+    let at = tampered.len() - 1600;
+    tampered[at] ^= 1;
+    let refused = submit(b, a, &tampered);
+    assert_eq!(refused.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&refused.stdout);
+    assert!(text.contains("578"), "{text}");
+    assert!(gw_a.queue_json().is_empty(), "{:?}", gw_a.queue_json());
+    assert_eq!(relay_sink.messages().len(), 1, "nothing more left A");
+}

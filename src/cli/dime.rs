@@ -782,10 +782,11 @@ mod message_tests {
         let args = SealArgs {
             author_key: vec_path("auth.keys"),
             author_signet: vec_path("auth.signet"),
-            origin_key: vec_path("orig.keys"),
+            origin_key: Some(vec_path("orig.keys")),
             origin_signet: vec_path("orig.signet"),
             destination_signet: vec_path("dest.signet"),
             recipient_signet: vec_path("recp.signet"),
+            recipient: None,
             libdime_tree: false,
         };
         let mut sealed = Vec::new();
