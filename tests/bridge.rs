@@ -213,10 +213,21 @@ struct Pair {
     b: Side,
     tree: KnotTree,
     tap: Tap,
+    /// With [`Pair::with_back_tap`]: the tap B reaches A's DX through.
+    back: Option<Tap>,
 }
 
 impl Pair {
     fn new(more_b: impl FnOnce(&Side), a_extra: &str, b_extra: &str) -> Pair {
+        Pair::build(more_b, a_extra, b_extra, false)
+    }
+
+    /// As [`Pair::new`], and B reaches A through a tap of its own too.
+    fn with_back_tap(more_b: impl FnOnce(&Side), a_extra: &str, b_extra: &str) -> Pair {
+        Pair::build(more_b, a_extra, b_extra, true)
+    }
+
+    fn build(more_b: impl FnOnce(&Side), a_extra: &str, b_extra: &str, back_tap: bool) -> Pair {
         let port = free_port();
         let tap_port = free_port();
         let a = Side::new("secure.test", "127.0.0.2", port);
@@ -234,11 +245,24 @@ impl Pair {
             tree.trust_anchor()
         );
         let tap = Tap::start(format!("127.0.0.3:{tap_port}").parse().unwrap(), b.dmtp);
+        let (back, b_connect) = if back_tap {
+            let back_port = free_port();
+            let back = Tap::start(format!("127.0.0.2:{back_port}").parse().unwrap(), a.dmtp);
+            (Some(back), back_port)
+        } else {
+            (None, port)
+        };
         let fast_retry =
             "[queue]\nretry = [\"1s\"]\njitter_percent = 0\npoll_interval = \"200ms\"\n";
         a.write_config(&dns, tap_port, &format!("{a_extra}{fast_retry}"));
-        b.write_config(&dns, port, &format!("{b_extra}{fast_retry}"));
-        Pair { a, b, tree, tap }
+        b.write_config(&dns, b_connect, &format!("{b_extra}{fast_retry}"));
+        Pair {
+            a,
+            b,
+            tree,
+            tap,
+            back,
+        }
     }
 }
 
@@ -252,6 +276,7 @@ fn legacy_mail_crosses_two_gateways_sealed_and_arrives_as_sent() {
         b,
         tap,
         tree: _tree,
+        ..
     } = Pair::new(
         |b| {
             ok(&b.cli(&["users", "add", "dave@other.test"]));
@@ -918,4 +943,91 @@ fn dime_authors_submit_over_dmtp_to_legacy_and_dime_recipients() {
     assert!(text.contains("578"), "{text}");
     assert!(gw_a.queue_json().is_empty(), "{:?}", gw_a.queue_json());
     assert_eq!(relay_sink.messages().len(), 1, "nothing more left A");
+}
+
+/// A permanent failure at B's backend for mail that came over DMTP is not silence: B, which
+/// opened it for Bob, seals an RFC 3464 report to its author, alice@secure.test, from B's bridge
+/// identity, and sends it over DMTP; A opens it for Alice. The wire from B to A shows none of it.
+#[test]
+fn a_backend_refusal_at_b_goes_back_to_the_author_sealed() {
+    let a_mailbox = Sink::start(&[]);
+    // B's backend refuses every recipient for good (550).
+    let backend = Sink::start(&["-f", "RCPT"]);
+    let pair = Pair::with_back_tap(
+        |_| {},
+        &format!(
+            "[relay]\nnetworks = [\"127.0.0.0/8\"]\n\
+             [backend]\naddress = \"{}\"\nstarttls = \"off\"\n",
+            a_mailbox.addr
+        ),
+        &format!(
+            "[backend]\naddress = \"{}\"\nstarttls = \"off\"\n",
+            backend.addr
+        ),
+    );
+    let gw_a = pair.a.start();
+    let gw_b = pair.b.start();
+    let secret = "Refused-mail-puffin";
+    smtp_send(
+        gw_a.smtp,
+        "alice@secure.test",
+        &["bob@other.test"],
+        &mail("bob@other.test", secret, "Bounce me, sealed.\r\n"),
+    )
+    .expect("accepted");
+    wait_until(
+        Duration::from_secs(60),
+        || {
+            a_mailbox
+                .messages()
+                .iter()
+                .any(|m| m.contains("Status: 5."))
+        },
+        || format!("A:\n{}\nB:\n{}", gw_a.log_text(), gw_b.log_text()),
+    );
+    let dsn = a_mailbox
+        .messages()
+        .into_iter()
+        .find(|m| m.contains("Status: 5."))
+        .unwrap();
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; bob@other.test"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Action: failed"), "{dsn}");
+    assert!(dsn.contains(secret), "the report names the message: {dsn}");
+    assert!(
+        dsn.contains(
+            "Authentication-Results: mx.secure.test; dime=pass (author dime-bridge@other.test"
+        ),
+        "{dsn}"
+    );
+    assert!(gw_b.log_text().contains("sealed DSN queued"));
+    // What B sent A: signet look-ups and the sealed report, none of it legible.
+    let back = pair.back.as_ref().unwrap();
+    let wire = back.all();
+    assert!(
+        back.sent().iter().any(|&n| n > 4096),
+        "a sealed transfer went B -> A: {:?}",
+        back.sent()
+    );
+    for plain in [
+        secret,
+        "bob@other.test",
+        "alice",
+        "Status:",
+        "Final-Recipient",
+        "puffin",
+    ] {
+        assert!(
+            !wire.windows(plain.len()).any(|w| w == plain.as_bytes()),
+            "{plain:?} visible on the wire B -> A"
+        );
+    }
+    // Both queues settle: the failure is final at B, the report delivered at A.
+    wait_until(
+        Duration::from_secs(30),
+        || gw_a.queue_json().is_empty() && gw_b.queue_json().is_empty(),
+        || format!("A: {:?}\nB: {:?}", gw_a.queue_json(), gw_b.queue_json()),
+    );
 }
