@@ -1031,3 +1031,137 @@ fn a_backend_refusal_at_b_goes_back_to_the_author_sealed() {
         || format!("A: {:?}\nB: {:?}", gw_a.queue_json(), gw_b.queue_json()),
     );
 }
+
+/// `dime = "off"` for a domain that publishes `_dx`: A relays its mail in clear over SMTP to the
+/// smarthost, as configured, and never opens a DMTP session (no `_dx` asked, no signet fetched).
+#[test]
+fn dime_off_relays_a_dime_domain_over_smtp_without_dmtp() {
+    let relay_sink = Sink::start(&[]);
+    let backend = Sink::start(&[]);
+    let pair = Pair::new(
+        |_| {},
+        &format!(
+            "[relay]\nnetworks = [\"127.0.0.0/8\"]\nsmarthost = \"{}\"\nsmarthost_tls = \"off\"\n\
+             [[destination]]\ndomain = \"other.test\"\ndime = \"off\"\n",
+            relay_sink.addr
+        ),
+        &format!(
+            "[backend]\naddress = \"{}\"\nstarttls = \"off\"\n",
+            backend.addr
+        ),
+    );
+    let gw_a = pair.a.start();
+    let _gw_b = pair.b.start();
+    let sent = mail(
+        "bob@other.test",
+        "Policy-off-stoat",
+        "In clear, as asked.\r\n",
+    );
+    smtp_send(gw_a.smtp, "alice@secure.test", &["bob@other.test"], &sent).expect("accepted");
+    wait_until(
+        Duration::from_secs(30),
+        || !relay_sink.messages().is_empty(),
+        || gw_a.log_text(),
+    );
+    let relayed = relay_sink.messages().remove(0);
+    assert!(relayed.contains("Policy-off-stoat"), "{relayed}");
+    assert!(relayed.contains("In clear, as asked."), "{relayed}");
+    assert_eq!(flow_count(&gw_a, "relay"), 1.0);
+    assert_eq!(flow_count(&gw_a, "wrap"), 0.0);
+    assert!(
+        pair.tap.sent().is_empty(),
+        "a DMTP session to B: {:?}",
+        pair.tap.sent()
+    );
+    assert!(backend.messages().is_empty(), "nothing reached B");
+    // `_dx` was not even asked.
+    let log = gw_a.log_text();
+    let routed = log
+        .lines()
+        .find(|l| l.contains("routed") && l.contains("rcpt=bob@other.test"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(routed.contains("dx=NotAsked"), "{routed}");
+}
+
+/// DIME mail for a cautious user at B (carol@other.test, who holds her own key) is handed to
+/// the backend sealed as it came, in the MIME shape of the README; Carol's key opens it with
+/// `dimegate message open`, and the mailbox holds none of the text.
+#[test]
+fn dime_mail_for_a_cautious_user_reaches_her_mailbox_sealed() {
+    let backend = Sink::start(&[]);
+    let pair = Pair::new(
+        |b| {
+            ok(&Command::new(bin())
+                .args(["keys", "user", "carol@other.test", "--org-key"])
+                .arg(b.path("org.key"))
+                .arg("--out")
+                .arg(b.dir.path().join("carol-keys"))
+                .output()
+                .unwrap());
+            ok(&b.cli(&["users", "add", "carol@other.test", "--mode", "cautious"]));
+            let signet = b.dir.path().join("carol-keys/carol@other.test.signet");
+            ok(&b.cli(&[
+                "users",
+                "import-signet",
+                "carol@other.test",
+                signet.to_str().unwrap(),
+            ]));
+        },
+        "[relay]\nnetworks = [\"127.0.0.0/8\"]\n",
+        &format!(
+            "[backend]\naddress = \"{}\"\nstarttls = \"off\"\n",
+            backend.addr
+        ),
+    );
+    let gw_a = pair.a.start();
+    let gw_b = pair.b.start();
+    let body = "For Carol's eyes: the ledger is in drawer 7.\r\n";
+    let sent = mail("carol@other.test", "Cautious-path-ibis", body);
+    smtp_send(gw_a.smtp, "alice@secure.test", &["carol@other.test"], &sent).expect("accepted");
+    wait_until(
+        Duration::from_secs(60),
+        || !backend.messages().is_empty(),
+        || format!("A:\n{}\nB:\n{}", gw_a.log_text(), gw_b.log_text()),
+    );
+    let stored = backend.messages().remove(0);
+    assert!(stored.contains("application/vnd.dime.dmime"), "{stored}");
+    for secret in ["Cautious-path-ibis", "ledger", "drawer 7"] {
+        assert!(
+            !stored.contains(secret),
+            "{secret:?} in the mailbox: {stored}"
+        );
+    }
+    assert_eq!(flow_count(&gw_a, "wrap"), 1.0);
+    assert_eq!(flow_count(&gw_b, "pass_sealed"), 1.0);
+    assert_eq!(flow_count(&gw_b, "unwrap"), 0.0);
+    // The object is the one A sealed, as it crossed the wire: a bucket size.
+    let b64: String = stored
+        .split("filename=\"message.dmime\"")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| !l.starts_with("--"))
+        .collect();
+    use base64::Engine;
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .expect("base64 D/MIME");
+    assert_eq!(wrapped_sizes(&gw_a), vec![sealed.len()]);
+    let mut open = Command::new(bin())
+        .args(["message", "open", "--as", "recipient", "--key"])
+        .arg(pair.b.dir.path().join("carol-keys/carol@other.test.key"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    open.stdin.take().unwrap().write_all(&sealed).unwrap();
+    let opened = open.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&opened.stdout);
+    assert!(
+        text.contains("Subject: Cautious-path-ibis") && text.ends_with(body),
+        "carol's key opens it: {text}{}",
+        String::from_utf8_lossy(&opened.stderr)
+    );
+}
