@@ -168,6 +168,40 @@ mod tests {
         assert!(message::open(&msg, Actor::Destination, key, &org).is_err());
     }
 
+    fn vector(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/../shared/dime-vectors/d1-libdime/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// libdime's own message as its author left it, submitted to a.example: we sign it as
+    /// libdime's origin stage did, byte for byte (Ed25519 is deterministic, and the origin
+    /// signatures are re-encrypted under the author's chunk keys and IVs).
+    #[test]
+    fn libdime_authors_message_is_signed_as_libdime_signed_it() {
+        let key = crate::dime::PrivateKey::parse(
+            &crate::dime::armor::decode_any(&vector("orig.keys")).unwrap(),
+        )
+        .unwrap();
+        let org = Signet::parse(&vector("orig.signet.bin")).unwrap();
+        let author = Signet::parse(&vector("auth.signet.bin")).unwrap();
+        let msg = vector("msg.from_author.bin");
+        let input = SubmitInput {
+            message: &msg,
+            org: Identity {
+                signet: &org,
+                key: &key,
+            },
+            domain: "a.example",
+        };
+        let (sub, signed) = submission_sign(&input, &author).unwrap();
+        assert_eq!(sub.author, "alice@a.example");
+        assert_eq!(sub.destination, "b.example");
+        assert_eq!(signed, vector("msg.from_origin.bin"));
+    }
+
     #[test]
     fn what_the_author_cannot_vouch_for_is_refused() {
         let w = testkit::world();

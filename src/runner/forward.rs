@@ -56,7 +56,7 @@ pub(super) async fn pass_on(
         .map(|_| {
             Job::Deliver(Transfer {
                 origin: origin.clone(),
-                origin_fingerprint: origin_fingerprint.clone(),
+                origin_fingerprint,
                 destination: destination.clone(),
                 // The org signet the author sealed to; the receiver answers 576 if it is not
                 // (or no longer) one of its own.
