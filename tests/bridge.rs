@@ -943,6 +943,30 @@ fn dime_authors_submit_over_dmtp_to_legacy_and_dime_recipients() {
     assert!(text.contains("578"), "{text}");
     assert!(gw_a.queue_json().is_empty(), "{:?}", gw_a.queue_json());
     assert_eq!(relay_sink.messages().len(), 1, "nothing more left A");
+
+    // 4. After the exit identity's key is rotated, mail sealed to its previous signet still
+    // leaves.
+    ok(&a.cli(&["users", "rotate", "dime-bridge@secure.test"]));
+    assert!(a.path("users/dime-bridge/2.signet").exists());
+    let late = seal_submission(
+        a,
+        &alice,
+        &a.path("org.signet"),
+        &a.path("users/dime-bridge/1.signet"),
+        Some("dave@legacy.other.test"),
+        &mail("dave@legacy.other.test", "Old-exit-signet-crane", "z\r\n"),
+    );
+    ok(&submit(b, a, &late));
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            relay_sink
+                .messages()
+                .iter()
+                .any(|m| m.contains("Old-exit-signet-crane"))
+        },
+        || gw_a.log_text(),
+    );
 }
 
 /// A permanent failure at B's backend for mail that came over DMTP is not silence: B, which

@@ -86,33 +86,46 @@ pub(super) async fn accept(
         dime: None,
     };
     let body = if submission.destination.eq_ignore_ascii_case(&org.domain) {
-        let (exit_signet, exit_key) = ctx
-            .keystore
-            .signing_identity(&bridge_address(&org.domain))
-            .map_err(|e| {
-                warn!(error = %e, "exit identity unavailable");
-                TransferRefusal::StoreFailed
-            })?;
+        let exit = bridge_address(&org.domain);
+        let generations = ctx.keystore.user(&exit).map_err(|e| {
+            warn!(error = %e, "exit identity unavailable");
+            TransferRefusal::StoreFailed
+        })?;
         let trace_id = format!("S{:016X}", rand::random::<u64>());
-        let exited = bridge::unwrap_exit_finish(
-            &ExitInput {
-                message: &t.body,
-                org: input.org,
-                domain: &org.domain,
-                exit_key: &exit_key,
-                hostname: &ctx.hostname,
-                queue_id: &trace_id,
-                received_at: UnixTime(arrival_unix),
-            },
-            Some(&author_signet),
-        )
-        .map_err(|e| refusal(&org.domain, &e))?;
+        // Newest first: after a rotation, mail sealed to the previous exit signet still opens.
+        let mut opened = Err(BridgeError::NotForUs(Actor::Recipient));
+        for generation in generations.generations.iter().rev().filter(|g| g.has_key) {
+            let exit_key = ctx
+                .keystore
+                .user_key(&exit, generation.number)
+                .map_err(|e| {
+                    warn!(error = %e, "exit key unavailable");
+                    TransferRefusal::StoreFailed
+                })?;
+            opened = bridge::unwrap_exit_finish(
+                &ExitInput {
+                    message: &t.body,
+                    org: input.org,
+                    domain: &org.domain,
+                    exit_key: &exit_key,
+                    hostname: &ctx.hostname,
+                    queue_id: &trace_id,
+                    received_at: UnixTime(arrival_unix),
+                },
+                Some(&author_signet),
+            )
+            .map(|exited| (exited, generation.number));
+            if !matches!(opened, Err(BridgeError::NotForUs(Actor::Recipient))) {
+                break;
+            }
+        }
+        let (exited, exit_generation) = opened.map_err(|e| refusal(&org.domain, &e))?;
         let recipient = exited.unwrapped.recipient;
         if !is_mailbox(&recipient) {
             warn!(%recipient, "exit submission names no usable mailbox");
             return Err(TransferRefusal::InvalidRecipient);
         }
-        info!(author = %submission.author, %recipient, exit = %exit_signet.crypto_fingerprint(), trace_id, "exit: submission opened for a legacy mailbox");
+        info!(author = %submission.author, %recipient, exit_generation, trace_id, "exit: submission opened for a legacy mailbox");
         envelope.recipients.push(Recipient {
             address: recipient,
             notify: None,
