@@ -18,7 +18,8 @@
 //! sign as origin, and the origin chunk's destination decides:
 //!
 //! * **our own domain: the exit.** The recipient keyslot must be sealed to the domain's exit
-//!   identity ([`crate::identity::bridge_address`]; 510 if our key does not open it). It is
+//!   identity ([`crate::identity::bridge_address`], any of its key generations, newest first;
+//!   510 if none opens it). It is
 //!   opened here, the RFC 5322 message rebuilt with `Received:` and `Authentication-Results:
 //!   <host>; dime=pass (author … [fingerprint]; origin …)`, and queued as ordinary mail from the
 //!   author to the legacy mailbox the destination chunk names: the runner routes it like any
@@ -30,6 +31,11 @@
 //!   on over DMTP as it is.
 //!
 //! Nothing is queued for a refused submission.
+//!
+//! Not checked: that a submission is new. Whoever holds a copy our author sealed with us as
+//! origin (its DIME recipient, for one) could submit it again, and it would go again to the
+//! same destination and recipient it was sealed for; the de-duplication of DMTP acceptance is
+//! where that belongs.
 
 use super::{DmtpContext, TransferRefusal, TxId};
 use crate::bridge::{
