@@ -676,16 +676,23 @@ fn kill_9_of_either_gateway_during_a_flood_loses_nothing() {
         }
         acked
     });
+    // B first, while it is storing transfers and delivering them; then A, once the flood crosses
+    // again, while transfers B has accepted are in flight: A sends those again after its restart.
     wait_until(
         Duration::from_secs(60),
         || backend.messages().len() >= 5,
         || gw_b.log_text(),
     );
     gw_b.kill9();
-    std::thread::sleep(Duration::from_millis(300));
+    gw_b.spawn();
+    let before_a = backend.messages().len();
+    wait_until(
+        Duration::from_secs(60),
+        || backend.messages().len() >= before_a + 5,
+        || format!("A:\n{}\nB:\n{}", gw_a.log_text(), gw_b.log_text()),
+    );
     gw_a.kill9();
     gw_a.spawn();
-    gw_b.spawn();
     let acked = flood.join().unwrap();
     assert!(acked.len() >= N / 2, "the flood got going: {}", acked.len());
     let arrived = || {
