@@ -614,4 +614,6 @@ fn init_tables(db: &Database) -> Result<u64, StoreError> {
 }
 
 #[cfg(test)]
+mod once_tests;
+#[cfg(test)]
 mod tests;
