@@ -12,6 +12,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,19 +23,41 @@ type Sessions = Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
 
 struct Tap {
     sessions: Sessions,
+    /// While set, what the server sends is dropped once the client has sent
+    /// [`WITHHOLD_AFTER`] bytes since it was set: the client never hears the reply to a message.
+    withhold: Arc<AtomicBool>,
+    sent_since_withhold: Arc<AtomicUsize>,
+    /// Both sockets of every connection, for [`Tap::cut`].
+    open: Arc<Mutex<Vec<TcpStream>>>,
 }
+
+/// More than a transaction's commands, less than a sealed message's smallest bucket (4 KiB).
+const WITHHOLD_AFTER: usize = 3000;
 
 impl Tap {
     fn start(listen: SocketAddr, upstream: SocketAddr) -> Tap {
         let listener = TcpListener::bind(listen).expect("bind tap");
         let sessions: Sessions = Arc::default();
         let record = Arc::clone(&sessions);
+        let withhold = Arc::new(AtomicBool::new(false));
+        let sent_since_withhold = Arc::new(AtomicUsize::new(0));
+        let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (withhold_, sent_, open_) = (
+            Arc::clone(&withhold),
+            Arc::clone(&sent_since_withhold),
+            Arc::clone(&open),
+        );
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
                 let Ok(server) = TcpStream::connect(upstream) else {
                     continue;
                 };
+                {
+                    let mut open = open_.lock().unwrap();
+                    open.push(client.try_clone().unwrap());
+                    open.push(server.try_clone().unwrap());
+                }
                 let slot = {
                     let mut s = record.lock().unwrap();
                     s.push((Vec::new(), Vec::new()));
@@ -49,10 +72,21 @@ impl Tap {
                     (server, client, false),
                 ] {
                     let record = Arc::clone(&record);
+                    let (withhold, sent) = (Arc::clone(&withhold_), Arc::clone(&sent_));
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 65536];
                         while let Ok(n) = from.read(&mut buf) {
-                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                            if n == 0 {
+                                break;
+                            }
+                            let held = withhold.load(Ordering::SeqCst);
+                            if upstream_side && held {
+                                sent.fetch_add(n, Ordering::SeqCst);
+                            }
+                            let drop_it = !upstream_side
+                                && held
+                                && sent.load(Ordering::SeqCst) >= WITHHOLD_AFTER;
+                            if !drop_it && to.write_all(&buf[..n]).is_err() {
                                 break;
                             }
                             let mut s = record.lock().unwrap();
@@ -64,7 +98,27 @@ impl Tap {
                 }
             }
         });
-        Tap { sessions }
+        Tap {
+            sessions,
+            withhold,
+            sent_since_withhold,
+            open,
+        }
+    }
+
+    /// From now on the client does not hear the server's reply to a message (see
+    /// [`Tap::withhold`]).
+    fn withhold_replies(&self) {
+        self.sent_since_withhold.store(0, Ordering::SeqCst);
+        self.withhold.store(true, Ordering::SeqCst);
+    }
+
+    /// Closes every connection so far, both ways, and forwards everything again.
+    fn cut(&self) {
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        self.withhold.store(false, Ordering::SeqCst);
     }
 
     /// Every byte of every connection, both ways.
@@ -606,11 +660,15 @@ fn header<'a>(message: &'a str, name: &str) -> Option<&'a str> {
 }
 
 fn flood_copies(backend: &Sink) -> Vec<Copy> {
+    flood_copies_matching(backend, |s| s.starts_with("flood-"))
+}
+
+fn flood_copies_matching(backend: &Sink, wanted: impl Fn(&str) -> bool) -> Vec<Copy> {
     backend
         .messages()
         .iter()
         .filter_map(|m| {
-            let subject = header(m, "Subject: ").filter(|s| s.starts_with("flood-"))?;
+            let subject = header(m, "Subject: ").filter(|s| wanted(s))?;
             let (_, after) = m.split_once(" with DMTP id ")?;
             let b_queue_id = after.split(';').next()?.trim().to_owned();
             Some(Copy {
@@ -796,4 +854,83 @@ fn kill_9_of_either_gateway_during_a_flood_loses_nothing() {
         delivered_again as u64 <= b_in_flight,
         "{delivered_again} copies delivered again by B, but B had only {b_in_flight} deliveries in flight at the kill"
     );
+}
+
+/// The one case the flood above can only hit by chance, made to happen: B stores a transfer and
+/// its `2xx` never reaches A (the tap drops it, then cuts the connection). A retries with the
+/// same sealed bytes, B answers with the first txid, and the backend gets the message once.
+#[test]
+fn a_transfer_whose_2xx_was_lost_is_retried_with_the_same_bytes_and_delivered_once() {
+    let backend = Sink::start(&[]);
+    let pair = Pair::new(
+        |_| {},
+        "[relay]\nnetworks = [\"127.0.0.0/8\"]\n",
+        &format!(
+            "[backend]\naddress = \"{}\"\nstarttls = \"off\"\n",
+            backend.addr
+        ),
+    );
+    let gw_a = pair.a.start();
+    let gw_b = pair.b.start();
+    // One message first, so that signets are cached and any connection A keeps is warm.
+    let warm = mail("bob@other.test", "Warm-up-heron", "x\r\n");
+    smtp_send(gw_a.smtp, "alice@secure.test", &["bob@other.test"], &warm).expect("accepted");
+    wait_until(
+        Duration::from_secs(60),
+        || flood_copies_with(&backend, "Warm-up-heron").len() == 1,
+        || format!("A:\n{}\nB:\n{}", gw_a.log_text(), gw_b.log_text()),
+    );
+    let stored = |gw: &Gateway| gw.log_text().matches("DMTP message stored").count();
+    let stored_before = stored(&gw_b);
+
+    pair.tap.withhold_replies();
+    let text = mail("bob@other.test", "Lost-reply-osprey", "Once only.\r\n");
+    smtp_send(gw_a.smtp, "alice@secure.test", &["bob@other.test"], &text).expect("accepted");
+    wait_until(
+        Duration::from_secs(60),
+        || stored(&gw_b) > stored_before,
+        || format!("A:\n{}\nB:\n{}", gw_a.log_text(), gw_b.log_text()),
+    );
+    // B has it on disk and has answered; A has not heard. The connection goes.
+    pair.tap.cut();
+    wait_until(
+        Duration::from_secs(60),
+        || gw_a.queue_json().is_empty() && gw_b.queue_json().is_empty(),
+        || format!("A: {:?}\nB: {:?}", gw_a.queue_json(), gw_b.queue_json()),
+    );
+    let (log_a, log_b) = (gw_a.log_text(), gw_b.log_text());
+    let first_txid = log_b
+        .lines()
+        .filter(|l| l.contains("DMTP message stored"))
+        .nth(stored_before)
+        .and_then(|l| l.split_once("queue_id=")?.1.split_whitespace().next())
+        .map(str::to_owned)
+        .expect("B logged the transfer it stored");
+    assert!(
+        log_b.contains(&format!(
+            "DMTP transfer already queued: a retry, answered with its first txid queue_id={first_txid}"
+        )),
+        "{log_b}"
+    );
+    assert_eq!(stored(&gw_b), stored_before + 1, "B queued it once");
+    assert!(
+        log_a.contains("sending the copy sealed before again"),
+        "A resent its kept copy, not a new seal: {log_a}"
+    );
+    assert!(log_a.contains(&format!("txid={first_txid}")), "{log_a}");
+    assert_eq!(
+        wrapped_sizes(&gw_a).len(),
+        2,
+        "sealed once per message: {log_a}"
+    );
+    // Give a second copy, if there were one, time to arrive.
+    std::thread::sleep(Duration::from_secs(2));
+    let copies = flood_copies_with(&backend, "Lost-reply-osprey");
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(copies[0].b_queue_id, first_txid);
+}
+
+/// The copies of the message with `subject` the backend received.
+fn flood_copies_with(backend: &Sink, subject: &str) -> Vec<Copy> {
+    flood_copies_matching(backend, |s| s == subject)
 }
