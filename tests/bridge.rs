@@ -789,9 +789,6 @@ fn kill_9_of_either_gateway_during_a_flood_loses_nothing() {
     let mut copies = flood_copies(&backend);
     copies.sort();
     let (log_a, log_b) = (gw_a.log_text(), gw_b.log_text());
-    std::fs::write("/tmp/exactly-ev-a.log", &log_a).unwrap();
-    std::fs::write("/tmp/exactly-ev-b.log", &log_b).unwrap();
-    std::fs::write("/tmp/exactly-ev-copies.txt", format!("{copies:#?}")).unwrap();
     // Per message: its copies, and the distinct DMTP ids among them.
     let mut by_subject: std::collections::BTreeMap<&str, Vec<&Copy>> = Default::default();
     for c in &copies {

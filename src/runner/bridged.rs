@@ -147,8 +147,7 @@ impl BridgeTransport {
             origin_signet: &origin,
             origin_domain: &arrival.origin,
         };
-        let need =
-            super::cpu_bound(|| bridge::unwrap_prepare(&input)).map_err(|e| bridge_outcome(&e))?;
+        let need = bridge::unwrap_prepare(&input).map_err(|e| bridge_outcome(&e))?;
         let author: Option<Signet> = match self.discovery.user_signet(&need.author).await {
             Ok(found) => Some(found.signet),
             // Worth another try later; a signet that cannot be had for good is `dime=fail`.
@@ -157,8 +156,8 @@ impl BridgeTransport {
             }
             Err(_) => None,
         };
-        let opened = super::cpu_bound(|| bridge::unwrap_finish(&input, author.as_ref()))
-            .map_err(|e| bridge_outcome(&e))?;
+        let opened =
+            bridge::unwrap_finish(&input, author.as_ref()).map_err(|e| bridge_outcome(&e))?;
         info!(rcpt = %address, author = %opened.author, origin = %opened.origin, dime = ?opened.dime, "unwrapped");
         let mut envelope = message.envelope.clone();
         if let Some(from) = opened.envelope_from {
@@ -210,8 +209,8 @@ impl BridgeTransport {
             authentication_results: None,
             padding: self.padding,
         };
-        let body = super::cpu_bound(|| bridge::protect(&input, &mut rand::rngs::OsRng))
-            .map_err(|e| bridge_outcome(&e))?;
+        let body =
+            bridge::protect(&input, &mut rand::rngs::OsRng).map_err(|e| bridge_outcome(&e))?;
         info!(rcpt = %address, size = body.len(), "protected at rest");
         let mut envelope = message.envelope.clone();
         envelope.body_8bit = false;

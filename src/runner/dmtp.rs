@@ -168,7 +168,7 @@ impl DmtpTransport {
                 authentication_results: Some(&authentication_results),
                 padding: self.padding,
             };
-            let sealed = match super::cpu_bound(|| bridge::wrap(&input, &mut rand::rngs::OsRng)) {
+            let sealed = match bridge::wrap(&input, &mut rand::rngs::OsRng) {
                 Ok(sealed) => sealed,
                 Err(e) => {
                     outcomes.push((index, bridge_outcome(&e)));

@@ -820,19 +820,6 @@ async fn settler(store: Store, mut rx: mpsc::UnboundedReceiver<SettleRequest>) {
     }
 }
 
-/// Runs CPU-heavy work (sealing, opening, signature checks) off the runtime's worker threads
-/// when the runtime has others: a task does not yield while it computes, and one delivery's
-/// crypto on a worker thread delays every task queued behind it, among them deliveries that have
-/// their next hop's `250` and only need to record it. Between that `250` and the settle commit a
-/// crash delivers the message twice (RFC 1047), so that wait must stay short. On a
-/// current-thread runtime (unit tests) it just runs `f`.
-pub(crate) fn cpu_bound<R>(f: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
-
 /// A D/MIME message that arrived over DMTP holds sealed bytes, not RFC 5322: it must never be
 /// handed to an SMTP next hop as it is. Without the DIME transports (which open it for trustful
 /// users and pass it on sealed for cautious ones) it waits; the hold keeps it visible in `queue
