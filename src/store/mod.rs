@@ -12,6 +12,9 @@
 //! | `counts`   | state (u8)           | recipients in that state, kept by every write      |
 //! | `meta`     | name (str)           | u64; `last_queue_id`, `counts_version`             |
 //! | `bodies`   | queue id (u64)       | small bodies of records written by release 1 only  |
+//! | `sealed_copies` | (queue id, recipient) | a wrapped copy, kept until its recipient settles (`sealed.rs`) |
+//! | `dmtp_seen`, `dmtp_seen_by_time` | transfer hash; (time, queue id) | DMTP transfers accepted, for retries (`dedup.rs`) |
+//! | `signets`  | name                 | the signet cache (`signets.rs`)                    |
 //!
 //! ## Layout, and why: what a queued message costs on disk
 //!
