@@ -644,7 +644,7 @@ fn postfix_to_postfix_through_both_gateways() {
 /// its Message-ID (unique per message, so a resend by the client would show as a new one) and the
 /// queue id B gave it (`Received: ... with DMTP id <queue id>`, B's half of the DMTP txid).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Copy {
+struct Arrived {
     subject: String,
     message_id: String,
     b_queue_id: String,
@@ -659,11 +659,11 @@ fn header<'a>(message: &'a str, name: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-fn flood_copies(backend: &Sink) -> Vec<Copy> {
+fn flood_copies(backend: &Sink) -> Vec<Arrived> {
     flood_copies_matching(backend, |s| s.starts_with("flood-"))
 }
 
-fn flood_copies_matching(backend: &Sink, wanted: impl Fn(&str) -> bool) -> Vec<Copy> {
+fn flood_copies_matching(backend: &Sink, wanted: impl Fn(&str) -> bool) -> Vec<Arrived> {
     backend
         .messages()
         .iter()
@@ -671,7 +671,7 @@ fn flood_copies_matching(backend: &Sink, wanted: impl Fn(&str) -> bool) -> Vec<C
             let subject = header(m, "Subject: ").filter(|s| wanted(s))?;
             let (_, after) = m.split_once(" with DMTP id ")?;
             let b_queue_id = after.split(';').next()?.trim().to_owned();
-            Some(Copy {
+            Some(Arrived {
                 subject: subject.to_owned(),
                 message_id: header(m, "Message-ID: ").unwrap_or_default().to_owned(),
                 b_queue_id,
@@ -790,7 +790,7 @@ fn kill_9_of_either_gateway_during_a_flood_loses_nothing() {
     copies.sort();
     let (log_a, log_b) = (gw_a.log_text(), gw_b.log_text());
     // Per message: its copies, and the distinct DMTP ids among them.
-    let mut by_subject: std::collections::BTreeMap<&str, Vec<&Copy>> = Default::default();
+    let mut by_subject: std::collections::BTreeMap<&str, Vec<&Arrived>> = Default::default();
     for c in &copies {
         by_subject.entry(c.subject.as_str()).or_default().push(c);
     }
@@ -928,6 +928,6 @@ fn a_transfer_whose_2xx_was_lost_is_retried_with_the_same_bytes_and_delivered_on
 }
 
 /// The copies of the message with `subject` the backend received.
-fn flood_copies_with(backend: &Sink, subject: &str) -> Vec<Copy> {
+fn flood_copies_with(backend: &Sink, subject: &str) -> Vec<Arrived> {
     flood_copies_matching(backend, |s| s == subject)
 }
