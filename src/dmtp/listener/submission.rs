@@ -32,10 +32,10 @@
 //!
 //! Nothing is queued for a refused submission.
 //!
-//! Not checked: that a submission is new. Whoever holds a copy our author sealed with us as
-//! origin (its DIME recipient, for one) could submit it again, and it would go again to the
-//! same destination and recipient it was sealed for; the de-duplication of DMTP acceptance is
-//! where that belongs.
+//! A submission is de-duplicated like any transfer (`Store::append_dmtp`, keyed on the bytes as
+//! submitted): the same bytes again, a client's retry or a replay by whoever holds a copy, get
+//! the first txid and are not queued twice, for as long as the de-duplication table remembers
+//! them.
 
 use super::{DmtpContext, TransferRefusal, TxId};
 use crate::bridge::{
@@ -157,12 +157,19 @@ pub(super) async fn accept(
         signed
     };
     let size = body.len() as u64;
+    // Keyed on the bytes as submitted: a client retrying a submission whose `2xx` it never
+    // heard gets the first txid, and the same submission twice is queued once.
+    let key = crate::store::DedupKey::for_transfer(&org.domain, &t.body);
     match ctx
         .store
-        .append_limited(envelope, body, ctx.pressure.max_messages())
+        .append_dmtp(envelope, body, ctx.pressure.max_messages(), key)
         .await
     {
-        Ok(queue_id) => {
+        Ok(crate::store::Appended::Seen(queue_id)) => {
+            info!(%queue_id, author = %submission.author, "DMTP submission already queued: answered with its first txid");
+            TxId::parse(&queue_id.to_string()).map_err(|_| TransferRefusal::StoreFailed)
+        }
+        Ok(crate::store::Appended::Stored(queue_id)) => {
             ctx.pressure.note_stored(size);
             info!(%queue_id, author = %submission.author, destination = %submission.destination, size, "DMTP submission queued");
             TxId::parse(&queue_id.to_string()).map_err(|_| TransferRefusal::StoreFailed)
