@@ -3,7 +3,7 @@
 #
 #   benches/dmtp-ingest.sh [MESSAGES] [ROUNDS]      (defaults: 2000 messages, 3 rounds)
 #   PERF=1 benches/dmtp-ingest.sh [MESSAGES] [ROUNDS]   also: one more DMTP round with B under
-#                                        `perf record -g`, and the top of its profile
+#                                        `perf record --call-graph dwarf`, and the top of its profile
 #
 # Two gateways on loopback, A (secure.test, 127.0.0.2) and B (other.test, 127.0.0.3), with their
 # _dx records in a DNSSEC-signed Knot tree (../shared/testbed/mk-knot-tree.sh). One 10 KiB message
@@ -129,7 +129,7 @@ printf "median: dmtp %.1f msg/s, smtp %.1f msg/s, ratio %.2fx (%d x 10 KiB, %d s
     "$D" "$S" "$(echo "$D / $S" | bc -l)" "$((PER * SESSIONS))" "$SESSIONS" "$(nproc)" "$(cut -d' ' -f1 /proc/loadavg)"
 
 if [ -n "${PERF:-}" ]; then
-    perf record -g -F 499 -p "$B_PID" -o "$TB/b.perf" >/dev/null 2>&1 & PB=$!
+    perf record --call-graph dwarf,32768 -F 499 -p "$B_PID" -o "$TB/b.perf" >/dev/null 2>&1 & PB=$!
     sleep 1
     d=$(load "$PER")
     kill -INT "$PB"; wait "$PB" 2>/dev/null || true
