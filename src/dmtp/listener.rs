@@ -12,6 +12,11 @@
 //! (431 when the queue is full, 452 when the disk is, 451 on other failures). A refused or
 //! interrupted transfer leaves nothing behind: the store is written only at the end, in one
 //! commit.
+//!
+//! The append is [`Store::append_dmtp`](crate::store::Store::append_dmtp): a transfer whose
+//! bytes (from the same origin) were stored before is the origin retrying one whose `2xx` it
+//! never heard (the sender keeps each sealed copy until it settles, so retries are
+//! byte-identical); it is answered `2xx OK [first txid]` and not queued again.
 
 use super::codec::{SignetName, TxId};
 use super::server::{
@@ -268,8 +273,13 @@ pub async fn verify_and_store(
     let secret = org.key.encryption_secret().clone();
     let keystore = ctx.keystore.clone();
     let body = t.body;
+    let origin_for_key = origin_name.clone();
     let checked = tokio::task::spawn_blocking(move || {
-        let checked = check_transfer(&body, &secret, &origin_party, &keystore);
+        // The de-duplication key hashes the whole message too: here, and only once it passed.
+        let checked = check_transfer(&body, &secret, &origin_party, &keystore).map(|c| {
+            let key = crate::store::DedupKey::for_transfer(&origin_for_key, &body);
+            (c, key)
+        });
         (checked, body)
     })
     .await;
@@ -277,11 +287,14 @@ pub async fn verify_and_store(
         warn!(error = %e, "DMTP verification task failed");
         TransferRefusal::StoreFailed
     })?;
-    let Checked {
-        recipient,
-        recipient_fingerprint,
-        origin_fingerprint,
-    } = checked?;
+    let (
+        Checked {
+            recipient,
+            recipient_fingerprint,
+            origin_fingerprint,
+        },
+        key,
+    ) = checked?;
     let arrival_unix = crate::time::UnixTime::now().0;
     let env = Envelope {
         // DSNs for DIME arrivals go back sealed to the author (the bridge's work); the null
@@ -314,10 +327,14 @@ pub async fn verify_and_store(
     let size = sealed_size as u64;
     match ctx
         .store
-        .append_limited(env, body, ctx.pressure.max_messages())
+        .append_dmtp(env, body, ctx.pressure.max_messages(), key)
         .await
     {
-        Ok(queue_id) => {
+        Ok(crate::store::Appended::Seen(queue_id)) => {
+            info!(%queue_id, origin = %origin_name, recipient = %recipient, sealed_size, "DMTP transfer already queued: a retry, answered with its first txid");
+            TxId::parse(&queue_id.to_string()).map_err(|_| TransferRefusal::StoreFailed)
+        }
+        Ok(crate::store::Appended::Stored(queue_id)) => {
             ctx.pressure.note_stored(size);
             info!(%queue_id, origin = %origin_name, recipient = %recipient, %origin_fingerprint, sealed_size, "DMTP message stored");
             // The queue id is the transaction id the sender logs: one name on both sides.
