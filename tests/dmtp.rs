@@ -635,5 +635,14 @@ fn two_gateways_answer_signet_lookups_and_transfer_over_dmtp() {
         gw_b.log_text()
     );
     assert_eq!(queued(&gw_b).len(), count, "no half-stored message");
+    // Sealed to a recipient B no longer hosts: the signatures verify, then 510, nothing stored.
+    ok(&b.cli(&["users", "remove", "bob@other.test"]));
+    let (good, text) = send("secure.test", &a_fp, &sealed);
+    assert!(!good && text.contains("510"), "{text}");
+    assert_eq!(
+        queued(&gw_b).len(),
+        count,
+        "nothing stored for an unhosted recipient"
+    );
     drop(gw_a);
 }
