@@ -2,6 +2,8 @@
 # DMTP ingest versus SMTP accept, one gateway, same run, same durability.
 #
 #   benches/dmtp-ingest.sh [MESSAGES] [ROUNDS]      (defaults: 2000 messages, 3 rounds)
+#   PERF=1 benches/dmtp-ingest.sh [MESSAGES] [ROUNDS]   also: one more DMTP round with B under
+#                                        `perf record --call-graph dwarf`, and the top of its profile
 #
 # Two gateways on loopback, A (secure.test, 127.0.0.2) and B (other.test, 127.0.0.3), with their
 # _dx records in a DNSSEC-signed Knot tree (../shared/testbed/mk-knot-tree.sh). One 10 KiB message
@@ -12,8 +14,10 @@
 #         against A's org signet (from B's signet cache: one warm-up transfer fetched it through
 #         DNSSEC and A's DMTP server, as a busy peer's would be) and the append was fsync'd.
 #   smtp: smtp-source -s 20 -d pushes MESSAGES 10 KiB messages into B's SMTP port (fsync'd too).
-# Prints msg/s per run, the medians and the ratio dmtp/smtp (goal >= 0.7).
-# Needs root, knot (knotd, knotc, keymgr), postfix (smtp-source), bc, curl.
+# Prints msg/s per run, the gateway's CPU and the load client's CPU (dmtp_load or smtp-source,
+# which share the machine's cores with the gateway), the medians and the ratio dmtp/smtp
+# (goal >= 0.7).
+# Needs root, knot (knotd, knotc, keymgr), postfix (smtp-source), bc, curl, GNU time; perf for PERF=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 M=${1:-2000}; ROUNDS=${2:-3}; SESSIONS=20
@@ -91,8 +95,8 @@ fp() {  # fp CONFIG_OF DOMAIN -> crypto fingerprint of DOMAIN's org signet, as d
 }
 A_FP=$(fp b secure.test); B_FP=$(fp a other.test)
 [ -n "$A_FP" ] && [ -n "$B_FP" ] || { echo "lookup failed" >&2; exit 1; }
-load() {  # load N -> msg/s
-    target/release/examples/dmtp_load "127.0.0.3:$DMTP_PORT" dx.other.test "$B_REC" \
+load() {  # load N -> msg/s; the client's CPU seconds in $TB/client.cpu
+    /usr/bin/time -f '%U %S' -o "$TB/client.cpu" target/release/examples/dmtp_load "127.0.0.3:$DMTP_PORT" dx.other.test "$B_REC" \
         secure.test "$A_FP" other.test "$B_FP" "$TB/sealed.dmime" "$SESSIONS" "$1" |
         sed -n 's/.* rate \(.*\)/\1/p'
 }
@@ -102,23 +106,40 @@ load 1 >/dev/null
 smtp_run() {
     local t0 t1
     t0=$(date +%s.%N)
-    smtp-source -s "$SESSIONS" -d -m "$M" -l 10240 -f a@client.test -t bob@other.test \
+    /usr/bin/time -f '%U %S' -o "$TB/client.cpu" smtp-source -s "$SESSIONS" -d -m "$M" -l 10240 -f a@client.test -t bob@other.test \
         "127.0.0.3:$SMTP_PORT" >/dev/null
     t1=$(date +%s.%N)
     echo "$M / ($t1 - $t0)" | bc -l
 }
+client_cpu() { awk '{print $1+$2}' "$TB/client.cpu"; }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 PER=$(( (M + SESSIONS - 1) / SESSIONS ))
 dmtp_rates=(); smtp_rates=()
 for r in $(seq "$ROUNDS"); do
-    dmtp_once() { local c0; c0=$(b_cpu); d=$(load "$PER"); dc=$(echo "($(b_cpu)-$c0)/$HZ" | bc -l); }
-    smtp_once() { local c0; c0=$(b_cpu); s=$(smtp_run); sc=$(echo "($(b_cpu)-$c0)/$HZ" | bc -l); }
+    dmtp_once() { local c0; c0=$(b_cpu); d=$(load "$PER"); dc=$(echo "($(b_cpu)-$c0)/$HZ" | bc -l); dl=$(client_cpu); }
+    smtp_once() { local c0; c0=$(b_cpu); s=$(smtp_run); sc=$(echo "($(b_cpu)-$c0)/$HZ" | bc -l); sl=$(client_cpu); }
     if [ $((r % 2)) -eq 1 ]; then dmtp_once; smtp_once; else smtp_once; dmtp_once; fi
     # The gateway's CPU per run (user+sys) says whether a gap is work or waiting.
-    printf "round %d: dmtp %8.1f msg/s (gateway cpu %.2fs)   smtp %8.1f msg/s (gateway cpu %.2fs)   load1 %s\n" \
-        "$r" "$d" "$dc" "$s" "$sc" "$(cut -d' ' -f1 /proc/loadavg)"
+    printf "round %d: dmtp %7.1f msg/s (gateway cpu %.2fs, client %.2fs)   smtp %7.1f msg/s (gateway cpu %.2fs, client %.2fs)   load1 %s\n" \
+        "$r" "$d" "$dc" "$dl" "$s" "$sc" "$sl" "$(cut -d' ' -f1 /proc/loadavg)"
     dmtp_rates+=("$d"); smtp_rates+=("$s")
 done
 D=$(printf '%s\n' "${dmtp_rates[@]}" | median); S=$(printf '%s\n' "${smtp_rates[@]}" | median)
 printf "median: dmtp %.1f msg/s, smtp %.1f msg/s, ratio %.2fx (%d x 10 KiB, %d sessions, %d cores, load1 %s)\n" \
     "$D" "$S" "$(echo "$D / $S" | bc -l)" "$((PER * SESSIONS))" "$SESSIONS" "$(nproc)" "$(cut -d' ' -f1 /proc/loadavg)"
+
+if [ -n "${PERF:-}" ]; then
+    perf record --call-graph dwarf,32768 -F 499 -p "$B_PID" -o "$TB/b.perf" >/dev/null 2>&1 & PB=$!
+    sleep 1
+    d=$(load "$PER")
+    kill -INT "$PB"; wait "$PB" 2>/dev/null || true
+    printf "profiled dmtp round: %.1f msg/s (under perf), %s samples at 499 Hz\n" "$d" \
+        "$(perf report -i "$TB/b.perf" --stdio --sort dso -g none 2>/dev/null | awk '/^# Samples:/ {print $3}')"
+    echo "--- gateway B: top self cost (perf report --no-children) ---"
+    perf report -i "$TB/b.perf" --no-children --stdio --sort dso,symbol -g none 2>/dev/null |
+        grep -E '^ +[0-9]' | head -30 || true
+    echo "--- gateway B: top inclusive cost (perf report --children) ---"
+    perf report -i "$TB/b.perf" --children --stdio --sort symbol -g none 2>/dev/null |
+        grep -E '^ +[0-9]' | head -60 || true
+    [ -z "${PERF_KEEP:-}" ] || cp "$TB/b.perf" "$PERF_KEEP"/
+fi

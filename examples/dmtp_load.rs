@@ -58,8 +58,10 @@ fn run(args: &[String]) -> Result<usize, Box<dyn std::error::Error>> {
         data_type: None,
         message,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread, like smtp-source's event loop: the client shares the machine's cores with
+    // the gateway it measures, so it should cost as little CPU per message as the SMTP side's
+    // load generator (no work stealing, no cross-thread wake-ups).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let started = Instant::now();

@@ -12,6 +12,16 @@
 //! (431 when the queue is full, 452 when the disk is, 451 on other failures). A refused or
 //! interrupted transfer leaves nothing behind: the store is written only at the end, in one
 //! commit.
+//!
+//! The append is [`Store::append_dmtp`](crate::store::Store::append_dmtp): a transfer whose
+//! bytes (from the same origin) were stored before is the origin retrying one whose `2xx` it
+//! never heard (the sender keeps each sealed copy until it settles, so retries are
+//! byte-identical); it is answered `2xx OK [first txid]` and not queued again.
+//!
+//! A transfer whose origin is one of our own domains is a *submission* from one of our DIME
+//! authors and takes the checks of [`submission`] instead.
+
+mod submission;
 
 use super::codec::{SignetName, TxId};
 use super::server::{
@@ -237,6 +247,10 @@ pub async fn verify_and_store(
     peer: SocketAddr,
 ) -> Result<TxId, TransferRefusal> {
     let origin_name = t.origin.as_str().to_owned();
+    // Our own domain as origin: one of our authors submitting (see `submission`).
+    if let Some(org) = ctx.org(&origin_name) {
+        return submission::accept(ctx, org, t, peer).await;
+    }
     let org = ctx
         .org(t.destination.as_str())
         .ok_or(TransferRefusal::WrongDestinationSignet)?;
@@ -262,43 +276,34 @@ pub async fn verify_and_store(
     }
     let mut origin_party = Party::from_signet(&origin);
     origin_party.name = origin_name.clone();
-    let report = message::inspect(
-        &t.body,
-        Actor::Destination,
-        org.key.encryption_secret(),
-        std::slice::from_ref(&origin_party),
-    )
-    .map_err(|e| match e {
-        OpenError::KeyslotMismatch { .. } | OpenError::BadPadding { .. } => {
-            TransferRefusal::WrongDestinationSignet
-        }
-        _ => TransferRefusal::Corrupted,
+    // The keyslot's ECDH, the decryption, the signature checks over the whole message and the
+    // recipient's look-up on disk take a core for a while: on the blocking pool, so that the
+    // runtime's workers keep moving other sessions' bytes meanwhile.
+    let secret = org.key.encryption_secret().clone();
+    let keystore = ctx.keystore.clone();
+    let body = t.body;
+    let origin_for_key = origin_name.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        // The de-duplication key hashes the whole message too: here, and only once it passed.
+        let checked = check_transfer(&body, &secret, &origin_party, &keystore).map(|c| {
+            let key = crate::store::DedupKey::for_transfer(&origin_for_key, &body);
+            (c, key)
+        });
+        (checked, body)
+    })
+    .await;
+    let (checked, body) = checked.map_err(|e| {
+        warn!(error = %e, "DMTP verification task failed");
+        TransferRefusal::StoreFailed
     })?;
-    let envelope = report
-        .destination_envelope
-        .clone()
-        .ok_or(TransferRefusal::WrongDestinationSignet)?;
-    if !envelope.origin.eq_ignore_ascii_case(&origin_name)
-        || envelope.origin_fingerprint != origin_party.fingerprint
-    {
-        return Err(TransferRefusal::InvalidOriginSignature);
-    }
-    if let Err(e) = report.check() {
-        warn!(origin = %origin_name, error = %e, "origin signature refused");
-        return Err(TransferRefusal::InvalidOriginSignature);
-    }
-    let recipient = envelope.recipient.to_ascii_lowercase();
-    match ctx.keystore.user(&recipient) {
-        Ok(_) => {}
-        Err(IdentityError::UnknownUser(_) | IdentityError::NotServed(_)) => {
-            return Err(TransferRefusal::InvalidRecipient);
-        }
-        Err(IdentityError::BadAddress(_)) => return Err(TransferRefusal::InvalidRecipient),
-        Err(e) => {
-            warn!(error = %e, "hosted-user look-up failed");
-            return Err(TransferRefusal::StoreFailed);
-        }
-    }
+    let (
+        Checked {
+            recipient,
+            recipient_fingerprint,
+            origin_fingerprint,
+        },
+        key,
+    ) = checked?;
     let arrival_unix = crate::time::UnixTime::now().0;
     let env = Envelope {
         // DSNs for DIME arrivals go back sealed to the author (the bridge's work); the null
@@ -321,21 +326,24 @@ pub async fn verify_and_store(
         require_tls: false,
         dime: Some(Box::new(DimeArrival {
             origin: origin_name.clone(),
-            origin_fingerprint: origin_party.fingerprint.clone(),
-            recipient_fingerprint: envelope.recipient_fingerprint.clone(),
+            origin_fingerprint: origin_fingerprint.clone(),
+            recipient_fingerprint,
         })),
     };
     // The destination's view of the transfer, for operators (and `dimegate demo`).
-    let sealed_size = t.body.len();
-    let origin_fingerprint = origin_party.fingerprint.clone();
+    let sealed_size = body.len();
     // fsync before 2xx: after this the origin may drop its copy.
     let size = sealed_size as u64;
     match ctx
         .store
-        .append_limited(env, t.body, ctx.pressure.max_messages())
+        .append_dmtp(env, body, ctx.pressure.max_messages(), key)
         .await
     {
-        Ok(queue_id) => {
+        Ok(crate::store::Appended::Seen(queue_id)) => {
+            info!(%queue_id, origin = %origin_name, recipient = %recipient, sealed_size, "DMTP transfer already queued: a retry, answered with its first txid");
+            TxId::parse(&queue_id.to_string()).map_err(|_| TransferRefusal::StoreFailed)
+        }
+        Ok(crate::store::Appended::Stored(queue_id)) => {
             ctx.pressure.note_stored(size);
             info!(%queue_id, origin = %origin_name, recipient = %recipient, %origin_fingerprint, sealed_size, "DMTP message stored");
             // The queue id is the transaction id the sender logs: one name on both sides.
@@ -354,4 +362,72 @@ pub async fn verify_and_store(
             Err(TransferRefusal::StoreFailed)
         }
     }
+}
+
+/// What [`check_transfer`] learnt from a message that passed.
+struct Checked {
+    /// The hosted recipient named in the destination chunk, lower case.
+    recipient: String,
+    /// Its signet fingerprint, as the destination chunk gives it.
+    recipient_fingerprint: String,
+    /// The origin's crypto fingerprint (MAIL's, which the signatures verified against).
+    origin_fingerprint: String,
+}
+
+/// The CPU-bound checks, in the module documentation's order: the message parses and our
+/// destination keyslot opens with `secret` (576 / 451), the destination chunk names `origin`
+/// and its fingerprint, the origin's signatures verify against its signet (578), and the
+/// recipient is hosted here (510).
+fn check_transfer(
+    body: &[u8],
+    secret: &k256::SecretKey,
+    origin: &Party,
+    keystore: &Keystore,
+) -> Result<Checked, TransferRefusal> {
+    let report = message::inspect(
+        body,
+        Actor::Destination,
+        secret,
+        std::slice::from_ref(origin),
+    )
+    .map_err(|e| match e {
+        OpenError::KeyslotMismatch { .. } | OpenError::BadPadding { .. } => {
+            TransferRefusal::WrongDestinationSignet
+        }
+        _ => TransferRefusal::Corrupted,
+    })?;
+    let envelope = report
+        .destination_envelope
+        .as_ref()
+        .ok_or(TransferRefusal::WrongDestinationSignet)?;
+    if !envelope.origin.eq_ignore_ascii_case(&origin.name)
+        || envelope.origin_fingerprint != origin.fingerprint
+    {
+        return Err(TransferRefusal::InvalidOriginSignature);
+    }
+    if let Err(e) = report.check() {
+        warn!(origin = %origin.name, error = %e, "origin signature refused");
+        return Err(TransferRefusal::InvalidOriginSignature);
+    }
+    let recipient = envelope.recipient.to_ascii_lowercase();
+    // Only whether the recipient is hosted: its metadata, not every signet generation.
+    match keystore.user_mode(&recipient) {
+        Ok(_) => {}
+        Err(
+            IdentityError::UnknownUser(_)
+            | IdentityError::NotServed(_)
+            | IdentityError::BadAddress(_),
+        ) => {
+            return Err(TransferRefusal::InvalidRecipient);
+        }
+        Err(e) => {
+            warn!(error = %e, "hosted-user look-up failed");
+            return Err(TransferRefusal::StoreFailed);
+        }
+    }
+    Ok(Checked {
+        recipient,
+        recipient_fingerprint: envelope.recipient_fingerprint.clone(),
+        origin_fingerprint: origin.fingerprint.clone(),
+    })
 }

@@ -559,6 +559,15 @@ impl Keystore {
         self.load_user(&a)
     }
 
+    /// The mode of a hosted user, read from its metadata alone: whether `address` is hosted
+    /// here, for a receiver that checks it per message, without reading and parsing every
+    /// generation's signet as [`Keystore::user`] does. Same errors as [`Keystore::user`].
+    pub fn user_mode(&self, address: &str) -> Result<Mode, IdentityError> {
+        let a = UserAddress::parse(address)?;
+        self.served(&a.domain)?;
+        Ok(self.load_meta(&a)?.mode)
+    }
+
     /// Every hosted user of the served domains (or of one), sorted by address.
     pub fn users(&self, domain: Option<&str>) -> Result<Vec<HostedUser>, IdentityError> {
         let mut out = Vec::new();
@@ -618,19 +627,23 @@ impl Keystore {
         Ok(a)
     }
 
-    fn load_user(&self, a: &UserAddress) -> Result<HostedUser, IdentityError> {
-        let dir = self.user_dir(a);
-        let meta_path = dir.join("user.json");
-        let meta: UserMeta = match std::fs::read(&meta_path) {
+    fn load_meta(&self, a: &UserAddress) -> Result<UserMeta, IdentityError> {
+        let meta_path = self.user_dir(a).join("user.json");
+        match std::fs::read(&meta_path) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| IdentityError::Corrupt {
                 path: meta_path.clone(),
                 reason: e.to_string(),
-            })?,
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(IdentityError::UnknownUser(a.text()));
+                Err(IdentityError::UnknownUser(a.text()))
             }
-            Err(e) => return Err(io(&meta_path)(e)),
-        };
+            Err(e) => Err(io(&meta_path)(e)),
+        }
+    }
+
+    fn load_user(&self, a: &UserAddress) -> Result<HostedUser, IdentityError> {
+        let dir = self.user_dir(a);
+        let meta = self.load_meta(a)?;
         let mut generations = Vec::new();
         for number in 1.. {
             let path = dir.join(format!("{number}.signet"));

@@ -245,3 +245,42 @@ fn users_list_sorted_and_removal_keeps_the_keys_aside() {
         Err(IdentityError::BadAddress(_))
     ));
 }
+
+#[test]
+fn user_mode_answers_like_user_from_the_metadata_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let ks = store(dir.path());
+    let mut r = rng();
+    let (org, _) = ks.ensure_org("example.org", None, &mut r).unwrap();
+    ks.add_user(&org, "Alice@Example.org", Mode::Trustful, &mut r)
+        .unwrap();
+    ks.add_user(&org, "bob@example.org", Mode::Cautious, &mut r)
+        .unwrap();
+    assert_eq!(ks.user_mode("alice@example.org").unwrap(), Mode::Trustful);
+    assert_eq!(ks.user_mode("BOB@example.org").unwrap(), Mode::Cautious);
+    assert!(matches!(
+        ks.user_mode("carol@example.org"),
+        Err(IdentityError::UnknownUser(_))
+    ));
+    assert!(matches!(
+        ks.user_mode("alice@elsewhere.test"),
+        Err(IdentityError::NotServed(_))
+    ));
+    assert!(matches!(
+        ks.user_mode("no-at-sign"),
+        Err(IdentityError::BadAddress(_))
+    ));
+    // It reads the disk each time: a removed user is gone at once, as for `user`.
+    ks.remove_user("bob@example.org", 1_700_000_000).unwrap();
+    assert!(matches!(
+        ks.user_mode("bob@example.org"),
+        Err(IdentityError::UnknownUser(_))
+    ));
+    // Corrupt metadata is an error, not "hosted".
+    let meta = dir.path().join("dime/example.org/users/alice/user.json");
+    std::fs::write(&meta, b"{").unwrap();
+    assert!(matches!(
+        ks.user_mode("alice@example.org"),
+        Err(IdentityError::Corrupt { .. })
+    ));
+}
