@@ -84,7 +84,19 @@ impl DmtpTransport {
                 format!("{domain} or {} cannot be named in DMTP", origin.domain),
             ));
         };
-        let authentication_results = self.checks.results(message.envelope, message.body).await;
+        // DKIM and sealing need the message whole: read within the process's budget for whole
+        // bodies (`crate::body`).
+        let body = match message.body.read_all().await {
+            Ok(body) => body,
+            Err(e) => {
+                return every(local_failure(
+                    false,
+                    EnhancedStatus::new(4, 3, 0),
+                    e.to_string(),
+                ));
+            }
+        };
+        let authentication_results = self.checks.results(message.envelope, &body).await;
         let mut outcomes = Vec::with_capacity(recipients.len());
         let mut jobs = Vec::new();
         let mut job_recipients = Vec::new();
@@ -101,7 +113,7 @@ impl DmtpTransport {
                 }
             };
             let input = WrapInput {
-                message: message.body,
+                message: &body,
                 mail_from: &message.envelope.sender,
                 recipient: address,
                 author: Identity {

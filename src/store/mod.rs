@@ -137,6 +137,8 @@ pub struct StoreOptions {
     pub inline_body_max: usize,
     /// Observes the duration of each group commit, in seconds.
     pub commit_latency: Option<Histogram>,
+    /// The budget that whole reads of body files ([`crate::body::Body::read_all`]) draw on.
+    pub whole_bodies: crate::body::WholeBodies,
 }
 
 /// The default of [`StoreOptions::inline_body_max`]: with its record (about 80 bytes for one
@@ -157,6 +159,7 @@ impl Default for StoreOptions {
             cache_bytes: DEFAULT_CACHE_BYTES,
             inline_body_max: DEFAULT_INLINE_BODY_MAX,
             commit_latency: None,
+            whole_bodies: crate::body::WholeBodies::new(crate::body::DEFAULT_WHOLE_BODY_BUDGET),
         }
     }
 }
@@ -172,6 +175,7 @@ struct Inner {
     slot: Arc<DbSlot>,
     ids: Arc<Ids>,
     inline_body_max: usize,
+    whole_bodies: crate::body::WholeBodies,
     // Option only so that Drop can close the channel before joining the committer.
     requests: Option<mpsc::Sender<committer::Request>>,
     committer: Option<JoinHandle<()>>,
@@ -372,6 +376,7 @@ impl Store {
             last: AtomicU64::new(last_id),
         });
         let inline_body_max = options.inline_body_max;
+        let whole_bodies = options.whole_bodies.clone();
         let (requests, receiver) = mpsc::channel();
         let committer = committer::spawn(receiver, slot.clone(), options)?;
         Ok(Store {
@@ -379,6 +384,7 @@ impl Store {
                 slot,
                 ids,
                 inline_body_max,
+                whole_bodies,
                 requests: Some(requests),
                 committer: Some(committer),
             }),
@@ -503,6 +509,16 @@ impl Store {
         self.inner
             .slot
             .with_db(|db| reader::body_reader(db, bodies, queue_id))
+    }
+
+    /// The body of one message for delivery: a small one in memory, a large one as its open
+    /// file, read in chunks as it is sent (see [`crate::body`]). `None` without a record.
+    pub fn body_handle(&self, queue_id: QueueId) -> Result<Option<crate::body::Body>, StoreError> {
+        let bodies = &self.inner.slot.bodies;
+        let budget = &self.inner.whole_bodies;
+        self.inner
+            .slot
+            .with_db(|db| reader::body_handle(db, bodies, budget, queue_id))
     }
 
     /// Removes a message and its body; `false` if there was none. Durable when it returns.

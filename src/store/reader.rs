@@ -163,6 +163,34 @@ pub(super) fn body_reader(
     }
 }
 
+pub(super) fn body_handle(
+    db: &impl ReadableDatabase,
+    bodies: &BodyDir,
+    budget: &crate::body::WholeBodies,
+    queue_id: QueueId,
+) -> Result<Option<crate::body::Body>, StoreError> {
+    use crate::body::{Body, BodyFile};
+    match locate(db, bodies, queue_id)? {
+        None => Ok(None),
+        Some(Located::Inline(b) | Located::Table(b)) => Ok(Some(Body::Inline(b))),
+        Some(Located::File) => match bodies.open(queue_id.0) {
+            Ok(file) => {
+                let len = file.metadata()?.len();
+                Ok(Some(Body::File(BodyFile::new(file, len, budget.clone()))))
+            }
+            // As in `body`: removed meanwhile, or damaged.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if get(db, queue_id)?.is_none() {
+                    Ok(None)
+                } else {
+                    Err(StoreError::MissingBody { queue_id })
+                }
+            }
+            Err(e) => Err(StoreError::Io(e)),
+        },
+    }
+}
+
 pub(super) fn count(db: &impl ReadableDatabase) -> Result<u64, StoreError> {
     let txn = db.begin_read()?;
     Ok(txn.open_table(MESSAGES)?.len()?)
