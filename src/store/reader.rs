@@ -175,8 +175,20 @@ pub(super) fn body_handle(
         Some(Located::Inline(b) | Located::Table(b)) => Ok(Some(Body::Inline(b))),
         Some(Located::File) => match bodies.open(queue_id.0) {
             Ok(file) => {
-                let len = file.metadata()?.len();
-                Ok(Some(Body::File(BodyFile::new(file, len, budget.clone()))))
+                let found = file.metadata()?.len();
+                // A body file cut short (a damaged disk, an operator's mistake) must not go out
+                // as a shorter message.
+                let Some(record) = get(db, queue_id)? else {
+                    return Ok(None);
+                };
+                if found != record.size {
+                    return Err(StoreError::BodyLength {
+                        queue_id,
+                        recorded: record.size,
+                        found,
+                    });
+                }
+                Ok(Some(Body::File(BodyFile::new(file, found, budget.clone()))))
             }
             // As in `body`: removed meanwhile, or damaged.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
