@@ -7,7 +7,9 @@
 //! reads [`Outcome`] (delivered, deferred, failed) and the enhanced status for DSNs.
 //!
 //! What is sent: a `Received:` header ([`received_header`]) followed by the stored message bytes,
-//! dot-stuffed and otherwise untouched.
+//! dot-stuffed and otherwise untouched. A body file is read and sent in chunks
+//! ([`crate::body::CHUNK`]) and stuffed as it goes ([`Deliverer::deliver_body`]), so a message
+//! in flight costs one chunk of memory whatever its size.
 //!
 //! Failure rules, in short: a 2xx after the data delivers, a 4xx defers, a 5xx fails, each
 //! recipient on its own reply (LMTP: one reply per recipient after the data). Whatever keeps a
