@@ -64,7 +64,10 @@
 //! redb's page cache is bounded by [`StoreOptions::cache_bytes`] (redb's own default is 1 GiB,
 //! which the process grew into). When the queue drains to empty the database file is compacted,
 //! so the space of small bodies goes back to the file system too (large bodies' files go one by
-//! one as their messages do). Nothing else here holds per-message state: queue gauges come
+//! one as their messages do). Delivery reads a large body from its file in chunks
+//! ([`Store::body_handle`], [`crate::body`]), never whole; the few consumers that need it whole
+//! (DSNs, DIME sealing) share a budget of [`crate::body::DEFAULT_WHOLE_BODY_BUDGET`] bytes
+//! ([`StoreOptions::whole_bodies`]). Nothing else here holds per-message state: queue gauges come
 //! from the `counts` table and the first record ([`Store::stats`], O(log n)), and operations over
 //! many messages ([`Store::retry_domain`]) walk the table in bounded chunks.
 //!
