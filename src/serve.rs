@@ -148,6 +148,7 @@ fn dime_transports(
             Arc::clone(&orgs),
             padding,
             crate::runner::SenderChecks::new(resolver, config.smtp.hostname.clone()),
+            dmtp.store.clone(),
         )),
         bridge: Box::new(crate::runner::BridgeTransport::new(
             smtp,
@@ -236,6 +237,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         crate::store::StoreOptions {
             cache_bytes: config.store_cache_bytes,
             commit_latency: Some(metrics.store_commit_seconds.clone()),
+            // An origin running our defaults gives up on a message after `expire`; a day's margin
+            // for its lease and clock.
+            dedup_retention: config.queue.expire + std::time::Duration::from_secs(86_400),
             ..crate::store::StoreOptions::default()
         },
     )?;

@@ -485,13 +485,15 @@ fn two_gateways_answer_signet_lookups_and_transfer_over_dmtp() {
             ],
         )
     };
+    let txid_of = |text: &str| {
+        text.trim()
+            .rsplit_once('[')
+            .map(|(_, t)| t.trim_end_matches(']').to_owned())
+            .expect("250 OK [txid]")
+    };
     let (good, text) = send("secure.test", &a_fp, &sealed);
     assert!(good, "{text}\nB's log:\n{}", gw_b.log_text());
-    let txid = text
-        .trim()
-        .rsplit_once('[')
-        .map(|(_, t)| t.trim_end_matches(']').to_owned())
-        .expect("250 OK [txid]");
+    let txid = txid_of(&text);
     let list = queued(&gw_b);
     assert_eq!(list.len(), before + 1);
     let stored = list
@@ -506,10 +508,26 @@ fn two_gateways_answer_signet_lookups_and_transfer_over_dmtp() {
         "{a_metrics}"
     );
 
-    // The same message again: the origin signet now comes from B's cache.
+    // The same sealed bytes again: an origin retrying a transfer whose 2xx it never heard (A
+    // keeps each sealed copy until it settles, so its retries are identical). B verifies it
+    // (the origin signet now from its cache) and answers with the first txid; nothing new is
+    // queued.
     let (good, text) = send("secure.test", &a_fp, &sealed);
     assert!(good, "{text}");
-    // And once more in dual mode, on the SMTP port: stored like the others.
+    assert_eq!(txid_of(&text), txid, "a retry gets the first txid: {text}");
+    assert_eq!(
+        queued(&gw_b).len(),
+        before + 1,
+        "a retry is not queued again"
+    );
+    assert!(
+        plain(&gw_b.log_text()).contains(&format!(
+            "DMTP transfer already queued: a retry, answered with its first txid queue_id={txid}"
+        )),
+        "{}",
+        gw_b.log_text()
+    );
+    // And once more in dual mode, on the SMTP port: the same transfer, the same answer.
     let (good, text) = python(
         b.smtp,
         "dual1.3",
@@ -524,12 +542,19 @@ fn two_gateways_answer_signet_lookups_and_transfer_over_dmtp() {
         ],
     );
     assert!(good && text.starts_with("250"), "{text}");
-    assert_eq!(queued(&gw_b).len(), before + 3);
+    assert_eq!(txid_of(&text), txid, "{text}");
+    // A new seal of the same mail is a new message (fresh keys): queued.
+    let other_dir = common::tempdir();
+    let resealed = seal(&a, &b, other_dir.path());
+    let (good, text) = send("secure.test", &a_fp, &resealed);
+    assert!(good, "{text}");
+    assert_ne!(txid_of(&text), txid, "{text}");
+    assert_eq!(queued(&gw_b).len(), before + 2);
     assert!(
         http_get(gw_b.admin, "/metrics")
             .unwrap()
             .1
-            .contains("dimegate_signet_cache_hits_total 2")
+            .contains("dimegate_signet_cache_hits_total 3")
     );
 
     // The store owns the signet cache: after a restart B still knows A's org signet, and a
@@ -553,17 +578,27 @@ fn two_gateways_answer_signet_lookups_and_transfer_over_dmtp() {
         "{}",
         gw_b.log_text()
     );
+    // B remembers accepted transfers across a restart (the table is in the store): the first
+    // one is still answered with its txid and not stored again.
     let (good, text) = send("secure.test", &a_fp, &sealed);
     assert!(good, "{text}\nB's log:\n{}", gw_b.log_text());
+    assert_eq!(txid_of(&text), txid, "{text}");
+    assert_eq!(queued(&gw_b).len(), room - 1);
+    let third_dir = common::tempdir();
+    let third = seal(&a, &b, third_dir.path());
+    let (good, text) = send("secure.test", &a_fp, &third);
+    assert!(good, "{text}\nB's log:\n{}", gw_b.log_text());
     let m = gw_b.metrics();
-    assert!(m.contains("dimegate_signet_cache_hits_total 1"), "{m}");
+    assert!(m.contains("dimegate_signet_cache_hits_total 2"), "{m}");
     assert!(
         !m.contains("dimegate_signet_lookups_total{kind=\"org\""),
         "{m}"
     );
     assert_eq!(asked_by_b(), asked_before, "no DMTP connection from B to A");
     assert_eq!(queued(&gw_b).len(), room);
-    let (good, text) = send("secure.test", &a_fp, &sealed);
+    let fourth_dir = common::tempdir();
+    let fourth = seal(&a, &b, fourth_dir.path());
+    let (good, text) = send("secure.test", &a_fp, &fourth);
     assert!(
         !good && text.contains("431 destination limits exceeded"),
         "{text}"

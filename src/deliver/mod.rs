@@ -1135,7 +1135,10 @@ impl Deliverer {
         if reusable && (limit == 0 || connection.transactions < limit) {
             self.put_idle(connection);
         } else if reusable {
-            connection.quit(&self.connectors).await;
+            // The outcome goes back now, not after QUIT's reply (up to QUIT_TIMEOUT): until the
+            // runner records a 250 a crash would deliver the message again (RFC 1047).
+            let connectors = self.connectors.clone();
+            tokio::spawn(async move { connection.quit(&connectors).await });
         }
         result
     }

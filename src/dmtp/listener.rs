@@ -12,6 +12,11 @@
 //! (431 when the queue is full, 452 when the disk is, 451 on other failures). A refused or
 //! interrupted transfer leaves nothing behind: the store is written only at the end, in one
 //! commit.
+//!
+//! The append is [`Store::append_dmtp`](crate::store::Store::append_dmtp): a transfer whose
+//! bytes (from the same origin) were stored before is the origin retrying one whose `2xx` it
+//! never heard (the sender keeps each sealed copy until it settles, so retries are
+//! byte-identical); it is answered `2xx OK [first txid]` and not queued again.
 
 use super::codec::{SignetName, TxId};
 use super::server::{
@@ -330,12 +335,17 @@ pub async fn verify_and_store(
     let origin_fingerprint = origin_party.fingerprint.clone();
     // fsync before 2xx: after this the origin may drop its copy.
     let size = sealed_size as u64;
+    let key = crate::store::DedupKey::for_transfer(&origin_name, &t.body);
     match ctx
         .store
-        .append_limited(env, t.body, ctx.pressure.max_messages())
+        .append_dmtp(env, t.body, ctx.pressure.max_messages(), key)
         .await
     {
-        Ok(queue_id) => {
+        Ok(crate::store::Appended::Seen(queue_id)) => {
+            info!(%queue_id, origin = %origin_name, recipient = %recipient, sealed_size, "DMTP transfer already queued: a retry, answered with its first txid");
+            TxId::parse(&queue_id.to_string()).map_err(|_| TransferRefusal::StoreFailed)
+        }
+        Ok(crate::store::Appended::Stored(queue_id)) => {
             ctx.pressure.note_stored(size);
             info!(%queue_id, origin = %origin_name, recipient = %recipient, %origin_fingerprint, sealed_size, "DMTP message stored");
             // The queue id is the transaction id the sender logs: one name on both sides.

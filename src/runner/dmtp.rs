@@ -6,8 +6,18 @@
 //! or SMTP AUTH: [`SenderChecks`]) travels inside, as a sealed `Authentication-Results` field. The receiver's `2xx OK [txid]` comes after its fsync, so
 //! a recipient is delivered exactly when its copy is durable there.
 //!
+//! Each copy is sealed once: before its first transfer it is kept in the store with its fsync
+//! ([`Store::keep_sealed`]) and every later attempt sends those bytes again, until the recipient
+//! settles. So a retry of a transfer the receiver had accepted (its `2xx` lost to a kill -9 of
+//! either side, or to a crash here before the outcome was recorded) is byte-identical, and the
+//! receiver answers it with the first txid instead of queueing it twice (`store/dedup.rs`).
+//! Re-sealing would draw new keys and could see a new signet or new SPF/DKIM results: a
+//! different message on the wire. A kept copy outlives a rotation of the recipient's signet
+//! (the receiver keeps the old key generations); one the receiver refuses for good fails like
+//! any refusal.
+//!
 //! Dropping the future can lose only the knowledge of a transfer that was accepted: the
-//! recipient stays leased, is tried again and may arrive twice; it cannot be lost.
+//! recipient stays leased and is tried again with the same bytes; it cannot be lost.
 
 use super::authres::SenderChecks;
 use super::route::{Author, DmtpHop};
@@ -19,6 +29,8 @@ use crate::dmtp::client::{ClientError, ClientEvent, Delivery as Transfer, Job};
 use crate::dmtp::codec::Domain as DmtpDomain;
 use crate::identity::{Keystore, OrgIdentity, bridge_address};
 use crate::status::{DeliveryOutcome, Diagnosis, DiagnosticCode, DiagnosticType, EnhancedStatus};
+use crate::store::Store;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tracing::{info, warn};
 
@@ -30,17 +42,20 @@ pub struct DmtpTransport {
     orgs: Arc<Vec<OrgIdentity>>,
     padding: bridge::Buckets,
     checks: SenderChecks,
+    store: Store,
 }
 
 impl DmtpTransport {
     /// A transport that signs as origin for `orgs`, with authors from `keystore`, sealing the
-    /// legacy sender's `checks` results into each copy.
+    /// legacy sender's `checks` results into each copy, and keeping each copy in `store` (the
+    /// queue's) until its recipient settles.
     pub fn new(
         discovery: Arc<Discovery>,
         keystore: Keystore,
         orgs: Arc<Vec<OrgIdentity>>,
         padding: bridge::Buckets,
         checks: SenderChecks,
+        store: Store,
     ) -> DmtpTransport {
         DmtpTransport {
             discovery,
@@ -48,6 +63,25 @@ impl DmtpTransport {
             orgs,
             padding,
             checks,
+            store,
+        }
+    }
+
+    /// The copies of `queue_id` sealed by an earlier attempt, by recipient index.
+    async fn kept_copies(&self, queue_id: crate::envelope::QueueId) -> HashMap<usize, Vec<u8>> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.sealed_copies(queue_id)).await {
+            Ok(Ok(copies)) => copies.into_iter().collect(),
+            // Unreadable: seal again. The receiver may then queue a second copy of a transfer
+            // it had accepted, which is what at-least-once allows; nothing is lost.
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot read the kept sealed copies");
+                HashMap::new()
+            }
+            Err(e) => {
+                warn!(error = %e, "sealed-copy read task failed");
+                HashMap::new()
+            }
         }
     }
 
@@ -84,27 +118,45 @@ impl DmtpTransport {
                 format!("{domain} or {} cannot be named in DMTP", origin.domain),
             ));
         };
-        // DKIM and sealing need the message whole: read within the process's budget for whole
-        // bodies (`crate::body`).
-        let body = match message.body.read_all().await {
-            Ok(body) => body,
-            Err(e) => {
-                return every(local_failure(
-                    false,
-                    EnhancedStatus::new(4, 3, 0),
-                    e.to_string(),
-                ));
-            }
-        };
-        let authentication_results = self.checks.results(message.envelope, &body).await;
+        let mut kept = self.kept_copies(message.queue_id).await;
+        // Asked only when a copy has to be sealed (SPF, DKIM and DMARC cost DNS queries).
+        let mut authentication_results: Option<String> = None;
+        // DKIM and sealing need the message whole: read once, only when a copy has to be
+        // sealed, within the process's budget for whole bodies (`crate::body`).
+        let mut whole: Option<crate::body::WholeBody<'_>> = None;
         let mut outcomes = Vec::with_capacity(recipients.len());
-        let mut jobs = Vec::new();
-        let mut job_recipients = Vec::new();
+        let mut copies: Vec<(usize, Vec<u8>)> = Vec::new();
+        let mut fresh: Vec<(usize, Vec<u8>)> = Vec::new();
         for &index in recipients {
             let Some(recipient) = message.envelope.recipients.get(index) else {
                 continue;
             };
             let address = recipient.address.as_str();
+            if let Some(sealed) = kept.remove(&index) {
+                info!(rcpt = %address, size = sealed.len(), "sending the copy sealed before again");
+                copies.push((index, sealed));
+                continue;
+            }
+            if whole.is_none() {
+                match message.body.read_all().await {
+                    Ok(body) => whole = Some(body),
+                    Err(e) => {
+                        let status = EnhancedStatus::new(4, 3, 0);
+                        outcomes.push((index, local_failure(false, status, e.to_string())));
+                        continue;
+                    }
+                }
+            }
+            let Some(body) = whole.as_deref() else {
+                continue;
+            };
+            let authentication_results = match &authentication_results {
+                Some(results) => results.clone(),
+                None => {
+                    let results = self.checks.results(message.envelope, body).await;
+                    authentication_results.insert(results).clone()
+                }
+            };
             let signet = match self.discovery.user_signet(address).await {
                 Ok(found) => found.signet,
                 Err(e) => {
@@ -113,7 +165,7 @@ impl DmtpTransport {
                 }
             };
             let input = WrapInput {
-                message: &body,
+                message: body,
                 mail_from: &message.envelope.sender,
                 recipient: address,
                 author: Identity {
@@ -140,6 +192,38 @@ impl DmtpTransport {
                 }
             };
             info!(rcpt = %address, author = %author_address, size = sealed.len(), "wrapped");
+            fresh.push((index, sealed));
+        }
+        if !fresh.is_empty() {
+            // fsync before the first transfer: a retry after a crash sends these same bytes.
+            match self
+                .store
+                .keep_sealed(message.queue_id, fresh.clone())
+                .await
+            {
+                Ok(()) => copies.extend(fresh),
+                Err(e) => {
+                    warn!(error = %e, "cannot keep the sealed copies; not sending them");
+                    outcomes.extend(fresh.iter().map(|&(index, _)| {
+                        (
+                            index,
+                            local_failure(
+                                false,
+                                EnhancedStatus::new(4, 3, 0),
+                                format!("cannot keep the sealed copy: {e}"),
+                            ),
+                        )
+                    }));
+                }
+            }
+        }
+        if copies.is_empty() {
+            return outcomes;
+        }
+        copies.sort_by_key(|&(index, _)| index);
+        let mut jobs = Vec::with_capacity(copies.len());
+        let mut job_recipients = Vec::with_capacity(copies.len());
+        for (index, sealed) in copies {
             jobs.push(Job::Deliver(Transfer {
                 origin: origin_name.clone(),
                 origin_fingerprint: origin.signet.crypto_fingerprint(),
@@ -150,9 +234,6 @@ impl DmtpTransport {
                 message: sealed,
             }));
             job_recipients.push(index);
-        }
-        if jobs.is_empty() {
-            return outcomes;
         }
         let (events, contact) = match self.discovery.run(domain, &record, verdict, jobs).await {
             Ok(ran) => ran,

@@ -5,6 +5,7 @@
 //! answers every caller. A plain thread, not a tokio task, because the commit blocks in fsync.
 
 use super::body::BodyDir;
+use super::dedup::{DedupKey, PRUNE_MIN, SeenTables};
 use super::error::{AppendError, StoreError};
 use super::record::{StoredBody, StoredRecord};
 use super::schedule::{Tables, write_record};
@@ -25,7 +26,28 @@ pub(super) struct Request {
     pub(super) body: Body,
     /// Refuse if the queue already holds this many messages.
     pub(super) max_messages: Option<u64>,
-    pub(super) reply: oneshot::Sender<Result<QueueId, AppendError>>,
+    /// A DMTP transfer: store it only if this key was not stored before (`dedup.rs`).
+    pub(super) dedup: Option<DedupKey>,
+    pub(super) reply: oneshot::Sender<Result<Appended, AppendError>>,
+}
+
+/// How an append ended well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored under this new queue id.
+    Stored(QueueId),
+    /// A DMTP transfer with these bytes was stored before, under this queue id; nothing new was
+    /// written (the message may have been delivered since).
+    Seen(QueueId),
+}
+
+impl Appended {
+    /// The queue id the message is (or was) stored under: the txid to answer with.
+    pub fn queue_id(self) -> QueueId {
+        match self {
+            Appended::Stored(id) | Appended::Seen(id) => id,
+        }
+    }
 }
 
 /// Where a request's body is on its way to the commit.
@@ -177,7 +199,7 @@ fn commit_batch(
     options: &StoreOptions,
     batch: &mut [Request],
     bytes: usize,
-) -> Result<Vec<Result<QueueId, AppendError>>, AppendError> {
+) -> Result<Vec<Result<Appended, AppendError>>, AppendError> {
     // redb refuses every call after an I/O error until the database is reopened; a reopen that
     // failed before (disk still full) is retried here, which is what lets the store work again
     // once space returns.
@@ -210,7 +232,21 @@ fn commit_batch(
             let mut queued = tables.messages.len()?;
             let mut last = meta.get(LAST_QUEUE_ID)?.map(|v| v.value()).unwrap_or(0);
             let mut answers = Vec::with_capacity(batch.len());
+            // Opened only for a batch with a DMTP transfer in it.
+            let mut seen = match batch.iter().any(|r| r.dedup.is_some()) {
+                true => Some(SeenTables::open(&txn)?),
+                false => None,
+            };
+            let now = now_micros() / 1_000_000;
+            let mut recorded = 0;
             for request in batch.iter_mut() {
+                if let (Some(key), Some(seen)) = (&request.dedup, &seen)
+                    && let Some(first) = seen.get(key)?
+                {
+                    // A retry of a transfer we accepted: the origin never heard our 2xx.
+                    answers.push(Ok(Appended::Seen(QueueId(first))));
+                    continue;
+                }
                 if let Some(max) = request.max_messages
                     && queued >= max
                 {
@@ -225,9 +261,18 @@ fn commit_batch(
                 let envelope = request.envelope.clone();
                 let record = StoredRecord::new(envelope, request.size, body);
                 write_record(&mut tables, request.id, None, &record)?;
+                if let (Some(key), Some(seen)) = (&request.dedup, &mut seen) {
+                    // Same transaction as the record: seen exactly when stored.
+                    seen.insert(key, request.id, now)?;
+                    recorded += 1;
+                }
                 queued += 1;
                 last = last.max(request.id);
-                answers.push(Ok(QueueId(request.id)));
+                answers.push(Ok(Appended::Stored(QueueId(request.id))));
+            }
+            if let Some(seen) = &mut seen {
+                let before = now.saturating_sub(options.dedup_retention.as_secs());
+                seen.prune(before, PRUNE_MIN.max(2 * recorded))?;
             }
             meta.insert(LAST_QUEUE_ID, last)?;
             answers
@@ -242,7 +287,7 @@ fn commit_batch(
     // with_db has already reopened the database if the failure was an I/O error.
     let answers = result.map_err(AppendError::from)?;
     for (request, answer) in batch.iter_mut().zip(&answers) {
-        if let (Body::File(file), Ok(_)) = (&mut request.body, answer) {
+        if let (Body::File(file), Ok(Appended::Stored(_))) = (&mut request.body, answer) {
             file.keep = true;
         }
     }

@@ -12,6 +12,9 @@
 //! | `counts`   | state (u8)           | recipients in that state, kept by every write      |
 //! | `meta`     | name (str)           | u64; `last_queue_id`, `counts_version`             |
 //! | `bodies`   | queue id (u64)       | small bodies of records written by release 1 only  |
+//! | `sealed_copies` | (queue id, recipient) | a wrapped copy, kept until its recipient settles (`sealed.rs`) |
+//! | `dmtp_seen`, `dmtp_seen_by_time` | transfer hash; (time, queue id) | DMTP transfers accepted, for retries (`dedup.rs`) |
+//! | `signets`  | name                 | the signet cache (`signets.rs`)                    |
 //!
 //! ## Layout, and why: what a queued message costs on disk
 //!
@@ -81,14 +84,18 @@
 mod body;
 mod codec;
 mod committer;
+mod dedup;
 mod error;
 mod reader;
 mod record;
 mod schedule;
+mod sealed;
 mod signets;
 mod state;
 mod stream;
 
+pub use committer::Appended;
+pub use dedup::DedupKey;
 pub use error::{AppendError, StoreError};
 pub use reader::{QueueStats, StoreReader};
 pub use record::{DecodeError, ListFilter, MessageRecord, MessageSummary, RecipientSummary};
@@ -145,6 +152,9 @@ pub struct StoreOptions {
     pub commit_latency: Option<Histogram>,
     /// The budget that whole reads of body files ([`crate::body::Body::read_all`]) draw on.
     pub whole_bodies: crate::body::WholeBodies,
+    /// How long an accepted DMTP transfer is remembered ([`Store::append_dmtp`]): at least as
+    /// long as an origin may retry it. `serve` sets `[queue] expire` plus a day.
+    pub dedup_retention: std::time::Duration,
 }
 
 /// The default of [`StoreOptions::inline_body_max`]: with its record (about 80 bytes for one
@@ -156,6 +166,10 @@ pub const DEFAULT_INLINE_BODY_MAX: usize = 3584;
 /// process stays well under 128 MiB (benches/queue-scale.sh measures it).
 pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
 
+/// The default of [`StoreOptions::dedup_retention`]: the default `[queue] expire` (5 days) and a
+/// day's margin.
+pub const DEFAULT_DEDUP_RETENTION: std::time::Duration = std::time::Duration::from_secs(6 * 86_400);
+
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
@@ -166,6 +180,7 @@ impl Default for StoreOptions {
             inline_body_max: DEFAULT_INLINE_BODY_MAX,
             commit_latency: None,
             whole_bodies: crate::body::WholeBodies::new(crate::body::DEFAULT_WHOLE_BODY_BUDGET),
+            dedup_retention: DEFAULT_DEDUP_RETENTION,
         }
     }
 }
@@ -177,11 +192,21 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.slot.path)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     slot: Arc<DbSlot>,
     ids: Arc<Ids>,
     inline_body_max: usize,
     whole_bodies: crate::body::WholeBodies,
+    /// The group-commit thread of [`Store::keep_sealed`].
+    sealed: sealed::Writer,
     // Option only so that Drop can close the channel before joining the committer.
     requests: Option<mpsc::Sender<committer::Request>>,
     committer: Option<JoinHandle<()>>,
@@ -385,12 +410,14 @@ impl Store {
         let whole_bodies = options.whole_bodies.clone();
         let (requests, receiver) = mpsc::channel();
         let committer = committer::spawn(receiver, slot.clone(), options)?;
+        let sealed = sealed::Writer::spawn(slot.clone())?;
         Ok(Store {
             inner: Arc::new(Inner {
                 slot,
                 ids,
                 inline_body_max,
                 whole_bodies,
+                sealed,
                 requests: Some(requests),
                 committer: Some(committer),
             }),
@@ -412,7 +439,9 @@ impl Store {
     /// handed to the committer, the message may still be stored (a duplicate at worst, never a
     /// loss, because the caller never said 250).
     pub async fn append(&self, envelope: Envelope, body: Vec<u8>) -> Result<QueueId, AppendError> {
-        self.submit(envelope, body, None).await
+        self.submit(envelope, body, None, None)
+            .await
+            .map(Appended::queue_id)
     }
 
     /// [`Store::append`], refused with [`AppendError::TooManyMessages`] when the queue already
@@ -424,7 +453,25 @@ impl Store {
         body: Vec<u8>,
         max_messages: u64,
     ) -> Result<QueueId, AppendError> {
-        self.submit(envelope, body, Some(max_messages)).await
+        self.submit(envelope, body, Some(max_messages), None)
+            .await
+            .map(Appended::queue_id)
+    }
+
+    /// [`Store::append_limited`] for a DMTP transfer: if a transfer with the same `key`
+    /// ([`DedupKey::for_transfer`]) was stored within the retention, nothing is written and the
+    /// answer is [`Appended::Seen`] with the first queue id (the origin's retry of a transfer
+    /// whose `2xx` it never heard); otherwise the message is stored and the key recorded in the
+    /// same transaction and fsync. See `dedup.rs`.
+    pub async fn append_dmtp(
+        &self,
+        envelope: Envelope,
+        body: Vec<u8>,
+        max_messages: u64,
+        key: DedupKey,
+    ) -> Result<Appended, AppendError> {
+        self.submit(envelope, body, Some(max_messages), Some(key))
+            .await
     }
 
     async fn submit(
@@ -432,7 +479,8 @@ impl Store {
         envelope: Envelope,
         body: Vec<u8>,
         max_messages: Option<u64>,
-    ) -> Result<QueueId, AppendError> {
+        dedup: Option<DedupKey>,
+    ) -> Result<Appended, AppendError> {
         if self.inner.requests.is_none() {
             return Err(AppendError::Closed);
         }
@@ -452,7 +500,7 @@ impl Store {
         } else {
             committer::Body::Inline(body)
         };
-        self.submit_request(id, envelope, size, body, max_messages)
+        self.submit_request(id, envelope, size, body, max_messages, dedup)
             .await
     }
 
@@ -464,7 +512,8 @@ impl Store {
         size: u64,
         body: committer::Body,
         max_messages: Option<u64>,
-    ) -> Result<QueueId, AppendError> {
+        dedup: Option<DedupKey>,
+    ) -> Result<Appended, AppendError> {
         let requests = self.inner.requests.as_ref().ok_or(AppendError::Closed)?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         requests
@@ -474,6 +523,7 @@ impl Store {
                 size,
                 body,
                 max_messages,
+                dedup,
                 reply,
             })
             .map_err(|_| AppendError::Closed)?;
@@ -588,5 +638,7 @@ fn init_tables(db: &Database) -> Result<u64, StoreError> {
     Ok(last)
 }
 
+#[cfg(test)]
+mod once_tests;
 #[cfg(test)]
 mod tests;

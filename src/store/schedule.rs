@@ -94,6 +94,8 @@ pub(crate) struct Tables<'txn> {
     pub(crate) schedule: Table<'txn, (u64, u64), ()>,
     pub(crate) leases: Table<'txn, u64, ()>,
     pub(crate) counts: Table<'txn, u8, u64>,
+    /// Sealed DMTP copies (`sealed.rs`), removed here when their recipient or message goes.
+    pub(crate) sealed: Table<'txn, (u64, u32), &'static [u8]>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -103,6 +105,7 @@ impl<'txn> Tables<'txn> {
             schedule: txn.open_table(SCHEDULE)?,
             leases: txn.open_table(LEASES)?,
             counts: txn.open_table(COUNTS)?,
+            sealed: txn.open_table(super::sealed::SEALED)?,
         })
     }
 
@@ -204,6 +207,7 @@ pub(crate) fn remove_message(
 ) -> Result<(bool, bool), StoreError> {
     let old = t.messages.remove(id)?.map(|v| v.value().to_vec());
     bodies.remove(id)?;
+    super::sealed::forget_message(&mut t.sealed, id)?;
     let Some(old) = old else {
         return Ok((false, false));
     };
@@ -620,6 +624,10 @@ fn settle_one(
             };
             match next {
                 Ok(next) => {
+                    if next.state.is_final() {
+                        // Its copy will not be sent again.
+                        super::sealed::forget(&mut t.sealed, id, lease.recipient)?;
+                    }
                     let mut new = old.clone();
                     new.recipients[lease.recipient] = next;
                     write_record(t, id, Some(&old), &new)?;

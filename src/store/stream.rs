@@ -106,7 +106,9 @@ impl Store {
             written,
             Body::File(pending),
             Some(max_messages),
+            None,
         )
         .await
+        .map(super::Appended::queue_id)
     }
 }
