@@ -79,7 +79,9 @@ pub struct DimeArrival {
     pub origin: String,
     /// The crypto fingerprint of the origin's org signet.
     pub origin_fingerprint: String,
-    /// The crypto fingerprint of the recipient's signet named in the destination chunk.
+    /// The crypto fingerprint of the recipient's signet named in the destination chunk. For a
+    /// message of our own to pass on over DMTP (`origin` is a served domain: a submission, or
+    /// a sealed DSN), the destination org signet's, which the origin chunk names.
     pub recipient_fingerprint: String,
 }
 

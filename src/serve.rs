@@ -150,14 +150,17 @@ fn dime_transports(
             crate::runner::SenderChecks::new(resolver, config.smtp.hostname.clone()),
             dmtp.store.clone(),
         )),
-        bridge: Box::new(crate::runner::BridgeTransport::new(
-            smtp,
-            Arc::clone(&dmtp.discovery),
-            dmtp.keystore.clone(),
-            orgs,
-            config.smtp.hostname.clone(),
-            padding,
-        )),
+        bridge: Box::new(
+            crate::runner::BridgeTransport::new(
+                smtp,
+                Arc::clone(&dmtp.discovery),
+                dmtp.keystore.clone(),
+                orgs,
+                config.smtp.hostname.clone(),
+                padding,
+            )
+            .with_sealed_dsns(dmtp.store.clone(), config.queue.dsn_max_full_bytes),
+        ),
         directory: Box::new(crate::runner::DimeDirectory::new(
             Arc::clone(&dmtp.discovery),
             dmtp.keystore.clone(),

@@ -267,10 +267,21 @@ struct Pair {
     b: Side,
     tree: KnotTree,
     tap: Tap,
+    /// With [`Pair::with_back_tap`]: the tap B reaches A's DX through.
+    back: Option<Tap>,
 }
 
 impl Pair {
     fn new(more_b: impl FnOnce(&Side), a_extra: &str, b_extra: &str) -> Pair {
+        Pair::build(more_b, a_extra, b_extra, false)
+    }
+
+    /// As [`Pair::new`], and B reaches A through a tap of its own too.
+    fn with_back_tap(more_b: impl FnOnce(&Side), a_extra: &str, b_extra: &str) -> Pair {
+        Pair::build(more_b, a_extra, b_extra, true)
+    }
+
+    fn build(more_b: impl FnOnce(&Side), a_extra: &str, b_extra: &str, back_tap: bool) -> Pair {
         let port = free_port();
         let tap_port = free_port();
         let a = Side::new("secure.test", "127.0.0.2", port);
@@ -288,11 +299,24 @@ impl Pair {
             tree.trust_anchor()
         );
         let tap = Tap::start(format!("127.0.0.3:{tap_port}").parse().unwrap(), b.dmtp);
+        let (back, b_connect) = if back_tap {
+            let back_port = free_port();
+            let back = Tap::start(format!("127.0.0.2:{back_port}").parse().unwrap(), a.dmtp);
+            (Some(back), back_port)
+        } else {
+            (None, port)
+        };
         let fast_retry =
             "[queue]\nretry = [\"1s\"]\njitter_percent = 0\npoll_interval = \"200ms\"\n";
         a.write_config(&dns, tap_port, &format!("{a_extra}{fast_retry}"));
-        b.write_config(&dns, port, &format!("{b_extra}{fast_retry}"));
-        Pair { a, b, tree, tap }
+        b.write_config(&dns, b_connect, &format!("{b_extra}{fast_retry}"));
+        Pair {
+            a,
+            b,
+            tree,
+            tap,
+            back,
+        }
     }
 }
 
@@ -306,6 +330,7 @@ fn legacy_mail_crosses_two_gateways_sealed_and_arrives_as_sent() {
         b,
         tap,
         tree: _tree,
+        ..
     } = Pair::new(
         |b| {
             ok(&b.cli(&["users", "add", "dave@other.test"]));
@@ -930,4 +955,495 @@ fn a_transfer_whose_2xx_was_lost_is_retried_with_the_same_bytes_and_delivered_on
 /// The copies of the message with `subject` the backend received.
 fn flood_copies_with(backend: &Sink, subject: &str) -> Vec<Arrived> {
     flood_copies_matching(backend, |s| s == subject)
+}
+
+/// `dimegate message seal` as a DIME author's client: author-signed only, for submission.
+/// `recipient` names the mailbox the destination chunk carries (the exit: a legacy address).
+fn seal_submission(
+    side: &Side,
+    author_dir: &std::path::Path,
+    destination_signet: &std::path::Path,
+    recipient_signet: &std::path::Path,
+    recipient: Option<&str>,
+    mail: &str,
+) -> Vec<u8> {
+    let mut cmd = Command::new(bin());
+    cmd.args(["message", "seal", "--author-key"])
+        .arg(author_dir.join("1.key"))
+        .arg("--author-signet")
+        .arg(author_dir.join("1.signet"))
+        .arg("--origin-signet")
+        .arg(side.path("org.signet"))
+        .arg("--destination-signet")
+        .arg(destination_signet)
+        .arg("--recipient-signet")
+        .arg(recipient_signet);
+    if let Some(r) = recipient {
+        cmd.args(["--recipient", r]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(mail.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "seal: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// `dimegate dmtp send` of `message` to `origin`'s DX, as a submission to `origin`. The client
+/// runs with `client`'s configuration (its DNS and DMTP port); it holds no keys.
+fn submit(client: &Side, origin: &Side, message: &[u8]) -> Output {
+    let file = client
+        .dir
+        .path()
+        .join(format!("submission-{}.dmime", rand_suffix()));
+    std::fs::write(&file, message).unwrap();
+    client.cli(&[
+        "dmtp",
+        "send",
+        file.to_str().unwrap(),
+        "--origin",
+        origin.domain,
+        "--origin-signet",
+        origin.path("org.signet").to_str().unwrap(),
+    ])
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The exit flow: alice@secure.test, a DIME author hosted at A, submits over DMTP. Sealed to
+/// A's exit identity for a legacy mailbox, A opens it and relays it over SMTP with its body
+/// intact; sealed for bob@other.test, A signs it as origin and B delivers it. A submission
+/// whose author is not A's, or whose author signature is broken, is refused with the DMTP code
+/// and leaves nothing in A's queue.
+#[test]
+fn dime_authors_submit_over_dmtp_to_legacy_and_dime_recipients() {
+    let relay_sink = Sink::start(&[]);
+    let a_mailbox = Sink::start(&[]);
+    let backend = Sink::start(&[]);
+    let pair = Pair::new(
+        |_| {},
+        &format!(
+            "[relay]\nsmarthost = \"{}\"\nsmarthost_tls = \"off\"\n\
+             [backend]\naddress = \"{}\"\nstarttls = \"off\"\n",
+            relay_sink.addr, a_mailbox.addr
+        ),
+        &format!(
+            "[backend]\naddress = \"{}\"\nstarttls = \"off\"\n",
+            backend.addr
+        ),
+    );
+    let (a, b) = (&pair.a, &pair.b);
+    let gw_a = a.start();
+    let gw_b = b.start();
+    // The exit identity exists once A has started.
+    wait_until(
+        Duration::from_secs(20),
+        || a.path("users/dime-bridge/1.signet").exists(),
+        || gw_a.log_text(),
+    );
+    let alice = a.path("users/alice");
+    let alice_fp = ok(&Command::new(bin())
+        .args(["signet", "show"])
+        .arg(alice.join("1.signet"))
+        .output()
+        .unwrap());
+
+    // 1. To a legacy mailbox, through the exit.
+    let body = "Exit line one.\r\n..dot line\r\nLast: caf\u{e9}.\r\n";
+    let to_dave = mail("dave@legacy.other.test", "Exit-path-kestrel", body);
+    let sealed = seal_submission(
+        a,
+        &alice,
+        &a.path("org.signet"),
+        &a.path("users/dime-bridge/1.signet"),
+        Some("dave@legacy.other.test"),
+        &to_dave,
+    );
+    let sent = ok(&submit(b, a, &sealed));
+    assert!(sent.starts_with("accepted ["), "{sent}");
+    // The same submission again (a client that missed the reply): the first txid, and it
+    // leaves once (counted below).
+    assert_eq!(ok(&submit(b, a, &sealed)), sent);
+    wait_until(
+        Duration::from_secs(30),
+        || !relay_sink.messages().is_empty(),
+        || gw_a.log_text(),
+    );
+    let relayed = relay_sink.messages().remove(0);
+    assert!(relayed.contains("dave@legacy.other.test"), "{relayed}");
+    // smtp-sink stores LF line ends and ends its dump with one more.
+    let message = common::dumped_message(&relayed);
+    let (head, got_body) = message.split_once("\n\n").expect("a message");
+    assert_eq!(
+        got_body.strip_suffix('\n'),
+        Some(body.replace("\r\n", "\n").as_str()),
+        "body bytes"
+    );
+    for line in to_dave.split_once("\r\n\r\n").unwrap().0.split("\r\n") {
+        assert!(head.contains(line), "{line:?} missing from\n{head}");
+    }
+    assert!(
+        head.contains("Received: from secure.test by mx.secure.test with DMTP id "),
+        "{head}"
+    );
+    let fp_line = alice_fp
+        .lines()
+        .find_map(|l| l.strip_prefix("crypto fingerprint: "))
+        .unwrap_or_else(|| panic!("{alice_fp}"));
+    assert!(
+        head.contains(&format!(
+            "Authentication-Results: mx.secure.test; dime=pass (author alice@secure.test [{}]",
+            fp_line.trim()
+        )),
+        "{head}"
+    );
+    assert!(
+        relayed.contains("alice@secure.test"),
+        "envelope sender: {relayed}"
+    );
+
+    // 2. To a DIME recipient: signed by A as origin, over DMTP to B, opened there for Bob.
+    let before = pair.tap.sent().len();
+    let to_bob = mail("bob@other.test", "Submitted-heron", "Sealed by Alice.\r\n");
+    let sealed = seal_submission(
+        a,
+        &alice,
+        &b.path("org.signet"),
+        &b.path("users/bob/1.signet"),
+        None,
+        &to_bob,
+    );
+    ok(&submit(b, a, &sealed));
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            backend
+                .messages()
+                .iter()
+                .any(|m| m.contains("Submitted-heron"))
+        },
+        || format!("A:\n{}\nB:\n{}", gw_a.log_text(), gw_b.log_text()),
+    );
+    let at_bob = backend
+        .messages()
+        .into_iter()
+        .find(|m| m.contains("Submitted-heron"))
+        .unwrap();
+    assert!(at_bob.contains("Sealed by Alice."), "{at_bob}");
+    assert!(
+        at_bob
+            .contains("Authentication-Results: mx.other.test; dime=pass (author alice@secure.test"),
+        "{at_bob}"
+    );
+    assert!(
+        pair.tap.sent().len() > before,
+        "A reached B through the tap"
+    );
+    let wire = pair.tap.all();
+    for secret in ["heron", "Sealed by Alice", "bob", "alice"] {
+        assert!(
+            !wire.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret:?} visible on the wire"
+        );
+    }
+    assert_eq!(flow_count(&gw_a, "submitted"), 1.0);
+    wait_until(
+        Duration::from_secs(20),
+        || gw_a.queue_json().is_empty(),
+        || format!("{:?}", gw_a.queue_json()),
+    );
+
+    // 3. Refused: an author who is not A's (bob@other.test, submitting through A), and Alice's
+    // message with one bit flipped in a content chunk (her tree signature covers it).
+    let bob = b.path("users/bob");
+    let foreign = seal_submission(
+        a,
+        &bob,
+        &a.path("org.signet"),
+        &a.path("users/dime-bridge/1.signet"),
+        Some("dave@legacy.other.test"),
+        &mail("dave@legacy.other.test", "Relay-attempt-magpie", "x\r\n"),
+    );
+    let refused = submit(b, a, &foreign);
+    assert_eq!(refused.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&refused.stdout);
+    assert!(text.contains("575"), "{text}");
+    let mut tampered = seal_submission(
+        a,
+        &alice,
+        &a.path("org.signet"),
+        &a.path("users/dime-bridge/1.signet"),
+        Some("dave@legacy.other.test"),
+        &mail("dave@legacy.other.test", "Tampered-wren", "y\r\n"),
+    );
+    let at = tampered.len() - 1600;
+    tampered[at] ^= 1;
+    let refused = submit(b, a, &tampered);
+    assert_eq!(refused.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&refused.stdout);
+    assert!(text.contains("578"), "{text}");
+    assert!(gw_a.queue_json().is_empty(), "{:?}", gw_a.queue_json());
+    assert_eq!(relay_sink.messages().len(), 1, "nothing more left A");
+
+    // 4. After the exit identity's key is rotated, mail sealed to its previous signet still
+    // leaves.
+    ok(&a.cli(&["users", "rotate", "dime-bridge@secure.test"]));
+    assert!(a.path("users/dime-bridge/2.signet").exists());
+    let late = seal_submission(
+        a,
+        &alice,
+        &a.path("org.signet"),
+        &a.path("users/dime-bridge/1.signet"),
+        Some("dave@legacy.other.test"),
+        &mail("dave@legacy.other.test", "Old-exit-signet-crane", "z\r\n"),
+    );
+    ok(&submit(b, a, &late));
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            relay_sink
+                .messages()
+                .iter()
+                .any(|m| m.contains("Old-exit-signet-crane"))
+        },
+        || gw_a.log_text(),
+    );
+}
+
+/// A permanent failure at B's backend for mail that came over DMTP is not silence: B, which
+/// opened it for Bob, seals an RFC 3464 report to its author, alice@secure.test, from B's bridge
+/// identity, and sends it over DMTP; A opens it for Alice. The wire from B to A shows none of it.
+#[test]
+fn a_backend_refusal_at_b_goes_back_to_the_author_sealed() {
+    let a_mailbox = Sink::start(&[]);
+    // B's backend refuses every recipient for good (550).
+    let backend = Sink::start(&["-f", "RCPT"]);
+    let pair = Pair::with_back_tap(
+        |_| {},
+        &format!(
+            "[relay]\nnetworks = [\"127.0.0.0/8\"]\n\
+             [backend]\naddress = \"{}\"\nstarttls = \"off\"\n",
+            a_mailbox.addr
+        ),
+        &format!(
+            "[backend]\naddress = \"{}\"\nstarttls = \"off\"\n",
+            backend.addr
+        ),
+    );
+    let gw_a = pair.a.start();
+    let gw_b = pair.b.start();
+    let secret = "Refused-mail-puffin";
+    smtp_send(
+        gw_a.smtp,
+        "alice@secure.test",
+        &["bob@other.test"],
+        &mail("bob@other.test", secret, "Bounce me, sealed.\r\n"),
+    )
+    .expect("accepted");
+    wait_until(
+        Duration::from_secs(60),
+        || {
+            a_mailbox
+                .messages()
+                .iter()
+                .any(|m| m.contains("Status: 5."))
+        },
+        || format!("A:\n{}\nB:\n{}", gw_a.log_text(), gw_b.log_text()),
+    );
+    let dsn = a_mailbox
+        .messages()
+        .into_iter()
+        .find(|m| m.contains("Status: 5."))
+        .unwrap();
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; bob@other.test"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Action: failed"), "{dsn}");
+    assert!(dsn.contains(secret), "the report names the message: {dsn}");
+    assert!(
+        dsn.contains(
+            "Authentication-Results: mx.secure.test; dime=pass (author dime-bridge@other.test"
+        ),
+        "{dsn}"
+    );
+    assert!(gw_b.log_text().contains("sealed DSN queued"));
+    // What B sent A: signet look-ups and the sealed report, none of it legible.
+    let back = pair.back.as_ref().unwrap();
+    let wire = back.all();
+    assert!(
+        back.sent().iter().any(|&n| n > 4096),
+        "a sealed transfer went B -> A: {:?}",
+        back.sent()
+    );
+    for plain in [
+        secret,
+        "bob@other.test",
+        "alice",
+        "Status:",
+        "Final-Recipient",
+        "puffin",
+    ] {
+        assert!(
+            !wire.windows(plain.len()).any(|w| w == plain.as_bytes()),
+            "{plain:?} visible on the wire B -> A"
+        );
+    }
+    // Both queues settle: the failure is final at B, the report delivered at A.
+    wait_until(
+        Duration::from_secs(30),
+        || gw_a.queue_json().is_empty() && gw_b.queue_json().is_empty(),
+        || format!("A: {:?}\nB: {:?}", gw_a.queue_json(), gw_b.queue_json()),
+    );
+}
+
+/// `dime = "off"` for a domain that publishes `_dx`: A relays its mail in clear over SMTP to the
+/// smarthost, as configured, and never opens a DMTP session (no `_dx` asked, no signet fetched).
+#[test]
+fn dime_off_relays_a_dime_domain_over_smtp_without_dmtp() {
+    let relay_sink = Sink::start(&[]);
+    let backend = Sink::start(&[]);
+    let pair = Pair::new(
+        |_| {},
+        &format!(
+            "[relay]\nnetworks = [\"127.0.0.0/8\"]\nsmarthost = \"{}\"\nsmarthost_tls = \"off\"\n\
+             [[destination]]\ndomain = \"other.test\"\ndime = \"off\"\n",
+            relay_sink.addr
+        ),
+        &format!(
+            "[backend]\naddress = \"{}\"\nstarttls = \"off\"\n",
+            backend.addr
+        ),
+    );
+    let gw_a = pair.a.start();
+    let _gw_b = pair.b.start();
+    let sent = mail(
+        "bob@other.test",
+        "Policy-off-stoat",
+        "In clear, as asked.\r\n",
+    );
+    smtp_send(gw_a.smtp, "alice@secure.test", &["bob@other.test"], &sent).expect("accepted");
+    wait_until(
+        Duration::from_secs(30),
+        || !relay_sink.messages().is_empty(),
+        || gw_a.log_text(),
+    );
+    let relayed = relay_sink.messages().remove(0);
+    assert!(relayed.contains("Policy-off-stoat"), "{relayed}");
+    assert!(relayed.contains("In clear, as asked."), "{relayed}");
+    assert_eq!(flow_count(&gw_a, "relay"), 1.0);
+    assert_eq!(flow_count(&gw_a, "wrap"), 0.0);
+    assert!(
+        pair.tap.sent().is_empty(),
+        "a DMTP session to B: {:?}",
+        pair.tap.sent()
+    );
+    assert!(backend.messages().is_empty(), "nothing reached B");
+    // `_dx` was not even asked.
+    let log = gw_a.log_text();
+    let routed = log
+        .lines()
+        .find(|l| l.contains("routed") && l.contains("rcpt=bob@other.test"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(routed.contains("dx=NotAsked"), "{routed}");
+}
+
+/// DIME mail for a cautious user at B (carol@other.test, who holds her own key) is handed to
+/// the backend sealed as it came, in the MIME shape of the README; Carol's key opens it with
+/// `dimegate message open`, and the mailbox holds none of the text.
+#[test]
+fn dime_mail_for_a_cautious_user_reaches_her_mailbox_sealed() {
+    let backend = Sink::start(&[]);
+    let pair = Pair::new(
+        |b| {
+            ok(&Command::new(bin())
+                .args(["keys", "user", "carol@other.test", "--org-key"])
+                .arg(b.path("org.key"))
+                .arg("--out")
+                .arg(b.dir.path().join("carol-keys"))
+                .output()
+                .unwrap());
+            ok(&b.cli(&["users", "add", "carol@other.test", "--mode", "cautious"]));
+            let signet = b.dir.path().join("carol-keys/carol@other.test.signet");
+            ok(&b.cli(&[
+                "users",
+                "import-signet",
+                "carol@other.test",
+                signet.to_str().unwrap(),
+            ]));
+        },
+        "[relay]\nnetworks = [\"127.0.0.0/8\"]\n",
+        &format!(
+            "[backend]\naddress = \"{}\"\nstarttls = \"off\"\n",
+            backend.addr
+        ),
+    );
+    let gw_a = pair.a.start();
+    let gw_b = pair.b.start();
+    let body = "For Carol's eyes: the ledger is in drawer 7.\r\n";
+    let sent = mail("carol@other.test", "Cautious-path-ibis", body);
+    smtp_send(gw_a.smtp, "alice@secure.test", &["carol@other.test"], &sent).expect("accepted");
+    wait_until(
+        Duration::from_secs(60),
+        || !backend.messages().is_empty(),
+        || format!("A:\n{}\nB:\n{}", gw_a.log_text(), gw_b.log_text()),
+    );
+    let stored = backend.messages().remove(0);
+    assert!(stored.contains("application/vnd.dime.dmime"), "{stored}");
+    for secret in ["Cautious-path-ibis", "ledger", "drawer 7"] {
+        assert!(
+            !stored.contains(secret),
+            "{secret:?} in the mailbox: {stored}"
+        );
+    }
+    assert_eq!(flow_count(&gw_a, "wrap"), 1.0);
+    assert_eq!(flow_count(&gw_b, "pass_sealed"), 1.0);
+    assert_eq!(flow_count(&gw_b, "unwrap"), 0.0);
+    // The object is the one A sealed, as it crossed the wire: a bucket size.
+    let b64: String = stored
+        .split("filename=\"message.dmime\"")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| !l.starts_with("--"))
+        .collect();
+    use base64::Engine;
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .expect("base64 D/MIME");
+    assert_eq!(wrapped_sizes(&gw_a), vec![sealed.len()]);
+    let mut open = Command::new(bin())
+        .args(["message", "open", "--as", "recipient", "--key"])
+        .arg(pair.b.dir.path().join("carol-keys/carol@other.test.key"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    open.stdin.take().unwrap().write_all(&sealed).unwrap();
+    let opened = open.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&opened.stdout);
+    assert!(
+        text.contains("Subject: Cautious-path-ibis") && text.ends_with(body),
+        "carol's key opens it: {text}{}",
+        String::from_utf8_lossy(&opened.stderr)
+    );
 }

@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | wrap | [`wrap()`] | author (a hosted user, or the domain's bridge identity) and origin in one pass |
 //! | unwrap (inbound) | [`unwrap_prepare`], then [`unwrap_finish`] | destination, then recipient |
+//! | submission (from our DIME authors, over DMTP) | [`submission_prepare`], then [`submission_sign`] | origin (checks the author, signs) |
 //! | unwrap (outbound, exit) | [`unwrap_exit_prepare`], then [`unwrap_exit_finish`] | origin (checks the author, signs), then the exit identity as recipient |
 //! | protect at rest | [`protect()`] | the bridge identity as author, our org as origin and destination, the cautious user as recipient |
 //!
@@ -27,6 +28,7 @@
 mod headers;
 pub mod padding;
 pub mod protect;
+pub mod submit;
 #[cfg(test)]
 pub(crate) mod testkit;
 pub mod unwrap;
@@ -38,6 +40,7 @@ use crate::status::EnhancedStatus;
 
 pub use padding::Buckets;
 pub use protect::{ProtectInput, protect};
+pub use submit::{Submission, SubmitInput, submission_prepare, submission_sign};
 pub use unwrap::{
     DimeResult, ExitInput, Exited, FailReason, NeedSignets, UnwrapInput, Unwrapped,
     unwrap_exit_finish, unwrap_exit_prepare, unwrap_finish, unwrap_prepare,

@@ -18,15 +18,17 @@
 //! rebuilds the message. Every failure there is an error: nothing unauthenticated leaves.
 //!
 //! The rebuilt message is [`crate::dime::message::Report::rfc5322`] with, prepended,
-//! `Received: from <origin domain> by <hostname> with DMTP id <queue id>; <date>` and (inbound
-//! only) `Authentication-Results: <hostname>; dime=pass|fail (...)` naming the author and origin
+//! `Received: from <origin domain> by <hostname> with DMTP id <queue id>; <date>` and
+//! `Authentication-Results: <hostname>; dime=pass|fail (...)` naming the author and origin
 //! with their fingerprints. Any `Authentication-Results` inside that claims our host name is
 //! dropped (RFC 8601 §5), and so is `X-Envelope-From`, whose value becomes
-//! [`Unwrapped::envelope_from`]. Exit adds no `Authentication-Results`: the receiving domain
-//! cannot rely on ours (RFC 8601 §1.6), and the field would only describe our internal check.
+//! [`Unwrapped::envelope_from`]. On exit the verdict is always `dime=pass` (anything else was
+//! refused): the receiving domain may ignore a field of ours (RFC 8601 §1.6), but the
+//! recipient and our own backend see which DIME identity vouched for the mail.
 
 use std::fmt;
 
+use super::submit::{SubmitInput, submission_sign};
 use super::wrap::named;
 use super::{BridgeError, ENVELOPE_FROM_FIELD, Identity, headers, is_origin_chunk};
 use crate::dime::message::{
@@ -266,7 +268,7 @@ fn open_inbound(
     ))
 }
 
-fn origin_envelope(r: &Report) -> Result<OriginEnvelope, BridgeError> {
+pub(super) fn origin_envelope(r: &Report) -> Result<OriginEnvelope, BridgeError> {
     r.origin_envelope
         .clone()
         .ok_or(BridgeError::Corrupt(OpenError::MalformedEnvelope {
@@ -283,7 +285,11 @@ fn destination_envelope(r: &Report) -> Result<DestinationEnvelope, BridgeError> 
 }
 
 /// The supplied author signet is the one named, for the address named, valid under `org`.
-fn author_signet_check(s: &Signet, need: &NeedSignets, org: &Signet) -> Result<(), FailReason> {
+pub(super) fn author_signet_check(
+    s: &Signet,
+    need: &NeedSignets,
+    org: &Signet,
+) -> Result<(), FailReason> {
     let given = s.crypto_fingerprint().to_string();
     if given != need.author_fingerprint {
         return Err(FailReason::AuthorSignetMismatch {
@@ -503,28 +509,16 @@ pub fn unwrap_exit_finish(
             fingerprint: need.author_fingerprint.clone(),
         })
     })?;
-    author_signet_check(signet, &need, input.org.signet).map_err(BridgeError::AuthorSignet)?;
+    let submitted = SubmitInput {
+        message: input.message,
+        org: input.org,
+        domain: input.domain,
+    };
+    let (_, signed) = submission_sign(&submitted, signet)?;
     let signets = [
         named(input.org.signet, input.domain),
         named(signet, &need.author),
     ];
-    message::open(
-        input.message,
-        Actor::Origin,
-        input.org.key.encryption_secret(),
-        &signets,
-    )
-    .map_err(|e| match e {
-        OpenError::SignatureInvalid { .. } | OpenError::SignetMissing { .. } => {
-            BridgeError::AuthorSignature(e)
-        }
-        e => super::open_error(Actor::Origin, e),
-    })?;
-    let signed = message::sign_as_origin(
-        input.message,
-        input.org.key.encryption_secret(),
-        input.org.key.signing_key(),
-    )?;
     let report = message::open(
         &signed,
         Actor::Recipient,
@@ -532,6 +526,7 @@ pub fn unwrap_exit_finish(
         &signets,
     )
     .map_err(|e| super::open_error(Actor::Recipient, e))?;
+    let ar = authentication_results(input.hostname, &need, &DimeResult::Pass);
     let unwrapped = rebuild(
         &report,
         need,
@@ -540,7 +535,7 @@ pub fn unwrap_exit_finish(
             hostname: input.hostname,
             queue_id: input.queue_id,
             received_at: input.received_at,
-            authentication_results: None,
+            authentication_results: Some(ar),
         },
         DimeResult::Pass,
     )?;
@@ -887,9 +882,12 @@ mod tests {
         assert_eq!(out.unwrapped.dime, DimeResult::Pass);
         let got = text(&out.unwrapped);
         assert!(got.starts_with(
-            "Received: from north.test by mx.north.test with DMTP id E1; Tue, 01 Dec 2026 10:00:00 +0000\r\nDate: "
+            "Received: from north.test by mx.north.test with DMTP id E1; Tue, 01 Dec 2026 10:00:00 +0000\r\nAuthentication-Results: "
         ));
-        assert!(!got.contains("Authentication-Results"));
+        assert!(got.contains(&format!(
+            "\r\nAuthentication-Results: mx.north.test; dime=pass (author alice@north.test [{}]; origin north.test [",
+            w.alice.signet.crypto_fingerprint()
+        )));
         assert!(got.ends_with("lunch at noon at the usual place?\r\n"));
         // The signed copy passes a destination's checks; the submission did not.
         let org = [named(&w.north.signet, "north.test")];

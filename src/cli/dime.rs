@@ -44,8 +44,9 @@ pub enum DimeCommand {
 /// `dimegate message …`
 #[derive(Debug, Subcommand)]
 pub enum MessageCommand {
-    /// Seal an RFC 5322 message (stdin) as author and sign it as origin; the binary D/MIME
-    /// message goes to stdout.
+    /// Seal an RFC 5322 message (stdin) as author and sign it as origin (without `--origin-key`:
+    /// as author only, for submission to the origin over DMTP); the binary D/MIME message goes
+    /// to stdout.
     Seal(SealArgs),
     /// Open a D/MIME message (stdin) as one actor and check every signature it can see.
     Open(OpenArgs),
@@ -60,9 +61,12 @@ pub struct SealArgs {
     /// Author's user signet.
     #[arg(long)]
     pub author_signet: PathBuf,
-    /// Origin's org key (signs chunks 248/249/255).
+    /// Origin's org key (signs chunks 248/249/255). Without it the message carries the author's
+    /// signatures only, as a DIME client submits it to its own organization, which signs as
+    /// origin (for mail to a legacy mailbox: `--recipient-signet` is the domain's exit
+    /// identity, `dime-bridge@<domain>`, and `--recipient` the legacy address).
     #[arg(long)]
-    pub origin_key: PathBuf,
+    pub origin_key: Option<PathBuf>,
     /// Origin's org signet.
     #[arg(long)]
     pub origin_signet: PathBuf,
@@ -72,6 +76,10 @@ pub struct SealArgs {
     /// Recipient's user signet.
     #[arg(long)]
     pub recipient_signet: PathBuf,
+    /// The recipient mailbox the destination chunk names, when it is not the recipient
+    /// signet's own (the exit: a legacy address, sealed to the exit identity).
+    #[arg(long)]
+    pub recipient: Option<String>,
     /// Write libdime's tree-signature form instead of the spec's (DIME.md §7.8).
     #[arg(long)]
     pub libdime_tree: bool,
@@ -224,17 +232,21 @@ pub fn message_seal(
 ) -> anyhow::Result<ExitCode> {
     use crate::dime::message::{self, Parties, Party, SealOptions, TreeSignature};
     let author_key = load_key(&args.author_key)?;
-    let origin_key = load_key(&args.origin_key)?;
+    let origin_key = args.origin_key.as_deref().map(load_key).transpose()?;
     let signet = |p: &Path| load_signet(p).map(|s| Party::from_signet(&s));
     let author = signet(&args.author_signet)?;
     let origin = signet(&args.origin_signet)?;
     let destination = signet(&args.destination_signet)?;
-    let recipient = signet(&args.recipient_signet)?;
+    let mut recipient = signet(&args.recipient_signet)?;
+    if let Some(name) = &args.recipient {
+        recipient.name = name.clone();
+    }
     // A key that does not belong to its signet would seal a message nobody can verify.
-    for (what, key, party) in [
-        ("author", &author_key, &author),
-        ("origin", &origin_key, &origin),
-    ] {
+    let mut pairs = vec![("author", &author_key, &author)];
+    if let Some(key) = &origin_key {
+        pairs.push(("origin", key, &origin));
+    }
+    for (what, key, party) in pairs {
         if key.encryption_public() != party.encryption_key
             || !party.signing_keys.contains(&key.verifying_key())
         {
@@ -254,7 +266,7 @@ pub fn message_seal(
         } else {
             TreeSignature::Spec
         },
-        origin_signing_key: Some(origin_key.signing_key()),
+        origin_signing_key: origin_key.as_ref().map(|k| k.signing_key()),
     };
     match message::seal(input, &parties, author_key.signing_key(), &opts, rng) {
         Ok(sealed) => {
@@ -770,10 +782,11 @@ mod message_tests {
         let args = SealArgs {
             author_key: vec_path("auth.keys"),
             author_signet: vec_path("auth.signet"),
-            origin_key: vec_path("orig.keys"),
+            origin_key: Some(vec_path("orig.keys")),
             origin_signet: vec_path("orig.signet"),
             destination_signet: vec_path("dest.signet"),
             recipient_signet: vec_path("recp.signet"),
+            recipient: None,
             libdime_tree: false,
         };
         let mut sealed = Vec::new();

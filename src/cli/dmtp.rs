@@ -1,5 +1,6 @@
-//! `dimegate dmtp sgnt|vrfy|hist NAME` (a `dig` for DIME) and `dimegate lookup NAME` (the whole
-//! discovery chain). Both run the server's own [`crate::discovery::Discovery`], configured from
+//! `dimegate dmtp sgnt|vrfy|hist NAME` (a `dig` for DIME), `dimegate dmtp send FILE` (one
+//! transfer, e.g. a DIME author's submission to its own organization) and `dimegate lookup
+//! NAME` (the whole discovery chain). Both run the server's own [`crate::discovery::Discovery`], configured from
 //! `[dmtp]` and `[dns]`, so what they print is what the gateway would find.
 //!
 //! Exit codes: 0 found and valid, 1 the look-up failed or the signet does not validate, 2 usage
@@ -29,6 +30,35 @@ pub enum DmtpCommand {
     Vrfy(DmtpArgs),
     /// `HIST`: a user's chain of custody, oldest first, each link checked.
     Hist(DmtpArgs),
+    /// `MAIL`/`RCPT`/`DATA`: transfer a sealed D/MIME message (a file) and print the server's
+    /// transaction id. By default a *submission*: `RCPT TO` is the origin's own domain, as a DIME
+    /// author hands mail sealed with `message seal` (without `--origin-key`) to its own
+    /// organization.
+    Send(SendArgs),
+}
+
+/// `dimegate dmtp send`
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The D/MIME message.
+    pub file: std::path::PathBuf,
+    /// The origin organization's domain (`MAIL FROM`).
+    #[arg(long)]
+    pub origin: String,
+    /// The origin's org signet: `MAIL` names its fingerprint.
+    #[arg(long)]
+    pub origin_signet: std::path::PathBuf,
+    /// The destination organization (`RCPT TO`); default: the origin (a submission).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// The destination's org signet, whose fingerprint `RCPT` names (default: none for another
+    /// domain, the origin's for a submission).
+    #[arg(long)]
+    pub destination_signet: Option<std::path::PathBuf>,
+    /// Connect to this DMTP server (TLS from the first byte) instead of the destination's DX;
+    /// the certificate is still checked against the `_dx` record, if there is one.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub server: Option<String>,
 }
 
 /// Where and what to ask.
@@ -118,6 +148,7 @@ async fn dmtp(config: &Config, cmd: DmtpCommand) -> anyhow::Result<ExitCode> {
         DmtpCommand::Sgnt(a) => ("sgnt", a),
         DmtpCommand::Vrfy(a) => ("vrfy", a),
         DmtpCommand::Hist(a) => ("hist", a),
+        DmtpCommand::Send(a) => return send(config, a).await,
     };
     let Ok(name) = SignetName::parse(&args.name) else {
         eprintln!("error: {:?} is neither a domain nor a mailbox", args.name);
@@ -344,6 +375,74 @@ async fn server_target(
         },
     };
     Ok((target, SocketAddr::new(ip, port)))
+}
+
+/// `dmtp send`: one transfer; exit 0 with `accepted [txid]`, 1 with the server's refusal.
+async fn send(config: &Config, args: &SendArgs) -> anyhow::Result<ExitCode> {
+    use crate::dmtp::client::Delivery;
+    use crate::dmtp::codec::Domain;
+    let message = std::fs::read(&args.file).with_context(|| format!("{}", args.file.display()))?;
+    let origin_signet = super::dime::load_signet(&args.origin_signet)?;
+    let to = args.to.as_deref().unwrap_or(&args.origin);
+    let (Ok(origin), Ok(destination)) = (Domain::parse(&args.origin), Domain::parse(to)) else {
+        eprintln!("error: --origin and --to must be domain names");
+        return Ok(ExitCode::from(USAGE));
+    };
+    let destination_fingerprint = match &args.destination_signet {
+        Some(path) => Some(super::dime::load_signet(path)?.crypto_fingerprint()),
+        None if args.to.is_none() => Some(origin_signet.crypto_fingerprint()),
+        None => None,
+    };
+    let discovery = discovery(config)?;
+    let domain = destination.as_str().to_owned();
+    let (record, verdict) = match discovery.record(&domain).await {
+        Ok(found) => found,
+        Err(DiscoveryError::NoRecord { .. }) if args.server.is_some() => {
+            (DxRecord::default(), Verdict::Insecure)
+        }
+        Err(e) => {
+            println!("record: {e}");
+            return Ok(ExitCode::from(FAILED));
+        }
+    };
+    let jobs = vec![Job::Deliver(Delivery {
+        origin,
+        origin_fingerprint: origin_signet.crypto_fingerprint(),
+        destination,
+        destination_fingerprint,
+        ret: None,
+        data_type: None,
+        message,
+    })];
+    let ran = match &args.server {
+        None => discovery.run(&domain, &record, verdict, jobs).await,
+        Some(server) => match server_target(&discovery, server, false).await {
+            Ok((target, addr)) => {
+                discovery
+                    .run_at(&domain, &record, verdict, &target, addr, jobs)
+                    .await
+            }
+            Err(e) => Err(e),
+        },
+    };
+    let events = match ran {
+        Ok((events, _)) => events,
+        Err(e) => {
+            println!("error: {e}");
+            return Ok(ExitCode::from(FAILED));
+        }
+    };
+    match events.iter().find_map(|e| match e {
+        ClientEvent::Delivered { txid, .. } => Some(txid),
+        _ => None,
+    }) {
+        Some(txid) => {
+            let txid = txid.as_ref().map(|t| t.to_string()).unwrap_or_default();
+            println!("accepted [{txid}]");
+            Ok(ExitCode::SUCCESS)
+        }
+        None => failed(&events),
+    }
 }
 
 fn signets(events: &[ClientEvent]) -> Vec<Signet> {

@@ -17,6 +17,11 @@
 //! bytes (from the same origin) were stored before is the origin retrying one whose `2xx` it
 //! never heard (the sender keeps each sealed copy until it settles, so retries are
 //! byte-identical); it is answered `2xx OK [first txid]` and not queued again.
+//!
+//! A transfer whose origin is one of our own domains is a *submission* from one of our DIME
+//! authors and takes the checks of [`submission`] instead.
+
+mod submission;
 
 use super::codec::{SignetName, TxId};
 use super::server::{
@@ -242,6 +247,10 @@ pub async fn verify_and_store(
     peer: SocketAddr,
 ) -> Result<TxId, TransferRefusal> {
     let origin_name = t.origin.as_str().to_owned();
+    // Our own domain as origin: one of our authors submitting (see `submission`).
+    if let Some(org) = ctx.org(&origin_name) {
+        return submission::accept(ctx, org, t, peer).await;
+    }
     let org = ctx
         .org(t.destination.as_str())
         .ok_or(TransferRefusal::WrongDestinationSignet)?;

@@ -4,10 +4,15 @@
 //! the SMTP/LMTP transport for that recipient alone. The conversions are [`crate::bridge`]'s; this
 //! is where their keys and signets come from.
 //!
+//! When the next hop refuses an unwrapped copy for good, the failure report goes back to the
+//! author sealed (`sealed_dsn`), once [`BridgeTransport::with_sealed_dsns`] says where to queue it.
+//!
 //! A conversion that fails for good (a message not sealed for us, a broken signature) fails the
 //! recipient with the bridge's status; one that may work later (the origin's signet cannot be
 //! fetched now) defers it. An author whose signet cannot be had at all does not stop delivery:
 //! the mail arrives with `dime=fail` in its `Authentication-Results`.
+
+mod sealed_dsn;
 
 use super::dmtp::{bridge_outcome, discovery_outcome};
 use super::route::{BridgeHop, Conversion};
@@ -32,6 +37,7 @@ pub struct BridgeTransport {
     orgs: Arc<Vec<OrgIdentity>>,
     hostname: String,
     padding: bridge::Buckets,
+    dsns: Option<sealed_dsn::SealedDsns>,
 }
 
 impl std::fmt::Debug for BridgeTransport {
@@ -46,6 +52,8 @@ impl std::fmt::Debug for BridgeTransport {
 struct Converted {
     envelope: Envelope,
     body: Vec<u8>,
+    /// Unwrap: the author, whose signatures verified (a failure report goes back to them).
+    author: Option<String>,
 }
 
 impl BridgeTransport {
@@ -66,7 +74,19 @@ impl BridgeTransport {
             orgs,
             hostname,
             padding,
+            dsns: None,
         }
+    }
+
+    /// Failure reports for unwrapped mail that the next hop refuses for good go back to its
+    /// author, sealed, queued in `store` (see `sealed_dsn`); at most `max_full_bytes` of the
+    /// message are returned in one.
+    pub fn with_sealed_dsns(mut self, store: crate::store::Store, max_full_bytes: u64) -> Self {
+        self.dsns = Some(sealed_dsn::SealedDsns {
+            store,
+            max_full_bytes,
+        });
+        self
     }
 
     fn org(&self, address: &str) -> Result<&OrgIdentity, DeliveryOutcome> {
@@ -166,9 +186,12 @@ impl BridgeTransport {
         if let Some(from) = opened.envelope_from {
             envelope.sender = from;
         }
+        // Only an author whose signatures verified gets a report: anyone could name anyone.
+        let author = (opened.dime == bridge::DimeResult::Pass).then(|| opened.author.clone());
         Ok(Converted {
             envelope,
             body: opened.rfc5322,
+            author,
         })
     }
 
@@ -222,7 +245,11 @@ impl BridgeTransport {
         info!(rcpt = %address, size = body.len(), "protected at rest");
         let mut envelope = message.envelope.clone();
         envelope.body_8bit = false;
-        Ok(Converted { envelope, body })
+        Ok(Converted {
+            envelope,
+            body,
+            author: None,
+        })
     }
 
     fn pass_sealed(
@@ -247,7 +274,11 @@ impl BridgeTransport {
         info!(rcpt = %address, size = body.len(), "passed on sealed");
         let mut envelope = message.envelope.clone();
         envelope.body_8bit = false;
-        Ok(Converted { envelope, body })
+        Ok(Converted {
+            envelope,
+            body,
+            author: None,
+        })
     }
 
     async fn send(
@@ -286,7 +317,22 @@ impl BridgeTransport {
                 envelope: &converted.envelope,
                 body: &converted_body,
             };
-            outcomes.extend(self.smtp.deliver(&hop.hop, copy, &[index]).await);
+            let mut delivered = self.smtp.deliver(&hop.hop, copy, &[index]).await;
+            if let (Some(dsns), Some(author)) = (&self.dsns, &converted.author) {
+                for (i, outcome) in &mut delivered {
+                    let DeliveryOutcome::Failed(diagnosis) = outcome else {
+                        continue;
+                    };
+                    if let Err(reason) = self
+                        .queue_sealed_dsn(dsns, message, *i, &converted.body, author, diagnosis)
+                        .await
+                    {
+                        // Not final without its report: try both again later.
+                        *outcome = deferred(EnhancedStatus::new(4, 3, 0), reason);
+                    }
+                }
+            }
+            outcomes.extend(delivered);
         }
         outcomes
     }

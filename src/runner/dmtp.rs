@@ -91,6 +91,10 @@ impl DmtpTransport {
         message: Message<'_>,
         recipients: &[usize],
     ) -> Vec<(usize, DeliveryOutcome)> {
+        if let Author::Submitted(_) = &hop.author {
+            // Sealed and signed already: nothing to wrap.
+            return super::forward::pass_on(&self.discovery, hop, message, recipients).await;
+        }
         let domain = hop.domain.as_str();
         let every = |outcome: DeliveryOutcome| -> Vec<(usize, DeliveryOutcome)> {
             recipients.iter().map(|&i| (i, outcome.clone())).collect()
@@ -302,6 +306,9 @@ impl DmtpTransport {
         let address = match author {
             Author::Hosted(address) => address.clone(),
             Author::Bridge(domain) => bridge_address(domain.as_str()),
+            Author::Submitted(address) => {
+                return Err(format!("{address}'s submission is sealed already"));
+            }
         };
         let (signet, key) = self
             .keystore
@@ -323,7 +330,11 @@ impl Transport<DmtpHop> for DmtpTransport {
 }
 
 /// A failure found here, permanent or not.
-fn local_failure(permanent: bool, status: EnhancedStatus, reason: String) -> DeliveryOutcome {
+pub(super) fn local_failure(
+    permanent: bool,
+    status: EnhancedStatus,
+    reason: String,
+) -> DeliveryOutcome {
     let diagnosis = Diagnosis {
         local_reason: Some(reason),
         status: Some(status),
@@ -353,7 +364,7 @@ pub(super) fn discovery_outcome(e: &DiscoveryError, step: &str) -> DeliveryOutco
 }
 
 /// A refused transfer: the DMTP reply is the diagnostic code.
-fn client_outcome(host: &str, error: &ClientError) -> DeliveryOutcome {
+pub(super) fn client_outcome(host: &str, error: &ClientError) -> DeliveryOutcome {
     let diagnosis = Diagnosis {
         remote_mta: Some(host.to_owned()),
         reply: error

@@ -22,6 +22,7 @@ mod authres;
 mod bridged;
 mod directory;
 mod dmtp;
+mod forward;
 mod route;
 #[cfg(test)]
 mod tests;
@@ -374,6 +375,14 @@ impl QueueRunner {
         let envelope = message.envelope;
         let directory = self.transports.dime.as_ref().map(|d| &*d.directory);
         let arrival = match (&envelope.dime, directory) {
+            // Our own domain as origin: we signed it at submission (see `forward`).
+            (Some(d), _)
+                if Domain::parse(&d.origin).is_ok_and(|o| self.route.served.contains(&o)) =>
+            {
+                Arrival::Submitted {
+                    author: envelope.sender.clone(),
+                }
+            }
             (Some(_), _) => Arrival::Dime,
             (None, Some(directory)) => {
                 let hosted = directory.hosted(&envelope.sender) == Hosted::Trustful;

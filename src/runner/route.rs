@@ -9,8 +9,9 @@
 //!    (4.3.5) while none is configured. On the way, D/MIME that arrived over DMTP is opened for a
 //!    trustful user (*unwrap*) or passed on sealed for a cautious one; legacy mail for a cautious
 //!    user is sealed to their signet (*protect at rest*);
-//! 3. D/MIME that arrived over DMTP for anyone else fails: only the exit flow may send DIME mail on,
-//!    and it does not go through here;
+//! 3. D/MIME that arrived over DMTP for anyone else fails, unless one of our own authors
+//!    submitted it (and we signed it as origin): that goes on over DMTP as it is, whatever the
+//!    destination's policy, as it can be read by nobody but its DIME recipient;
 //! 4. a domain whose DIME policy is `off` goes over SMTP;
 //! 5. a domain that publishes `_dx`, with a recipient signet found, is *wrapped* and goes over DMTP;
 //!    a `_dx` or signet lookup that failed for now, or a `_dx` that failed DNSSEC validation, holds
@@ -120,13 +121,18 @@ pub enum Author {
     /// The bridge identity of this served domain (the legacy sender is named in the sealed
     /// headers).
     Bridge(Domain),
+    /// A DIME author of ours who sealed the message themselves and submitted it over DMTP
+    /// (by address): it is passed on as it is, already signed by us as origin.
+    Submitted(String),
 }
 
 impl Author {
     /// The served domain that signs as origin.
     pub fn origin(&self) -> Option<Domain> {
         match self {
-            Author::Hosted(address) => recipient_domain(address).ok().flatten(),
+            Author::Hosted(address) | Author::Submitted(address) => {
+                recipient_domain(address).ok().flatten()
+            }
             Author::Bridge(domain) => Some(domain.clone()),
         }
     }
@@ -157,6 +163,12 @@ pub enum Arrival {
     },
     /// Over DMTP: a D/MIME message sealed to one of our organizations.
     Dime,
+    /// Over DMTP from one of our own DIME authors, for another DIME domain: sealed by the
+    /// author, signed by us as origin at submission, to be passed on as it is.
+    Submitted {
+        /// The author.
+        author: String,
+    },
 }
 
 /// Where a DMTP delivery goes, and who wrote what is sealed for it.
@@ -291,6 +303,10 @@ impl NextHop {
         match self {
             NextHop::Smtp(SmtpHop::Backend { .. }) => "backend",
             NextHop::Smtp(_) => "relay",
+            NextHop::Dmtp(DmtpHop {
+                author: Author::Submitted(_),
+                ..
+            }) => "submitted",
             NextHop::Dmtp(_) => "wrap",
             NextHop::Bridge(b) => b.conversion.as_str(),
             NextHop::Hold(_) => "hold",
@@ -422,6 +438,12 @@ pub fn route(
                 address: recipient.to_owned(),
             });
         }
+        Arrival::Submitted { author } => {
+            return NextHop::Dmtp(DmtpHop {
+                domain,
+                author: Author::Submitted(author.clone()),
+            });
+        }
         Arrival::Smtp { author } => author,
     };
     let policy = config.dime.get(&domain);
@@ -495,9 +517,11 @@ fn local(recipient: &str, arrival: &Arrival, hosted: Hosted, config: &RouteConfi
                 ),
             });
         }
-        (Arrival::Dime, Hosted::Trustful) => Some(Conversion::Unwrap),
-        (Arrival::Dime, Hosted::Cautious { .. }) => Some(Conversion::PassSealed),
-        (Arrival::Dime, Hosted::No) => {
+        (Arrival::Dime | Arrival::Submitted { .. }, Hosted::Trustful) => Some(Conversion::Unwrap),
+        (Arrival::Dime | Arrival::Submitted { .. }, Hosted::Cautious { .. }) => {
+            Some(Conversion::PassSealed)
+        }
+        (Arrival::Dime | Arrival::Submitted { .. }, Hosted::No) => {
             return NextHop::Fail(RouteError::NotHosted {
                 address: recipient.to_owned(),
             });
@@ -921,6 +945,55 @@ mod tests {
             route("alice@example.org", &dime, &trustful, &none),
             NextHop::Hold(_)
         ));
+    }
+
+    /// A submission from one of our DIME authors goes over DMTP as it is: whatever `_dx` or the
+    /// policy say, since only its DIME recipient can read it; for a served domain it is a DIME
+    /// arrival like any other.
+    #[test]
+    fn submitted_mail_goes_on_sealed() {
+        let mut c = config(Some(backend()), Some(relay()));
+        c.dime.domains.insert(
+            domain("off.example"),
+            DimePolicy {
+                mode: DimeMode::Off,
+                fallback: Fallback::Smtp,
+            },
+        );
+        let submitted = Arrival::Submitted {
+            author: "alice@example.org".into(),
+        };
+        let passed_on = |d: &str| {
+            NextHop::Dmtp(DmtpHop {
+                domain: domain(d),
+                author: Author::Submitted("alice@example.org".into()),
+            })
+        };
+        for (address, lookups) in [
+            ("@dime.example", Lookups::default()),
+            ("@dime.example", dx_found()),
+            ("@off.example", Lookups::default()),
+        ] {
+            let hop = route(address, &submitted, &lookups, &c);
+            assert_eq!(hop, passed_on(&address[1..]), "{address} {lookups:?}");
+            assert_eq!(hop.flow(), "submitted");
+        }
+        let trustful = Lookups {
+            hosted: Hosted::Trustful,
+            ..Lookups::default()
+        };
+        assert_eq!(
+            route("bob@example.org", &submitted, &trustful, &c),
+            NextHop::Bridge(BridgeHop {
+                conversion: Conversion::Unwrap,
+                hop: backend(),
+            })
+        );
+        assert!(matches!(
+            route("@", &submitted, &Lookups::default(), &c),
+            NextHop::Fail(RouteError::NoDomain { .. })
+        ));
+        assert!(!wants_dx(&domain("dime.example"), &submitted, &c));
     }
 
     #[test]

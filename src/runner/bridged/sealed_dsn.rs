@@ -1,0 +1,157 @@
+//! DSNs for mail that arrived over DMTP, sealed back to its author (issue 9: "a DSN for mail
+//! that arrived over DMTP goes back to its author sealed").
+//!
+//! Such mail is queued with the null sender: the DMTP envelope names domains only, and a plain
+//! SMTP DSN to the origin would put in clear what arrived sealed. When we opened it for a
+//! trustful user, though, we know its author; so when the backend refuses the opened copy for
+//! good, [`BridgeTransport::queue_sealed_dsn`] builds the RFC 3464 report (on the opened copy,
+//! naming the backend's reply) and seals it at once: author our domain's bridge identity, origin
+//! our org (signed), recipient the author's signet at the author's domain, padded like every
+//! sealed message. It is queued as sealed bytes under our own domain as origin, which the runner
+//! routes as a DIME message of ours (`Arrival::Submitted`) and passes on over DMTP as it is:
+//! no path leads to clear text, whatever the author's domain's policy. Its own envelope has
+//! the null sender, so no DSN ever answers it.
+//!
+//! The report is queued (fsync) before the failure is reported to the runner, which marks the
+//! recipient failed only afterwards; if it cannot be sealed now (the author's signet cannot be
+//! fetched), the recipient is deferred instead, and the attempt (and the report) repeated.
+
+use super::BridgeTransport;
+use crate::bridge::{self, Identity, WrapInput};
+use crate::envelope::{DimeArrival, Envelope, Recipient};
+use crate::identity::bridge_address;
+use crate::queue::{DsnInput, RecipientReport, ReportOutcome, build_dsn};
+use crate::runner::transport::Message;
+use crate::status::Diagnosis;
+use crate::store::Store;
+use crate::time::UnixTime;
+use std::net::{Ipv4Addr, SocketAddr};
+use tracing::info;
+
+/// Where sealed DSNs are queued, and how much of a message they return.
+#[derive(Clone)]
+pub(in crate::runner) struct SealedDsns {
+    pub(in crate::runner) store: Store,
+    pub(in crate::runner) max_full_bytes: u64,
+}
+
+impl BridgeTransport {
+    /// Builds, seals and durably queues the failure report for recipient `index` of `message`,
+    /// whose opened copy `opened` (by `author`) the next hop refused with `diagnosis`. `Ok`
+    /// when it is queued or none is owed (the recipient's NOTIFY); `Err` with the reason when it
+    /// cannot be made now.
+    pub(super) async fn queue_sealed_dsn(
+        &self,
+        dsns: &SealedDsns,
+        message: Message<'_>,
+        index: usize,
+        opened: &[u8],
+        author: &str,
+        diagnosis: &Diagnosis,
+    ) -> Result<(), String> {
+        let Some(recipient) = message.envelope.recipients.get(index) else {
+            return Ok(());
+        };
+        let org = self
+            .org(&recipient.address)
+            .map_err(|_| format!("{} is not in a served domain", recipient.address))?;
+        let Some((_, author_domain)) = author.rsplit_once('@') else {
+            return Err(format!("author {author:?} has no domain"));
+        };
+        let now = UnixTime::now();
+        // The report as the author would get it over SMTP, from the opened copy.
+        let mut reported = message.envelope.clone();
+        reported.sender = author.to_owned();
+        reported.dime = None;
+        let reports = [RecipientReport {
+            recipient: index,
+            outcome: ReportOutcome::Failed(diagnosis.clone()),
+            last_attempt: Some(now),
+        }];
+        let Some(dsn) = build_dsn(&DsnInput {
+            queue_id: message.queue_id,
+            envelope: &reported,
+            message: opened,
+            reporting_mta: &self.hostname,
+            now,
+            message_id_seed: rand::random(),
+            reports: &reports,
+            max_full_bytes: dsns.max_full_bytes,
+        }) else {
+            return Ok(());
+        };
+        let destination = self
+            .discovery
+            .org_signet(author_domain)
+            .await
+            .map_err(|e| format!("sealed DSN: org signet of {author_domain}: {e}"))?
+            .signet;
+        let author_signet = self
+            .discovery
+            .user_signet(author)
+            .await
+            .map_err(|e| format!("sealed DSN: signet of {author}: {e}"))?
+            .signet;
+        let bridge = bridge_address(&org.domain);
+        let (bridge_signet, bridge_key) = self
+            .keystore
+            .signing_identity(&bridge)
+            .map_err(|e| format!("sealed DSN: bridge identity: {e}"))?;
+        let sealed = bridge::wrap(
+            &WrapInput {
+                message: &dsn.message,
+                mail_from: "",
+                recipient: author,
+                author: Identity {
+                    signet: &bridge_signet,
+                    key: &bridge_key,
+                },
+                author_address: &bridge,
+                origin: Identity {
+                    signet: &org.signet,
+                    key: &org.key,
+                },
+                origin_domain: &org.domain,
+                destination: &destination,
+                destination_domain: author_domain,
+                recipient_signet: &author_signet,
+                authentication_results: None,
+                padding: self.padding,
+            },
+            &mut rand::rngs::OsRng,
+        )
+        .map_err(|e| format!("sealed DSN: {e}"))?;
+        let envelope = Envelope {
+            sender: String::new(),
+            recipients: vec![Recipient {
+                address: author.to_owned(),
+                notify: None,
+                orcpt: None,
+            }],
+            dsn_ret: None,
+            dsn_envid: None,
+            body_8bit: true,
+            smtputf8: false,
+            helo: self.hostname.clone(),
+            // Made here, not received, as for every DSN.
+            client: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            tls: None,
+            auth_user: None,
+            arrival_unix: now.0,
+            require_tls: false,
+            dime: Some(Box::new(DimeArrival {
+                origin: org.domain.clone(),
+                origin_fingerprint: org.signet.crypto_fingerprint().to_string(),
+                recipient_fingerprint: destination.crypto_fingerprint().to_string(),
+            })),
+        };
+        let size = sealed.len();
+        let id = dsns
+            .store
+            .append(envelope, sealed)
+            .await
+            .map_err(|e| format!("sealed DSN: cannot queue it: {e}"))?;
+        info!(dsn_queue_id = %id, rcpt = %recipient.address, %author, size, "sealed DSN queued");
+        Ok(())
+    }
+}
