@@ -312,6 +312,10 @@ impl BridgeTransport {
                 }
             };
             let converted_body = Body::from(converted.body);
+            // `Body::from` keeps the bytes in memory; the sealed DSN below needs them too.
+            let Body::Inline(converted_bytes) = &converted_body else {
+                continue;
+            };
             let copy = Message {
                 queue_id: message.queue_id,
                 envelope: &converted.envelope,
@@ -324,7 +328,7 @@ impl BridgeTransport {
                         continue;
                     };
                     if let Err(reason) = self
-                        .queue_sealed_dsn(dsns, message, *i, &converted.body, author, diagnosis)
+                        .queue_sealed_dsn(dsns, message, *i, converted_bytes, author, diagnosis)
                         .await
                     {
                         // Not final without its report: try both again later.
