@@ -69,7 +69,9 @@ echo start > "$TB/phase"
 sampler() {
     while true; do
         [ -n "$(cat "$TB/pid" 2>/dev/null)" ] &&
-            awk -v p="$(cat "$TB/phase")" '$1 == "VmRSS:" {print p, $2}' "/proc/$(cat "$TB/pid")/status" 2>/dev/null
+            awk -v p="$(cat "$TB/phase")" '$1 == "VmRSS:" {print p, $2}' "/proc/$(cat "$TB/pid")/status" 2>/dev/null || true
+        # (A sample missed while the gateway restarts must not end the sampler under set -e:
+        # it did, and the drain had no RSS figures.)
         sleep 0.2
     done >> "$TB/rss"
 }

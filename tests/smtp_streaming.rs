@@ -178,3 +178,119 @@ fn large_bodies_stream_to_the_store_and_arrive_byte_for_byte() {
     }
     assert_eq!(body_files(&data_dir), 0, "delivered bodies are unlinked");
 }
+
+/// Sends the file at argv[2] over DATA (smtplib, which dot-stuffs it) to port argv[1], once for
+/// each recipient named after it; prints each final reply.
+const SENDER: &str = r#"
+import smtplib, sys
+port = int(sys.argv[1])
+body = open(sys.argv[2], "rb").read()
+for rcpt in sys.argv[3:]:
+    s = smtplib.SMTP("127.0.0.1", port)
+    s.ehlo("big.client.test")
+    try:
+        s.sendmail("a@client.test", [rcpt], body)
+        print("ok", rcpt)
+    except smtplib.SMTPException as e:
+        print("refused", rcpt, e)
+    s.quit()
+"#;
+
+/// The other direction: a multi-MiB message leaves the queue in 64 KiB chunks, dot-stuffed
+/// chunk by chunk, and reaches a real smtp-sink byte for byte. The lines have every length
+/// from 0 to 96 bytes and every seventh starts with a dot, so across the header's and the
+/// chunks' offsets the chunk boundaries fall before, inside and after a stuffed dot and between
+/// CR and LF. A body file cut short on disk is refused at load and never sent as a shorter
+/// message: it stays queued.
+#[test]
+fn multi_mib_messages_are_delivered_in_chunks_byte_for_byte() {
+    let sink_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let smtp_port = free_port();
+    let gw = Gateway::start(&format!(
+        "[backend]\naddress = \"{sink_addr}\"\n\
+         [queue]\nretry = [\"1s\"]\njitter_percent = 0\npoll_interval = \"100ms\"\n\
+         [smtp]\nlisten = \"127.0.0.1:{smtp_port}\"\nhostname = \"mx.example.test\"\n\
+         max_message_size = \"8MiB\"\n\
+         [[domain]]\nname = \"example.test\"\n"
+    ));
+    let mut message = b"Subject: six mebibytes\r\nFrom: a@client.test\r\n\r\n".to_vec();
+    let mut i = 0u64;
+    while message.len() < 6 << 20 {
+        let dots = if i.is_multiple_of(7) { "." } else { "" };
+        let fill = "y".repeat((i % 97) as usize);
+        message.extend_from_slice(format!("{dots}{fill}\r\n").as_bytes());
+        i += 1;
+    }
+    message.extend_from_slice(b".\r\n..\r\nlast line\r\n");
+    let dir = gw.dir.path();
+    let file = dir.join("six.eml");
+    std::fs::write(&file, &message).unwrap();
+    let out = python(
+        SENDER,
+        &[
+            &smtp_port.to_string(),
+            file.to_str().unwrap(),
+            "one@example.test",
+            "cut@example.test",
+        ],
+    );
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["ok one@example.test", "ok cut@example.test"],
+        "{out}\n{}",
+        gw.log_text()
+    );
+    let queued = gw.queue_json();
+    assert_eq!(queued.len(), 2, "{queued:#?}");
+    // Cut the second message's body file short before any attempt can reach a backend.
+    let cut_id = queued
+        .iter()
+        .find(|m| m.to_string().contains("cut@example.test"))
+        .and_then(|m| m["queue_id"].as_str())
+        .expect("the second message")
+        .to_owned();
+    let bodies = dir.join("data").join("queue.bodies");
+    let cut_file = std::fs::read_dir(&bodies)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.eq_ignore_ascii_case(&cut_id))
+        })
+        .unwrap_or_else(|| panic!("no body file for {cut_id} in {}", bodies.display()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&cut_file)
+        .unwrap()
+        .set_len(3 << 20)
+        .unwrap();
+
+    let sink = Sink::start_at(sink_addr, &[]);
+    wait_until(
+        Duration::from_secs(60),
+        || gw.queue_json().len() == 1 && !sink.messages().is_empty(),
+        || format!("queue {:#?}\nlog:\n{}", gw.queue_json(), gw.log_text()),
+    );
+    // Give the cut one some retries: it must never go out.
+    std::thread::sleep(Duration::from_secs(3));
+    let dumps = sink.messages();
+    assert_eq!(dumps.len(), 1, "only the intact message is delivered");
+    assert!(dumps[0].contains("X-Rcpt-Args: <one@example.test>"));
+    // smtp-sink writes the message with LF line ends after its own X- lines and our Received:.
+    let want = String::from_utf8(message).unwrap().replace("\r\n", "\n");
+    assert!(
+        dumps[0].ends_with(&format!("{want}\n")) || dumps[0].ends_with(&want),
+        "the delivered body differs (dump of {} bytes, message of {} bytes)",
+        dumps[0].len(),
+        want.len()
+    );
+    let left = gw.queue_json();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["queue_id"].as_str(), Some(cut_id.as_str()));
+    let log = gw.log_text();
+    assert!(
+        log.contains("its record says"),
+        "the short body is named in the log:\n{log}"
+    );
+}

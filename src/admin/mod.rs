@@ -10,7 +10,7 @@
 //! | GET | `/api/queue/{queue_id}` | JSON message record, 404 if absent |
 //! | DELETE | `/api/queue/{queue_id}` | 204, or 404 if absent |
 //! | POST | `/api/queue/{queue_id}/{retry,hold,release,bounce}` | JSON record after the action, 404 if absent |
-//! | POST | `/api/queue/retry?domain=D` | retry every message with a recipient in D now; JSON count |
+//! | POST | `/api/queue/retry?domain=D` | retry every message with a recipient in D now; JSON lines of progress, the last with `"done": true` and the count |
 //! | POST | `/api/tlsrpt/send` | send the TLS-RPT reports counted so far now (RFC 8460; also run daily at 00:00 UTC); JSON summary |
 //! | POST | `/api/drain?peer=HOST:PORT` | stop ingress (421 4.3.2), make everything due now, and with `peer` hand every recipient to that SMTP peer; JSON |
 
@@ -245,22 +245,54 @@ async fn tlsrpt_send(State(state): State<Arc<AdminState>>) -> Response {
     Json(summary).into_response()
 }
 
+/// Retries a domain (or everything) in the store's chunks on the blocking pool, answering as it
+/// goes: one JSON line per committed chunk (`{"retried": n, "done": false}`), then
+/// `{"retried": n, "done": true}` or `{"error": ..., "done": true}`. A million messages take
+/// longer than a client's read timeout; the lines keep the connection busy and say how far it
+/// got. The run goes on to its end if the client goes away.
 async fn queue_flush(
     State(state): State<Arc<AdminState>>,
     Query(q): Query<FlushQuery>,
 ) -> Response {
     let store = state.store.clone();
     let domain = q.domain.clone();
-    // In bounded chunks inside the store: a million matching messages are not listed first.
-    let flushed = tokio::task::spawn_blocking(move || store.retry_domain(domain.as_deref())).await;
-    match flushed {
-        Ok(Ok(n)) => {
-            tracing::info!(domain = ?q.domain, messages = n, "queue flushed by admin");
-            state.runner.wake();
-            Json(serde_json::json!({ "retried": n })).into_response()
-        }
-        Ok(Err(e)) => store_error(e),
-        Err(e) => store_error(e),
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let line = |v: serde_json::Value| format!("{v}\n");
+    let progress_tx = tx.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        store.retry_domain_with(domain.as_deref(), |n| {
+            let _ = progress_tx.send(line(serde_json::json!({ "retried": n, "done": false })));
+        })
+    });
+    tokio::spawn(async move {
+        let last = match job.await {
+            Ok(Ok(n)) => {
+                tracing::info!(domain = ?q.domain, messages = n, "queue flushed by admin");
+                state.runner.wake();
+                serde_json::json!({ "retried": n, "done": true })
+            }
+            Ok(Err(e)) => serde_json::json!({ "error": e.to_string(), "done": true }),
+            Err(e) => serde_json::json!({ "error": e.to_string(), "done": true }),
+        };
+        let _ = tx.send(line(last));
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(Lines(rx)),
+    )
+        .into_response()
+}
+
+/// The lines of a streamed answer, as a body stream.
+struct Lines(tokio::sync::mpsc::UnboundedReceiver<String>);
+
+impl futures_core::Stream for Lines {
+    type Item = Result<String, std::convert::Infallible>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|line| line.map(Ok))
     }
 }
 

@@ -274,8 +274,7 @@ pub(crate) fn run(config: &Config, command: QueueCommand) -> anyhow::Result<Exit
                         if status != 200 {
                             anyhow::bail!("server answered {status}: {}", body.trim());
                         }
-                        let v: serde_json::Value = serde_json::from_str(&body)?;
-                        v["retried"].as_u64().unwrap_or(0)
+                        retried_count(&body)?
                     }
                 };
                 println!("{domain}: {n} message(s) due now");
@@ -587,6 +586,26 @@ pub(super) fn http(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result
     Ok((status, String::from_utf8_lossy(body).into_owned()))
 }
 
+/// The count in the server's answer to `/api/queue/retry`: JSON lines of progress, the last one
+/// `"done": true` with the count or an error.
+fn retried_count(body: &str) -> anyhow::Result<u64> {
+    let last = body
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(last).context("reading the server's answer")?;
+    if v["done"] != serde_json::Value::Bool(true) {
+        anyhow::bail!("the server stopped answering before the retry was done: {last}");
+    }
+    if let Some(error) = v["error"].as_str() {
+        anyhow::bail!("the server could not retry: {error}");
+    }
+    v["retried"]
+        .as_u64()
+        .context("the server's answer has no count")
+}
+
 /// Joins the chunks of a chunked HTTP body. Works on bytes: a chunk boundary may fall inside a
 /// UTF-8 character, so the text is decoded only once it is whole.
 fn dechunk(mut body: &[u8]) -> Vec<u8> {
@@ -663,6 +682,25 @@ fn print_record(r: &MessageRecord) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_retry_count_is_the_last_line_and_only_when_done() {
+        let done = "{\"retried\":4096,\"done\":false}\n{\"retried\":5000,\"done\":true}\n";
+        assert_eq!(retried_count(done).unwrap(), 5000);
+        let cut = "{\"retried\":4096,\"done\":false}\n";
+        assert!(
+            retried_count(cut).is_err(),
+            "a progress line is not the answer"
+        );
+        let failed = "{\"error\":\"disk on fire\",\"done\":true}\n";
+        assert!(
+            retried_count(failed)
+                .unwrap_err()
+                .to_string()
+                .contains("disk on fire")
+        );
+        assert!(retried_count("").is_err());
+    }
 
     #[test]
     fn hold_and_bounce_say_when_recipients_in_flight_were_left_alone() {

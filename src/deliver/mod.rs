@@ -7,7 +7,9 @@
 //! reads [`Outcome`] (delivered, deferred, failed) and the enhanced status for DSNs.
 //!
 //! What is sent: a `Received:` header ([`received_header`]) followed by the stored message bytes,
-//! dot-stuffed and otherwise untouched.
+//! dot-stuffed and otherwise untouched. A body file is read and sent in chunks
+//! ([`crate::body::CHUNK`]) and stuffed as it goes ([`Deliverer::deliver_body`]), so a message
+//! in flight costs one chunk of memory whatever its size.
 //!
 //! Failure rules, in short: a 2xx after the data delivers, a 4xx defers, a 5xx fails, each
 //! recipient on its own reply (LMTP: one reply per recipient after the data). Whatever keeps a
@@ -67,6 +69,7 @@ mod wire;
 
 pub use received::received_header;
 
+use crate::body::BodyRef;
 use crate::domain::Domain;
 use crate::envelope::{Envelope, QueueId, Recipient};
 use crate::resolve::{MxAnswer, ResolveError, Resolver};
@@ -741,6 +744,23 @@ impl Deliverer {
         body: &[u8],
         recipients: &[usize],
     ) -> Vec<(usize, Outcome)> {
+        self.deliver_body(hop, envelope, queue_id, BodyRef::Bytes(body), recipients)
+            .await
+    }
+
+    /// [`Deliverer::deliver`] for a body that may be a file: it is read and sent in chunks of
+    /// [`crate::body::CHUNK`] bytes, dot-stuffed as it goes, so a message in flight costs a chunk
+    /// of memory whatever its size. A body that cannot be read to its end aborts the
+    /// transaction before the end-of-data line (the hop never takes a truncated message) and
+    /// defers it.
+    pub async fn deliver_body(
+        &self,
+        hop: &NextHop,
+        envelope: &Envelope,
+        queue_id: QueueId,
+        body: BodyRef<'_>,
+        recipients: &[usize],
+    ) -> Vec<(usize, Outcome)> {
         let (indices, chosen): (Vec<usize>, Vec<&Recipient>) = recipients
             .iter()
             .filter_map(|&i| envelope.recipients.get(i).map(|r| (i, r)))
@@ -761,7 +781,7 @@ impl Deliverer {
         hop: &NextHop,
         envelope: &Envelope,
         queue_id: QueueId,
-        body: &[u8],
+        body: BodyRef<'_>,
         recipients: &[&Recipient],
     ) -> Vec<Outcome> {
         let all = |outcome: Outcome| -> Vec<Outcome> { vec![outcome; recipients.len()] };
@@ -788,8 +808,13 @@ impl Deliverer {
         let _active = ActiveGuard(&self.metrics.deliveries_active);
 
         let header = received_header(envelope, queue_id, &self.settings.helo_name);
-        let message_len = header.len() + body.len();
-        let payload = wire::data_payload(header.as_bytes(), body);
+        let message_len = header
+            .len()
+            .saturating_add(usize::try_from(body.len()).unwrap_or(usize::MAX));
+        let payload = session::Payload {
+            header: header.as_bytes(),
+            body,
+        };
         // Postfix's smtp_destination_recipient_limit: large recipient lists go as several
         // transactions (on the same pooled connection), since servers need only accept 100
         // recipients per transaction (RFC 5321 §4.5.3.1.8).
@@ -797,7 +822,7 @@ impl Deliverer {
         let mut outcomes = Vec::with_capacity(recipients.len());
         for chunk in recipients.chunks(chunk_size) {
             outcomes.extend(
-                self.deliver_chunk(hop, envelope, queue_id, chunk, &payload, message_len)
+                self.deliver_chunk(hop, envelope, queue_id, chunk, payload, message_len)
                     .await,
             );
         }
@@ -812,7 +837,7 @@ impl Deliverer {
         envelope: &Envelope,
         queue_id: QueueId,
         recipients: &[&Recipient],
-        payload: &[u8],
+        payload: session::Payload<'_>,
         message_len: usize,
     ) -> Vec<Outcome> {
         let all = |outcome: Outcome| -> Vec<Outcome> { vec![outcome; recipients.len()] };
@@ -1068,7 +1093,7 @@ impl Deliverer {
         target: &Target,
         envelope: &Envelope,
         recipients: &[&Recipient],
-        payload: &[u8],
+        payload: session::Payload<'_>,
         message_len: usize,
         context: Option<&MxContext>,
     ) -> Result<Vec<Outcome>, HopFailure> {

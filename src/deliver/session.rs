@@ -12,6 +12,8 @@ use super::client::{
 };
 use super::plan::{Target, Verify};
 use super::wire::Capabilities;
+use super::wire::DotStuffer;
+use crate::body::BodyRef;
 use crate::envelope::{Envelope, Recipient};
 use rustls::ClientConfig;
 use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
@@ -25,6 +27,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+
+/// What is sent after `354`: our `Received:` header, then the body as queued, dot-stuffed and
+/// written a chunk at a time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Payload<'a> {
+    pub(crate) header: &'a [u8],
+    pub(crate) body: BodyRef<'a>,
+}
 
 /// A TCP stream before or after STARTTLS. `Gone` only while the handshake owns the socket, or
 /// after it failed.
@@ -345,8 +355,8 @@ impl Connection {
         self.drive(None, connectors).await;
     }
 
-    /// One mail transaction for `recipients` carrying `payload` (already dot-stuffed, with the
-    /// end-of-data line); see [`TransactionResult`].
+    /// One mail transaction for `recipients` carrying `payload` (dot-stuffed as it is sent,
+    /// then the end-of-data line); see [`TransactionResult`].
     ///
     /// Not cancel-safe: dropped after the final dot and before the reply, the peer may have taken
     /// the message while we never learn it; the queue then retries and the message may arrive
@@ -355,7 +365,7 @@ impl Connection {
         &mut self,
         envelope: &Envelope,
         recipients: &[&Recipient],
-        payload: &[u8],
+        payload: Payload<'_>,
         message_len: usize,
         connectors: &TlsConnectors,
     ) -> TransactionResult {
@@ -419,15 +429,17 @@ impl Connection {
     /// with it) or closes. Not cancel-safe: a dropped future may leave a command half written,
     /// so the connection must be dropped with it (callers hold it by value or by `&mut` inside
     /// a future dropped as a whole).
-    async fn drive(&mut self, payload: Option<&[u8]>, connectors: &TlsConnectors) -> Event {
+    async fn drive(&mut self, payload: Option<Payload<'_>>, connectors: &TlsConnectors) -> Event {
         let mut event = None;
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
             while let Some(output) = self.session.poll_output() {
                 match output {
-                    Output::Send(bytes) => self.write(&bytes).await,
+                    Output::Send(bytes) => {
+                        self.write(&bytes).await;
+                    }
                     Output::SendMessage => match payload {
-                        Some(payload) => self.write(payload).await,
+                        Some(payload) => self.send_message(payload).await,
                         None => self
                             .session
                             .handle_closed(Some("internal: no message to send")),
@@ -469,8 +481,39 @@ impl Connection {
         }
     }
 
-    /// Writes under the session's deadline; a failure or timeout is reported to the session.
-    async fn write(&mut self, bytes: &[u8]) {
+    /// Sends the message: the header and the body chunk by chunk through one [`DotStuffer`],
+    /// then the end-of-data line, each write under the session's deadline. Memory is one
+    /// chunk and its stuffed copy. If the body cannot be read to its end, the connection is
+    /// reported closed before the end-of-data line, so the hop never takes a truncated
+    /// message; the session then fails the transaction (a deferral).
+    async fn send_message(&mut self, payload: Payload<'_>) {
+        let mut stuffer = DotStuffer::new();
+        let mut out = Vec::with_capacity(crate::body::CHUNK + crate::body::CHUNK / 32);
+        stuffer.push(payload.header, &mut out);
+        let mut chunks = payload.body.chunks();
+        while let Some(piece) = chunks.next().await {
+            match piece {
+                Ok(piece) => stuffer.push(&piece, &mut out),
+                Err(error) => {
+                    tracing::warn!(%error, "aborting the transaction: the body cannot be read");
+                    self.stream = Stream::Gone;
+                    return self.session.handle_closed(Some(&error.to_string()));
+                }
+            }
+            if out.len() >= crate::body::CHUNK {
+                if !self.write(&out).await {
+                    return;
+                }
+                out.clear();
+            }
+        }
+        stuffer.finish(&mut out);
+        self.write(&out).await;
+    }
+
+    /// Writes under the session's deadline; a failure or timeout is reported to the session
+    /// (and `false` returned).
+    async fn write(&mut self, bytes: &[u8]) -> bool {
         let write = async {
             self.stream.write_all(bytes).await?;
             self.stream.flush().await
@@ -484,9 +527,15 @@ impl Connection {
             None => Some(write.await),
         };
         match result {
-            Some(Ok(())) => {}
-            Some(Err(error)) => self.session.handle_closed(Some(&error.to_string())),
-            None => self.session.handle_timeout(std::time::Instant::now()),
+            Some(Ok(())) => true,
+            Some(Err(error)) => {
+                self.session.handle_closed(Some(&error.to_string()));
+                false
+            }
+            None => {
+                self.session.handle_timeout(std::time::Instant::now());
+                false
+            }
         }
     }
 

@@ -236,31 +236,78 @@ fn notify_value(notify: Notify) -> String {
     }
 }
 
-/// The bytes sent after `354`: `header` then `body`, dot-stuffed (RFC 5321 §4.5.2), then the
-/// end-of-data line. Otherwise the bytes are untouched: no line-ending repair, no re-encoding.
+/// The bytes sent after `354`, produced incrementally so that a message can be sent in chunks:
+/// [`DotStuffer::push`] each piece (the `Received:` header, then the body, split anywhere) and
+/// [`DotStuffer::finish`] with the end-of-data line. The result does not depend on how the input
+/// was split. Otherwise the bytes are untouched: no line-ending repair, no re-encoding.
 ///
-/// A `.` is doubled at the start of every line. A line starts after LF, and also after a bare CR:
-/// receivers that end lines at a bare CR or LF would otherwise read `\r.\r\n` or `\n.\r\n` as the
-/// end of data, which is how SMTP smuggling works. RFC 5322 forbids bare CR/LF, so for a valid
-/// message this changes nothing.
+/// A `.` is doubled at the start of every line (RFC 5321 §4.5.2). A line starts after LF, and
+/// also after a bare CR: receivers that end lines at a bare CR or LF would otherwise read
+/// `\r.\r\n` or `\n.\r\n` as the end of data, which is how SMTP smuggling works. RFC 5322
+/// forbids bare CR/LF, so for a valid message this changes nothing.
 ///
 /// The terminator is `.\r\n` after a body that ends in CRLF, and `\r\n.\r\n` otherwise (so an
 /// unterminated last line is terminated, never merged with the dot).
+#[derive(Debug, Clone)]
+pub(crate) struct DotStuffer {
+    at_line_start: bool,
+    /// The last two bytes pushed (an inserted dot is never among the last two when the output
+    /// ends in CRLF), and how many bytes were pushed, up to 2.
+    last: [u8; 2],
+    seen: u8,
+}
+
+impl DotStuffer {
+    pub(crate) fn new() -> DotStuffer {
+        DotStuffer {
+            at_line_start: true,
+            last: [0; 2],
+            seen: 0,
+        }
+    }
+
+    /// Appends `input`, dot-stuffed, to `out`.
+    pub(crate) fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        out.reserve(input.len() + input.len() / 64 + 1);
+        let mut copied = 0;
+        for (i, &byte) in input.iter().enumerate() {
+            if byte == b'.' && self.at_line_start {
+                out.extend_from_slice(&input[copied..i]);
+                out.push(b'.');
+                copied = i;
+            }
+            self.at_line_start = byte == b'\n' || byte == b'\r';
+        }
+        out.extend_from_slice(&input[copied..]);
+        match input {
+            [] => {}
+            [one] => self.last = [self.last[1], *one],
+            [.., a, b] => self.last = [*a, *b],
+        }
+        self.seen = self
+            .seen
+            .saturating_add(u8::try_from(input.len()).unwrap_or(2))
+            .min(2);
+    }
+
+    /// Appends the end-of-data line to `out`.
+    pub(crate) fn finish(self, out: &mut Vec<u8>) {
+        if self.seen == 2 && self.last == *b"\r\n" {
+            out.extend_from_slice(b".\r\n");
+        } else {
+            out.extend_from_slice(b"\r\n.\r\n");
+        }
+    }
+}
+
+/// The whole payload after `354` for `header` then `body`, see [`DotStuffer`].
+#[cfg(test)]
 pub(crate) fn data_payload(header: &[u8], body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(header.len() + body.len() + body.len() / 64 + 8);
-    let mut at_line_start = true;
-    for &byte in header.iter().chain(body) {
-        if byte == b'.' && at_line_start {
-            out.push(b'.');
-        }
-        out.push(byte);
-        at_line_start = byte == b'\n' || byte == b'\r';
-    }
-    if out.ends_with(b"\r\n") {
-        out.extend_from_slice(b".\r\n");
-    } else {
-        out.extend_from_slice(b"\r\n.\r\n");
-    }
+    let mut stuffer = DotStuffer::new();
+    stuffer.push(header, &mut out);
+    stuffer.push(body, &mut out);
+    stuffer.finish(&mut out);
     out
 }
 
@@ -352,6 +399,80 @@ mod tests {
                 expected,
                 "{header:?} + {body:?}"
             );
+        }
+    }
+
+    /// The payload of `pieces` pushed one by one.
+    fn stuffed(pieces: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut stuffer = DotStuffer::new();
+        for piece in pieces {
+            stuffer.push(piece, &mut out);
+        }
+        stuffer.finish(&mut out);
+        out
+    }
+
+    /// Every way of cutting the input in two and in three, and byte by byte: the same bytes as
+    /// the input in one piece. The cases put the cut between CR and LF, between LF and the dot,
+    /// between the two dots of a stuffed line and just before the end.
+    #[test]
+    fn dot_stuffing_does_not_depend_on_where_the_input_is_cut() {
+        let cases: [&[u8]; 12] = [
+            b"",
+            b".",
+            b"a\r\n.\r\nb\r\n",
+            b"..\r\n..\r\n",
+            b"a\n.\r\nMAIL",
+            b"a\r.\r\nMAIL",
+            b"x\r\n",
+            b"x\r",
+            b"\r\n",
+            b"\n",
+            b"line\r\n.\r\n.\r\n\r\n.end",
+            b"no line break at all",
+        ];
+        for input in cases {
+            let whole = stuffed(&[input]);
+            assert_eq!(whole, data_payload(b"", input), "{input:?}");
+            let bytes: Vec<&[u8]> = input.chunks(1).collect();
+            assert_eq!(stuffed(&bytes), whole, "byte by byte: {input:?}");
+            for i in 0..=input.len() {
+                let (a, b) = input.split_at(i);
+                assert_eq!(stuffed(&[a, b]), whole, "cut at {i}: {input:?}");
+                for j in i..=input.len() {
+                    let (b, c) = input[i..].split_at(j - i);
+                    assert_eq!(stuffed(&[a, b, c]), whole, "cut at {i}, {j}: {input:?}");
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Random bodies cut at random places, with empty pieces among them.
+        #[test]
+        fn dot_stuffing_in_chunks_matches_one_piece(
+            body in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b'.'),
+                    proptest::strategy::Just(b'\r'),
+                    proptest::strategy::Just(b'\n'),
+                    proptest::num::u8::ANY,
+                ],
+                0..300,
+            ),
+            cuts in proptest::collection::vec(0usize..300, 0..12),
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(body.len())).collect();
+            cuts.sort_unstable();
+            let mut pieces: Vec<&[u8]> = Vec::new();
+            let mut from = 0;
+            for cut in cuts {
+                pieces.push(&body[from..cut]);
+                from = cut;
+            }
+            pieces.push(&body[from..]);
+            proptest::prop_assert_eq!(stuffed(&pieces), data_payload(b"", &body));
         }
     }
 

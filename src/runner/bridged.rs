@@ -17,6 +17,7 @@ mod sealed_dsn;
 use super::dmtp::{bridge_outcome, discovery_outcome};
 use super::route::{BridgeHop, Conversion};
 use super::transport::{Delivery, Message, Transport};
+use crate::body::Body;
 use crate::bridge::{self, Identity, ProtectInput, UnwrapInput};
 use crate::deliver::NextHop as SmtpHop;
 use crate::dime::Signet;
@@ -105,18 +106,20 @@ impl BridgeTransport {
         &self,
         conversion: Conversion,
         message: Message<'_>,
+        body: &[u8],
         address: &str,
     ) -> Result<Converted, DeliveryOutcome> {
         match conversion {
-            Conversion::Unwrap => self.unwrap(message, address).await,
-            Conversion::Protect => self.protect(message, address),
-            Conversion::PassSealed => self.pass_sealed(message, address),
+            Conversion::Unwrap => self.unwrap(message, body, address).await,
+            Conversion::Protect => self.protect(message, body, address),
+            Conversion::PassSealed => self.pass_sealed(message, body, address),
         }
     }
 
     async fn unwrap(
         &self,
         message: Message<'_>,
+        body: &[u8],
         address: &str,
     ) -> Result<Converted, DeliveryOutcome> {
         let Some(arrival) = message.envelope.dime.as_deref() else {
@@ -158,7 +161,7 @@ impl BridgeTransport {
             .map_err(|e| deferred(EnhancedStatus::new(4, 3, 0), format!("user key: {e}")))?;
         let queue_id = message.queue_id.to_string();
         let input = UnwrapInput {
-            message: message.body,
+            message: body,
             destination_key: &org.key,
             recipient_key: &key,
             hostname: &self.hostname,
@@ -192,7 +195,12 @@ impl BridgeTransport {
         })
     }
 
-    fn protect(&self, message: Message<'_>, address: &str) -> Result<Converted, DeliveryOutcome> {
+    fn protect(
+        &self,
+        message: Message<'_>,
+        body: &[u8],
+        address: &str,
+    ) -> Result<Converted, DeliveryOutcome> {
         let org = self.org(address)?;
         let user = self
             .keystore
@@ -215,7 +223,7 @@ impl BridgeTransport {
                     )
                 })?;
         let input = ProtectInput {
-            message: message.body,
+            message: body,
             mail_from: &message.envelope.sender,
             recipient: address,
             recipient_signet: &current.signet,
@@ -247,6 +255,7 @@ impl BridgeTransport {
     fn pass_sealed(
         &self,
         message: Message<'_>,
+        body: &[u8],
         address: &str,
     ) -> Result<Converted, DeliveryOutcome> {
         let origin = message
@@ -256,7 +265,7 @@ impl BridgeTransport {
             .map(|a| a.origin.as_str())
             .unwrap_or_default();
         let body = bridge::protect::carry(
-            message.body,
+            body,
             origin,
             address,
             crate::time::UnixTime(message.envelope.arrival_unix),
@@ -279,12 +288,21 @@ impl BridgeTransport {
         recipients: &[usize],
     ) -> Vec<(usize, DeliveryOutcome)> {
         let mut outcomes = Vec::with_capacity(recipients.len());
+        // Opening and sealing need the message whole: read once, within the process's budget
+        // for whole bodies (`crate::body`).
+        let body = match message.body.read_all().await {
+            Ok(body) => body,
+            Err(e) => {
+                let outcome = deferred(EnhancedStatus::new(4, 3, 0), e.to_string());
+                return recipients.iter().map(|&i| (i, outcome.clone())).collect();
+            }
+        };
         for &index in recipients {
             let Some(recipient) = message.envelope.recipients.get(index) else {
                 continue;
             };
             let converted = match self
-                .convert(hop.conversion, message, &recipient.address)
+                .convert(hop.conversion, message, &body, &recipient.address)
                 .await
             {
                 Ok(c) => c,
@@ -293,10 +311,15 @@ impl BridgeTransport {
                     continue;
                 }
             };
+            let converted_body = Body::from(converted.body);
+            // `Body::from` keeps the bytes in memory; the sealed DSN below needs them too.
+            let Body::Inline(converted_bytes) = &converted_body else {
+                continue;
+            };
             let copy = Message {
                 queue_id: message.queue_id,
                 envelope: &converted.envelope,
-                body: &converted.body,
+                body: &converted_body,
             };
             let mut delivered = self.smtp.deliver(&hop.hop, copy, &[index]).await;
             if let (Some(dsns), Some(author)) = (&self.dsns, &converted.author) {
@@ -305,7 +328,7 @@ impl BridgeTransport {
                         continue;
                     };
                     if let Err(reason) = self
-                        .queue_sealed_dsn(dsns, message, *i, &converted.body, author, diagnosis)
+                        .queue_sealed_dsn(dsns, message, *i, converted_bytes, author, diagnosis)
                         .await
                     {
                         // Not final without its report: try both again later.

@@ -125,6 +125,9 @@ impl DmtpTransport {
         let mut kept = self.kept_copies(message.queue_id).await;
         // Asked only when a copy has to be sealed (SPF, DKIM and DMARC cost DNS queries).
         let mut authentication_results: Option<String> = None;
+        // DKIM and sealing need the message whole: read once, only when a copy has to be
+        // sealed, within the process's budget for whole bodies (`crate::body`).
+        let mut whole: Option<crate::body::WholeBody<'_>> = None;
         let mut outcomes = Vec::with_capacity(recipients.len());
         let mut copies: Vec<(usize, Vec<u8>)> = Vec::new();
         let mut fresh: Vec<(usize, Vec<u8>)> = Vec::new();
@@ -138,10 +141,23 @@ impl DmtpTransport {
                 copies.push((index, sealed));
                 continue;
             }
+            if whole.is_none() {
+                match message.body.read_all().await {
+                    Ok(body) => whole = Some(body),
+                    Err(e) => {
+                        let status = EnhancedStatus::new(4, 3, 0);
+                        outcomes.push((index, local_failure(false, status, e.to_string())));
+                        continue;
+                    }
+                }
+            }
+            let Some(body) = whole.as_deref() else {
+                continue;
+            };
             let authentication_results = match &authentication_results {
                 Some(results) => results.clone(),
                 None => {
-                    let results = self.checks.results(message.envelope, message.body).await;
+                    let results = self.checks.results(message.envelope, body).await;
                     authentication_results.insert(results).clone()
                 }
             };
@@ -153,7 +169,7 @@ impl DmtpTransport {
                 }
             };
             let input = WrapInput {
-                message: message.body,
+                message: body,
                 mail_from: &message.envelope.sender,
                 recipient: address,
                 author: Identity {

@@ -51,6 +51,17 @@ pub(super) async fn pass_on(
         Ok(found) => found,
         Err(e) => return every(discovery_outcome(&e, "_dx lookup")),
     };
+    // Passed on as it is, but whole: within the process's budget for whole bodies.
+    let body = match message.body.read_all().await {
+        Ok(body) => body,
+        Err(e) => {
+            return every(local_failure(
+                false,
+                EnhancedStatus::new(4, 3, 0),
+                e.to_string(),
+            ));
+        }
+    };
     let jobs: Vec<Job> = recipients
         .iter()
         .map(|_| {
@@ -63,7 +74,7 @@ pub(super) async fn pass_on(
                 destination_fingerprint: arrival.recipient_fingerprint.parse().ok(),
                 ret: None,
                 data_type: None,
-                message: message.body.to_vec(),
+                message: body.to_vec(),
             })
         })
         .collect();

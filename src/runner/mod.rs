@@ -39,6 +39,8 @@ pub use route::{
 };
 pub use transport::{Delivery, Directory, Lookup, Message, Transport};
 
+use crate::body::Body;
+
 use crate::deliver::NextHop as SmtpHop;
 use crate::domain::Domain;
 use crate::envelope::QueueId;
@@ -275,9 +277,10 @@ impl QueueRunner {
     async fn attempt(&self, queue_id: QueueId, leases: Vec<Lease>) {
         let store = self.store.clone();
         let loaded = tokio::task::spawn_blocking(move || {
-            Ok::<_, StoreError>((store.get(queue_id)?, store.body(queue_id)?))
+            Ok::<_, StoreError>((store.get(queue_id)?, store.body_handle(queue_id)?))
         })
         .await;
+        // A large body is an open file here, read in chunks as it is sent.
         let (record, body) = match loaded {
             Ok(Ok((Some(r), Some(b)))) => (r, b),
             Ok(Ok(_)) => return, // deleted by the operator meanwhile
@@ -537,7 +540,7 @@ impl QueueRunner {
     async fn perform(
         &self,
         record: &MessageRecord,
-        body: &[u8],
+        body: &Body,
         leases: &[Lease],
         actions: Vec<Action>,
         now: UnixTime,
@@ -618,16 +621,18 @@ impl QueueRunner {
     async fn send_dsn(
         &self,
         record: &MessageRecord,
-        body: &[u8],
+        body: &Body,
         reports: &[RecipientReport],
         now: UnixTime,
-    ) -> Result<(), crate::store::AppendError> {
+    ) -> Result<(), DsnError> {
+        // Whole, within the process's budget for whole bodies (see `crate::body`).
+        let body = body.read_all().await?;
         let queued = append_dsn(
             &self.store,
             &self.scheduler,
             &self.hostname,
             record,
-            body,
+            &body,
             reports,
             now,
         )
@@ -647,6 +652,15 @@ impl QueueRunner {
         info!(dsn_queue_id = %id, kind, "DSN queued");
         self.wake.notify_one();
     }
+}
+
+/// Why a DSN could not be queued.
+#[derive(Debug, thiserror::Error)]
+enum DsnError {
+    #[error(transparent)]
+    Body(#[from] crate::body::BodyError),
+    #[error(transparent)]
+    Append(#[from] crate::store::AppendError),
 }
 
 /// The kind of DSN `reports` make, for the metrics: a failure if any recipient failed, else a
@@ -739,7 +753,7 @@ pub async fn bounce(
     let (record, body) = {
         let store = store.clone();
         let loaded = tokio::task::spawn_blocking(move || {
-            Ok::<_, StoreError>((store.get(queue_id)?, store.body(queue_id)?))
+            Ok::<_, StoreError>((store.get(queue_id)?, store.body_handle(queue_id)?))
         })
         .await
         .map_err(|_| StoreError::Unavailable)??;
@@ -748,6 +762,10 @@ pub async fn bounce(
             _ => return Err(StoreError::NoSuchMessage { queue_id }),
         }
     };
+    let body = body
+        .read_all()
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
     let targets: Vec<usize> = record
         .recipients
         .iter()

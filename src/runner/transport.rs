@@ -7,6 +7,7 @@
 //! twice with different NOTIFY or ORCPT, and each RCPT keeps its own.
 
 use super::route::{DxLookup, Hosted, SignetLookup};
+use crate::body::Body;
 use crate::deliver::{Deliverer, NextHop as SmtpHop};
 use crate::domain::Domain;
 use crate::envelope::{Envelope, QueueId};
@@ -21,8 +22,9 @@ pub struct Message<'a> {
     pub queue_id: QueueId,
     /// Its envelope; recipient indices point into `envelope.recipients`.
     pub envelope: &'a Envelope,
-    /// The message bytes as received.
-    pub body: &'a [u8],
+    /// The message bytes as received: in memory or a body file, read in chunks by the SMTP
+    /// transport; a transport that needs them whole calls [`Body::read_all`].
+    pub body: &'a Body,
 }
 
 /// The future a [`Transport`] returns.
@@ -71,12 +73,12 @@ impl Transport<SmtpHop> for Deliverer {
         recipients: &'a [usize],
     ) -> Delivery<'a> {
         Box::pin(async move {
-            Deliverer::deliver(
+            Deliverer::deliver_body(
                 self,
                 hop,
                 message.envelope,
                 message.queue_id,
-                message.body,
+                message.body.as_ref(),
                 recipients,
             )
             .await

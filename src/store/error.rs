@@ -59,6 +59,17 @@ pub enum StoreError {
         /// The message.
         queue_id: QueueId,
     },
+    /// A body file is not as long as the message its record describes: it is never sent as
+    /// if it were whole.
+    #[error("body of queue message {queue_id} is {found} bytes, its record says {recorded}")]
+    BodyLength {
+        /// The message.
+        queue_id: QueueId,
+        /// The size in its record.
+        recorded: u64,
+        /// The length of its file.
+        found: u64,
+    },
     /// A read-only open found a store that was not closed cleanly: only a writable open (the
     /// next `dimegate serve`) recovers it, and a read-only look must not write.
     #[error("queue store {path} was not closed cleanly; `dimegate serve` recovers it at start")]

@@ -163,6 +163,46 @@ pub(super) fn body_reader(
     }
 }
 
+pub(super) fn body_handle(
+    db: &impl ReadableDatabase,
+    bodies: &BodyDir,
+    budget: &crate::body::WholeBodies,
+    queue_id: QueueId,
+) -> Result<Option<crate::body::Body>, StoreError> {
+    use crate::body::{Body, BodyFile};
+    match locate(db, bodies, queue_id)? {
+        None => Ok(None),
+        Some(Located::Inline(b) | Located::Table(b)) => Ok(Some(Body::Inline(b))),
+        Some(Located::File) => match bodies.open(queue_id.0) {
+            Ok(file) => {
+                let found = file.metadata()?.len();
+                // A body file cut short (a damaged disk, an operator's mistake) must not go out
+                // as a shorter message.
+                let Some(record) = get(db, queue_id)? else {
+                    return Ok(None);
+                };
+                if found != record.size {
+                    return Err(StoreError::BodyLength {
+                        queue_id,
+                        recorded: record.size,
+                        found,
+                    });
+                }
+                Ok(Some(Body::File(BodyFile::new(file, found, budget.clone()))))
+            }
+            // As in `body`: removed meanwhile, or damaged.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if get(db, queue_id)?.is_none() {
+                    Ok(None)
+                } else {
+                    Err(StoreError::MissingBody { queue_id })
+                }
+            }
+            Err(e) => Err(StoreError::Io(e)),
+        },
+    }
+}
+
 pub(super) fn count(db: &impl ReadableDatabase) -> Result<u64, StoreError> {
     let txn = db.begin_read()?;
     Ok(txn.open_table(MESSAGES)?.len()?)

@@ -424,6 +424,19 @@ impl Store {
     /// thousand messages, one durable transaction each, so memory stays bounded and appends
     /// wait at most one chunk; a message that arrives meanwhile may or may not be included.
     pub fn retry_domain(&self, domain: Option<&str>) -> Result<u64, StoreError> {
+        self.retry_domain_with(domain, |_| {})
+    }
+
+    /// [`Store::retry_domain`], calling `progress` after each chunk's commit with the messages
+    /// matched so far: the admin API streams it, so that a run over a million messages keeps
+    /// its caller informed instead of outliving its timeout. Between chunks the write lock is
+    /// left free for a moment, so a waiting group commit (an SMTP client waiting for its `250`)
+    /// goes first; appends wait at most one chunk.
+    pub fn retry_domain_with(
+        &self,
+        domain: Option<&str>,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64, StoreError> {
         let in_domain = |address: &str| {
             domain.is_none_or(|domain| {
                 address
@@ -472,7 +485,9 @@ impl Store {
             if done || next == u64::MAX {
                 return Ok(matched);
             }
+            progress(matched);
             from = next;
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
     }
 

@@ -963,9 +963,18 @@ async fn retry_domain_walks_more_than_one_chunk() {
             .collect();
         store.settle(now, &items).unwrap();
     }
+    let mut progress = Vec::new();
     assert_eq!(
-        store.retry_domain(Some("EVEN.org")).unwrap(),
+        store
+            .retry_domain_with(Some("EVEN.org"), |n| progress.push(n))
+            .unwrap(),
         total as u64 / 2
+    );
+    // One report after the first (full) chunk, with the even ones of it; none after the last.
+    assert_eq!(progress.len(), 1, "{progress:?}");
+    assert!(
+        progress[0] > 0 && progress[0] < total as u64 / 2,
+        "{progress:?}"
     );
     let stats = store.stats().unwrap();
     assert_eq!(stats.recipients[0], (StateKind::Queued, total as u64 / 2));
