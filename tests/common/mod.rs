@@ -40,14 +40,31 @@ fn tool_path(tool: &str) -> PathBuf {
 }
 
 /// A loopback port free for both TCP and UDP right now.
+///
+/// Taken below the kernel's ephemeral range (32768-60999 here): a port the kernel hands out
+/// for `bind(0)` is also what it picks as the source port of the next outgoing connection, and
+/// the tests make many, so such a port could be taken again between this check and the
+/// server's own bind. Each process starts at its own place in the range and walks it.
 pub fn free_port() -> u16 {
-    loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind a TCP port on loopback");
-        let port = tcp.local_addr().expect("local addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
             return port;
         }
     }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN);
 }
 
 /// The shared test bed scripts.
