@@ -53,10 +53,15 @@ fuzz_target!(|data: &[u8]| {
         origin_signet: &w.orig,
         origin_domain: "a.example",
     };
-    let Ok(need) = unwrap_prepare(&input) else {
+    let Ok(prepared) = unwrap_prepare(&input) else {
         return;
     };
-    let without = unwrap_finish(&input, None).expect("what prepares must finish");
+    let need = prepared.need.clone();
+    // A preparation is used up by its finish: the second finish prepares again, which must
+    // give the same answer.
+    let again = unwrap_prepare(&input).expect("what prepared once prepares again");
+    assert_eq!(again.need, need);
+    let without = unwrap_finish(&input, prepared, None).expect("what prepares must finish");
     assert_eq!(
         without.dime,
         DimeResult::Fail {
@@ -65,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     );
-    let with = unwrap_finish(&input, Some(&w.auth)).expect("what prepares must finish");
+    let with = unwrap_finish(&input, again, Some(&w.auth)).expect("what prepares must finish");
     assert_eq!(with.author, need.author);
     if with.dime == DimeResult::Pass {
         assert!(with.rfc5322.starts_with(b"Received: from a.example by mx.b.example with DMTP id FUZZ1; "));
