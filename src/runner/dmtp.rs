@@ -24,8 +24,9 @@ use super::route::{Author, DmtpHop};
 use super::transport::{Delivery, Message, Transport};
 use crate::bridge::{self, BridgeError, Identity, WrapInput};
 use crate::dime::{PrivateKey, Signet};
+use crate::discovery::Contact;
 use crate::discovery::{Discovery, DiscoveryError};
-use crate::dmtp::client::{ClientError, ClientEvent, Delivery as Transfer, Job};
+use crate::dmtp::client::{ClientError, ClientEvent, Delivery as Transfer, Job, JobId};
 use crate::dmtp::codec::Domain as DmtpDomain;
 use crate::identity::{Keystore, OrgIdentity, bridge_address};
 use crate::status::{DeliveryOutcome, Diagnosis, DiagnosticCode, DiagnosticType, EnhancedStatus};
@@ -247,46 +248,12 @@ impl DmtpTransport {
                 return outcomes;
             }
         };
-        // Jobs are numbered from 1 in the order submitted.
-        let recipient_of = |job: crate::dmtp::client::JobId| {
-            usize::try_from(job.0)
-                .ok()
-                .and_then(|n| n.checked_sub(1))
-                .and_then(|n| job_recipients.get(n).copied())
-        };
-        for event in events {
-            match event {
-                ClientEvent::Delivered { job, txid, .. } => {
-                    let Some(index) = recipient_of(job) else {
-                        continue;
-                    };
-                    let txid = txid.map(|t| t.to_string()).unwrap_or_default();
-                    info!(rcpt_index = index, dx = %contact.host, addr = %contact.addr, trust = %contact.trust, %txid, "sent over DMTP");
-                    outcomes.push((
-                        index,
-                        // DMTP has no DSN extension: the receiver's acceptance is a relay.
-                        DeliveryOutcome::Relayed(Diagnosis {
-                            remote_mta: Some(contact.host.clone()),
-                            reply: Some(DiagnosticCode::new(
-                                DiagnosticType::Dmtp,
-                                format!("250 OK [{txid}]"),
-                            )),
-                            ..Diagnosis::default()
-                        }),
-                    ));
-                }
-                ClientEvent::Failed {
-                    job: Some(job),
-                    error,
-                } => {
-                    if let Some(index) = recipient_of(job) {
-                        warn!(rcpt_index = index, dx = %contact.host, %error, "DMTP transfer refused");
-                        outcomes.push((index, client_outcome(&contact.host, &error)));
-                    }
-                }
-                _ => {}
-            }
-        }
+        outcomes.extend(transfer_outcomes(
+            events,
+            &contact,
+            &job_recipients,
+            "transfer",
+        ));
         outcomes
     }
 
@@ -361,6 +328,57 @@ pub(super) fn discovery_outcome(e: &DiscoveryError, step: &str) -> DeliveryOutco
         _ => EnhancedStatus::new(4, 4, 1),
     };
     local_failure(permanent, status, format!("DIME {step}: {e}"))
+}
+
+/// The recipients' outcomes from a DMTP session's events, for jobs numbered from 1 in the
+/// order of `job_recipients` (what [`Discovery::run`] does); `what` names the transfer in logs.
+pub(super) fn transfer_outcomes(
+    events: Vec<ClientEvent>,
+    contact: &Contact,
+    job_recipients: &[usize],
+    what: &str,
+) -> Vec<(usize, DeliveryOutcome)> {
+    let recipient_of = |job: JobId| {
+        usize::try_from(job.0)
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|n| job_recipients.get(n).copied())
+    };
+    let mut outcomes = Vec::with_capacity(job_recipients.len());
+    for event in events {
+        match event {
+            ClientEvent::Delivered { job, txid, .. } => {
+                let Some(index) = recipient_of(job) else {
+                    continue;
+                };
+                let txid = txid.map(|t| t.to_string()).unwrap_or_default();
+                info!(rcpt_index = index, dx = %contact.host, addr = %contact.addr, trust = %contact.trust, %txid, "{what} sent over DMTP");
+                outcomes.push((
+                    index,
+                    // DMTP has no DSN extension: the receiver's acceptance is a relay.
+                    DeliveryOutcome::Relayed(Diagnosis {
+                        remote_mta: Some(contact.host.clone()),
+                        reply: Some(DiagnosticCode::new(
+                            DiagnosticType::Dmtp,
+                            format!("250 OK [{txid}]"),
+                        )),
+                        ..Diagnosis::default()
+                    }),
+                ));
+            }
+            ClientEvent::Failed {
+                job: Some(job),
+                error,
+            } => {
+                if let Some(index) = recipient_of(job) {
+                    warn!(rcpt_index = index, dx = %contact.host, %error, "DMTP {what} refused");
+                    outcomes.push((index, client_outcome(&contact.host, &error)));
+                }
+            }
+            _ => {}
+        }
+    }
+    outcomes
 }
 
 /// A refused transfer: the DMTP reply is the diagnostic code.

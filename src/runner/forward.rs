@@ -8,15 +8,14 @@
 //! As for wrapped mail, the receiver's `2xx OK [txid]` comes after its fsync, and dropping the
 //! future can only repeat a transfer, never lose one.
 
-use super::dmtp::{client_outcome, discovery_outcome, local_failure};
+use super::dmtp::{discovery_outcome, local_failure, transfer_outcomes};
 use super::route::DmtpHop;
 use super::transport::Message;
 use crate::dime::Fingerprint;
 use crate::discovery::Discovery;
-use crate::dmtp::client::{ClientEvent, Delivery as Transfer, Job, JobId};
+use crate::dmtp::client::{Delivery as Transfer, Job};
 use crate::dmtp::codec::Domain as DmtpDomain;
-use crate::status::{DeliveryOutcome, Diagnosis, DiagnosticCode, DiagnosticType, EnhancedStatus};
-use tracing::{info, warn};
+use crate::status::{DeliveryOutcome, EnhancedStatus};
 
 /// Sends the queued, origin-signed message to `hop`'s domain for the recipients at `recipients`.
 pub(super) async fn pass_on(
@@ -82,45 +81,5 @@ pub(super) async fn pass_on(
         Ok(ran) => ran,
         Err(e) => return every(discovery_outcome(&e, "DMTP session")),
     };
-    // Jobs are numbered from 1 in the order submitted.
-    let recipient_of = |job: JobId| {
-        usize::try_from(job.0)
-            .ok()
-            .and_then(|n| n.checked_sub(1))
-            .and_then(|n| recipients.get(n).copied())
-    };
-    let mut outcomes = Vec::with_capacity(recipients.len());
-    for event in events {
-        match event {
-            ClientEvent::Delivered { job, txid, .. } => {
-                let Some(index) = recipient_of(job) else {
-                    continue;
-                };
-                let txid = txid.map(|t| t.to_string()).unwrap_or_default();
-                info!(rcpt_index = index, dx = %contact.host, %txid, "submission passed on over DMTP");
-                outcomes.push((
-                    index,
-                    DeliveryOutcome::Relayed(Diagnosis {
-                        remote_mta: Some(contact.host.clone()),
-                        reply: Some(DiagnosticCode::new(
-                            DiagnosticType::Dmtp,
-                            format!("250 OK [{txid}]"),
-                        )),
-                        ..Diagnosis::default()
-                    }),
-                ));
-            }
-            ClientEvent::Failed {
-                job: Some(job),
-                error,
-            } => {
-                if let Some(index) = recipient_of(job) {
-                    warn!(rcpt_index = index, dx = %contact.host, %error, "DMTP transfer of a submission refused");
-                    outcomes.push((index, client_outcome(&contact.host, &error)));
-                }
-            }
-            _ => {}
-        }
-    }
-    outcomes
+    transfer_outcomes(events, &contact, recipients, "submission")
 }
