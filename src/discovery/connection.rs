@@ -293,19 +293,7 @@ pub async fn run(
 /// Every job in `ids` has its result among `events`.
 fn all_done(ids: &[JobId], events: &[ClientEvent]) -> bool {
     ids.iter()
-        .all(|id| events.iter().any(|e| job_of(e) == Some(*id)))
-}
-
-/// The job a result event is about.
-fn job_of(e: &ClientEvent) -> Option<JobId> {
-    match e {
-        ClientEvent::Delivered { job, .. }
-        | ClientEvent::Signet { job, .. }
-        | ClientEvent::Verified { job, .. }
-        | ClientEvent::History { job, .. }
-        | ClientEvent::Failed { job: Some(job), .. } => Some(*job),
-        ClientEvent::Ready | ClientEvent::Failed { job: None, .. } => None,
-    }
+        .all(|id| events.iter().any(|e| e.job() == Some(*id)))
 }
 
 /// The session's job ids as the batch's positions (from 1).

@@ -534,7 +534,7 @@ impl Discovery {
             Ok((fresh, contact)) => {
                 let mut merged: Vec<ClientEvent> = events
                     .into_iter()
-                    .filter(|e| match job_of(e) {
+                    .filter(|e| match e.job() {
                         Some(job) => !again.contains(&job),
                         None => false,
                     })
@@ -1048,18 +1048,6 @@ async fn reap(pool: Arc<Mutex<PoolCell>>) {
         tokio::time::sleep_until(next.into()).await;
         let expired = lock(&pool).pool.expire(Instant::now());
         close_all(expired);
-    }
-}
-
-/// The job a result event is about.
-fn job_of(e: &ClientEvent) -> Option<JobId> {
-    match e {
-        ClientEvent::Delivered { job, .. }
-        | ClientEvent::Signet { job, .. }
-        | ClientEvent::Verified { job, .. }
-        | ClientEvent::History { job, .. }
-        | ClientEvent::Failed { job: Some(job), .. } => Some(*job),
-        ClientEvent::Ready | ClientEvent::Failed { job: None, .. } => None,
     }
 }
 

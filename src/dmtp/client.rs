@@ -322,6 +322,20 @@ pub enum ClientEvent {
     },
 }
 
+impl ClientEvent {
+    /// The job a result event is about (none for `Ready` and session failures).
+    pub fn job(&self) -> Option<JobId> {
+        match self {
+            ClientEvent::Delivered { job, .. }
+            | ClientEvent::Signet { job, .. }
+            | ClientEvent::Verified { job, .. }
+            | ClientEvent::History { job, .. }
+            | ClientEvent::Failed { job: Some(job), .. } => Some(*job),
+            ClientEvent::Ready | ClientEvent::Failed { job: None, .. } => None,
+        }
+    }
+}
+
 /// What the glue must do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientOutput {
