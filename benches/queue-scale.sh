@@ -11,13 +11,14 @@
 #    (du -b), which is larger because redb grows its file by doubling it as a sparse file.
 # 2. With the queue full: a /metrics scrape, `queue list --limit 100`, `queue retry --domain D`
 #    (through the server's admin API, as an operator would), and a restart (SIGTERM, start, until
-#    /readyz), each timed.
+#    /readyz), each timed; and the SMTP accept latency of one client sending message after message
+#    (each transaction timed: median, p99, max), idle for 3 s and then while the retry runs.
 # 3. The backend (smtp-sink) comes up, `queue retry --domain D` makes everything due, and the queue
 #    drains: drain rate (messages / seconds until dimegate_queue_messages is 0), peak RSS, and the
 #    disk use left after the drain.
 # Goals (issue 10): RSS under 128 MiB throughout, disk at most 1.25x, scrape under 50 ms, list under
 # 200 ms, restart under 2 s, drain at least as fast as benches/e2e-vs-postfix.sh.
-# Needs the postfix package (smtp-source, smtp-sink), curl, bc.
+# Needs the postfix package (smtp-source, smtp-sink), curl, bc, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000}; LARGE=${2:-200}; LARGE_BYTES=${3:-26214400}
@@ -50,7 +51,7 @@ name = "$DOMAIN"
 [backend]
 address = "127.0.0.1:$SINK_PORT"
 [queue]
-max_messages = $(( N + LARGE + 1000 ))
+max_messages = $(( N + LARGE + 100000 ))
 EOC
 DG=(target/release/dimegate)
 CONF=(--config "$TB/gw/dimegate.toml")
@@ -118,8 +119,34 @@ SCRAPE2=$(curl -s -o /dev/null -w '%{time_total}' "http://127.0.0.1:$ADMIN_PORT/
 printf "/metrics scrape: %.1f ms, again %.1f ms\n" "$(echo "$SCRAPE * 1000" | bc -l)" "$(echo "$SCRAPE2 * 1000" | bc -l)"
 t0=$(now); LINES=$("${DG[@]}" queue "${CONF[@]}" list --limit 100 | wc -l); t1=$(now)
 printf "queue list --limit 100: %.1f ms (%d lines)\n" "$(echo "$(secs "$t0" "$t1") * 1000" | bc -l)" "$LINES"
+# SMTP accept latency: one client sends 1 KiB messages back to back on one connection and times
+# each transaction (MAIL to the 250 after DATA), first for a few seconds with the queue idle, then
+# for as long as the retry runs; the retry holds the store's write lock one chunk at a time.
+latency() {  # latency FILE: until $TB/stop-latency exists, or for $2 seconds
+    python3 - "$GW_PORT" "$DOMAIN" "$1" "${2:-0}" "$TB/stop-latency" <<'EOP'
+import os, smtplib, sys, time
+port, domain, out, limit, stop = int(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5]
+body = "Subject: latency\r\n\r\n" + ("x" * 76 + "\r\n") * 13
+s = smtplib.SMTP("127.0.0.1", port); s.ehlo("latency.test")
+times, end = [], (time.monotonic() + limit if limit else None)
+while not os.path.exists(stop) and (end is None or time.monotonic() < end):
+    t = time.monotonic(); s.sendmail("a@client.test", ["b@" + domain], body); times.append(time.monotonic() - t)
+s.quit()
+with open(out, "w") as f:
+    f.write("\n".join("%.6f" % x for x in times) + "\n")
+EOP
+}
+lat_summary() {  # lat_summary FILE -> "n N, median M ms, p99 P ms, max X ms"
+    sort -n "$1" | awk '{v[NR] = $1} END {if (NR == 0) {print "n 0"; exit}
+        p = int(NR * 0.99); if (p < 1) p = 1
+        printf "n %d, median %.1f ms, p99 %.1f ms, max %.1f ms", NR, 1000 * v[int((NR + 1) / 2)], 1000 * v[p], 1000 * v[NR]}'
+}
+latency "$TB/lat-idle" 3
+rm -f "$TB/stop-latency"; latency "$TB/lat-retry" & LAT_PID=$!
 t0=$(now); RETRIED=$("${DG[@]}" queue "${CONF[@]}" retry --domain "$DOMAIN"); t1=$(now)
+touch "$TB/stop-latency"; wait "$LAT_PID"
 printf "queue retry --domain %s: %.2f s (%s)\n" "$DOMAIN" "$(secs "$t0" "$t1")" "$RETRIED"
+printf "SMTP accept latency, one client: idle %s; during the retry %s\n" "$(lat_summary "$TB/lat-idle")" "$(lat_summary "$TB/lat-retry")"
 phase restart
 t0=$(now); stop_gateway; t1=$(now); start_gateway; t2=$(now)
 printf "restart: stop %.2f s, start until /readyz %.2f s; RSS after %d KiB\n" "$(secs "$t0" "$t1")" "$(secs "$t1" "$t2")" "$(rss_now)"

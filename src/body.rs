@@ -8,7 +8,8 @@
 //! the one body being read when a single body is larger than the budget (it then waits for
 //! every other whole read to end). Bodies are bounded at ingress by the configured maximum
 //! message size, so what a full queue costs in memory is bounded by configuration, not by how
-//! many large messages are due at once.
+//! many large messages are due at once. `serve` sizes the budget from `[queue] whole_body_budget`
+//! (at least 1 MiB; [`DEFAULT_WHOLE_BODY_BUDGET`] unless set).
 
 use std::borrow::Cow;
 use std::fs::File;
@@ -19,8 +20,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// How many bytes of a body file are read (and sent) at a time.
 pub const CHUNK: usize = 64 * 1024;
 
-/// The default [`WholeBodies`] budget: room for one message at the default maximum size, and
-/// small ones beside it.
+/// The default [`WholeBodies`] budget (`[queue] whole_body_budget`): room for one message at the
+/// default maximum size, and small ones beside it.
 pub const DEFAULT_WHOLE_BODY_BUDGET: usize = 32 << 20;
 
 /// Why a body could not be read.

@@ -67,6 +67,10 @@ pub struct Config {
     /// The queue store's page cache in bytes (`queue.store_cache`): bounds the store's memory
     /// whatever the queue's size.
     pub store_cache_bytes: usize,
+    /// The bytes of queued bodies held whole in memory at once (`queue.whole_body_budget`):
+    /// DIME sealing and DSNs read a body whole, the rest stream it ([`crate::body::WholeBodies`]).
+    /// A message larger than the budget is still read, alone.
+    pub whole_body_budget_bytes: usize,
     /// Org key and signet files kept outside the data directory, by domain (`[[domain]]
     /// org_key`, `org_signet`); other domains' identities live under `data_dir/dime`.
     pub org_key_files: std::collections::BTreeMap<String, crate::identity::OrgKeyFiles>,
@@ -611,6 +615,17 @@ impl Config {
             parse_size_in("queue.store_cache", &q.store_cache, 1 << 20, 1 << 40)?;
         let store_cache_bytes = usize::try_from(store_cache_bytes)
             .map_err(|_| ConfigError::new("queue.store_cache", "too large for this machine"))?;
+        // Below a MiB the budget would not hold two ordinary messages: every whole read beyond
+        // the smallest would wait on the one before it.
+        let whole_body_budget_bytes = parse_size_in(
+            "queue.whole_body_budget",
+            &q.whole_body_budget,
+            1 << 20,
+            1 << 40,
+        )?;
+        let whole_body_budget_bytes = usize::try_from(whole_body_budget_bytes).map_err(|_| {
+            ConfigError::new("queue.whole_body_budget", "too large for this machine")
+        })?;
 
         Ok(Config {
             backend,
@@ -620,6 +635,7 @@ impl Config {
             queue,
             queue_poll_interval,
             store_cache_bytes,
+            whole_body_budget_bytes,
             data_dir: raw.data_dir,
             smtp,
             tls,
@@ -1257,6 +1273,7 @@ struct RawQueue {
     dsn_max_full: Scalar,
     poll_interval: Scalar,
     store_cache: Scalar,
+    whole_body_budget: Scalar,
 }
 
 impl Default for RawQueue {
@@ -1272,6 +1289,7 @@ impl Default for RawQueue {
             dsn_max_full: Scalar::Text("1MiB".into()),
             poll_interval: Scalar::Text("1s".into()),
             store_cache: Scalar::Text("32MiB".into()),
+            whole_body_budget: Scalar::Text("32MiB".into()),
         }
     }
 }
@@ -1659,6 +1677,8 @@ mod tests {
             ("queue", "max_messages"),
             ("queue", "min_free_disk"),
             ("queue", "dsn_max_full"),
+            ("queue", "store_cache"),
+            ("queue", "whole_body_budget"),
         ];
         for (table, key) in keys {
             for value in [
@@ -1694,6 +1714,30 @@ mod tests {
         .unwrap();
         assert_eq!(c.smtp.idle_timeout, Duration::from_secs(3600));
         assert_eq!(c.smtp.shutdown_grace, Duration::ZERO);
+    }
+
+    #[test]
+    fn whole_body_budget() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(
+            c.whole_body_budget_bytes,
+            crate::body::DEFAULT_WHOLE_BODY_BUDGET,
+            "the default is the library's"
+        );
+        let c = Config::parse("[queue]\nwhole_body_budget = \"100MiB\"").unwrap();
+        assert_eq!(c.whole_body_budget_bytes, 100 << 20);
+        let c = Config::parse("[queue]\nwhole_body_budget = 1048576").unwrap();
+        assert_eq!(c.whole_body_budget_bytes, 1 << 20, "the minimum itself");
+        for text in [
+            "[queue]\nwhole_body_budget = \"1023KiB\"",
+            "[queue]\nwhole_body_budget = 0",
+            "[queue]\nwhole_body_budget = \"lots\"",
+        ] {
+            let err = Config::parse(text).expect_err(text);
+            assert_eq!(err.path, "queue.whole_body_budget", "{text:?} gave {err}");
+        }
+        let err = Config::parse("[queue]\nwhole_body_budget = \"512KiB\"").unwrap_err();
+        assert!(err.reason.contains("between 1MiB and"), "{err}");
     }
 
     #[test]

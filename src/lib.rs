@@ -19,6 +19,7 @@ pub mod dmtp;
 pub mod domain;
 pub mod envelope;
 pub mod identity;
+pub mod malloc;
 pub mod metrics;
 pub mod queue;
 pub mod resolve;

@@ -241,6 +241,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         &data_dir.join("queue.redb"),
         crate::store::StoreOptions {
             cache_bytes: config.store_cache_bytes,
+            whole_bodies: crate::body::WholeBodies::new(config.whole_body_budget_bytes),
             commit_latency: Some(metrics.store_commit_seconds.clone()),
             // An origin running our defaults gives up on a message after `expire`; a day's margin
             // for its lease and clock.

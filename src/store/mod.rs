@@ -70,7 +70,7 @@
 //! one as their messages do). Delivery reads a large body from its file in chunks
 //! ([`Store::body_handle`], [`crate::body`]), never whole; the few consumers that need it whole
 //! (DSNs, DIME sealing) share a budget of [`crate::body::DEFAULT_WHOLE_BODY_BUDGET`] bytes
-//! ([`StoreOptions::whole_bodies`]). Nothing else here holds per-message state: queue gauges come
+//! unless `queue.whole_body_budget` says otherwise ([`StoreOptions::whole_bodies`]). Nothing else here holds per-message state: queue gauges come
 //! from the `counts` table and the first record ([`Store::stats`], O(log n)), and operations over
 //! many messages ([`Store::retry_domain`]) walk the table in bounded chunks.
 //!
