@@ -488,7 +488,16 @@ impl Connection {
     /// message; the session then fails the transaction (a deferral).
     async fn send_message(&mut self, payload: Payload<'_>) {
         let mut stuffer = DotStuffer::new();
-        let mut out = Vec::with_capacity(crate::body::CHUNK + crate::body::CHUNK / 32);
+        // Room for what is sent at once (the header and a chunk, or all of a small message),
+        // its stuffing and the end-of-data line. Not a whole chunk's worth for a 1 KiB message:
+        // with glibc a 66 KiB buffer freed next to the top of the heap can be given back to the
+        // system and asked for again, per message.
+        let at_once = payload.header.len().saturating_add(
+            usize::try_from(payload.body.len())
+                .unwrap_or(usize::MAX)
+                .min(crate::body::CHUNK),
+        );
+        let mut out = Vec::with_capacity(at_once.saturating_add(at_once / 32).saturating_add(5));
         stuffer.push(payload.header, &mut out);
         let mut chunks = payload.body.chunks();
         while let Some(piece) = chunks.next().await {
