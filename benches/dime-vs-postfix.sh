@@ -3,7 +3,7 @@
 # smtp-sink, against a Postfix relay to the same sink; same machine, same run, alternating.
 #
 #   benches/dime-vs-postfix.sh [MESSAGES]      (default: 2000 messages per run)
-#   PERF=1 benches/dime-vs-postfix.sh [M]      also: one more bridge run under `perf record -g` on
+#   PERF=1 benches/dime-vs-postfix.sh [M]      also: one more bridge run under `perf record --call-graph dwarf` on
 #                                              A and B, and the top of each profile
 #
 # Set-up (as tests/bridge.rs): A serves secure.test on 127.0.0.2 (hosted user alice@secure.test,
@@ -196,8 +196,8 @@ printf "ratio (bridge / postfix, end to end, medians): %.2fx   (smtp-source -s 2
 
 # --- where the bridge's time goes -----------------------------------------------------------------
 if [ -n "${PERF:-}" ]; then
-    perf record -g -F 499 -p "$A_PID" -o "$TB/a.perf" >/dev/null 2>&1 & PA=$!
-    perf record -g -F 499 -p "$B_PID" -o "$TB/b.perf" >/dev/null 2>&1 & PB=$!
+    perf record --call-graph dwarf,32768 -F 499 -p "$A_PID" -o "$TB/a.perf" >/dev/null 2>&1 & PA=$!
+    perf record --call-graph dwarf,32768 -F 499 -p "$B_PID" -o "$TB/b.perf" >/dev/null 2>&1 & PB=$!
     sleep 1
     run 127.0.0.2 "$A_SMTP" "$M"
     printf "profiled run: %.2f s = %.0f msg/s (under perf)\n" "$E2E_S" "$(rate "$E2E_S")"

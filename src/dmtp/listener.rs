@@ -61,6 +61,9 @@ pub struct DmtpContext {
     /// `[queue] max_messages` (enforced in the store's commit) and the queue gauge SMTP
     /// ingress shares, so both listeners count against one limit.
     pub pressure: Arc<crate::smtp::pressure::PressureGauge>,
+    /// Wakes the queue runner when a transfer is stored, as SMTP ingress does: without it a
+    /// DMTP arrival would wait for the runner's next poll.
+    pub queued: Arc<tokio::sync::Notify>,
 }
 
 impl DmtpContext {
@@ -345,6 +348,7 @@ pub async fn verify_and_store(
         }
         Ok(crate::store::Appended::Stored(queue_id)) => {
             ctx.pressure.note_stored(size);
+            ctx.queued.notify_one();
             info!(%queue_id, origin = %origin_name, recipient = %recipient, %origin_fingerprint, sealed_size, "DMTP message stored");
             // The queue id is the transaction id the sender logs: one name on both sides.
             TxId::parse(&queue_id.to_string()).map_err(|_| TransferRefusal::StoreFailed)
