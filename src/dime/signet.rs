@@ -302,7 +302,10 @@ pub struct Signet {
 /// a signet handed out by a cache (the signet resolver's, the key store's) is validated once,
 /// not once per message. The outcome depends on the two signets' bytes alone, never on time.
 #[derive(Debug, Clone, Default)]
-struct ValidatedOnce(std::sync::Arc<std::sync::Mutex<Option<(Option<Vec<u8>>, Validation)>>>);
+struct ValidatedOnce(std::sync::Arc<std::sync::Mutex<Option<Remembered>>>);
+
+/// The org signet's bytes (`None`: validated without one) and the outcome under it.
+type Remembered = (Option<Vec<u8>>, Validation);
 
 impl ValidatedOnce {
     fn get(&self, org: Option<&[u8]>) -> Option<Validation> {
