@@ -11,6 +11,10 @@
 //! The records they read (SPF and DMARC TXT, MX, A, AAAA, PTR) are kept, parsed, for their TTL
 //! ([`DnsCache`], bounded): a relay wraps mail from the same few senders over and over, and
 //! without it every message paid for its own queries, their DNSSEC validation and the parse.
+//! mail-auth keeps only answers that exist, so for a message that carries no DKIM signature,
+//! whose results follow from the envelope and the From domain alone, the whole value is kept
+//! too, for [`RESULTS_TTL`]: senders without SPF or DMARC records would otherwise be asked
+//! about on every message.
 
 use crate::envelope::Envelope;
 use mail_auth::dmarc::verify::DmarcParameters;
@@ -37,6 +41,14 @@ pub struct SenderChecks {
 /// Entries per record type: enough for the senders a relay sees in a TTL.
 const CACHE_ENTRIES: usize = 4096;
 
+/// How long the results for one envelope and From domain (no DKIM) are reused: short beside
+/// the TTLs SPF and DMARC records have in practice, so a change shows within it.
+const RESULTS_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What the results of a message without DKIM signatures depend on: client address, HELO,
+/// MAIL FROM, From.
+type ResultsKey = (IpAddr, String, String, String);
+
 /// Parsed DNS answers by type, as mail-auth asks for them.
 #[derive(Default)]
 struct Caches {
@@ -45,6 +57,7 @@ struct Caches {
     ipv4: DnsCache<Box<str>, RecordSet<Ipv4Addr>>,
     ipv6: DnsCache<Box<str>, RecordSet<Ipv6Addr>>,
     ptr: DnsCache<IpAddr, RecordSet<Box<str>>>,
+    results: DnsCache<ResultsKey, String>,
 }
 
 /// mail-auth's parameters `P` with [`Caches`] attached.
@@ -152,6 +165,19 @@ impl SenderChecks {
         }
         let ip = envelope.client.ip();
         let helo = envelope.helo.as_str();
+        let parsed = AuthenticatedMessage::parse(message);
+        let key: Option<ResultsKey> = match &parsed {
+            Some(p) if !p.dkim_headers.is_empty() || p.has_dkim_errors => None,
+            _ => Some((
+                ip,
+                helo.to_owned(),
+                envelope.sender.clone(),
+                parsed.as_ref().map_or("", |p| p.from()).to_owned(),
+            )),
+        };
+        if let Some(hit) = key.as_ref().and_then(|k| self.caches.results.get(k)) {
+            return hit;
+        }
         let spf = self
             .authenticator
             .verify_spf(self.caches.attach(SpfParameters::verify_mail_from(
@@ -162,16 +188,16 @@ impl SenderChecks {
             )))
             .await;
         results = results.with_spf_mailfrom_result(&spf, ip, &envelope.sender, helo);
-        if let Some(parsed) = AuthenticatedMessage::parse(message) {
+        if let Some(parsed) = &parsed {
             let dkim = self
                 .authenticator
-                .verify_dkim(self.caches.attach(&parsed))
+                .verify_dkim(self.caches.attach(parsed))
                 .await;
             let mail_from_domain = envelope.sender.rsplit_once('@').map_or(helo, |(_, d)| d);
             let dmarc = self
                 .authenticator
                 .verify_dmarc(self.caches.attach(DmarcParameters::new(
-                    &parsed,
+                    parsed,
                     &dkim,
                     mail_from_domain,
                     &spf,
@@ -181,7 +207,13 @@ impl SenderChecks {
                 .with_dkim_results(&dkim, parsed.from())
                 .with_dmarc_result(&dmarc);
         }
-        unfold(&results.to_string())
+        let value = unfold(&results.to_string());
+        if let Some(key) = key {
+            self.caches
+                .results
+                .insert(key, value.clone(), Instant::now() + RESULTS_TTL);
+        }
+        value
     }
 }
 
