@@ -79,6 +79,16 @@ pub fn derive_kek(secret: &SecretKey, public: &PublicKey) -> AesKeyIv {
     kek
 }
 
+/// `secret`'s public key, by k256's precomputed multiples of the generator: `public_key()`
+/// multiplies the generator as any point, several times slower, and a seal does this for its
+/// ephemeral key and every open for the actor's own key.
+pub fn public_of(secret: &SecretKey) -> PublicKey {
+    use k256::elliptic_curve::ops::MulByGenerator;
+    let point = k256::ProjectivePoint::mul_by_generator(secret.to_nonzero_scalar().as_ref());
+    // Never the identity, since the scalar is not zero; the fallback is for form's sake.
+    PublicKey::from_affine(point.to_affine()).unwrap_or_else(|_| secret.public_key())
+}
+
 /// The x coordinate of `secret` × `public`: by libsecp256k1, which does the scalar
 /// multiplication in about half k256's time (a wrap does four, an unwrap two), both in constant
 /// time; by k256 if a key does not convert, which a valid k256 key always does.

@@ -98,7 +98,7 @@ use ed25519_dalek::VerifyingKey;
 use k256::PublicKey;
 
 pub use chunk::ChunkType;
-pub use crypto::{AesKeyIv, derive_kek};
+pub use crypto::{AesKeyIv, derive_kek, public_of};
 pub use error::{OpenError, SealError};
 pub use open::{
     ChunkReport, Decrypted, DestinationEnvelope, OriginEnvelope, Report, Scope, SignatureCheck,

@@ -373,7 +373,7 @@ pub fn decrypt<'a>(
         plains,
         origin_envelope,
         destination_envelope,
-        own_key: key.public_key(),
+        own_key: super::crypto::public_of(key),
     })
 }
 
