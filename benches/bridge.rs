@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
 use dimegate::bridge::{
-    Buckets, Identity, UnwrapInput, WrapInput, unwrap_finish, unwrap_prepare, wrap,
+    Buckets, Destination, Identity, UnwrapInput, WrapInput, unwrap_finish, unwrap_prepare, wrap,
 };
 use dimegate::dime::message::{self, Actor, Parties, Party, SealOptions};
 use dimegate::dime::{KeyKind, PrivateKey, Signet};
@@ -98,7 +98,7 @@ fn main() {
     };
     let unwrap_input = UnwrapInput {
         message: &wrapped,
-        destination_key: &south.key,
+        destination: Destination::Open(&south.key),
         recipient_key: &bob.key,
         hostname: "mx.south.test",
         queue_id: "Q1",

@@ -3,7 +3,7 @@
 # smtp-sink, against a Postfix relay to the same sink; same machine, same run, alternating.
 #
 #   benches/dime-vs-postfix.sh [MESSAGES]      (default: 2000 messages per run)
-#   PERF=1 benches/dime-vs-postfix.sh [M]      also: one more bridge run under `perf record -g` on
+#   PERF=1 benches/dime-vs-postfix.sh [M]      also: one more bridge run under `perf record --call-graph dwarf` on
 #                                              A and B, and the top of each profile
 #
 # Set-up (as tests/bridge.rs): A serves secure.test on 127.0.0.2 (hosted user alice@secure.test,
@@ -18,7 +18,8 @@
 # fsync, B answers DMTP's 250 after its own, Postfix after cleanup's fsync of the queue file.
 # One warm-up of 50 messages through each first (signet cache, Postfix processes); then three
 # rounds of bridge, Postfix; the median of three of each is reported, with every run.
-# Also per bridge run: the CPU time A and B used (utime + stime from /proc), per message.
+# Also per run: the CPU time A and B used (utime + stime from /proc), per message, and Postfix's
+# (all its processes, exited ones included), per message.
 # Peak RSS: VmHWM of A and of B over the whole run; for Postfix as in e2e-vs-postfix.sh (largest
 # sum of VmRSS and of PSS over its processes while polling, and the largest single VmHWM).
 # Needs root, postfix (smtp-source, smtp-sink), knot, bc, curl, perf for PERF=1.
@@ -44,7 +45,8 @@ cleanup() {
 trap cleanup EXIT
 
 cargo build --release --quiet
-BIN=target/release/dimegate
+# DIMEGATE_BIN: another build of the gateway to measure (an A/B against the tree's own).
+BIN=${DIMEGATE_BIN:-target/release/dimegate}
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 A_SMTP=$(port); B_SMTP=$(port); A_ADMIN=$(port); B_ADMIN=$(port); DMTP_PORT=$(port)
 PF_PORT=$(port); SINK_PORT=$(port); KNOT_PORT=$(port)
@@ -61,6 +63,14 @@ stop_sink() {
 }
 delivered() { find "$TB/dump" -type f | wc -l; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime, in clock ticks
+# Postfix's CPU in clock ticks: every live process's utime + stime, plus what the master has
+# reaped of exited children (cutime + cstime), so a process that exits between two samples is
+# still counted once.
+pf_ticks() {
+    local files=("/proc/$PF_MASTER/stat") p
+    for p in $(ps -o pid= --ppid "$PF_MASTER"); do files+=("/proc/$p/stat"); done
+    awk -v m="$PF_MASTER" '{t += $14 + $15} $1 == m {t += $16 + $17} END {print t + 0}' "${files[@]}" 2>/dev/null
+}
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 # run ADDR PORT COUNT [POLL_FN]: smtp-source into ADDR:PORT, wait until the sink holds COUNT.
@@ -169,11 +179,13 @@ for round in 1 2 3; do
     a0=$(cpu_ticks "$A_PID"); b0=$(cpu_ticks "$B_PID")
     run 127.0.0.2 "$A_SMTP" "$M" dime_poll; DIME+=("$E2E_S")
     a1=$(cpu_ticks "$A_PID"); b1=$(cpu_ticks "$B_PID")
+    p0=$(pf_ticks)
     run 127.0.0.1 "$PF_PORT" "$M" pf_poll; PF+=("$E2E_S")
-    printf "round %d: bridge %.2f s (%.0f msg/s; CPU per message: A %.2f ms, B %.2f ms), postfix %.2f s (%.0f msg/s)\n" \
+    p1=$(pf_ticks)
+    printf "round %d: bridge %.2f s (%.0f msg/s; CPU per message: A %.2f ms, B %.2f ms), postfix %.2f s (%.0f msg/s; CPU per message %.2f ms)\n" \
         "$round" "${DIME[-1]}" "$(echo "$M / ${DIME[-1]}" | bc -l)" \
         "$(echo "($a1 - $a0) * 1000 / $HZ / $M" | bc -l)" "$(echo "($b1 - $b0) * 1000 / $HZ / $M" | bc -l)" \
-        "${PF[-1]}" "$(echo "$M / ${PF[-1]}" | bc -l)"
+        "${PF[-1]}" "$(echo "$M / ${PF[-1]}" | bc -l)" "$(echo "($p1 - $p0) * 1000 / $HZ / $M" | bc -l)"
 done
 median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
 DIME_MED=$(median "${DIME[@]}"); PF_MED=$(median "${PF[@]}")
@@ -196,8 +208,8 @@ printf "ratio (bridge / postfix, end to end, medians): %.2fx   (smtp-source -s 2
 
 # --- where the bridge's time goes -----------------------------------------------------------------
 if [ -n "${PERF:-}" ]; then
-    perf record -g -F 499 -p "$A_PID" -o "$TB/a.perf" >/dev/null 2>&1 & PA=$!
-    perf record -g -F 499 -p "$B_PID" -o "$TB/b.perf" >/dev/null 2>&1 & PB=$!
+    perf record --call-graph dwarf,32768 -F 499 -p "$A_PID" -o "$TB/a.perf" >/dev/null 2>&1 & PA=$!
+    perf record --call-graph dwarf,32768 -F 499 -p "$B_PID" -o "$TB/b.perf" >/dev/null 2>&1 & PB=$!
     sleep 1
     run 127.0.0.2 "$A_SMTP" "$M"
     printf "profiled run: %.2f s = %.0f msg/s (under perf)\n" "$E2E_S" "$(rate "$E2E_S")"

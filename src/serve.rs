@@ -112,6 +112,7 @@ fn dmtp_context(
     resolver: &crate::resolve::Resolver,
     store: Store,
     pressure: Arc<PressureGauge>,
+    queued: Arc<tokio::sync::Notify>,
     registry: &mut Registry,
 ) -> Result<crate::dmtp::listener::DmtpContext, ServeError> {
     let discovery = discovery(
@@ -131,6 +132,7 @@ fn dmtp_context(
             ..crate::dmtp::server::Limits::default()
         },
         pressure,
+        queued,
     })
 }
 
@@ -310,6 +312,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         &resolver,
         store.clone(),
         Arc::clone(&pressure),
+        Arc::clone(&queued),
         &mut registry,
     )?);
     let ingress = Arc::new(

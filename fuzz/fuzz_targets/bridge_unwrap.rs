@@ -6,7 +6,8 @@
 
 use std::sync::OnceLock;
 
-use dimegate::bridge::{DimeResult, FailReason, UnwrapInput, unwrap_finish, unwrap_prepare};
+use dimegate::bridge::{
+    Destination, DimeResult, FailReason, UnwrapInput, unwrap_finish, unwrap_prepare};
 use dimegate::dime::{PrivateKey, Signet, armor};
 use dimegate::time::UnixTime;
 use libfuzzer_sys::fuzz_target;
@@ -45,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
     let w = world();
     let input = UnwrapInput {
         message: data,
-        destination_key: &w.dest,
+        destination: Destination::Open(&w.dest),
         recipient_key: &w.recp,
         hostname: "mx.b.example",
         queue_id: "FUZZ1",

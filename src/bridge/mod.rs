@@ -42,8 +42,8 @@ pub use padding::Buckets;
 pub use protect::{ProtectInput, protect};
 pub use submit::{Submission, SubmitInput, submission_prepare, submission_sign};
 pub use unwrap::{
-    DimeResult, ExitInput, Exited, FailReason, NeedSignets, Prepared, UnwrapInput, Unwrapped,
-    unwrap_exit_finish, unwrap_exit_prepare, unwrap_finish, unwrap_prepare,
+    Destination, DimeResult, ExitInput, Exited, FailReason, NeedSignets, Prepared, UnwrapInput,
+    Unwrapped, unwrap_exit_finish, unwrap_exit_prepare, unwrap_finish, unwrap_prepare,
 };
 pub use wrap::{WrapInput, wrap};
 

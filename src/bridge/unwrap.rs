@@ -33,6 +33,7 @@ use super::wrap::named;
 use super::{BridgeError, ENVELOPE_FROM_FIELD, Identity, headers, is_origin_chunk};
 use crate::dime::message::{
     self, Actor, ChunkType, Decrypted, DestinationEnvelope, OpenError, OriginEnvelope, Report,
+    Scope,
 };
 use crate::dime::{PrivateKey, Signet};
 use crate::time::{UnixTime, rfc5322_date};
@@ -42,8 +43,8 @@ use crate::time::{UnixTime, rfc5322_date};
 pub struct UnwrapInput<'a> {
     /// The D/MIME message as received over DMTP.
     pub message: &'a [u8],
-    /// Our org key (the destination).
-    pub destination_key: &'a PrivateKey,
+    /// Where the destination's checks stand.
+    pub destination: Destination<'a>,
     /// The trustful recipient's user key.
     pub recipient_key: &'a PrivateKey,
     /// Our host name, for `Received:` and as the authserv-id of `Authentication-Results:`.
@@ -56,6 +57,22 @@ pub struct UnwrapInput<'a> {
     pub origin_signet: &'a Signet,
     /// The origin domain (the DMTP `MAIL FROM`).
     pub origin_domain: &'a str,
+}
+
+/// The destination's side of an inbound message: checked here, or before.
+#[derive(Debug, Clone, Copy)]
+pub enum Destination<'a> {
+    /// Open as destination with our org key (this one) and check the origin's signatures and
+    /// the destination chunk here.
+    Open(&'a PrivateKey),
+    /// The DMTP listener did, on these same bytes, before its `2xx` (`dmtp::listener`): the
+    /// origin's signatures verified under [`UnwrapInput::origin_signet`] and the destination
+    /// chunk named the origin and this recipient. Neither is checked again: the recipient's
+    /// pass checks the author's signatures only.
+    CheckedAtIngest {
+        /// The recipient mailbox the destination chunk named.
+        recipient: &'a str,
+    },
 }
 
 /// Whose signet the caller must resolve before finishing, and what the envelopes say.
@@ -174,25 +191,31 @@ pub struct Prepared<'a> {
 /// says which author signet to resolve.
 pub fn unwrap_prepare<'a>(input: &UnwrapInput<'a>) -> Result<Prepared<'a>, BridgeError> {
     let origin = named(input.origin_signet, input.origin_domain);
-    let dest = message::inspect(
-        input.message,
-        Actor::Destination,
-        input.destination_key.encryption_secret(),
-        std::slice::from_ref(&origin),
-    )
-    .map_err(|e| super::open_error(Actor::Destination, e))?;
-    let denv = destination_envelope(&dest)?;
-    if !denv.origin.eq_ignore_ascii_case(input.origin_domain)
-        || denv.origin_fingerprint != origin.fingerprint
-    {
-        return Err(BridgeError::OriginMismatch {
-            expected: input.origin_domain.to_owned(),
-            found: denv.origin,
-            found_fingerprint: denv.origin_fingerprint,
-        });
-    }
-    dest.check()
-        .map_err(|e| super::open_error(Actor::Destination, e))?;
+    let recipient_named = match input.destination {
+        Destination::CheckedAtIngest { recipient } => recipient.to_owned(),
+        Destination::Open(key) => {
+            let dest = message::inspect(
+                input.message,
+                Actor::Destination,
+                key.encryption_secret(),
+                std::slice::from_ref(&origin),
+            )
+            .map_err(|e| super::open_error(Actor::Destination, e))?;
+            let denv = destination_envelope(&dest)?;
+            if !denv.origin.eq_ignore_ascii_case(input.origin_domain)
+                || denv.origin_fingerprint != origin.fingerprint
+            {
+                return Err(BridgeError::OriginMismatch {
+                    expected: input.origin_domain.to_owned(),
+                    found: denv.origin,
+                    found_fingerprint: denv.origin_fingerprint,
+                });
+            }
+            dest.check()
+                .map_err(|e| super::open_error(Actor::Destination, e))?;
+            denv.recipient
+        }
+    };
     let recipient = message::decrypt(
         input.message,
         Actor::Recipient,
@@ -211,7 +234,7 @@ pub fn unwrap_prepare<'a>(input: &UnwrapInput<'a>) -> Result<Prepared<'a>, Bridg
             author_fingerprint: oenv.author_fingerprint,
             origin: input.origin_domain.to_owned(),
             origin_fingerprint: origin.fingerprint,
-            recipient: denv.recipient,
+            recipient: recipient_named,
         },
         recipient,
     })
@@ -231,7 +254,11 @@ pub fn unwrap_finish(
     // one named, and every other check on it follows from the envelope the pass reads.
     let mut signets = vec![origin];
     signets.extend(author_signet.map(|s| named(s, s.identifier().unwrap_or_default())));
-    let report = recipient.verify(&signets);
+    let scope = match input.destination {
+        Destination::Open(_) => Scope::All,
+        Destination::CheckedAtIngest { .. } => Scope::AuthorOnly,
+    };
+    let report = recipient.verify_scoped(&signets, scope);
     let mut reason = match author_signet {
         None => Some(FailReason::AuthorSignetMissing {
             fingerprint: need.author_fingerprint.clone(),
@@ -564,7 +591,7 @@ mod tests {
     fn inbound<'a>(w: &'a World, msg: &'a [u8]) -> UnwrapInput<'a> {
         UnwrapInput {
             message: msg,
-            destination_key: &w.south.key,
+            destination: Destination::Open(&w.south.key),
             recipient_key: &w.bob.key,
             hostname: HOST,
             queue_id: "Q1",
@@ -753,7 +780,7 @@ mod tests {
             Err(BridgeError::NotForUs(Actor::Recipient))
         );
         let mut input = inbound(w, &msg);
-        input.destination_key = &w.north.key;
+        input.destination = Destination::Open(&w.north.key);
         let e = unwrap_prepare(&input).unwrap_err();
         assert!(e.is_permanent() && e.status().subject == 1, "{e}");
         let mut input = inbound(w, &msg);
@@ -797,6 +824,65 @@ mod tests {
         assert_eq!(truncated.status().to_string(), "5.6.0");
     }
 
+    /// What the DMTP listener checked is not checked again, and nothing else is skipped: over
+    /// the same tampering sweep, the recipient-only pass passes a byte only where the full
+    /// pass refused it on the destination's or the origin's grounds, which the listener
+    /// refuses before its 2xx.
+    #[test]
+    fn checked_at_ingest_skips_the_destination_checks_only() {
+        let w = testkit::world();
+        let msg = sealed(
+            w,
+            &testkit::mail("alice@north.test", "bob@south.test"),
+            None,
+        );
+        fn ingested<'a>(w: &'a World, m: &'a [u8]) -> UnwrapInput<'a> {
+            UnwrapInput {
+                destination: Destination::CheckedAtIngest {
+                    recipient: "bob@south.test",
+                },
+                ..inbound(w, m)
+            }
+        }
+        let full = open_all(&inbound(w, &msg), Some(&w.alice.signet)).unwrap();
+        let fast = open_all(&ingested(w, &msg), Some(&w.alice.signet)).unwrap();
+        assert_eq!(fast, full);
+        let mut skipped = 0;
+        for at in (0..msg.len()).step_by(msg.len() / 97) {
+            let mut bad = msg.clone();
+            bad[at] ^= 0x20;
+            let full = open_all(&inbound(w, &bad), Some(&w.alice.signet));
+            let fast = open_all(&ingested(w, &bad), Some(&w.alice.signet));
+            let author_side = |r: &Result<Unwrapped, BridgeError>| match r {
+                Ok(u) => matches!(
+                    u.dime,
+                    DimeResult::Fail {
+                        reason: FailReason::AuthorSignature { .. }
+                    }
+                ),
+                Err(BridgeError::NotForUs(Actor::Recipient)) => true,
+                Err(_) => false,
+            };
+            if author_side(&full) {
+                assert!(
+                    !matches!(&fast, Ok(u) if u.dime == DimeResult::Pass),
+                    "byte {at}: the author's damage passed"
+                );
+            }
+            if matches!(&fast, Ok(u) if u.dime == DimeResult::Pass)
+                && !matches!(&full, Ok(u) if u.dime == DimeResult::Pass)
+            {
+                skipped += 1;
+                assert!(
+                    !author_side(&full),
+                    "byte {at}: skipped a check the recipient owns"
+                );
+            }
+        }
+        // The origin's and the destination's own bytes are among those swept.
+        assert!(skipped > 0);
+    }
+
     fn vector(name: &str) -> Vec<u8> {
         let path = format!(
             "{}/../shared/dime-vectors/d1-libdime/{name}",
@@ -818,7 +904,7 @@ mod tests {
         let msg = vector("msg.from_destination.bin");
         let input = UnwrapInput {
             message: &msg,
-            destination_key: &dest,
+            destination: Destination::Open(&dest),
             recipient_key: &recp,
             hostname: "mx.b.example",
             queue_id: "V1",

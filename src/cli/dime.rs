@@ -393,6 +393,7 @@ fn report_json(
                 Verdict::Placeholder => ("placeholder", None),
                 Verdict::SignetMissing { fingerprint } => ("signet-missing", Some(fingerprint)),
                 Verdict::NotDisclosed => ("not-disclosed", None),
+                Verdict::CheckedBefore => ("checked-before", None),
             };
             serde_json::json!({
                 "chunk": c.chunk as u8,

@@ -215,7 +215,7 @@ impl PrivateKey {
 
     /// Public half of the encryption key.
     pub fn encryption_public(&self) -> k256::PublicKey {
-        self.encryption.public_key()
+        super::message::public_of(&self.encryption)
     }
 
     /// The public encryption key as it appears in a signet: 33-byte compressed SEC1.

@@ -295,6 +295,29 @@ pub struct Signet {
     spans: Vec<Range<usize>>,
     signing_key: VerifyingKey,
     encryption_key: k256::PublicKey,
+    validated: ValidatedOnce,
+}
+
+/// The last successful [`Signet::validate`] and the org signet it was under, shared by clones:
+/// a signet handed out by a cache (the signet resolver's, the key store's) is validated once,
+/// not once per message. The outcome depends on the two signets' bytes alone, never on time.
+#[derive(Debug, Clone, Default)]
+struct ValidatedOnce(std::sync::Arc<std::sync::Mutex<Option<Remembered>>>);
+
+/// The org signet's bytes (`None`: validated without one) and the outcome under it.
+type Remembered = (Option<Vec<u8>>, Validation);
+
+impl ValidatedOnce {
+    fn get(&self, org: Option<&[u8]>) -> Option<Validation> {
+        let held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        held.as_ref()
+            .filter(|(under, _)| under.as_deref() == org)
+            .map(|&(_, v)| v)
+    }
+
+    fn set(&self, org: Option<&[u8]>, v: Validation) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some((org.map(<[u8]>::to_vec), v));
+    }
 }
 
 impl PartialEq for Signet {
@@ -383,6 +406,7 @@ impl Signet {
             spans,
             signing_key,
             encryption_key,
+            validated: ValidatedOnce::default(),
         })
     }
 
@@ -518,6 +542,16 @@ impl Signet {
     /// must verify, else `Err(SignatureInvalid { field })`; absent fields only cap the level, and
     /// [`Validation::limit`] says which.
     pub fn validate(&self, org: Option<&Signet>) -> Result<Validation, Error> {
+        let under = org.map(|o| o.bytes.as_slice());
+        if let Some(v) = self.validated.get(under) {
+            return Ok(v);
+        }
+        let v = self.validate_now(org)?;
+        self.validated.set(under, v);
+        Ok(v)
+    }
+
+    fn validate_now(&self, org: Option<&Signet>) -> Result<Validation, Error> {
         let object = self.kind.name();
         let custody = if self.kind != SignetKind::Org && self.field(4).is_some() {
             Custody::Unchecked
@@ -1176,6 +1210,13 @@ mod tests {
         );
         assert_eq!(auth.identifier(), Some("alice@a.example"));
         assert_eq!(dest.identifier(), Some("b.example"));
+        // A validation remembered under its own org (and shared with a clone) says nothing
+        // about another org.
+        let orig = signet("d1-libdime/orig.signet");
+        let under_own = auth.validate(Some(&orig)).unwrap();
+        assert_eq!(auth.clone().validate(Some(&orig)), Ok(under_own));
+        assert!(auth.clone().validate(Some(&dest)).is_err());
+        assert_eq!(auth.validate(Some(&orig)), Ok(under_own));
     }
 
     #[test]

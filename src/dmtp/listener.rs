@@ -61,6 +61,9 @@ pub struct DmtpContext {
     /// `[queue] max_messages` (enforced in the store's commit) and the queue gauge SMTP
     /// ingress shares, so both listeners count against one limit.
     pub pressure: Arc<crate::smtp::pressure::PressureGauge>,
+    /// Wakes the queue runner when a transfer is stored, as SMTP ingress does: without it a
+    /// DMTP arrival would wait for the runner's next poll.
+    pub queued: Arc<tokio::sync::Notify>,
 }
 
 impl DmtpContext {
@@ -240,6 +243,10 @@ enum Wake {
     Shutdown,
 }
 
+/// The largest transfer checked on the session's own task rather than on the blocking pool: its
+/// checks take well under a millisecond.
+const CHECK_IN_PLACE_MAX: usize = 64 * 1024;
+
 /// The checks of the module documentation, then the durable append.
 pub async fn verify_and_store(
     ctx: &DmtpContext,
@@ -276,26 +283,31 @@ pub async fn verify_and_store(
     }
     let mut origin_party = Party::from_signet(&origin);
     origin_party.name = origin_name.clone();
-    // The keyslot's ECDH, the decryption, the signature checks over the whole message and the
-    // recipient's look-up on disk take a core for a while: on the blocking pool, so that the
-    // runtime's workers keep moving other sessions' bytes meanwhile.
+    // The keyslot's ECDH, the decryption and the signature checks over the whole message take
+    // a core for a while: for a large message on the blocking pool, so that the runtime's
+    // workers keep moving other sessions' bytes meanwhile. A small one (most mail) takes about
+    // as long as the hop to another thread and back costs, so it is checked in place.
     let secret = org.key.encryption_secret().clone();
     let keystore = ctx.keystore.clone();
+    let body_len = t.body.len();
     let body = t.body;
     let origin_for_key = origin_name.clone();
-    let checked = tokio::task::spawn_blocking(move || {
+    let check = move || {
         // The de-duplication key hashes the whole message too: here, and only once it passed.
         let checked = check_transfer(&body, &secret, &origin_party, &keystore).map(|c| {
             let key = crate::store::DedupKey::for_transfer(&origin_for_key, &body);
             (c, key)
         });
         (checked, body)
-    })
-    .await;
-    let (checked, body) = checked.map_err(|e| {
-        warn!(error = %e, "DMTP verification task failed");
-        TransferRefusal::StoreFailed
-    })?;
+    };
+    let (checked, body) = if body_len <= CHECK_IN_PLACE_MAX {
+        check()
+    } else {
+        tokio::task::spawn_blocking(check).await.map_err(|e| {
+            warn!(error = %e, "DMTP verification task failed");
+            TransferRefusal::StoreFailed
+        })?
+    };
     let (
         Checked {
             recipient,
@@ -345,6 +357,7 @@ pub async fn verify_and_store(
         }
         Ok(crate::store::Appended::Stored(queue_id)) => {
             ctx.pressure.note_stored(size);
+            ctx.queued.notify_one();
             info!(%queue_id, origin = %origin_name, recipient = %recipient, %origin_fingerprint, sealed_size, "DMTP message stored");
             // The queue id is the transaction id the sender logs: one name on both sides.
             TxId::parse(&queue_id.to_string()).map_err(|_| TransferRefusal::StoreFailed)

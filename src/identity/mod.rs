@@ -27,6 +27,7 @@
 //! Private keys are [`PrivateKey`] values, which zeroize their secrets on drop; the file bytes
 //! they were parsed from are held in `Zeroizing` buffers.
 
+mod cache;
 mod files;
 
 use crate::dime::{self, KeyKind, PrivateKey, Signet, SignetKind};
@@ -245,6 +246,7 @@ pub fn bridge_address(domain: &str) -> String {
 pub struct Keystore {
     root: PathBuf,
     domains: Vec<String>,
+    cache: cache::UserCache,
 }
 
 impl Keystore {
@@ -253,6 +255,7 @@ impl Keystore {
         Keystore {
             root: data_dir.join("dime"),
             domains: served_domains.to_vec(),
+            cache: cache::UserCache::default(),
         }
     }
 
@@ -556,7 +559,16 @@ impl Keystore {
     pub fn user(&self, address: &str) -> Result<HostedUser, IdentityError> {
         let a = UserAddress::parse(address)?;
         self.served(&a.domain)?;
-        self.load_user(&a)
+        let Some(stamp) = cache::Stamp::of(&self.user_dir(&a)) else {
+            return self.load_user(&a);
+        };
+        let name = a.text();
+        if let Some(user) = self.cache.user(&name, stamp) {
+            return Ok(user);
+        }
+        let user = self.load_user(&a)?;
+        self.cache.keep_user(&name, stamp, &user);
+        Ok(user)
     }
 
     /// The mode of a hosted user, read from its metadata alone: whether `address` is hosted
@@ -565,6 +577,11 @@ impl Keystore {
     pub fn user_mode(&self, address: &str) -> Result<Mode, IdentityError> {
         let a = UserAddress::parse(address)?;
         self.served(&a.domain)?;
+        if let Some(stamp) = cache::Stamp::of(&self.user_dir(&a))
+            && let Some(user) = self.cache.user(&a.text(), stamp)
+        {
+            return Ok(user.mode);
+        }
         Ok(self.load_meta(&a)?.mode)
     }
 
@@ -606,7 +623,22 @@ impl Keystore {
     /// The private key of a trustful user's generation.
     pub fn user_key(&self, address: &str, generation: u32) -> Result<PrivateKey, IdentityError> {
         let a = UserAddress::parse(address)?;
-        let path = self.user_dir(&a).join(format!("{generation}.key"));
+        let stamp = cache::Stamp::of(&self.user_dir(&a));
+        let name = a.text();
+        if let Some(stamp) = stamp
+            && let Some(key) = self.cache.key(&name, stamp, generation)
+        {
+            return Ok(key);
+        }
+        let key = self.read_user_key(&a, generation)?;
+        if let Some(stamp) = stamp {
+            self.cache.keep_key(&name, stamp, generation, &key);
+        }
+        Ok(key)
+    }
+
+    fn read_user_key(&self, a: &UserAddress, generation: u32) -> Result<PrivateKey, IdentityError> {
+        let path = self.user_dir(a).join(format!("{generation}.key"));
         let bytes = read_key_file(&path)?;
         let bin = zeroize::Zeroizing::new(dime::armor::decode_any(&bytes).map_err(|source| {
             IdentityError::Dime {

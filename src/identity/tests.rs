@@ -284,3 +284,65 @@ fn user_mode_answers_like_user_from_the_metadata_alone() {
         Err(IdentityError::Corrupt { .. })
     ));
 }
+
+/// Sets `path`'s modification time `secs` into the past, as if it had settled long ago.
+fn age(path: &Path, secs: i64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let then = libc::timespec {
+        tv_sec: now.as_secs() as libc::time_t - secs,
+        tv_nsec: 0,
+    };
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path and two valid timespecs.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), [then, then].as_ptr(), 0) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn a_running_server_sees_what_another_process_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cli = store(dir.path());
+    let mut r = rng();
+    let (org, _) = cli.ensure_org("example.org", None, &mut r).unwrap();
+    cli.add_user(&org, "alice@example.org", Mode::Trustful, &mut r)
+        .unwrap();
+    let user_dir = dir.path().join("dime/example.org/users/alice");
+    let server = store(dir.path());
+    // Just written: not remembered, in case a second change falls in the same clock tick.
+    server.user("alice@example.org").unwrap();
+    assert_eq!(server.cache.len(), 0);
+    age(&user_dir, 60);
+    let k1 = server.user_key("alice@example.org", 1).unwrap();
+    assert_eq!(
+        server.user("alice@example.org").unwrap().generations.len(),
+        1
+    );
+    assert_eq!(server.cache.len(), 1);
+    assert_eq!(server.user_key("alice@example.org", 1).unwrap(), k1);
+
+    // `users rotate` from the command line, while the server runs.
+    cli.rotate_user(&org, "alice@example.org", &mut r).unwrap();
+    let seen = server.user("alice@example.org").unwrap();
+    assert_eq!(seen.generations.len(), 2);
+    assert!(server.user_key("alice@example.org", 2).is_ok());
+    // (Another age than the first: the stamp is the time itself.)
+    age(&user_dir, 120);
+    assert_eq!(
+        server.user("alice@example.org").unwrap().generations.len(),
+        2
+    );
+
+    // `users remove`: the directory moves away.
+    cli.remove_user("alice@example.org", 1).unwrap();
+    assert!(matches!(
+        server.user("alice@example.org"),
+        Err(IdentityError::UnknownUser(_))
+    ));
+    assert!(matches!(
+        server.user_mode("alice@example.org"),
+        Err(IdentityError::UnknownUser(_))
+    ));
+    assert!(server.user_key("alice@example.org", 1).is_err());
+}

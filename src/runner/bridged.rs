@@ -128,7 +128,8 @@ impl BridgeTransport {
                 "not a D/MIME message".into(),
             ));
         };
-        let org = self.org(address)?;
+        // Served here, or this is not ours to open.
+        self.org(address)?;
         let origin = self
             .discovery
             .org_signet(&arrival.origin)
@@ -162,7 +163,7 @@ impl BridgeTransport {
         let queue_id = message.queue_id.to_string();
         let input = UnwrapInput {
             message: body,
-            destination_key: &org.key,
+            destination: bridge::Destination::CheckedAtIngest { recipient: address },
             recipient_key: &key,
             hostname: &self.hostname,
             queue_id: &queue_id,

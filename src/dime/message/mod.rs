@@ -98,11 +98,11 @@ use ed25519_dalek::VerifyingKey;
 use k256::PublicKey;
 
 pub use chunk::ChunkType;
-pub use crypto::{AesKeyIv, derive_kek};
+pub use crypto::{AesKeyIv, derive_kek, public_of};
 pub use error::{OpenError, SealError};
 pub use open::{
-    ChunkReport, Decrypted, DestinationEnvelope, OriginEnvelope, Report, SignatureCheck, Verdict,
-    decrypt, inspect, open,
+    ChunkReport, Decrypted, DestinationEnvelope, OriginEnvelope, Report, Scope, SignatureCheck,
+    Verdict, decrypt, inspect, open,
 };
 pub use rfc5322::canonical_form;
 pub use seal::{SealOptions, SizePolicy, padding_reaches, seal, seal_sized, sign_as_origin};

@@ -69,6 +69,20 @@ pub enum Verdict {
     },
     /// The format does not tell this actor who signed (the destination about the author).
     NotDisclosed,
+    /// Not checked in this pass: the caller checked it before, on the same bytes
+    /// ([`Scope::AuthorOnly`]).
+    CheckedBefore,
+}
+
+/// Which signatures [`Decrypted::verify_scoped`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every signature the actor can see.
+    All,
+    /// All but the origin's (248, 249, 255), whose verdicts are [`Verdict::CheckedBefore`]: for
+    /// a receiver that checked them as destination on the bytes it now opens as recipient, so
+    /// that the same signatures are not verified twice.
+    AuthorOnly,
 }
 
 /// One signature the actor can see, and what became of it.
@@ -106,7 +120,10 @@ impl Report {
     pub fn check(&self) -> Result<(), OpenError> {
         for c in &self.signatures {
             match &c.verdict {
-                Verdict::Valid | Verdict::ValidLibdimeTree | Verdict::NotDisclosed => {}
+                Verdict::Valid
+                | Verdict::ValidLibdimeTree
+                | Verdict::NotDisclosed
+                | Verdict::CheckedBefore => {}
                 Verdict::Invalid => return Err(OpenError::SignatureInvalid { chunk: c.chunk }),
                 Verdict::Placeholder => {
                     if matches!(self.actor, Actor::Destination | Actor::Recipient) {
@@ -356,7 +373,7 @@ pub fn decrypt<'a>(
         plains,
         origin_envelope,
         destination_envelope,
-        own_key: key.public_key(),
+        own_key: super::crypto::public_of(key),
     })
 }
 
@@ -374,6 +391,11 @@ impl Decrypted<'_> {
     /// Checks every signature the actor can see under `signets` (found by the crypto
     /// fingerprints in the envelope chunks, the origin's own by its encryption key) and reports.
     pub fn verify(self, signets: &[Party]) -> Report {
+        self.verify_scoped(signets, Scope::All)
+    }
+
+    /// [`Decrypted::verify`], checking only the signatures `scope` names.
+    pub fn verify_scoped(self, signets: &[Party], scope: Scope) -> Report {
         let Decrypted {
             actor,
             raw,
@@ -425,6 +447,8 @@ impl Decrypted<'_> {
                     };
                     let v = if sig == [0u8; SIG_LEN] {
                         Verdict::Placeholder
+                    } else if scope == Scope::AuthorOnly {
+                        Verdict::CheckedBefore
                     } else {
                         origin.verdict(raw.prefix_below(limit), &sig)
                     };

@@ -415,7 +415,7 @@ fn seal_inner(
     w.out.extend_from_slice(&chunk::MESSAGE_MAGIC.to_be_bytes());
     w.out.extend_from_slice(&[0; 4]);
 
-    let eph = ephemeral.public_key().to_encoded_point(true);
+    let eph = super::crypto::public_of(&ephemeral).to_encoded_point(true);
     let eph_start = w.out.len();
     chunk::put_header(&mut w.out, ChunkType::Ephemeral, eph.len());
     w.out.extend_from_slice(eph.as_bytes());

@@ -171,6 +171,7 @@ pub(super) async fn accept(
         }
         Ok(crate::store::Appended::Stored(queue_id)) => {
             ctx.pressure.note_stored(size);
+            ctx.queued.notify_one();
             info!(%queue_id, author = %submission.author, destination = %submission.destination, size, "DMTP submission queued");
             TxId::parse(&queue_id.to_string()).map_err(|_| TransferRefusal::StoreFailed)
         }
