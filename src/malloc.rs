@@ -10,10 +10,12 @@
 //! with benches/queue-scale.sh at 100,000 queued 1 KiB messages and 20 of 25 MiB (2 cores), peak
 //! RSS while `queue retry --domain` made them all due: 102-104 MiB with glibc's default of 16
 //! arenas, 79 MiB with 2, 58-65 MiB with 1; at 1,000,000 queued the default reached 144 MiB
-//! against the goal of 128 MiB. With one arena the cache costs its size once, whoever loads it.
-//! The per-thread cache glibc keeps in front of the arenas (tcache, since 2.26) still serves most
-//! small allocations without the arena's lock, and the accept rate did not drop
-//! (benches/accept-vs-postfix.sh; the figures are in the commit that set this).
+//! against the goal of 128 MiB, one arena 70 MiB. Each arena can keep about the cache's size,
+//! so the count bounds it. One arena cost accepting, though: benches/accept-vs-postfix.sh gave
+//! a ratio to Postfix of 2.74-3.22 with one arena against 3.09-3.62 with glibc's default
+//! (alternating runs, 2 cores), since the store's page-sized buffers are too large for glibc's
+//! per-thread cache (tcache) and every thread then takes the one arena's lock for them. Two
+//! arenas gave 3.31 and 3.50, as the default, so two it is.
 //!
 //! An operator who sets `MALLOC_ARENA_MAX` in the environment (a machine with many cores may
 //! want more arenas) keeps that setting: glibc reads it itself, and it is not overridden here.
@@ -24,7 +26,7 @@
 //! systems' allocators other settings; there this does nothing.
 
 /// The arenas `serve` allows glibc's malloc (see the module docs).
-pub const ARENAS: i32 = 1;
+pub const ARENAS: i32 = 2;
 
 /// Limits glibc's malloc to [`ARENAS`] arenas unless `MALLOC_ARENA_MAX` is set. Call before any
 /// thread is started: a thread that already has an arena keeps it. Returns whether the limit was
