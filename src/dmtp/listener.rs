@@ -151,6 +151,9 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let peer = tcp.peer_addr()?;
+    // Replies are small writes that the peer waits for: Nagle would hold one back until the
+    // peer's delayed ACK of the one before (as on the SMTP listener).
+    let _ = tcp.set_nodelay(true);
     let handshake = tokio::time::timeout(ctx.limits.command_timeout, tls.accept(tcp));
     let mut stream = match handshake.await {
         Ok(s) => s?,
