@@ -45,7 +45,8 @@ cleanup() {
 trap cleanup EXIT
 
 cargo build --release --quiet
-BIN=target/release/dimegate
+# DIMEGATE_BIN: another build of the gateway to measure (an A/B against the tree's own).
+BIN=${DIMEGATE_BIN:-target/release/dimegate}
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 A_SMTP=$(port); B_SMTP=$(port); A_ADMIN=$(port); B_ADMIN=$(port); DMTP_PORT=$(port)
 PF_PORT=$(port); SINK_PORT=$(port); KNOT_PORT=$(port)

@@ -243,6 +243,10 @@ enum Wake {
     Shutdown,
 }
 
+/// The largest transfer checked on the session's own task rather than on the blocking pool: its
+/// checks take well under a millisecond.
+const CHECK_IN_PLACE_MAX: usize = 64 * 1024;
+
 /// The checks of the module documentation, then the durable append.
 pub async fn verify_and_store(
     ctx: &DmtpContext,
@@ -279,26 +283,31 @@ pub async fn verify_and_store(
     }
     let mut origin_party = Party::from_signet(&origin);
     origin_party.name = origin_name.clone();
-    // The keyslot's ECDH, the decryption, the signature checks over the whole message and the
-    // recipient's look-up on disk take a core for a while: on the blocking pool, so that the
-    // runtime's workers keep moving other sessions' bytes meanwhile.
+    // The keyslot's ECDH, the decryption and the signature checks over the whole message take
+    // a core for a while: for a large message on the blocking pool, so that the runtime's
+    // workers keep moving other sessions' bytes meanwhile. A small one (most mail) takes about
+    // as long as the hop to another thread and back costs, so it is checked in place.
     let secret = org.key.encryption_secret().clone();
     let keystore = ctx.keystore.clone();
+    let body_len = t.body.len();
     let body = t.body;
     let origin_for_key = origin_name.clone();
-    let checked = tokio::task::spawn_blocking(move || {
+    let check = move || {
         // The de-duplication key hashes the whole message too: here, and only once it passed.
         let checked = check_transfer(&body, &secret, &origin_party, &keystore).map(|c| {
             let key = crate::store::DedupKey::for_transfer(&origin_for_key, &body);
             (c, key)
         });
         (checked, body)
-    })
-    .await;
-    let (checked, body) = checked.map_err(|e| {
-        warn!(error = %e, "DMTP verification task failed");
-        TransferRefusal::StoreFailed
-    })?;
+    };
+    let (checked, body) = if body_len <= CHECK_IN_PLACE_MAX {
+        check()
+    } else {
+        tokio::task::spawn_blocking(check).await.map_err(|e| {
+            warn!(error = %e, "DMTP verification task failed");
+            TransferRefusal::StoreFailed
+        })?
+    };
     let (
         Checked {
             recipient,
