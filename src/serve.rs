@@ -145,6 +145,17 @@ fn dime_transports(
 ) -> crate::runner::DimeTransports {
     let orgs = Arc::new(dmtp.orgs.clone());
     let padding = crate::bridge::Buckets::default();
+    let bridge = Arc::new(
+        crate::runner::BridgeTransport::new(
+            smtp,
+            Arc::clone(&dmtp.discovery),
+            dmtp.keystore.clone(),
+            Arc::clone(&orgs),
+            config.smtp.hostname.clone(),
+            padding,
+        )
+        .with_sealed_dsns(dmtp.store.clone(), config.queue.dsn_max_full_bytes),
+    );
     crate::runner::DimeTransports {
         dmtp: Box::new(crate::runner::DmtpTransport::new(
             Arc::clone(&dmtp.discovery),
@@ -154,17 +165,8 @@ fn dime_transports(
             crate::runner::SenderChecks::new(resolver, config.smtp.hostname.clone()),
             dmtp.store.clone(),
         )),
-        bridge: Box::new(
-            crate::runner::BridgeTransport::new(
-                smtp,
-                Arc::clone(&dmtp.discovery),
-                dmtp.keystore.clone(),
-                orgs,
-                config.smtp.hostname.clone(),
-                padding,
-            )
-            .with_sealed_dsns(dmtp.store.clone(), config.queue.dsn_max_full_bytes),
-        ),
+        reports: Box::new(Arc::clone(&bridge)),
+        bridge: Box::new(bridge),
         directory: Box::new(crate::runner::DimeDirectory::new(
             Arc::clone(&dmtp.discovery),
             dmtp.keystore.clone(),

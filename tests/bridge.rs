@@ -1470,6 +1470,201 @@ fn a_backend_refusal_at_b_goes_back_to_the_author_sealed() {
     );
 }
 
+/// The same refusal for legacy mail A wrapped as its bridge identity: carol@legacy.test, relayed
+/// by the provider's MTA through A, writes to bob@other.test, and B's backend refuses it for
+/// good. B's report is sealed to A's bridge identity and names the legacy sender sealed in the
+/// original; A opens it and returns it as an ordinary DSN, from the null sender, through its
+/// smarthost (standing in for the way to carol's MX). Nothing of it is legible between B and A,
+/// and nothing answers the DSN.
+#[test]
+fn a_backend_refusal_at_b_of_bridge_wrapped_mail_reaches_the_legacy_sender() {
+    let smarthost = Sink::start(&[]);
+    let backend = Sink::start(&["-f", "RCPT"]);
+    let pair = Pair::with_back_tap(
+        |_| {},
+        &format!(
+            "[relay]\nnetworks = [\"127.0.0.0/8\"]\nsmarthost = \"{}\"\nsmarthost_tls = \"off\"\n",
+            smarthost.addr
+        ),
+        &format!(
+            "[backend]\naddress = \"{}\"\nstarttls = \"off\"\n",
+            backend.addr
+        ),
+    );
+    let gw_a = pair.a.start();
+    let gw_b = pair.b.start();
+    let secret = "Refused-legacy-marmot";
+    let sent = format!(
+        "Date: Tue, 01 Dec 2026 12:00:00 +0000\r\nFrom: Carol <carol@legacy.test>\r\nTo: <bob@other.test>\r\nSubject: {secret}\r\nMessage-ID: <marmot.1@legacy.test>\r\n\r\nBounce me back to my own MX.\r\n"
+    );
+    smtp_send(gw_a.smtp, "carol@legacy.test", &["bob@other.test"], &sent).expect("accepted");
+    let logs = || format!("A:\n{}\nB:\n{}", gw_a.log_text(), gw_b.log_text());
+    wait_until(
+        Duration::from_secs(60),
+        || !smarthost.messages().is_empty(),
+        logs,
+    );
+    // Both queues settle: final at B, the report returned and relayed at A.
+    wait_until(
+        Duration::from_secs(30),
+        || gw_a.queue_json().is_empty() && gw_b.queue_json().is_empty(),
+        || format!("A: {:?}\nB: {:?}", gw_a.queue_json(), gw_b.queue_json()),
+    );
+    let relayed = smarthost.messages();
+    assert_eq!(relayed.len(), 1, "only the DSN goes over SMTP: {relayed:?}");
+    let dsn = &relayed[0];
+    assert!(dsn.contains("X-Mail-Args: <>\n"), "null sender: {dsn}");
+    assert!(
+        dsn.contains("X-Rcpt-Args: <carol@legacy.test>\n"),
+        "to the legacy sender: {dsn}"
+    );
+    assert!(dsn.contains("\nStatus: 5."), "{dsn}");
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; bob@other.test"),
+        "{dsn}"
+    );
+    assert!(dsn.contains("Action: failed"), "{dsn}");
+    assert!(dsn.contains("To: <carol@legacy.test>"), "{dsn}");
+    assert!(
+        dsn.contains("report-type=delivery-status"),
+        "an RFC 3464 report: {dsn}"
+    );
+    assert!(dsn.contains(secret), "the report names the message: {dsn}");
+    assert!(!dsn.contains("X-Envelope-To"), "{dsn}");
+    assert!(
+        dsn.contains(
+            "Authentication-Results: mx.secure.test; dime=pass (author dime-bridge@other.test"
+        ),
+        "A verified B's report: {dsn}"
+    );
+    let log_b = gw_b.log_text();
+    assert!(
+        log_b.lines().any(|l| l.contains("sealed DSN queued")
+            && l.contains("legacy_sender=\"carol@legacy.test\"")),
+        "{log_b}"
+    );
+    assert_eq!(flow_count(&gw_a, "return_report"), 1.0);
+    assert!(
+        gw_a.log_text()
+            .contains("failure report returned to the legacy sender"),
+        "{}",
+        gw_a.log_text()
+    );
+    // What B sent A: signet look-ups and one sealed report, none of it legible.
+    let back = pair.back.as_ref().unwrap();
+    let wire = back.all();
+    assert!(
+        back.sent().iter().any(|&n| n > 4096),
+        "a sealed transfer went B -> A: {:?}",
+        back.sent()
+    );
+    for plain in [
+        secret,
+        "carol",
+        "legacy.test",
+        "bob@other.test",
+        "marmot",
+        "Status:",
+        "Final-Recipient",
+        "X-Envelope-To",
+    ] {
+        assert!(
+            !wire.windows(plain.len()).any(|w| w == plain.as_bytes()),
+            "{plain:?} visible on the wire B -> A"
+        );
+    }
+    // Nothing answered the report: B's backend saw the one refused attempt, A relayed one DSN.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(smarthost.messages().len(), 1);
+    assert_eq!(
+        common::metric(
+            &gw_b.metrics(),
+            "dimegate_route_decisions_total{flow=\"return_report\"}"
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "no report came back to B"
+    );
+}
+
+/// No report answers a report, and nothing but a gateway's report goes back out: B refuses
+/// legacy mail from the null sender without sealing a report about it; and a letter bob at B
+/// writes to A's bridge identity is DIME mail for it that is no gateway's report, which A fails
+/// visibly (log, metric) instead of relaying it, with nothing sent back (its sender is null).
+#[test]
+fn reports_never_answer_reports_and_a_letter_to_the_bridge_is_not_returned() {
+    let smarthost = Sink::start(&[]);
+    let backend = Sink::start(&["-f", "RCPT"]);
+    let pair = Pair::new(
+        |_| {},
+        &format!(
+            "[relay]\nnetworks = [\"127.0.0.0/8\"]\nsmarthost = \"{}\"\nsmarthost_tls = \"off\"\n",
+            smarthost.addr
+        ),
+        &format!(
+            "[relay]\nnetworks = [\"127.0.0.0/8\"]\n\
+             [backend]\naddress = \"{}\"\nstarttls = \"off\"\n",
+            backend.addr
+        ),
+    );
+    let gw_a = pair.a.start();
+    let gw_b = pair.b.start();
+    let bounce = "Date: Tue, 01 Dec 2026 12:00:00 +0000\r\nFrom: MAILER-DAEMON@legacy.test\r\nTo: <bob@other.test>\r\nSubject: A bounce already\r\n\r\nNo answer to this.\r\n";
+    smtp_send(gw_a.smtp, "", &["bob@other.test"], bounce).expect("accepted");
+    let letter = "Date: Tue, 01 Dec 2026 12:00:00 +0000\r\nFrom: Bob <bob@other.test>\r\nTo: <dime-bridge@secure.test>\r\nSubject: Hello bridge\r\n\r\nNot a report.\r\n";
+    smtp_send(
+        gw_b.smtp,
+        "bob@other.test",
+        &["dime-bridge@secure.test"],
+        letter,
+    )
+    .expect("accepted");
+    let logs = || format!("A:\n{}\nB:\n{}", gw_a.log_text(), gw_b.log_text());
+    wait_until(
+        Duration::from_secs(60),
+        || {
+            gw_b.log_text()
+                .lines()
+                .any(|l| l.contains("failed rcpt=bob@other.test"))
+                && gw_a.log_text().contains("failure report not returned")
+        },
+        logs,
+    );
+    wait_until(
+        Duration::from_secs(30),
+        || gw_a.queue_json().is_empty() && gw_b.queue_json().is_empty(),
+        || format!("A: {:?}\nB: {:?}", gw_a.queue_json(), gw_b.queue_json()),
+    );
+    let (log_a, log_b) = (gw_a.log_text(), gw_b.log_text());
+    assert!(!log_b.contains("sealed DSN queued"), "{log_b}");
+    assert!(!log_a.contains("sealed DSN queued"), "{log_a}");
+    let refused = log_a
+        .lines()
+        .find(|l| l.contains("failure report not returned"))
+        .unwrap();
+    assert!(
+        refused.contains("rcpt=dime-bridge@secure.test")
+            && refused.contains("not by other.test's bridge identity"),
+        "{refused}"
+    );
+    assert_eq!(
+        common::metric(
+            &gw_a.metrics(),
+            "dimegate_deliveries_total{route=\"return_report\",outcome=\"failed\"}"
+        ),
+        Some(1.0)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        smarthost.messages().is_empty(),
+        "{:?}",
+        smarthost.messages()
+    );
+    assert!(backend.messages().is_empty());
+    assert_eq!(flow_count(&gw_b, "return_report"), 0.0);
+    assert_eq!(flow_count(&gw_a, "submitted"), 0.0);
+}
+
 /// `dime = "off"` for a domain that publishes `_dx`: A relays its mail in clear over SMTP to the
 /// smarthost, as configured, and never opens a DMTP session (no `_dx` asked, no signet fetched).
 #[test]

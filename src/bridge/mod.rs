@@ -8,6 +8,7 @@
 //! | unwrap (inbound) | [`unwrap_prepare`], then [`unwrap_finish`] | destination, then recipient |
 //! | submission (from our DIME authors, over DMTP) | [`submission_prepare`], then [`submission_sign`] | origin (checks the author, signs) |
 //! | unwrap (outbound, exit) | [`unwrap_exit_prepare`], then [`unwrap_exit_finish`] | origin (checks the author, signs), then the exit identity as recipient |
+//! | return a report (for bridge-authored mail) | [`address_report`], then [`returned_report`] | (the report is opened as the bridge identity by unwrap) |
 //! | protect at rest | [`protect()`] | the bridge identity as author, our org as origin and destination, the cautious user as recipient |
 //!
 //! Opening takes two calls because the author's signet must be fetched in between: `*_prepare`
@@ -28,6 +29,7 @@
 mod headers;
 pub mod padding;
 pub mod protect;
+pub mod report;
 pub mod submit;
 #[cfg(test)]
 pub(crate) mod testkit;
@@ -40,6 +42,7 @@ use crate::status::EnhancedStatus;
 
 pub use padding::Buckets;
 pub use protect::{ProtectInput, protect};
+pub use report::{ENVELOPE_TO_FIELD, ReportError, Returned, address_report, returned_report};
 pub use submit::{Submission, SubmitInput, submission_prepare, submission_sign};
 pub use unwrap::{
     Destination, DimeResult, ExitInput, Exited, FailReason, NeedSignets, Prepared, UnwrapInput,

@@ -6,12 +6,17 @@
 //!
 //! When the next hop refuses an unwrapped copy for good, the failure report goes back to the
 //! author sealed (`sealed_dsn`), once [`BridgeTransport::with_sealed_dsns`] says where to queue it.
+//! No report answers a report: a copy whose sealed envelope sender is null gets none. When the
+//! author was another gateway's bridge identity, the report names the legacy sender sealed in
+//! the original; that gateway, receiving it for its bridge identity, opens it and queues it for
+//! that sender as an ordinary DSN (`returned`, the route's `ReturnReport`).
 //!
 //! A conversion that fails for good (a message not sealed for us, a broken signature) fails the
 //! recipient with the bridge's status; one that may work later (the origin's signet cannot be
 //! fetched now) defers it. An author whose signet cannot be had at all does not stop delivery:
 //! the mail arrives with `dime=fail` in its `Authentication-Results`.
 
+mod returned;
 mod sealed_dsn;
 
 use super::dmtp::{bridge_outcome, discovery_outcome};
@@ -54,6 +59,9 @@ struct Converted {
     body: Vec<u8>,
     /// Unwrap: the author, whose signatures verified (a failure report goes back to them).
     author: Option<String>,
+    /// Unwrap: the SMTP envelope sender a bridge sealed in (`X-Envelope-From`), as trustworthy
+    /// as `author` is `Some`: `Some("")` for a report, which no report answers.
+    envelope_from: Option<String>,
 }
 
 impl BridgeTransport {
@@ -184,8 +192,8 @@ impl BridgeTransport {
             .map_err(|e| bridge_outcome(&e))?;
         info!(rcpt = %address, author = %opened.author, origin = %opened.origin, dime = ?opened.dime, "unwrapped");
         let mut envelope = message.envelope.clone();
-        if let Some(from) = opened.envelope_from {
-            envelope.sender = from;
+        if let Some(from) = &opened.envelope_from {
+            envelope.sender = from.clone();
         }
         // Only an author whose signatures verified gets a report: anyone could name anyone.
         let author = (opened.dime == bridge::DimeResult::Pass).then(|| opened.author.clone());
@@ -193,6 +201,7 @@ impl BridgeTransport {
             envelope,
             body: opened.rfc5322,
             author,
+            envelope_from: opened.envelope_from,
         })
     }
 
@@ -250,6 +259,7 @@ impl BridgeTransport {
             envelope,
             body,
             author: None,
+            envelope_from: None,
         })
     }
 
@@ -279,6 +289,7 @@ impl BridgeTransport {
             envelope,
             body,
             author: None,
+            envelope_from: None,
         })
     }
 
@@ -323,15 +334,29 @@ impl BridgeTransport {
                 body: &converted_body,
             };
             let mut delivered = self.smtp.deliver(&hop.hop, copy, &[index]).await;
-            if let (Some(dsns), Some(author)) = (&self.dsns, &converted.author) {
+            // A report about a report would answer a null sender (RFC 5321 §4.5.5): two
+            // gateways whose backends refuse each other's bridge identities would bounce it
+            // back and forth for ever.
+            let bounce = converted.envelope_from.as_deref() == Some("");
+            if let (Some(dsns), Some(author), false) = (&self.dsns, &converted.author, bounce) {
+                // Mail a bridge wrapped: its report names the legacy sender, for that bridge to
+                // return it to (the verified `X-Envelope-From`; see `crate::bridge::report`).
+                let legacy_sender = converted
+                    .envelope_from
+                    .as_deref()
+                    .filter(|_| is_bridge_identity(author));
                 for (i, outcome) in &mut delivered {
                     let DeliveryOutcome::Failed(diagnosis) = outcome else {
                         continue;
                     };
-                    if let Err(reason) = self
-                        .queue_sealed_dsn(dsns, message, *i, converted_bytes, author, diagnosis)
-                        .await
-                    {
+                    let about = sealed_dsn::Reported {
+                        index: *i,
+                        opened: converted_bytes,
+                        author,
+                        legacy_sender,
+                        diagnosis,
+                    };
+                    if let Err(reason) = self.queue_sealed_dsn(dsns, message, about).await {
                         // Not final without its report: try both again later.
                         *outcome = deferred(EnhancedStatus::new(4, 3, 0), reason);
                     }
@@ -352,6 +377,13 @@ impl Transport<BridgeHop> for BridgeTransport {
     ) -> Delivery<'a> {
         Box::pin(self.send(hop, message, recipients))
     }
+}
+
+/// Whether `address` is some organization's bridge identity (`crate::identity::bridge_address`).
+fn is_bridge_identity(address: &str) -> bool {
+    address
+        .rsplit_once('@')
+        .is_some_and(|(local, _)| local.eq_ignore_ascii_case(crate::identity::BRIDGE_LOCAL_PART))
 }
 
 fn failed(status: EnhancedStatus, reason: String) -> DeliveryOutcome {

@@ -34,8 +34,8 @@ pub use directory::DimeDirectory;
 pub use dmtp::DmtpTransport;
 pub use route::{
     Arrival, Author, BridgeHop, Conversion, DimeMode, DimePolicies, DimePolicy, DmtpHop, DxLookup,
-    Fallback, Hold, Hosted, Lookups, NextHop, RouteConfig, RouteError, ServedDomains, SignetLookup,
-    author_of, recipient_domain, route, wants_dx,
+    Fallback, Hold, Hosted, Lookups, NextHop, ReportHop, RouteConfig, RouteError, ServedDomains,
+    SignetLookup, author_of, recipient_domain, route, wants_dx,
 };
 pub use transport::{Delivery, Directory, Lookup, Message, Transport};
 
@@ -77,6 +77,8 @@ pub struct DimeTransports {
     pub dmtp: Box<dyn Transport<DmtpHop>>,
     /// Convert for the recipient (unwrap, protect), then SMTP/LMTP to the backend.
     pub bridge: Box<dyn Transport<BridgeHop>>,
+    /// Open a failure report sealed to a bridge identity and queue it for the legacy sender.
+    pub reports: Box<dyn Transport<ReportHop>>,
     /// `_dx` records, signets, hosted users.
     pub directory: Box<dyn Directory>,
 }
@@ -354,6 +356,13 @@ impl QueueRunner {
                         let transport = &*dime.bridge;
                         let label = bridge.conversion.as_str();
                         outcomes.extend(self.call(transport, bridge, label, message, &group).await);
+                    }
+                }
+                NextHop::ReturnReport(report) => {
+                    if let Some(dime) = &self.transports.dime {
+                        let transport = &*dime.reports;
+                        let label = "return_report";
+                        outcomes.extend(self.call(transport, report, label, message, &group).await);
                     }
                 }
             }

@@ -8,7 +8,9 @@
 //! 2. a served domain (or a bare local part such as `Postmaster`) goes to the backend, or is held
 //!    (4.3.5) while none is configured. On the way, D/MIME that arrived over DMTP is opened for a
 //!    trustful user (*unwrap*) or passed on sealed for a cautious one; legacy mail for a cautious
-//!    user is sealed to their signet (*protect at rest*);
+//!    user is sealed to their signet (*protect at rest*). D/MIME from another organization for a
+//!    served domain's bridge identity is a failure report for mail the bridge wrapped: it is
+//!    *returned* to the legacy sender it names, backend or not;
 //! 3. D/MIME that arrived over DMTP for anyone else fails, unless one of our own authors
 //!    submitted it (and we signed it as origin): that goes on over DMTP as it is, whatever the
 //!    destination's policy, as it can be read by nobody but its DIME recipient;
@@ -293,8 +295,19 @@ pub enum NextHop {
     Bridge(BridgeHop),
     /// Not now: keep the recipient queued and try again on the retry schedule.
     Hold(Hold),
+    /// Opened as the bridge identity of a served domain and queued again, with the null sender,
+    /// for the legacy sender it reports to, whom the next route takes it to.
+    ReturnReport(ReportHop),
     /// Never: fail the recipient (and send the DSN).
     Fail(RouteError),
+}
+
+/// A failure report sealed to a served domain's bridge identity, for the legacy sender of the
+/// mail the bridge wrapped (see `crate::bridge::report`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReportHop {
+    /// The served domain whose bridge identity it is sealed to.
+    pub domain: Domain,
 }
 
 impl NextHop {
@@ -310,6 +323,7 @@ impl NextHop {
             NextHop::Dmtp(_) => "wrap",
             NextHop::Bridge(b) => b.conversion.as_str(),
             NextHop::Hold(_) => "hold",
+            NextHop::ReturnReport(_) => "return_report",
             NextHop::Fail(_) => "fail",
         }
     }
@@ -504,6 +518,11 @@ pub fn route(
 
 /// A served domain's recipient: the backend, after the conversion the user's mode asks for.
 fn local(recipient: &str, arrival: &Arrival, hosted: Hosted, config: &RouteConfig) -> NextHop {
+    // Only another organization's DIME mail: legacy mail to the address goes to the backend
+    // like any, and our own authors have no reason to write to it.
+    if let (Arrival::Dime, Some(domain)) = (arrival, bridge_domain(recipient, config)) {
+        return NextHop::ReturnReport(ReportHop { domain });
+    }
     let conversion = match (arrival, hosted) {
         (Arrival::Smtp { .. }, Hosted::No | Hosted::Trustful) => None,
         (Arrival::Smtp { .. }, Hosted::Cautious { has_signet: true }) => Some(Conversion::Protect),
@@ -541,6 +560,15 @@ fn local(recipient: &str, arrival: &Arrival, hosted: Hosted, config: &RouteConfi
             hop: backend.clone(),
         }),
     }
+}
+
+/// The served domain whose bridge identity `recipient` is, if it is one.
+fn bridge_domain(recipient: &str, config: &RouteConfig) -> Option<Domain> {
+    let (local, domain) = recipient.rsplit_once('@')?;
+    let domain = Domain::parse(domain).ok()?;
+    (local.eq_ignore_ascii_case(crate::identity::BRIDGE_LOCAL_PART)
+        && config.served.contains(&domain))
+    .then_some(domain)
 }
 
 /// Legacy SMTP to a domain that is not ours.
@@ -928,6 +956,89 @@ mod tests {
                 "{arrival:?} {lookups:?}"
             );
         }
+        // Another organization's DIME mail for our bridge identity is a report to return,
+        // whatever the key store says about the address and whether a backend exists; anything
+        // else addressed to it goes the ordinary way.
+        let returned = NextHop::ReturnReport(ReportHop {
+            domain: domain("example.org"),
+        });
+        let no_backend = config(None, None);
+        let submitted = Arrival::Submitted {
+            author: "alice@example.org".into(),
+        };
+        for (address, arrival, lookups, config, want) in [
+            (
+                "dime-bridge@example.org",
+                &dime,
+                &trustful,
+                &c,
+                returned.clone(),
+            ),
+            (
+                "DIME-Bridge@Example.ORG",
+                &dime,
+                &trustful,
+                &c,
+                returned.clone(),
+            ),
+            (
+                "dime-bridge@example.org",
+                &dime,
+                &legacy,
+                &c,
+                returned.clone(),
+            ),
+            (
+                "dime-bridge@example.org",
+                &dime,
+                &trustful,
+                &no_backend,
+                returned.clone(),
+            ),
+            (
+                "dime-bridge@mail.example.net",
+                &dime,
+                &trustful,
+                &c,
+                NextHop::ReturnReport(ReportHop {
+                    domain: domain("mail.example.net"),
+                }),
+            ),
+            (
+                "dime-bridge@example.org",
+                &smtp,
+                &trustful,
+                &c,
+                NextHop::Smtp(backend()),
+            ),
+            (
+                "dime-bridge@example.org",
+                &submitted,
+                &trustful,
+                &c,
+                bridge(Conversion::Unwrap),
+            ),
+            (
+                "dime-bridger@example.org",
+                &dime,
+                &trustful,
+                &c,
+                bridge(Conversion::Unwrap),
+            ),
+            (
+                "dime-bridge@dime.example",
+                &dime,
+                &trustful,
+                &c,
+                NextHop::Fail(RouteError::NotHosted {
+                    address: "dime-bridge@dime.example".into(),
+                }),
+            ),
+        ] {
+            let hop = route(address, arrival, lookups, config);
+            assert_eq!(hop, want, "{address} {arrival:?} {lookups:?}");
+        }
+        assert_eq!(returned.flow(), "return_report");
         let NextHop::Hold(hold) = route("alice@example.org", &smtp, &unsigned, &c) else {
             panic!("a cautious user without a signet is not held");
         };

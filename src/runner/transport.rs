@@ -47,6 +47,19 @@ pub trait Transport<Hop>: Send + Sync {
     ) -> Delivery<'a>;
 }
 
+/// A transport shared by several kinds of hop (the bridge's conversions and its returned
+/// reports share their keys and resolver).
+impl<Hop, T: Transport<Hop> + ?Sized> Transport<Hop> for std::sync::Arc<T> {
+    fn deliver<'a>(
+        &'a self,
+        hop: &'a Hop,
+        message: Message<'a>,
+        recipients: &'a [usize],
+    ) -> Delivery<'a> {
+        (**self).deliver(hop, message, recipients)
+    }
+}
+
 /// A lookup's future.
 pub type Lookup<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -1,6 +1,11 @@
 //! DSNs for mail that arrived over DMTP, sealed back to its author (issue 9: "a DSN for mail
 //! that arrived over DMTP goes back to its author sealed").
 //!
+//! When the author is another gateway's bridge identity (legacy mail it wrapped), the report is
+//! written for the legacy sender sealed in the original as `X-Envelope-From` (whose signatures
+//! verified, or there is no report at all) and names it in `X-Envelope-To` for the bridge to
+//! return it ([`crate::bridge::address_report`]); it is still sealed to the bridge identity.
+//!
 //! Such mail is queued with the null sender: the DMTP envelope names domains only, and a plain
 //! SMTP DSN to the origin would put in clear what arrived sealed. When we opened it for a
 //! trustful user, though, we know its author; so when the backend refuses the opened copy for
@@ -26,7 +31,17 @@ use crate::status::Diagnosis;
 use crate::store::Store;
 use crate::time::UnixTime;
 use std::net::{Ipv4Addr, SocketAddr};
-use tracing::info;
+use tracing::{info, warn};
+
+/// What a sealed DSN reports on: recipient `index`, whose opened copy `opened` (by `author`;
+/// sealed in by a bridge for `legacy_sender`) the next hop refused with `diagnosis`.
+pub(super) struct Reported<'a> {
+    pub(super) index: usize,
+    pub(super) opened: &'a [u8],
+    pub(super) author: &'a str,
+    pub(super) legacy_sender: Option<&'a str>,
+    pub(super) diagnosis: &'a Diagnosis,
+}
 
 /// Where sealed DSNs are queued, and how much of a message they return.
 #[derive(Clone)]
@@ -36,19 +51,22 @@ pub(in crate::runner) struct SealedDsns {
 }
 
 impl BridgeTransport {
-    /// Builds, seals and durably queues the failure report for recipient `index` of `message`,
-    /// whose opened copy `opened` (by `author`) the next hop refused with `diagnosis`. `Ok`
-    /// when it is queued or none is owed (the recipient's NOTIFY); `Err` with the reason when it
-    /// cannot be made now.
+    /// Builds, seals and durably queues the failure report on `about` for its recipient of
+    /// `message`. `Ok` when it is queued or none is owed (the recipient's NOTIFY); `Err` with the
+    /// reason when it cannot be made now.
     pub(super) async fn queue_sealed_dsn(
         &self,
         dsns: &SealedDsns,
         message: Message<'_>,
-        index: usize,
-        opened: &[u8],
-        author: &str,
-        diagnosis: &Diagnosis,
+        about: Reported<'_>,
     ) -> Result<(), String> {
+        let Reported {
+            index,
+            opened,
+            author,
+            legacy_sender,
+            diagnosis,
+        } = about;
         let Some(recipient) = message.envelope.recipients.get(index) else {
             return Ok(());
         };
@@ -61,7 +79,7 @@ impl BridgeTransport {
         let now = UnixTime::now();
         // The report as the author would get it over SMTP, from the opened copy.
         let mut reported = message.envelope.clone();
-        reported.sender = author.to_owned();
+        reported.sender = legacy_sender.unwrap_or(author).to_owned();
         reported.dime = None;
         let reports = [RecipientReport {
             recipient: index,
@@ -79,6 +97,17 @@ impl BridgeTransport {
             max_full_bytes: dsns.max_full_bytes,
         }) else {
             return Ok(());
+        };
+        let report = match legacy_sender {
+            Some(sender) => match bridge::address_report(&dsn.message, sender) {
+                Ok(addressed) => addressed,
+                // Its bridge cannot return it, and says so (it fails there, visibly).
+                Err(e) => {
+                    warn!(%author, error = %e, "sealed DSN names no legacy sender");
+                    dsn.message
+                }
+            },
+            None => dsn.message,
         };
         let destination = self
             .discovery
@@ -99,7 +128,7 @@ impl BridgeTransport {
             .map_err(|e| format!("sealed DSN: bridge identity: {e}"))?;
         let sealed = bridge::wrap(
             &WrapInput {
-                message: &dsn.message,
+                message: &report,
                 mail_from: "",
                 recipient: author,
                 author: Identity {
@@ -151,7 +180,7 @@ impl BridgeTransport {
             .append(envelope, sealed)
             .await
             .map_err(|e| format!("sealed DSN: cannot queue it: {e}"))?;
-        info!(dsn_queue_id = %id, rcpt = %recipient.address, %author, size, "sealed DSN queued");
+        info!(dsn_queue_id = %id, rcpt = %recipient.address, %author, legacy_sender = legacy_sender.unwrap_or_default(), size, "sealed DSN queued");
         Ok(())
     }
 }
