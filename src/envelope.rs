@@ -85,6 +85,34 @@ pub struct DimeArrival {
     pub recipient_fingerprint: String,
 }
 
+impl Envelope {
+    /// The envelope of a message made here (a DSN, a TLS report, a returned report): from
+    /// `sender` to `recipient` alone, named by `helo` (our host name), arrived `arrival_unix`;
+    /// 7-bit, no DSN parameters, no TLS or AUTH, no REQUIRETLS. The loopback "client" marks it
+    /// as local in logs. Callers set what differs.
+    pub fn local(sender: String, recipient: String, helo: String, arrival_unix: u64) -> Envelope {
+        Envelope {
+            sender,
+            recipients: vec![Recipient {
+                address: recipient,
+                notify: None,
+                orcpt: None,
+            }],
+            dsn_ret: None,
+            dsn_envid: None,
+            body_8bit: false,
+            smtputf8: false,
+            helo,
+            client: SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            tls: None,
+            auth_user: None,
+            arrival_unix,
+            require_tls: false,
+            dime: None,
+        }
+    }
+}
+
 #[cfg(test)]
 impl Envelope {
     /// A plain envelope for unit tests: no DSN parameters, 7-bit, no TLS or AUTH, from

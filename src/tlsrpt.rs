@@ -10,7 +10,7 @@
 use crate::deliver::TlsReportSource;
 use crate::deliver::sts_fetch::parse_response;
 use crate::deliver::tlsrpt::{Report, ReportMeta, Rua, select_record};
-use crate::envelope::{Envelope, QueueId, Recipient};
+use crate::envelope::{Envelope, QueueId};
 use crate::store::Store;
 use crate::time::UnixTime;
 use base64::Engine;
@@ -164,26 +164,12 @@ impl TlsReporter {
             json,
             now,
         );
-        let envelope = Envelope {
-            sender: self.contact.clone(),
-            recipients: vec![Recipient {
-                address: address.to_owned(),
-                notify: None,
-                orcpt: None,
-            }],
-            dsn_ret: None,
-            dsn_envid: None,
-            body_8bit: false,
-            smtputf8: false,
-            helo: self.submitter.clone(),
-            // Made here, not received: the loopback "client" marks it as local in logs.
-            client: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
-            tls: None,
-            auth_user: None,
-            arrival_unix: now.0,
-            require_tls: false,
-            dime: None,
-        };
+        let envelope = Envelope::local(
+            self.contact.clone(),
+            address.to_owned(),
+            self.submitter.clone(),
+            now.0,
+        );
         store
             .append(envelope, message)
             .await

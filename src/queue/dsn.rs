@@ -24,7 +24,6 @@ use crate::envelope::{DsnReturn, Envelope, Notify, QueueId, Recipient};
 use crate::status::{Diagnosis, DiagnosticCode, EnhancedStatus};
 use crate::time::{UnixTime, rfc5322_date};
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr};
 
 /// What happened to one recipient, as far as this DSN reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,24 +157,15 @@ impl Dsn {
     /// DSN is as durable as the message it reports on.
     pub fn envelope(&self, reporting_mta: &str, now: UnixTime) -> Envelope {
         Envelope {
-            sender: String::new(),
-            recipients: vec![Recipient {
-                address: self.recipient.clone(),
-                notify: None,
-                orcpt: None,
-            }],
-            dsn_ret: None,
-            dsn_envid: None,
             body_8bit: self.body_8bit,
             smtputf8: self.smtputf8,
-            helo: reporting_mta.to_owned(),
-            // Made here, not received: the loopback "client" marks it as local in logs.
-            client: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            tls: None,
-            auth_user: None,
-            arrival_unix: now.0,
             require_tls: self.require_tls,
-            dime: None,
+            ..Envelope::local(
+                String::new(),
+                self.recipient.clone(),
+                reporting_mta.to_owned(),
+                now.0,
+            )
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::status::{DiagnosticCode, DiagnosticType};
+use std::net::{Ipv4Addr, SocketAddr};
 
 const ARRIVAL: UnixTime = UnixTime(1_700_000_000);
 const NOW: UnixTime = UnixTime(1_700_003_600);

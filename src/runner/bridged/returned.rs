@@ -16,13 +16,13 @@
 
 use super::{BridgeTransport, Converted, deferred, failed};
 use crate::bridge::{self, returned_report};
-use crate::envelope::{Envelope, Recipient};
+use crate::envelope::Envelope;
 use crate::identity::bridge_address;
 use crate::runner::route::ReportHop;
 use crate::runner::transport::{Delivery, Message, Transport};
 use crate::status::{DeliveryOutcome, Diagnosis, EnhancedStatus};
 use crate::time::UnixTime;
-use std::net::{Ipv4Addr, SocketAddr};
+
 use tracing::{info, warn};
 
 impl BridgeTransport {
@@ -137,24 +137,14 @@ impl BridgeTransport {
         })?;
         let now = UnixTime::now();
         let envelope = Envelope {
-            sender: String::new(),
-            recipients: vec![Recipient {
-                address: returned.recipient.clone(),
-                notify: None,
-                orcpt: None,
-            }],
-            dsn_ret: None,
-            dsn_envid: None,
             body_8bit: !returned.message.is_ascii(),
             smtputf8: !returned.recipient.is_ascii(),
-            helo: self.hostname.clone(),
-            // Made here, as every DSN is.
-            client: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            tls: None,
-            auth_user: None,
-            arrival_unix: now.0,
-            require_tls: false,
-            dime: None,
+            ..Envelope::local(
+                String::new(),
+                returned.recipient.clone(),
+                self.hostname.clone(),
+                now.0,
+            )
         };
         Ok((returned.recipient, (envelope, returned.message)))
     }

@@ -23,14 +23,14 @@
 
 use super::BridgeTransport;
 use crate::bridge::{self, Identity, WrapInput};
-use crate::envelope::{DimeArrival, Envelope, Recipient};
+use crate::envelope::{DimeArrival, Envelope};
 use crate::identity::bridge_address;
 use crate::queue::{DsnInput, RecipientReport, ReportOutcome, build_dsn};
 use crate::runner::transport::Message;
 use crate::status::Diagnosis;
 use crate::store::Store;
 use crate::time::UnixTime;
-use std::net::{Ipv4Addr, SocketAddr};
+
 use tracing::{info, warn};
 
 /// What a sealed DSN reports on: recipient `index`, whose opened copy `opened` (by `author`;
@@ -151,28 +151,18 @@ impl BridgeTransport {
         )
         .map_err(|e| format!("sealed DSN: {e}"))?;
         let envelope = Envelope {
-            sender: String::new(),
-            recipients: vec![Recipient {
-                address: author.to_owned(),
-                notify: None,
-                orcpt: None,
-            }],
-            dsn_ret: None,
-            dsn_envid: None,
             body_8bit: true,
-            smtputf8: false,
-            helo: self.hostname.clone(),
-            // Made here, not received, as for every DSN.
-            client: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            tls: None,
-            auth_user: None,
-            arrival_unix: now.0,
-            require_tls: false,
             dime: Some(Box::new(DimeArrival {
                 origin: org.domain.clone(),
                 origin_fingerprint: org.signet.crypto_fingerprint().to_string(),
                 recipient_fingerprint: destination.crypto_fingerprint().to_string(),
             })),
+            ..Envelope::local(
+                String::new(),
+                author.to_owned(),
+                self.hostname.clone(),
+                now.0,
+            )
         };
         let size = sealed.len();
         let id = dsns
