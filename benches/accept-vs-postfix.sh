@@ -22,6 +22,8 @@ cleanup() {
 trap cleanup EXIT
 
 cargo build --release --quiet
+# DIMEGATE_BIN: another build of the gateway to measure (an A/B against the tree's own).
+BIN=${DIMEGATE_BIN:-target/release/dimegate}
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 GW_PORT=$(port); ADMIN_PORT=$(port); PF_PORT=$(port)
 
@@ -36,11 +38,15 @@ listen = "127.0.0.1:$ADMIN_PORT"
 [[domain]]
 name = "example.test"
 EOC
-    target/release/dimegate serve --config "$TB/gw/dimegate.toml" 2>"$TB/gw/log" &
+    "$BIN" serve --config "$TB/gw/dimegate.toml" 2>"$TB/gw/log" &
     GW_PID=$!
     until curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1; do sleep 0.1; done
 }
 stop_gateway() { kill "$GW_PID"; wait "$GW_PID" 2>/dev/null || true; GW_PID=; }
+# The gateway's CPU time (user + system) in clock ticks: the rate moves with the machine's other
+# work, the CPU per message much less, so an A/B of two builds reads this.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
 
 sh ../shared/testbed/mk-postfix.sh "$TB/pf" "$PF_PORT" >/dev/null
 # Accept, fsync, then hold: no delivery competes for the CPU during the measurement.
@@ -57,15 +63,16 @@ run() {  # run NAME PORT -> prints msg/s
 }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-gw_rates=(); pf_rates=()
+gw_rates=(); pf_rates=(); gw_cpu=()
 for r in $(seq "$ROUNDS"); do
     start_gateway
-    g=$(run "$GW_PORT"); stop_gateway
+    c0=$(ticks "$GW_PID"); g=$(run "$GW_PORT"); c1=$(ticks "$GW_PID"); stop_gateway
+    cpu=$(echo "($c1 - $c0) * 1000 / $HZ / $M" | bc -l)
     p=$(run "$PF_PORT")
     postsuper -c "$TB/pf/etc" -d ALL hold >/dev/null 2>&1 || true
-    printf "round %d: dimegate %8.0f msg/s   postfix %8.0f msg/s   load1 %s\n" "$r" "$g" "$p" "$(cut -d' ' -f1 /proc/loadavg)"
-    gw_rates+=("$g"); pf_rates+=("$p")
+    printf "round %d: dimegate %8.0f msg/s (%.3f ms CPU/msg)   postfix %8.0f msg/s   load1 %s\n" "$r" "$g" "$cpu" "$p" "$(cut -d' ' -f1 /proc/loadavg)"
+    gw_rates+=("$g"); pf_rates+=("$p"); gw_cpu+=("$cpu")
 done
-G=$(printf '%s\n' "${gw_rates[@]}" | median); P=$(printf '%s\n' "${pf_rates[@]}" | median)
-printf "median: dimegate %.0f msg/s, postfix %.0f msg/s, ratio %.2fx (%d x 1 KiB, smtp-source -s 20 -d, %d cores, load1 %s)\n" \
-    "$G" "$P" "$(echo "$G / $P" | bc -l)" "$M" "$(nproc)" "$(cut -d' ' -f1 /proc/loadavg)"
+G=$(printf '%s\n' "${gw_rates[@]}" | median); C=$(printf '%s\n' "${gw_cpu[@]}" | median); P=$(printf '%s\n' "${pf_rates[@]}" | median)
+printf "median: dimegate %.0f msg/s (%.3f ms CPU/msg), postfix %.0f msg/s, ratio %.2fx (%d x 1 KiB, smtp-source -s 20 -d, %d cores, load1 %s)\n" \
+    "$G" "$C" "$P" "$(echo "$G / $P" | bc -l)" "$M" "$(nproc)" "$(cut -d' ' -f1 /proc/loadavg)"

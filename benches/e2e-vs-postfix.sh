@@ -31,6 +31,8 @@ cleanup() {
 trap cleanup EXIT
 
 cargo build --release --quiet
+# DIMEGATE_BIN: another build of the gateway to measure (an A/B against the tree's own).
+BIN=${DIMEGATE_BIN:-target/release/dimegate}
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 GW_PORT=$(port); ADMIN_PORT=$(port); PF_PORT=$(port); SINK_PORT=$(port)
 
@@ -84,7 +86,7 @@ name = "example.test"
 [backend]
 address = "127.0.0.1:$SINK_PORT"
 EOC
-target/release/dimegate serve --config "$TB/gw/dimegate.toml" 2>"$TB/gw/log" &
+"$BIN" serve --config "$TB/gw/dimegate.toml" 2>"$TB/gw/log" &
 GW_PID=$!
 until curl -sf "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1; do sleep 0.1; done
 run "$GW_PORT"

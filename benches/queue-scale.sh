@@ -53,7 +53,8 @@ address = "127.0.0.1:$SINK_PORT"
 [queue]
 max_messages = $(( N + LARGE + 100000 ))
 EOC
-DG=(target/release/dimegate)
+# DIMEGATE_BIN: another build of the gateway to measure (an A/B against the tree's own).
+DG=("${DIMEGATE_BIN:-target/release/dimegate}")
 CONF=(--config "$TB/gw/dimegate.toml")
 
 now() { date +%s.%N; }

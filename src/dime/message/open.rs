@@ -261,7 +261,10 @@ pub struct Decrypted<'a> {
     plains: Vec<(usize, Vec<u8>)>,
     origin_envelope: Option<OriginEnvelope>,
     destination_envelope: Option<DestinationEnvelope>,
-    own_key: PublicKey,
+    /// The actor's own public key, where nothing else names the actor as origin: only the
+    /// origin opens a message without a destination envelope, and the derivation is a scalar
+    /// multiplication nobody else needs to pay for.
+    own_key: Option<PublicKey>,
 }
 
 /// Decrypts `message` as `actor` and reads its envelopes. Framing, keyslot and padding failures
@@ -366,6 +369,9 @@ pub fn decrypt<'a>(
         }
     };
 
+    let own_key = destination_envelope
+        .is_none()
+        .then(|| super::crypto::public_of(key));
     Ok(Decrypted {
         actor,
         raw,
@@ -373,7 +379,7 @@ pub fn decrypt<'a>(
         plains,
         origin_envelope,
         destination_envelope,
-        own_key: super::crypto::public_of(key),
+        own_key,
     })
 }
 
@@ -414,7 +420,7 @@ impl Decrypted<'_> {
             // The origin chunk does not name the origin; the origin knows itself by its key.
             (None, _) => signets
                 .iter()
-                .find(|p| p.encryption_key == own_key)
+                .find(|p| Some(p.encryption_key) == own_key)
                 .map_or(Signer::Missing(String::new()), Signer::Known),
         };
 
