@@ -6,8 +6,9 @@
 # Pushes MESSAGES 1 KiB messages with `smtp-source -s 20 -d` into each server, alternating, and
 # prints msg/s per run, the median of each and the ratio. Both acknowledge a message only once it is
 # fsync'd: dimegate's group commit into redb, Postfix's cleanup writing the queue file (fsync is its
-# default). Neither delivers during the run: dimegate has no delivery yet, and Postfix's messages are
-# put on hold (access action HOLD), so the comparison is acceptance alone.
+# default). Neither delivers during the run: dimegate has no backend, so its runner defers each
+# message at once (that CPU is counted in its figure), and Postfix's messages are put on hold
+# (access action HOLD), so the comparison is acceptance.
 # Needs root, the postfix package (smtp-source), bc; uses ../shared/testbed/mk-postfix.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,64 +1,48 @@
-//! The C allocator's settings for the long-running server: what `serve` asks of glibc's malloc
-//! before it starts any thread.
+//! The allocator of the `dimegate` binary: jemalloc (`tikv-jemallocator`, declared in
+//! `main.rs`), with the settings in [`CONF`].
 //!
-//! glibc gives threads their own arenas (up to eight per core) so that they rarely contend on a
-//! lock. Memory freed into one arena is only reused by allocations made from that arena, and an
-//! arena gives pages back only from the top of its heap. The store's page cache churns: a page
-//! is loaded by whichever thread reads it (the committer, a blocking-pool thread leasing or
-//! retrying, the admin API's retry) and freed by whichever evicts it, so over time every arena
-//! that ever held a good part of the cache keeps that much as free but resident memory. Measured
-//! with benches/queue-scale.sh at 100,000 queued 1 KiB messages and 20 of 25 MiB (2 cores), peak
-//! RSS while `queue retry --domain` made them all due: 102-104 MiB with glibc's default of 16
-//! arenas, 79 MiB with 2, 58-65 MiB with 1; at 1,000,000 queued the default reached 144 MiB
-//! against the goal of 128 MiB, one arena 70 MiB. Each arena can keep about the cache's size,
-//! so the count bounds it. One arena cost accepting, though: benches/accept-vs-postfix.sh gave
-//! a ratio to Postfix of 2.74-3.22 with one arena against 3.09-3.62 with glibc's default
-//! (alternating runs, 2 cores), since the store's page-sized buffers are too large for glibc's
-//! per-thread cache (tcache) and every thread then takes the one arena's lock for them. Two
-//! arenas gave 3.31 and 3.50, as the default, so two it is.
+//! glibc's malloc could not give both a small and a fast server. It gives threads their own
+//! arenas (up to eight per core), and memory freed into one arena is reused only from that
+//! arena. The store's page cache churns: a page is loaded by whichever thread reads it and freed
+//! by whichever evicts it, so every arena that ever held a good part of the cache keeps that
+//! much as free but resident memory. benches/queue-scale.sh, 100,000 queued 1 KiB messages and
+//! 20 of 25 MiB, peak RSS while `queue retry --domain` made them all due: 102-104 MiB with
+//! glibc's default of 16 arenas (144 MiB at 1,000,000 queued, against the goal of 128), 79 MiB
+//! with 2, 58-65 MiB with 1. Fewer arenas cost accepting, though: the store's 4 KiB pages are
+//! too large for glibc's per-thread cache (1032 bytes at most), so every page allocation took an
+//! arena lock. benches/accept-vs-postfix.sh, CPU per accepted message, alternating runs on 2
+//! cores: 2 arenas 0.250-0.286 ms against 0.206-0.259 ms with the default.
 //!
-//! An operator who sets `MALLOC_ARENA_MAX` in the environment (a machine with many cores may
-//! want more arenas) keeps that setting: glibc reads it itself, and it is not overridden here.
+//! jemalloc with [`CONF`] is both: one arena (one heap, as glibc with one arena, so the cache's
+//! churn cannot spread), per-thread caches only up to 1 KiB (with its default of 32 KiB the
+//! thirty-odd threads of a busy server each kept pages of the cache: 96-109 MiB), and freed
+//! pages given back within a second by a background thread. queue-scale.sh: peak RSS 73.6 MiB
+//! over the whole 100,000-message run, 82.2 MiB over the whole 1,000,000-message run (queueing,
+//! the 200 of 25 MiB, retry, restart and drain). Accepting: 0.209-0.265 ms of CPU per message,
+//! against 0.235-0.285 ms for glibc's default arenas and 0.250-0.286 ms for 2, in alternating
+//! runs; the end-to-end bench is as fast as with glibc's default or faster.
 //!
-//! Only glibc has arenas to limit: the release and the container's static binary
-//! (`+crt-static` on `x86_64-unknown-linux-gnu`, docker/Dockerfile) both link glibc's malloc,
-//! so both are covered. musl's allocator has no per-thread arenas and no `mallopt`, and other
-//! systems' allocators other settings; there this does nothing.
+//! An operator can change these at start with `_RJEM_MALLOC_CONF` (jemalloc's `MALLOC_CONF`,
+//! under the prefix this build's jemalloc uses for its symbols), e.g. `narenas:4` on a machine
+//! with many cores; it is read after [`CONF`] and wins. C libraries linked in (libsecp256k1,
+//! ring's assembly) keep the system's malloc; they allocate next to nothing.
 
-/// The arenas `serve` allows glibc's malloc (see the module docs).
-pub const ARENAS: i32 = 2;
-
-/// Limits glibc's malloc to [`ARENAS`] arenas unless `MALLOC_ARENA_MAX` is set. Call before any
-/// thread is started: a thread that already has an arena keeps it. Returns whether the limit was
-/// set here.
-pub fn limit_arenas() -> bool {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return false;
-    }
-    set_arena_max(ARENAS)
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn set_arena_max(arenas: i32) -> bool {
-    // SAFETY: mallopt only changes the allocator's parameters; M_ARENA_MAX is valid at any time
-    // and takes effect for threads that have no arena yet.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) == 1 }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn set_arena_max(_arenas: i32) -> bool {
-    false
-}
+/// jemalloc's options (`malloc_conf`), NUL-terminated: see the module docs.
+pub const CONF: &[u8] =
+    b"narenas:1,tcache_max:1024,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
-    fn glibc_accepts_the_arena_limit() {
-        // mallopt returns 0 for a parameter or value it rejects; the limit must be one glibc
-        // takes (the test process's arenas are not changed by it: the option only caps new ones).
-        assert!(set_arena_max(ARENAS));
+    fn the_options_are_one_c_string() {
+        // jemalloc reads up to the first NUL: one at the end, and none before it.
+        assert_eq!(CONF.iter().position(|&b| b == 0), Some(CONF.len() - 1));
+        let text = std::str::from_utf8(&CONF[..CONF.len() - 1]).unwrap();
+        for option in text.split(',') {
+            let (name, value) = option.split_once(':').unwrap();
+            assert!(!name.is_empty() && !value.is_empty(), "{option}");
+        }
     }
 }

@@ -144,7 +144,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
             let config = load_config(config.as_ref())?;
-            crate::malloc::limit_arenas();
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             rt.block_on(crate::serve::serve(config, shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
