@@ -1,8 +1,13 @@
 //! DMTP load client for `benches/dmtp-ingest.sh`: SESSIONS concurrent DMTP sessions, each
-//! sending PER_SESSION transfers of one sealed message, through dimegate's own client session
+//! sending PER_SESSION transfers, through dimegate's own client session
 //! and connection glue (the outbound path a gateway runs). The server's certificate is checked
 //! against the `_dx` record text given (its `tls=` pin, taken as DNSSEC-secure: the script made
 //! that record itself). Prints `delivered N failed M seconds S rate R`.
+//!
+//! MESSAGE is a sealed message, sent again and again, or a directory of them, each sent once
+//! (session k takes the files k, k + SESSIONS, ...; PER_SESSION of them). A receiver that
+//! de-duplicates transfers, as dimegate does, answers a message it has stored with its first
+//! transaction id: only distinct messages measure ingest.
 //!
 //! usage: dmtp_load ADDR DX_HOST RECORD_TXT ORIGIN ORIGIN_FP DEST DEST_FP MESSAGE SESSIONS PER_SESSION
 
@@ -44,9 +49,28 @@ fn run(args: &[String]) -> Result<usize, Box<dyn std::error::Error>> {
     let origin_fp = args[4].parse()?;
     let dest = Domain::parse(&args[5])?;
     let dest_fp = args[6].parse()?;
-    let message = std::fs::read(&args[7])?;
     let sessions: usize = args[8].parse()?;
     let per_session: usize = args[9].parse()?;
+    let messages = if std::path::Path::new(&args[7]).is_dir() {
+        let mut files: Vec<_> = std::fs::read_dir(&args[7])?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        files.sort();
+        if files.len() < sessions * per_session {
+            return Err(format!(
+                "{} holds {} messages, fewer than SESSIONS x PER_SESSION",
+                args[7],
+                files.len()
+            )
+            .into());
+        }
+        files
+            .iter()
+            .map(std::fs::read)
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        vec![std::fs::read(&args[7])?]
+    };
     // The pin decides; the Web roots are only what the verifier is built with.
     let roots = Arc::new(dimegate::dmtp::trust::root_store(None)?);
     let delivery = Delivery {
@@ -56,7 +80,7 @@ fn run(args: &[String]) -> Result<usize, Box<dyn std::error::Error>> {
         destination_fingerprint: Some(dest_fp),
         ret: None,
         data_type: None,
-        message,
+        message: Vec::new(),
     };
     // One thread, like smtp-source's event loop: the client shares the machine's cores with
     // the gateway it measures, so it should cost as little CPU per message as the SMTP side's
@@ -67,7 +91,7 @@ fn run(args: &[String]) -> Result<usize, Box<dyn std::error::Error>> {
     let started = Instant::now();
     let (delivered, failed) = rt.block_on(async {
         let mut tasks = Vec::new();
-        for _ in 0..sessions {
+        for k in 0..sessions {
             let verifier = Arc::new(DxCertVerifier::new(
                 record.clone(),
                 Verdict::Secure,
@@ -75,7 +99,15 @@ fn run(args: &[String]) -> Result<usize, Box<dyn std::error::Error>> {
             )?);
             let connector = connection::connector(verifier)?;
             let name = ServerName::try_from(host.clone())?;
-            let jobs = vec![Job::Deliver(delivery.clone()); per_session];
+            let jobs = (0..per_session)
+                .map(|i| {
+                    let message = &messages[(k + i * sessions) % messages.len()];
+                    Job::Deliver(Delivery {
+                        message: message.clone(),
+                        ..delivery.clone()
+                    })
+                })
+                .collect();
             let session = ClientSession::new(ClientConfig::new(origin.clone()), Instant::now());
             tasks.push(tokio::spawn(connection::run(
                 addr,
