@@ -17,7 +17,7 @@ pub mod report;
 pub mod wire;
 
 use crate::config::Config;
-use crate::envelope::{Envelope, QueueId, Recipient};
+use crate::envelope::{Envelope, QueueId};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -373,25 +373,12 @@ async fn send(a: SocketAddr, mail: &[u8]) -> Result<String, DemoError> {
     };
     let deliverer = crate::deliver::Deliverer::new(settings, resolver)
         .map_err(|e| DemoError::NotAccepted(e.to_string()))?;
-    let envelope = Envelope {
-        sender: ALICE.into(),
-        recipients: vec![Recipient {
-            address: BOB.into(),
-            notify: None,
-            orcpt: None,
-        }],
-        dsn_ret: None,
-        dsn_envid: None,
-        body_8bit: false,
-        smtputf8: false,
-        helo: String::new(),
-        client: SocketAddr::from(([127, 0, 0, 1], 0)),
-        tls: None,
-        auth_user: None,
-        arrival_unix: crate::time::UnixTime::now().0,
-        require_tls: false,
-        dime: None,
-    };
+    let envelope = Envelope::local(
+        ALICE.into(),
+        BOB.into(),
+        String::new(),
+        crate::time::UnixTime::now().0,
+    );
     let hop = crate::deliver::NextHop::Smarthost {
         host: a.ip().to_string(),
         port: a.port(),
