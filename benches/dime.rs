@@ -184,6 +184,19 @@ fn main() {
                 .expect("open")
             })
         });
+        // What the DMTP listener does before its 2xx: the destination's keyslot and the
+        // origin's three signatures.
+        g.bench_function("open_as_destination", |b| {
+            b.iter(|| {
+                message::open(
+                    black_box(&sealed),
+                    Actor::Destination,
+                    &a.encryption[2],
+                    &a.parties,
+                )
+                .expect("open")
+            })
+        });
         g.finish();
     }
     {

@@ -9,7 +9,7 @@ use super::crypto::{derive_kek, open_keyslot};
 use super::error::OpenError;
 use super::payload::{self, FLAG_CONTINUED};
 use super::seal::tree_data;
-use super::{Actor, Party, TreeSignature};
+use super::{Actor, Party, TreeSignature, batch};
 
 /// One chunk as the opening actor sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -424,25 +424,24 @@ impl Decrypted<'_> {
                 .map_or(Signer::Missing(String::new()), Signer::Known),
         };
 
+        // First what each signature signs; then each signer's signatures in one batch, and
+        // one by one only where the batch did not pass (batch.rs), so a verdict is always the
+        // single signature's own.
         let mut signatures = Vec::new();
-        let mut tree_signature = None;
+        let mut pending: Vec<Pending<'_>> = Vec::new();
         for (i, plain) in &plains {
             let c = &raw.chunks[*i];
             let mut sig = [0u8; SIG_LEN];
             sig.copy_from_slice(&plain[..SIG_LEN]);
-            let (signer, verdict) = match c.kind {
-                ChunkType::AuthorTree => {
-                    let v = tree_verdict(&raw, &author, &sig);
-                    tree_signature = match v {
-                        Verdict::Valid => Some(TreeSignature::Spec),
-                        Verdict::ValidLibdimeTree => Some(TreeSignature::LibdimeCompat),
-                        _ => None,
-                    };
-                    (Actor::Author, v)
-                }
-                ChunkType::AuthorFull => {
-                    (Actor::Author, author.verdict(raw.prefix_below(226), &sig))
-                }
+            let (signer, check) = match c.kind {
+                ChunkType::AuthorTree => (
+                    Actor::Author,
+                    Check::Tree(tree_data(
+                        raw.chunks.iter().map(|c| (c.kind, c.bytes)),
+                        TreeSignature::Spec,
+                    )),
+                ),
+                ChunkType::AuthorFull => (Actor::Author, Check::Data(raw.prefix_below(226))),
                 ChunkType::OriginMetaBounce
                 | ChunkType::OriginDisplayBounce
                 | ChunkType::OriginFull => {
@@ -451,20 +450,68 @@ impl Decrypted<'_> {
                         ChunkType::OriginDisplayBounce => 128,
                         _ => 255,
                     };
-                    let v = if sig == [0u8; SIG_LEN] {
-                        Verdict::Placeholder
+                    let check = if sig == [0u8; SIG_LEN] {
+                        Check::Done(Verdict::Placeholder)
                     } else if scope == Scope::AuthorOnly {
-                        Verdict::CheckedBefore
+                        Check::Done(Verdict::CheckedBefore)
                     } else {
-                        origin.verdict(raw.prefix_below(limit), &sig)
+                        Check::Data(raw.prefix_below(limit))
                     };
-                    (Actor::Origin, v)
+                    (Actor::Origin, check)
                 }
-                _ => (Actor::Author, author.verdict(&plain[SIG_LEN..], &sig)),
+                _ => (Actor::Author, Check::Data(&plain[SIG_LEN..])),
             };
-            signatures.push(SignatureCheck {
+            pending.push(Pending {
                 chunk: c.kind,
                 signer,
+                sig,
+                check,
+            });
+        }
+        let mut tree_signature = None;
+        for (actor, party) in [(Actor::Author, &author), (Actor::Origin, &origin)] {
+            let Signer::Known(p) = party else { continue };
+            let Some(key) = p.signing_keys.first() else {
+                continue;
+            };
+            let items: Vec<(&[u8], &[u8; SIG_LEN])> = pending
+                .iter()
+                .filter(|x| x.signer == actor)
+                .filter_map(|x| x.signed().map(|data| (data, &x.sig)))
+                .collect();
+            if items.len() > 1 && batch::verify(key, &items) {
+                for x in pending.iter_mut().filter(|x| x.signer == actor) {
+                    if x.signed().is_some() {
+                        if matches!(x.check, Check::Tree(_)) {
+                            tree_signature = Some(TreeSignature::Spec);
+                        }
+                        x.check = Check::Done(Verdict::Valid);
+                    }
+                }
+            }
+        }
+        for x in pending {
+            let signer = if x.signer == Actor::Origin {
+                &origin
+            } else {
+                &author
+            };
+            let verdict = match x.check {
+                Check::Done(v) => v,
+                Check::Data(data) => signer.verdict(data, &x.sig),
+                Check::Tree(_) => {
+                    let v = tree_verdict(&raw, signer, &x.sig);
+                    tree_signature = match v {
+                        Verdict::Valid => Some(TreeSignature::Spec),
+                        Verdict::ValidLibdimeTree => Some(TreeSignature::LibdimeCompat),
+                        _ => None,
+                    };
+                    v
+                }
+            };
+            signatures.push(SignatureCheck {
+                chunk: x.chunk,
+                signer: x.signer,
                 verdict,
             });
         }
@@ -476,6 +523,35 @@ impl Decrypted<'_> {
             destination_envelope,
             signatures,
             tree_signature,
+        }
+    }
+}
+
+/// One signature seen by the opening actor, before or after its check.
+struct Pending<'a> {
+    chunk: ChunkType,
+    signer: Actor,
+    sig: [u8; SIG_LEN],
+    check: Check<'a>,
+}
+
+enum Check<'a> {
+    /// Decided without checking the signature (placeholder, checked before), or checked.
+    Done(Verdict),
+    /// A signature over these bytes.
+    Data(&'a [u8]),
+    /// The tree signature, with its data in the spec's form (the libdime form is tried only
+    /// when this fails).
+    Tree(Vec<u8>),
+}
+
+impl Pending<'_> {
+    /// What the signature signs, while it is still to be checked.
+    fn signed(&self) -> Option<&[u8]> {
+        match &self.check {
+            Check::Done(_) => None,
+            Check::Data(data) => Some(data),
+            Check::Tree(data) => Some(data),
         }
     }
 }
