@@ -1381,6 +1381,66 @@ fn dime_authors_submit_over_dmtp_to_legacy_and_dime_recipients() {
         },
         || gw_a.log_text(),
     );
+
+    // 5. To another DIME user of A's own (added while A runs): signed by A as origin, opened
+    // by A for Erin and delivered to A's backend; nothing goes to B.
+    ok(&a.cli(&["users", "add", "erin@secure.test"]));
+    let before = pair.tap.sent().len();
+    let to_erin = mail("erin@secure.test", "Local-dime-plover", "For Erin.\r\n");
+    let sealed = seal_submission(
+        a,
+        &alice,
+        &a.path("org.signet"),
+        &a.path("users/erin/1.signet"),
+        None,
+        &to_erin,
+    );
+    let sent = ok(&submit(b, a, &sealed));
+    assert!(sent.starts_with("accepted ["), "{sent}");
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            a_mailbox
+                .messages()
+                .iter()
+                .any(|m| m.contains("Local-dime-plover"))
+        },
+        || gw_a.log_text(),
+    );
+    let at_erin = a_mailbox
+        .messages()
+        .into_iter()
+        .find(|m| m.contains("Local-dime-plover"))
+        .unwrap();
+    assert!(at_erin.contains("For Erin."), "{at_erin}");
+    assert!(
+        at_erin.contains(&format!(
+            "Authentication-Results: mx.secure.test; dime=pass (author alice@secure.test [{}]",
+            fp_line.trim()
+        )),
+        "{at_erin}"
+    );
+    assert_eq!(pair.tap.sent().len(), before, "nothing went to B");
+    // Sealed to a signet Erin does not have (Bob's): refused at once, nothing queued.
+    let misaddressed = seal_submission(
+        a,
+        &alice,
+        &a.path("org.signet"),
+        &b.path("users/bob/1.signet"),
+        Some("erin@secure.test"),
+        &mail("erin@secure.test", "Wrong-signet-tern", "w\r\n"),
+    );
+    let refused = submit(b, a, &misaddressed);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stdout).contains("510"),
+        "{refused:?}"
+    );
+    wait_until(
+        Duration::from_secs(20),
+        || gw_a.queue_json().is_empty(),
+        || format!("{:?}", gw_a.queue_json()),
+    );
 }
 
 /// A permanent failure at B's backend for mail that came over DMTP is not silence: B, which

@@ -43,7 +43,7 @@ use crate::status::EnhancedStatus;
 pub use padding::Buckets;
 pub use protect::{ProtectInput, protect};
 pub use report::{ENVELOPE_TO_FIELD, ReportError, Returned, address_report, returned_report};
-pub use submit::{Submission, SubmitInput, submission_prepare, submission_sign};
+pub use submit::{Submission, SubmitInput, local_destination, submission_prepare, submission_sign};
 pub use unwrap::{
     Destination, DimeResult, ExitInput, Exited, FailReason, NeedSignets, Prepared, UnwrapInput,
     Unwrapped, unwrap_exit_finish, unwrap_exit_prepare, unwrap_finish, unwrap_prepare,

@@ -7,7 +7,9 @@
 //!
 //! Where it goes next is the origin chunk's destination: our own domain means the exit (the
 //! recipient keyslot is sealed to our exit identity, [`super::unwrap_exit_finish`] opens it for
-//! a legacy mailbox); another domain means DMTP to that domain, the signed message as it is.
+//! a legacy mailbox) or one of our own DIME users ([`local_destination`] reads which, as the
+//! destination we also are); another domain means DMTP to that domain, the signed message as it
+//! is.
 
 use super::unwrap::{NeedSignets, author_signet_check, origin_envelope};
 use super::wrap::named;
@@ -105,6 +107,27 @@ pub fn submission_sign(
     Ok((submission, signed))
 }
 
+/// For a submission to our own domain that is not for the exit: the destination chunk of
+/// `signed` (the message as [`submission_sign`] signed it), read with our org key as the
+/// destination we are too. It names the hosted recipient and the signet it was sealed to; the
+/// origin signatures it checks are the ones we just made.
+pub fn local_destination(
+    input: &SubmitInput<'_>,
+    signed: &[u8],
+) -> Result<message::DestinationEnvelope, BridgeError> {
+    let org = named(input.org.signet, input.domain);
+    let report = message::open(
+        signed,
+        Actor::Destination,
+        input.org.key.encryption_secret(),
+        std::slice::from_ref(&org),
+    )
+    .map_err(|e| open_error(Actor::Destination, e))?;
+    report
+        .destination_envelope
+        .ok_or(BridgeError::NotForUs(Actor::Destination))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +189,28 @@ mod tests {
         let key = w.south.key.encryption_secret();
         assert!(message::open(&signed, Actor::Destination, key, &org).is_ok());
         assert!(message::open(&msg, Actor::Destination, key, &org).is_err());
+    }
+
+    /// To another user of our own domain: once signed, we read as its destination which user
+    /// and signet it is sealed to; the author's unsigned copy does not open that way.
+    #[test]
+    fn our_authors_mail_for_our_own_dime_user_names_them_once_signed() {
+        let w = testkit::world();
+        let to = &w.north_bridge;
+        let msg = submission(&w.alice, &w.north, &w.north, to, to.address);
+        let (sub, signed) = submission_sign(&input(w, &msg), &w.alice.signet).unwrap();
+        assert_eq!(sub.destination, "north.test");
+        let dest = local_destination(&input(w, &msg), &signed).unwrap();
+        assert_eq!(dest.recipient, to.address);
+        assert_eq!(
+            dest.recipient_fingerprint,
+            to.signet.crypto_fingerprint().to_string()
+        );
+        assert_eq!(dest.origin, "north.test");
+        assert!(matches!(
+            local_destination(&input(w, &msg), &msg),
+            Err(BridgeError::OriginSignature(_))
+        ));
     }
 
     fn vector(name: &str) -> Vec<u8> {

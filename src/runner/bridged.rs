@@ -28,7 +28,7 @@ use crate::deliver::NextHop as SmtpHop;
 use crate::dime::Signet;
 use crate::discovery::Discovery;
 use crate::envelope::Envelope;
-use crate::identity::{Keystore, OrgIdentity, bridge_address};
+use crate::identity::{IdentityError, Keystore, OrgIdentity, bridge_address};
 use crate::status::{DeliveryOutcome, Diagnosis, EnhancedStatus};
 use crate::time::UnixTime;
 use std::sync::Arc;
@@ -138,12 +138,22 @@ impl BridgeTransport {
         };
         // Served here, or this is not ours to open.
         self.org(address)?;
-        let origin = self
-            .discovery
-            .org_signet(&arrival.origin)
-            .await
-            .map_err(|e| discovery_outcome(&e, "origin org signet"))?
-            .signet;
+        // Our own org as origin: one of our DIME authors wrote to another (see the DMTP
+        // listener's submission); its signets are ours, not a look-up away.
+        let own = self
+            .orgs
+            .iter()
+            .find(|o| o.domain.eq_ignore_ascii_case(&arrival.origin));
+        let origin = match own {
+            Some(org) => org.signet.clone(),
+            None => {
+                self.discovery
+                    .org_signet(&arrival.origin)
+                    .await
+                    .map_err(|e| discovery_outcome(&e, "origin org signet"))?
+                    .signet
+            }
+        };
         let user = self
             .keystore
             .user(address)
@@ -180,13 +190,34 @@ impl BridgeTransport {
             origin_domain: &arrival.origin,
         };
         let prepared = bridge::unwrap_prepare(&input).map_err(|e| bridge_outcome(&e))?;
-        let author: Option<Signet> = match self.discovery.user_signet(&prepared.need.author).await {
-            Ok(found) => Some(found.signet),
-            // Worth another try later; a signet that cannot be had for good is `dime=fail`.
-            Err(e) if !e.is_permanent() || e.is_bogus() => {
-                return Err(discovery_outcome(&e, "author signet"));
+        let author: Option<Signet> = if own.is_some() {
+            // No such user, or a generation the author does not have, is `dime=fail`, as a
+            // signet no DX serves; a key store that cannot be read is worth another try.
+            match self.keystore.user(&prepared.need.author) {
+                Ok(user) => user.generations.into_iter().map(|g| g.signet).find(|s| {
+                    s.crypto_fingerprint().to_string() == prepared.need.author_fingerprint
+                }),
+                Err(
+                    IdentityError::UnknownUser(_)
+                    | IdentityError::NotServed(_)
+                    | IdentityError::BadAddress(_),
+                ) => None,
+                Err(e) => {
+                    return Err(deferred(
+                        EnhancedStatus::new(4, 3, 0),
+                        format!("author signet: {e}"),
+                    ));
+                }
             }
-            Err(_) => None,
+        } else {
+            match self.discovery.user_signet(&prepared.need.author).await {
+                Ok(found) => Some(found.signet),
+                // Worth another try later; a signet that cannot be had for good is `dime=fail`.
+                Err(e) if !e.is_permanent() || e.is_bogus() => {
+                    return Err(discovery_outcome(&e, "author signet"));
+                }
+                Err(_) => None,
+            }
         };
         let opened = bridge::unwrap_finish(&input, prepared, author.as_ref())
             .map_err(|e| bridge_outcome(&e))?;

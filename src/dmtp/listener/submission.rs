@@ -17,9 +17,14 @@
 //! org signet (575), and every author signature the origin can see must verify (578). Then we
 //! sign as origin, and the origin chunk's destination decides:
 //!
-//! * **our own domain: the exit.** The recipient keyslot must be sealed to the domain's exit
-//!   identity ([`crate::identity::bridge_address`], any of its key generations, newest first;
-//!   510 if none opens it). It is
+//! * **our own domain, for one of our DIME users.** When no exit key opens the recipient
+//!   keyslot, we sign as origin, read the destination chunk as the destination we also are,
+//!   and the recipient must be a hosted user of ours sealed to one of their signets (510
+//!   otherwise). It is queued as a DMTP arrival from our own org, for the runner to open for a
+//!   trustful user or keep sealed for a cautious one, as mail from any other org.
+//! * **our own domain: the exit.** The recipient keyslot is sealed to the domain's exit
+//!   identity ([`crate::identity::bridge_address`], any of its key generations, newest first).
+//!   It is
 //!   opened here, the RFC 5322 message rebuilt with `Received:` and `Authentication-Results:
 //!   <host>; dime=pass (author … [fingerprint]; origin …)`, and queued as ordinary mail from the
 //!   author to the legacy mailbox the destination chunk names: the runner routes it like any
@@ -125,7 +130,15 @@ pub(super) async fn accept(
                 break;
             }
         }
-        let (exited, exit_generation) = opened.map_err(|e| refusal(&org.domain, &e))?;
+        let (exited, exit_generation) = match opened {
+            Ok(opened) => opened,
+            // Not for the exit: for one of our own DIME users, then.
+            Err(BridgeError::NotForUs(Actor::Recipient)) => {
+                let body = local_user(ctx, org, &input, &author_signet, &mut envelope)?;
+                return store(ctx, org, &submission, &t, envelope, body).await;
+            }
+            Err(e) => return Err(refusal(&org.domain, &e)),
+        };
         let recipient = exited.unwrapped.recipient;
         if !is_mailbox(&recipient) {
             warn!(%recipient, "exit submission names no usable mailbox");
@@ -156,6 +169,70 @@ pub(super) async fn accept(
         }));
         signed
     };
+    store(ctx, org, &submission, &t, envelope, body).await
+}
+
+/// For one of our own users (the exit's keyslot did not open): we sign as origin and read, as
+/// the destination we are too, who it is for; that must be a hosted user of ours with the
+/// signet it was sealed to (510 otherwise). It is then queued as a DMTP arrival from our own
+/// org would be, so the runner opens it for a trustful user and keeps it sealed for a cautious
+/// one.
+fn local_user(
+    ctx: &DmtpContext,
+    org: &OrgIdentity,
+    input: &SubmitInput<'_>,
+    author_signet: &Signet,
+    envelope: &mut Envelope,
+) -> Result<Vec<u8>, TransferRefusal> {
+    let (submission, signed) =
+        submission_sign(input, author_signet).map_err(|e| refusal(&org.domain, &e))?;
+    let dest = bridge::local_destination(input, &signed).map_err(|e| refusal(&org.domain, &e))?;
+    let hosted = match ctx.keystore.user(&dest.recipient) {
+        Ok(user) => user,
+        Err(
+            IdentityError::UnknownUser(_)
+            | IdentityError::NotServed(_)
+            | IdentityError::BadAddress(_),
+        ) => {
+            warn!(recipient = %dest.recipient, "submission for a user who is not hosted here");
+            return Err(TransferRefusal::InvalidRecipient);
+        }
+        Err(e) => {
+            warn!(error = %e, "hosted-user look-up failed");
+            return Err(TransferRefusal::StoreFailed);
+        }
+    };
+    if !hosted
+        .generations
+        .iter()
+        .any(|g| g.signet.crypto_fingerprint().to_string() == dest.recipient_fingerprint)
+    {
+        warn!(recipient = %dest.recipient, fingerprint = %dest.recipient_fingerprint, "submission sealed to a signet the recipient does not have");
+        return Err(TransferRefusal::InvalidRecipient);
+    }
+    info!(author = %submission.author, recipient = %dest.recipient, "submission signed as origin for a DIME user of ours");
+    envelope.recipients.push(Recipient {
+        address: dest.recipient,
+        notify: None,
+        orcpt: None,
+    });
+    envelope.dime = Some(Box::new(DimeArrival {
+        origin: org.domain.clone(),
+        origin_fingerprint: org.signet.crypto_fingerprint().to_string(),
+        recipient_fingerprint: dest.recipient_fingerprint,
+    }));
+    Ok(signed)
+}
+
+/// The durable append of a submission that passed its checks, de-duplicated.
+async fn store(
+    ctx: &DmtpContext,
+    org: &OrgIdentity,
+    submission: &bridge::Submission,
+    t: &Transfer,
+    envelope: Envelope,
+    body: Vec<u8>,
+) -> Result<TxId, TransferRefusal> {
     let size = body.len() as u64;
     // Keyed on the bytes as submitted: a client retrying a submission whose `2xx` it never
     // heard gets the first txid, and the same submission twice is queued once.
