@@ -37,6 +37,10 @@ pub enum ReportError {
         /// The value.
         value: String,
     },
+    /// Its header block starts with a folded line, which belongs to no field: a field put in
+    /// front of it would take it as its own continuation.
+    #[error("the report's header block starts with a continuation line")]
+    LeadingContinuation,
 }
 
 /// A report ready to go on to its legacy recipient.
@@ -57,6 +61,9 @@ pub fn address_report(report: &[u8], recipient: &str) -> Result<Vec<u8>, ReportE
         });
     }
     let (rest, _) = headers::remove(report, |f| headers::is(f, ENVELOPE_TO_FIELD));
+    if starts_folded(&rest) {
+        return Err(ReportError::LeadingContinuation);
+    }
     let mut out = Vec::with_capacity(rest.len() + recipient.len() + 20);
     out.extend_from_slice(format!("{ENVELOPE_TO_FIELD}: <{recipient}>\r\n").as_bytes());
     out.extend_from_slice(&rest);
@@ -91,10 +98,17 @@ pub fn returned_report(opened: &[u8]) -> Result<Returned, ReportError> {
             value: value.clone(),
         })?;
     let (message, _) = headers::remove(opened, |f| headers::is(f, ENVELOPE_TO_FIELD));
+    if starts_folded(&message) {
+        return Err(ReportError::LeadingContinuation);
+    }
     Ok(Returned {
         recipient: recipient.to_owned(),
         message,
     })
+}
+
+fn starts_folded(message: &[u8]) -> bool {
+    matches!(message.first(), Some(b' ' | b'\t'))
 }
 
 /// `multipart/report` with `report-type=delivery-status` (RFC 6522 §3, RFC 3464 §2), names and
@@ -201,6 +215,22 @@ mod tests {
         for bad in ["", "carol", "a>b@c.test", "a\r\nRCPT@c.test"] {
             assert!(address_report(DSN.as_bytes(), bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// A folded line before the first field (the fuzzer's find): once the field in front of it
+    /// is gone it would continue the next field put there, so neither function takes it.
+    #[test]
+    fn a_header_block_that_starts_folded_is_refused() {
+        let folded = format!(" y=1\r\n{DSN}");
+        assert_eq!(
+            address_report(folded.as_bytes(), "carol@legacy.test"),
+            Err(ReportError::LeadingContinuation)
+        );
+        let hidden = format!(" y=1\r\nX-Envelope-To: <carol@legacy.test>\r\n{DSN}");
+        assert_eq!(
+            returned_report(hidden.as_bytes()),
+            Err(ReportError::LeadingContinuation)
+        );
     }
 
     /// Hostile bytes: an answer, never a panic.

@@ -818,11 +818,11 @@ pub async fn bounce(
     .map_err(|_| StoreError::Unavailable)?
 }
 
-/// Commits settlements in batches: whatever queued up while the previous commit ran goes into
-/// the next one, so concurrent deliveries share an fsync.
 /// How long the loop waits after a wake-up before it leases (see `run`).
 const GATHER: Duration = Duration::from_millis(5);
 
+/// Commits settlements in batches: whatever queued up while the previous commit ran goes into
+/// the next one, so concurrent deliveries share an fsync.
 async fn settler(store: Store, mut rx: mpsc::UnboundedReceiver<SettleRequest>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];

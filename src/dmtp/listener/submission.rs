@@ -17,19 +17,18 @@
 //! org signet (575), and every author signature the origin can see must verify (578). Then we
 //! sign as origin, and the origin chunk's destination decides:
 //!
-//! * **our own domain, for one of our DIME users.** When no exit key opens the recipient
-//!   keyslot, we sign as origin, read the destination chunk as the destination we also are,
-//!   and the recipient must be a hosted user of ours sealed to one of their signets (510
-//!   otherwise). It is queued as a DMTP arrival from our own org, for the runner to open for a
-//!   trustful user or keep sealed for a cautious one, as mail from any other org.
-//! * **our own domain: the exit.** The recipient keyslot is sealed to the domain's exit
+//! * **our own domain: the exit**, when the recipient keyslot is sealed to the domain's exit
 //!   identity ([`crate::identity::bridge_address`], any of its key generations, newest first).
-//!   It is
-//!   opened here, the RFC 5322 message rebuilt with `Received:` and `Authentication-Results:
+//!   It is opened here, the RFC 5322 message rebuilt with `Received:` and `Authentication-Results:
 //!   <host>; dime=pass (author … [fingerprint]; origin …)`, and queued as ordinary mail from the
 //!   author to the legacy mailbox the destination chunk names: the runner routes it like any
 //!   mail to that domain (its DIME policy, the smarthost or its MX, its TLS policy), and a DSN
 //!   goes to the author.
+//! * **our own domain, for one of our DIME users**, when no exit key opens the recipient
+//!   keyslot: we sign as origin and read the destination chunk as the destination we also are;
+//!   the recipient it names must be a hosted user of ours holding the signet it names (510
+//!   otherwise). It is queued as a DMTP arrival from our own org, for the runner to open for a
+//!   trustful user or keep sealed for a cautious one, as mail from any other org.
 //! * **another domain: DMTP.** The origin cannot read the recipient's mailbox (only the
 //!   destination can), so the queued envelope names the domain alone, as `@<domain>`, with the
 //!   signed message as its body and [`DimeArrival::origin`] our own domain; the runner passes it
