@@ -78,7 +78,12 @@ pub(super) async fn accept(
         domain: &org.domain,
     };
     let submission = submission_prepare(&input).map_err(|e| refusal(&org.domain, &e))?;
-    let author_signet = author_signet(ctx, &submission.author, &submission.author_fingerprint)?;
+    let author_signet = hosted_signet(
+        ctx,
+        &submission.author,
+        &submission.author_fingerprint,
+        TransferRefusal::InvalidOriginSignet,
+    )?;
     let arrival_unix = UnixTime::now().0;
     let mut envelope = Envelope {
         sender: submission.author.clone(),
@@ -186,29 +191,12 @@ fn local_user(
     let (submission, signed) =
         submission_sign(input, author_signet).map_err(|e| refusal(&org.domain, &e))?;
     let dest = bridge::local_destination(input, &signed).map_err(|e| refusal(&org.domain, &e))?;
-    let hosted = match ctx.keystore.user(&dest.recipient) {
-        Ok(user) => user,
-        Err(
-            IdentityError::UnknownUser(_)
-            | IdentityError::NotServed(_)
-            | IdentityError::BadAddress(_),
-        ) => {
-            warn!(recipient = %dest.recipient, "submission for a user who is not hosted here");
-            return Err(TransferRefusal::InvalidRecipient);
-        }
-        Err(e) => {
-            warn!(error = %e, "hosted-user look-up failed");
-            return Err(TransferRefusal::StoreFailed);
-        }
-    };
-    if !hosted
-        .generations
-        .iter()
-        .any(|g| g.signet.crypto_fingerprint().to_string() == dest.recipient_fingerprint)
-    {
-        warn!(recipient = %dest.recipient, fingerprint = %dest.recipient_fingerprint, "submission sealed to a signet the recipient does not have");
-        return Err(TransferRefusal::InvalidRecipient);
-    }
+    hosted_signet(
+        ctx,
+        &dest.recipient,
+        &dest.recipient_fingerprint,
+        TransferRefusal::InvalidRecipient,
+    )?;
     info!(author = %submission.author, recipient = %dest.recipient, "submission signed as origin for a DIME user of ours");
     envelope.recipients.push(Recipient {
         address: dest.recipient,
@@ -260,22 +248,24 @@ async fn store(
     }
 }
 
-/// The generation of hosted user `author` whose signet has `fingerprint`: the signet the
-/// submission's signatures must verify under.
-fn author_signet(
+/// The generation of hosted user `address` whose signet has `fingerprint`: for the author, the
+/// signet the submission's signatures must verify under; for a recipient of ours, the one it
+/// was sealed to. `refusal` when there is no such user or generation.
+fn hosted_signet(
     ctx: &DmtpContext,
-    author: &str,
+    address: &str,
     fingerprint: &str,
+    refusal: TransferRefusal,
 ) -> Result<Signet, TransferRefusal> {
-    let user = match ctx.keystore.user(author) {
+    let user = match ctx.keystore.user(address) {
         Ok(u) => u,
         Err(
             IdentityError::UnknownUser(_)
             | IdentityError::NotServed(_)
             | IdentityError::BadAddress(_),
         ) => {
-            warn!(%author, "submission from an author who is not a hosted user");
-            return Err(TransferRefusal::InvalidOriginSignet);
+            warn!(%address, "submission names a user who is not hosted here");
+            return Err(refusal);
         }
         Err(e) => {
             warn!(error = %e, "hosted-user look-up failed");
@@ -287,8 +277,8 @@ fn author_signet(
         .map(|g| g.signet)
         .find(|s| s.crypto_fingerprint().to_string() == fingerprint)
         .ok_or_else(|| {
-            warn!(%author, fingerprint, "submission names a signet the author does not have");
-            TransferRefusal::InvalidOriginSignet
+            warn!(%address, fingerprint, "submission names a signet the user does not have");
+            refusal
         })
 }
 
