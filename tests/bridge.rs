@@ -495,21 +495,12 @@ fn legacy_mail_crosses_two_gateways_sealed_and_arrives_as_sent() {
         ),
     )
     .expect("accepted");
-    wait_until(
+    let protected = message_containing(
+        &backend,
+        "application/vnd.dime.dmime",
         Duration::from_secs(30),
-        || {
-            backend
-                .messages()
-                .iter()
-                .any(|m| m.contains("application/vnd.dime.dmime"))
-        },
         || gw_b.log_text(),
     );
-    let protected = backend
-        .messages()
-        .into_iter()
-        .find(|m| m.contains("application/vnd.dime.dmime"))
-        .unwrap();
     assert!(
         !protected.contains("heron") && !protected.contains("Only for Carol"),
         "{protected}"
@@ -576,21 +567,12 @@ fn legacy_mail_crosses_two_gateways_sealed_and_arrives_as_sent() {
         "{log}"
     );
     // Alice hears why, with the DIME reason and 5.7.1.
-    wait_until(
+    let dsn = message_containing(
+        &a_mailbox,
+        "gina@strict.other.test",
         Duration::from_secs(30),
-        || {
-            a_mailbox
-                .messages()
-                .iter()
-                .any(|m| m.contains("gina@strict.other.test"))
-        },
         || gw_a.log_text(),
     );
-    let dsn = a_mailbox
-        .messages()
-        .into_iter()
-        .find(|m| m.contains("gina@strict.other.test"))
-        .unwrap();
     assert!(dsn.contains("Status: 5.7.1"), "{dsn}");
     assert!(dsn.contains("policy requires DIME"), "{dsn}");
 
@@ -1108,6 +1090,24 @@ fn a_transfer_whose_2xx_was_lost_is_retried_with_the_same_bytes_and_delivered_on
     assert_eq!(copies[0].b_queue_id, first_txid);
 }
 
+/// Waits up to `timeout` for a message at `sink` containing `needle`, and returns it.
+fn message_containing(
+    sink: &Sink,
+    needle: &str,
+    timeout: Duration,
+    what: impl Fn() -> String,
+) -> String {
+    wait_until(
+        timeout,
+        || sink.messages().iter().any(|m| m.contains(needle)),
+        what,
+    );
+    sink.messages()
+        .into_iter()
+        .find(|m| m.contains(needle))
+        .expect("seen above")
+}
+
 /// The copies of the message with `subject` the backend received.
 fn flood_copies_with(backend: &Sink, subject: &str) -> Vec<Arrived> {
     flood_copies_matching(backend, |s| s == subject)
@@ -1287,21 +1287,9 @@ fn dime_authors_submit_over_dmtp_to_legacy_and_dime_recipients() {
         &to_bob,
     );
     ok(&submit(b, a, &sealed));
-    wait_until(
-        Duration::from_secs(30),
-        || {
-            backend
-                .messages()
-                .iter()
-                .any(|m| m.contains("Submitted-heron"))
-        },
-        || format!("A:\n{}\nB:\n{}", gw_a.log_text(), gw_b.log_text()),
-    );
-    let at_bob = backend
-        .messages()
-        .into_iter()
-        .find(|m| m.contains("Submitted-heron"))
-        .unwrap();
+    let at_bob = message_containing(&backend, "Submitted-heron", Duration::from_secs(30), || {
+        format!("A:\n{}\nB:\n{}", gw_a.log_text(), gw_b.log_text())
+    });
     assert!(at_bob.contains("Sealed by Alice."), "{at_bob}");
     assert!(
         at_bob
@@ -1397,21 +1385,12 @@ fn dime_authors_submit_over_dmtp_to_legacy_and_dime_recipients() {
     );
     let sent = ok(&submit(b, a, &sealed));
     assert!(sent.starts_with("accepted ["), "{sent}");
-    wait_until(
+    let at_erin = message_containing(
+        &a_mailbox,
+        "Local-dime-plover",
         Duration::from_secs(30),
-        || {
-            a_mailbox
-                .messages()
-                .iter()
-                .any(|m| m.contains("Local-dime-plover"))
-        },
         || gw_a.log_text(),
     );
-    let at_erin = a_mailbox
-        .messages()
-        .into_iter()
-        .find(|m| m.contains("Local-dime-plover"))
-        .unwrap();
     assert!(at_erin.contains("For Erin."), "{at_erin}");
     assert!(
         at_erin.contains(&format!(
@@ -1473,21 +1452,9 @@ fn a_backend_refusal_at_b_goes_back_to_the_author_sealed() {
         &mail("bob@other.test", secret, "Bounce me, sealed.\r\n"),
     )
     .expect("accepted");
-    wait_until(
-        Duration::from_secs(60),
-        || {
-            a_mailbox
-                .messages()
-                .iter()
-                .any(|m| m.contains("Status: 5."))
-        },
-        || format!("A:\n{}\nB:\n{}", gw_a.log_text(), gw_b.log_text()),
-    );
-    let dsn = a_mailbox
-        .messages()
-        .into_iter()
-        .find(|m| m.contains("Status: 5."))
-        .unwrap();
+    let dsn = message_containing(&a_mailbox, "Status: 5.", Duration::from_secs(60), || {
+        format!("A:\n{}\nB:\n{}", gw_a.log_text(), gw_b.log_text())
+    });
     assert!(
         dsn.contains("Final-Recipient: rfc822; bob@other.test"),
         "{dsn}"
